@@ -1,0 +1,884 @@
+//! `boxcar build`: from recipe to a checked build directory.
+//!
+//! The plan is worked out, and every input checked, before anything runs.
+//! The build then composes into a staging directory next to the final one
+//! and renames it into place only when everything, build.json included, is
+//! written: a failed or interrupted build leaves no `build/<version>/`.
+
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use boxcar_signing::sha256_file;
+use time::OffsetDateTime;
+
+use crate::buildinfo::{
+    BuildInfo, DiskInfo, FileInfo, FileKind, KernelInfo, PackageInfo, PhaseTiming, SourceInfo,
+    ToolVersion, UsrInfo, BUILD_JSON, SCHEMA_VERSION,
+};
+use crate::channel::{ChannelConfig, ChannelName, Channels};
+use crate::hosttools::{HostTools, Requirement};
+use crate::image::{self, PartitionTable, Role};
+use crate::mkosi::MkosiRun;
+use crate::process::Step;
+use crate::progress::Progress;
+use crate::project::{Cache, Project};
+use crate::recipe::Recipe;
+use crate::uki;
+use crate::version::Version;
+
+/// The OS name: mkosi's ImageId, os-release's ID, the output file prefix.
+pub const IMAGE_ID: &str = "boxcar";
+
+/// The build's log, inside the build directory.
+pub const BUILD_LOG: &str = "build.log";
+
+/// The programs `boxcar build` runs.
+pub fn requirements() -> Vec<Requirement> {
+    vec![
+        Requirement {
+            program: "mkosi",
+            purpose: "composes the image from the recipe",
+            min_version: Some("25"),
+            version_args: &["--version"],
+            package: "mkosi (trixie; ci/setup-host unpacks it under the cache directory)",
+        },
+        Requirement {
+            program: "python3",
+            purpose: "runs mkosi",
+            min_version: Some("3.9"),
+            version_args: &["--version"],
+            package: "python3",
+        },
+        Requirement {
+            program: "sfdisk",
+            purpose: "reads the image's partition table",
+            min_version: Some("2.35"),
+            version_args: &["--version"],
+            package: "fdisk",
+        },
+        Requirement {
+            program: "veritysetup",
+            purpose: "checks /usr against its verity root hash",
+            min_version: Some("2.3"),
+            version_args: &["--version"],
+            package: "cryptsetup-bin",
+        },
+    ]
+}
+
+/// What the user asked for.
+#[derive(Clone, Debug)]
+pub struct BuildRequest {
+    pub channel: ChannelName,
+    /// `None`: derived from the time.
+    pub version: Option<Version>,
+    /// The parent of the build directory (`build/`).
+    pub out_dir: PathBuf,
+    /// Re-resolve packages from the mirror instead of reusing the
+    /// incremental cache.
+    pub refresh: bool,
+}
+
+/// Everything a build will do, decided and checked up front.
+#[derive(Debug)]
+pub struct BuildPlan {
+    pub project: Project,
+    pub cache: Cache,
+    pub recipe: Recipe,
+    pub channel: ChannelConfig,
+    pub version: Version,
+    /// `out/<version>`: where the result appears, all at once.
+    pub final_dir: PathBuf,
+    /// `out/.<version>.partial`: where it is assembled.
+    pub staging_dir: PathBuf,
+    pub source_date_epoch: i64,
+    pub source: SourceInfo,
+    pub refresh: bool,
+}
+
+/// mkosi's output files (after `boxcar_<version>`) and their names in the
+/// build directory.
+const OUTPUTS: &[(&str, &str, FileKind)] = &[
+    (".raw", "disk.raw", FileKind::Disk),
+    (".usr.raw", "usr.raw", FileKind::Usr),
+    (".usr-verity.raw", "usr-verity.raw", FileKind::UsrVerity),
+    (".efi", "uki.efi", FileKind::Uki),
+    (".vmlinuz", "vmlinuz", FileKind::Kernel),
+    (".initrd", "initrd", FileKind::Initrd),
+    (".manifest", "manifest.json", FileKind::Manifest),
+];
+
+impl BuildPlan {
+    /// Checks the request against the checkout and decides every path.
+    pub fn new(
+        project: Project,
+        cache: Cache,
+        request: &BuildRequest,
+        now: OffsetDateTime,
+    ) -> Result<Self> {
+        let channels = Channels::load(&project.channels_dir())?;
+        let channel = channels.get(&request.channel)?.clone();
+        let recipe = Recipe::load(&project.recipes_dir())?;
+        let version = request
+            .version
+            .clone()
+            .unwrap_or_else(|| Version::from_time(now));
+        let out_dir = std::path::absolute(&request.out_dir)?;
+        let final_dir = out_dir.join(version.as_str());
+        if final_dir.exists() {
+            bail!(
+                "{} already exists: version {version} was built before; pass another --version or remove it",
+                final_dir.display()
+            );
+        }
+        let staging_dir = out_dir.join(format!(".{version}.partial"));
+        let source = git_source(&project.root);
+        let source_date_epoch =
+            git_commit_time(&project.root).unwrap_or_else(|| now.unix_timestamp());
+        Ok(Self {
+            project,
+            cache,
+            recipe,
+            channel,
+            version,
+            final_dir,
+            staging_dir,
+            source_date_epoch,
+            source,
+            refresh: request.refresh,
+        })
+    }
+
+    /// The mkosi invocation.
+    pub fn mkosi_run(&self) -> MkosiRun {
+        MkosiRun {
+            recipe_dir: self.recipe.dir.clone(),
+            image_version: self.version.to_string(),
+            output_dir: self.cache.mkosi_output(),
+            cache_dir: self.cache.mkosi_cache(),
+            package_cache_dir: self.cache.packages(),
+            workspace_dir: self.cache.workspace(),
+            source_date_epoch: self.source_date_epoch,
+            refresh: self.refresh,
+        }
+    }
+
+    /// mkosi's name for an output: `boxcar_<version><suffix>`.
+    pub fn mkosi_output_name(&self, suffix: &str) -> String {
+        format!("{IMAGE_ID}_{}{suffix}", self.version)
+    }
+
+    /// Where the log of a failed build is kept (the staging directory goes).
+    pub fn failed_log_path(&self) -> PathBuf {
+        self.staging_dir
+            .with_file_name(format!("{}.failed.log", self.version))
+    }
+}
+
+/// A finished build.
+#[derive(Debug)]
+pub struct BuildOutcome {
+    pub dir: PathBuf,
+    pub info: BuildInfo,
+}
+
+/// Runs the plan. On failure nothing is left at `final_dir`; the log is
+/// kept next to it and named in the error.
+pub fn run(plan: &BuildPlan, tools: &HostTools, progress: &Progress) -> Result<BuildOutcome> {
+    let started = Instant::now();
+    for dir in [
+        plan.cache.mkosi_output(),
+        plan.cache.mkosi_cache(),
+        plan.cache.packages(),
+        plan.cache.workspace(),
+    ] {
+        fs::create_dir_all(&dir)
+            .with_context(|| format!("creating cache directory {}", dir.display()))?;
+    }
+    let _lock = CacheLock::acquire(&plan.cache, progress)?;
+    let out_dir = plan
+        .staging_dir
+        .parent()
+        .expect("the staging directory has a parent");
+    fs::create_dir_all(out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
+    let staging = Staging::create(&plan.staging_dir)?;
+    let log_path = staging.path.join(BUILD_LOG);
+    let mut log =
+        File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
+
+    let mut timings = Vec::new();
+    let result = assemble(plan, tools, progress, &staging.path, &mut log, &mut timings);
+    let mut info = match result {
+        Ok(info) => info,
+        Err(error) => {
+            drop(log);
+            let kept = plan.failed_log_path();
+            let _ = fs::rename(&log_path, &kept);
+            return Err(error.context(format!(
+                "building {IMAGE_ID} {} failed; the full log is {}",
+                plan.version,
+                kept.display()
+            )));
+        }
+    };
+    info.phases.push(PhaseTiming {
+        name: "total".to_owned(),
+        seconds: round_seconds(started.elapsed()),
+    });
+    write_build_json(&staging.path, &info)?;
+    let dir = staging.commit(&plan.final_dir)?;
+    Ok(BuildOutcome { dir, info })
+}
+
+/// The phases of a build, in order, run inside the staging directory.
+fn assemble(
+    plan: &BuildPlan,
+    tools: &HostTools,
+    progress: &Progress,
+    staging: &Path,
+    log: &mut File,
+    timings: &mut Vec<PhaseTiming>,
+) -> Result<BuildInfo> {
+    timed(progress, timings, "compose", |phase| {
+        remove_stale_outputs(&plan.cache.mkosi_output())?;
+        plan.mkosi_run().run(tools.path("mkosi"), log, phase)?;
+        Ok(((), String::new()))
+    })?;
+    timed(progress, timings, "collect", |_| {
+        collect_outputs(plan, staging)?;
+        Ok(((), format!("moved into {}", plan.final_dir.display())))
+    })?;
+    let inspected = timed(progress, timings, "inspect", |_| {
+        let inspected = inspect(tools, staging)?;
+        let summary = format!("/usr verity root hash {}", inspected.usr.root_hash);
+        Ok((inspected, summary))
+    })?;
+    let files = timed(progress, timings, "digest", |_| {
+        let files = digest_outputs(staging, progress)?;
+        let total: u64 = files.iter().map(|f| f.size).sum();
+        let summary = format!("sha256 of {} files, {}", files.len(), human_bytes(total));
+        Ok((files, summary))
+    })?;
+    let disk_path = staging.join("disk.raw");
+    let disk_meta =
+        fs::metadata(&disk_path).with_context(|| format!("reading {}", disk_path.display()))?;
+    let packages = read_manifest(&staging.join("manifest.json"))?;
+    Ok(BuildInfo {
+        schema: SCHEMA_VERSION,
+        name: IMAGE_ID.to_owned(),
+        version: plan.version.clone(),
+        channel: plan.channel.name.clone(),
+        built_at: now_rfc3339(),
+        source_date_epoch: plan.source_date_epoch,
+        source: plan.source.clone(),
+        usr: inspected.usr,
+        kernel: inspected.kernel,
+        disk: DiskInfo {
+            file: "disk.raw".to_owned(),
+            size: disk_meta.len(),
+            allocated: allocated_bytes(&disk_meta),
+            partition_table: inspected.table,
+        },
+        files,
+        packages,
+        phases: timings.clone(),
+        tools: tool_versions(tools),
+    })
+}
+
+/// Runs one phase with a progress line and records its duration.
+fn timed<T>(
+    progress: &Progress,
+    timings: &mut Vec<PhaseTiming>,
+    name: &str,
+    work: impl FnOnce(&mut crate::progress::Phase) -> Result<(T, String)>,
+) -> Result<T> {
+    let mut phase = progress.phase(name);
+    match work(&mut phase) {
+        Ok((value, summary)) => {
+            let elapsed = phase.done(&summary);
+            timings.push(PhaseTiming {
+                name: name.to_owned(),
+                seconds: round_seconds(elapsed),
+            });
+            Ok(value)
+        }
+        Err(error) => {
+            phase.failed();
+            Err(error.context(format!("build phase `{name}` failed")))
+        }
+    }
+}
+
+fn round_seconds(duration: Duration) -> f64 {
+    (duration.as_secs_f64() * 100.0).round() / 100.0
+}
+
+/// Removes image outputs an earlier (crashed) build left in mkosi's output
+/// directory; the tools tree there is kept.
+fn remove_stale_outputs(output_dir: &Path) -> Result<()> {
+    for entry in
+        fs::read_dir(output_dir).with_context(|| format!("listing {}", output_dir.display()))?
+    {
+        let entry = entry?;
+        let name = entry.file_name();
+        if name.to_string_lossy().starts_with(&format!("{IMAGE_ID}_")) {
+            let path = entry.path();
+            let removed = if path.is_dir() && !path.is_symlink() {
+                fs::remove_dir_all(&path)
+            } else {
+                fs::remove_file(&path)
+            };
+            removed.with_context(|| format!("removing stale output {}", path.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// Moves mkosi's outputs into the staging directory under their build names.
+fn collect_outputs(plan: &BuildPlan, staging: &Path) -> Result<()> {
+    let output_dir = plan.cache.mkosi_output();
+    for (suffix, name, _) in OUTPUTS {
+        let source = output_dir.join(plan.mkosi_output_name(suffix));
+        if !source.is_file() {
+            bail!(
+                "mkosi finished but did not write {}; the recipe must produce a disk image with split /usr and usr-verity partitions, a UKI and a manifest",
+                source.display()
+            );
+        }
+        move_file(&source, &staging.join(name))?;
+    }
+    // mkosi also leaves a convenience symlink without a suffix.
+    let _ = fs::remove_file(output_dir.join(plan.mkosi_output_name("")));
+    Ok(())
+}
+
+/// Renames, or copies (keeping holes) when the cache is on another file
+/// system than the build directory.
+fn move_file(from: &Path, to: &Path) -> Result<()> {
+    const CROSS_DEVICE: i32 = 18; // EXDEV
+    match fs::rename(from, to) {
+        Ok(()) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(CROSS_DEVICE) => {
+            Step::new(format!("copying {}", from.display()), "cp")
+                .args(["--sparse=always", "--"])
+                .arg(from)
+                .arg(to)
+                .run()?;
+            fs::remove_file(from).with_context(|| format!("removing {}", from.display()))
+        }
+        Err(e) => Err(e).with_context(|| format!("moving {} to {}", from.display(), to.display())),
+    }
+}
+
+/// What inspecting the composed image found.
+struct Inspected {
+    table: PartitionTable,
+    usr: UsrInfo,
+    kernel: KernelInfo,
+}
+
+/// Reads the image back and checks it is what the design says: the UKI's
+/// usrhash= matches the /usr partition UUIDs, the split /usr and verity
+/// files are the slot-A partitions, and the verity tree checks out.
+fn inspect(tools: &HostTools, staging: &Path) -> Result<Inspected> {
+    let disk = staging.join("disk.raw");
+    let usr_file = staging.join("usr.raw");
+    let hash_file = staging.join("usr-verity.raw");
+    let table = image::read_partition_table(tools.path("sfdisk"), &disk)?;
+    for role in [
+        Role::Esp,
+        Role::UsrA,
+        Role::UsrAVerity,
+        Role::UsrB,
+        Role::UsrBVerity,
+        Role::Root,
+    ] {
+        table.require(role)?;
+    }
+    let usr_a = table.require(Role::UsrA)?;
+    let usr_a_verity = table.require(Role::UsrAVerity)?;
+    let uki = uki::read_uki(&staging.join("uki.efi"))?;
+    let Some(usrhash) = uki.cmdline_value("usrhash") else {
+        bail!(
+            "the UKI's kernel command line has no usrhash=: {:?}",
+            uki.cmdline
+        );
+    };
+    let from_uuids = image::root_hash_from_uuids(&usr_a.uuid, &usr_a_verity.uuid);
+    if usrhash != from_uuids {
+        bail!("the UKI's usrhash={usrhash} does not match the /usr partition UUIDs, which encode {from_uuids}");
+    }
+    for (file, partition) in [(&usr_file, usr_a), (&hash_file, usr_a_verity)] {
+        let size = fs::metadata(file)?.len();
+        if size != partition.size {
+            bail!(
+                "{} is {size} bytes but partition {} ({}) is {} bytes; they should be the same partition",
+                file.display(),
+                partition.number,
+                partition.label,
+                partition.size
+            );
+        }
+    }
+    let verity = read_verity_header(tools, &hash_file)?;
+    Step::new(
+        "checking /usr against its verity root hash",
+        tools.path("veritysetup"),
+    )
+    .arg("verify")
+    .arg(&usr_file)
+    .arg(&hash_file)
+    .arg(usrhash)
+    .run()?;
+    Ok(Inspected {
+        usr: UsrInfo {
+            root_hash: usrhash.to_owned(),
+            filesystem: filesystem_of(&usr_file)?,
+            data_file: "usr.raw".to_owned(),
+            hash_file: "usr-verity.raw".to_owned(),
+            data_block_size: verity.data_block_size,
+            hash_block_size: verity.hash_block_size,
+            salt: verity.salt,
+        },
+        kernel: KernelInfo {
+            release: uki.kernel_release.clone(),
+            cmdline: uki.cmdline.clone(),
+        },
+        table,
+    })
+}
+
+struct VerityHeader {
+    data_block_size: u64,
+    hash_block_size: u64,
+    salt: String,
+}
+
+fn read_verity_header(tools: &HostTools, hash_file: &Path) -> Result<VerityHeader> {
+    let dump = Step::new("reading the verity superblock", tools.path("veritysetup"))
+        .arg("dump")
+        .arg(hash_file)
+        .output_text()?;
+    parse_verity_dump(&dump)
+}
+
+/// Parses `veritysetup dump` output.
+fn parse_verity_dump(dump: &str) -> Result<VerityHeader> {
+    let field = |name: &str| -> Result<String> {
+        dump.lines()
+            .find_map(|line| {
+                line.strip_prefix(name)?
+                    .strip_prefix(':')
+                    .map(|v| v.trim().to_owned())
+            })
+            .with_context(|| format!("veritysetup dump printed no {name:?} field"))
+    };
+    Ok(VerityHeader {
+        data_block_size: field("Data block size")?.parse()?,
+        hash_block_size: field("Hash block size")?.parse()?,
+        salt: field("Salt")?,
+    })
+}
+
+/// Names the file system at the start of a partition image by its magic.
+fn filesystem_of(path: &Path) -> Result<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut superblock = [0u8; 4];
+    file.seek(SeekFrom::Start(1024))?;
+    file.read_exact(&mut superblock)?;
+    Ok(match superblock {
+        [0xe2, 0xe1, 0xf5, 0xe0] => "erofs",
+        _ => "unknown",
+    }
+    .to_owned())
+}
+
+/// Hashes every output, two at a time (the disk image is most of the work).
+fn digest_outputs(staging: &Path, progress: &Progress) -> Result<Vec<FileInfo>> {
+    let paths: Vec<(PathBuf, &str, FileKind)> = OUTPUTS
+        .iter()
+        .map(|(_, name, kind)| (staging.join(name), *name, *kind))
+        .collect();
+    let total: u64 = paths
+        .iter()
+        .map(|(p, _, _)| fs::metadata(p).map(|m| m.len()).unwrap_or(0))
+        .sum();
+    let bar = progress.bytes("sha256", total);
+    let results: Vec<Result<FileInfo>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = paths
+            .iter()
+            .map(|(path, name, kind)| {
+                let bar = bar.clone();
+                scope.spawn(move || -> Result<FileInfo> {
+                    let (sha256, size) = sha256_file(path)?;
+                    bar.inc(size);
+                    Ok(FileInfo {
+                        name: (*name).to_owned(),
+                        kind: *kind,
+                        size,
+                        sha256,
+                    })
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("digest thread panicked"))
+            .collect()
+    });
+    bar.finish_and_clear();
+    results.into_iter().collect()
+}
+
+/// mkosi's JSON manifest: the installed packages.
+fn read_manifest(path: &Path) -> Result<Vec<PackageInfo>> {
+    #[derive(serde::Deserialize)]
+    struct Manifest {
+        packages: Vec<ManifestPackage>,
+    }
+    #[derive(serde::Deserialize)]
+    struct ManifestPackage {
+        name: String,
+        version: String,
+        architecture: String,
+    }
+    let text = fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let manifest: Manifest = serde_json::from_str(&text)
+        .with_context(|| format!("parsing mkosi manifest {}", path.display()))?;
+    let mut packages: Vec<PackageInfo> = manifest
+        .packages
+        .into_iter()
+        .map(|p| PackageInfo {
+            name: p.name,
+            version: p.version,
+            architecture: p.architecture,
+        })
+        .collect();
+    packages.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(packages)
+}
+
+fn write_build_json(dir: &Path, info: &BuildInfo) -> Result<()> {
+    let path = dir.join(BUILD_JSON);
+    let mut text = serde_json::to_string_pretty(info)?;
+    text.push('\n');
+    fs::write(&path, text).with_context(|| format!("writing {}", path.display()))
+}
+
+fn tool_versions(tools: &HostTools) -> Vec<ToolVersion> {
+    let mut versions = vec![ToolVersion {
+        name: "boxcar".to_owned(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+    }];
+    versions.extend(tools.all().filter_map(|tool| {
+        Some(ToolVersion {
+            name: tool.program.clone(),
+            version: tool.version.clone()?,
+        })
+    }));
+    versions
+}
+
+fn allocated_bytes(meta: &fs::Metadata) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    meta.blocks() * 512
+}
+
+pub fn now_rfc3339() -> String {
+    OffsetDateTime::now_utc()
+        .replace_nanosecond(0)
+        .unwrap_or_else(|_| OffsetDateTime::now_utc())
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+/// Sizes for people: "4.6 GiB".
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+/// git's view of the checkout; `None` fields when git or the repository is
+/// not there (a source tarball builds too).
+fn git_source(root: &Path) -> SourceInfo {
+    let git = |args: &[&str]| -> Option<String> {
+        Step::new("asking git about the checkout", "git")
+            .arg("-C")
+            .arg(root)
+            .args(args)
+            .output_text()
+            .ok()
+            .map(|s| s.trim().to_owned())
+    };
+    let commit = git(&["rev-parse", "HEAD"]);
+    let dirty = commit
+        .as_ref()
+        .and_then(|_| git(&["status", "--porcelain", "--untracked-files=no"]))
+        .map(|status| !status.is_empty());
+    SourceInfo {
+        git_commit: commit,
+        git_dirty: dirty,
+    }
+}
+
+/// The commit time of HEAD: a reproducible SOURCE_DATE_EPOCH.
+fn git_commit_time(root: &Path) -> Option<i64> {
+    Step::new("asking git for the commit time", "git")
+        .arg("-C")
+        .arg(root)
+        .args(["log", "-1", "--format=%ct"])
+        .output_text()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// The staging directory: removed on drop unless committed.
+struct Staging {
+    path: PathBuf,
+    committed: bool,
+}
+
+impl Staging {
+    fn create(path: &Path) -> Result<Self> {
+        if path.exists() {
+            // Left by a build that was killed outright.
+            fs::remove_dir_all(path)
+                .with_context(|| format!("removing stale {}", path.display()))?;
+        }
+        fs::create_dir(path).with_context(|| format!("creating {}", path.display()))?;
+        Ok(Self {
+            path: path.to_owned(),
+            committed: false,
+        })
+    }
+
+    /// Renames the staging directory to `target`: the build appears whole.
+    fn commit(mut self, target: &Path) -> Result<PathBuf> {
+        if target.exists() {
+            bail!(
+                "{} appeared while building; not replacing it",
+                target.display()
+            );
+        }
+        fs::rename(&self.path, target)
+            .with_context(|| format!("renaming {} to {}", self.path.display(), target.display()))?;
+        self.committed = true;
+        Ok(target.to_owned())
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+/// An exclusive lock on the cache for the duration of a build.
+struct CacheLock {
+    _file: File,
+}
+
+impl CacheLock {
+    fn acquire(cache: &Cache, progress: &Progress) -> Result<Self> {
+        let path = cache.lock_file();
+        let file = File::create(&path)
+            .with_context(|| format!("creating lock file {}", path.display()))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                progress.note(&format!(
+                    "another build is using {}; waiting for it to finish",
+                    cache.root.display()
+                ));
+                file.lock()
+                    .with_context(|| format!("locking {}", path.display()))?;
+            }
+            Err(fs::TryLockError::Error(e)) => {
+                return Err(e).with_context(|| format!("locking {}", path.display()));
+            }
+        }
+        Ok(Self { _file: file })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use time::macros::datetime;
+
+    /// A throwaway checkout with the real recipes and channels.
+    fn project_copy() -> (tempfile::TempDir, Project) {
+        let real = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+        let temp = tempfile::tempdir().unwrap();
+        for dir in ["recipes", "channels"] {
+            Step::new("copying", "cp")
+                .arg("-r")
+                .arg(real.join(dir))
+                .arg(temp.path())
+                .run()
+                .unwrap();
+        }
+        let project = Project::at(temp.path()).unwrap();
+        (temp, project)
+    }
+
+    fn request(out: &Path) -> BuildRequest {
+        BuildRequest {
+            channel: "alpha".parse().unwrap(),
+            version: None,
+            out_dir: out.to_owned(),
+            refresh: false,
+        }
+    }
+
+    #[test]
+    fn plan_decides_version_paths_and_mkosi_arguments() {
+        let (temp, project) = project_copy();
+        let cache = Cache::new(Some(&temp.path().join("cache"))).unwrap();
+        let out = temp.path().join("build");
+        let now = datetime!(2026-11-22 10:20:30 UTC);
+        let plan = BuildPlan::new(project, cache, &request(&out), now).unwrap();
+        assert_eq!(plan.version.as_str(), "2026.1122.102030");
+        assert_eq!(plan.final_dir, out.join("2026.1122.102030"));
+        assert_eq!(plan.staging_dir, out.join(".2026.1122.102030.partial"));
+        assert_eq!(
+            plan.failed_log_path(),
+            out.join("2026.1122.102030.failed.log")
+        );
+        assert_eq!(plan.channel.name.as_str(), "alpha");
+        // Not a git checkout: the epoch falls back to the build time.
+        assert_eq!(plan.source_date_epoch, now.unix_timestamp());
+        let args: Vec<String> = plan
+            .mkosi_run()
+            .arguments()
+            .into_iter()
+            .map(|a| a.into_string().unwrap())
+            .collect();
+        assert!(args.contains(&"--image-version=2026.1122.102030".to_owned()));
+        assert!(args.contains(&format!(
+            "--output-directory={}",
+            temp.path().join("cache/output").display()
+        )));
+        assert_eq!(
+            plan.mkosi_output_name(".raw"),
+            "boxcar_2026.1122.102030.raw"
+        );
+    }
+
+    #[test]
+    fn plan_refuses_an_existing_version() {
+        let (temp, project) = project_copy();
+        let cache = Cache::new(Some(&temp.path().join("cache"))).unwrap();
+        let out = temp.path().join("build");
+        fs::create_dir_all(out.join("1.0.0")).unwrap();
+        let mut req = request(&out);
+        req.version = Some("1.0.0".parse().unwrap());
+        let err = BuildPlan::new(project, cache, &req, OffsetDateTime::now_utc()).unwrap_err();
+        assert!(err.to_string().contains("already exists"), "{err}");
+    }
+
+    #[test]
+    fn plan_refuses_an_unknown_channel_and_lists_the_known_ones() {
+        let (temp, project) = project_copy();
+        let cache = Cache::new(Some(&temp.path().join("cache"))).unwrap();
+        let mut req = request(&temp.path().join("build"));
+        req.channel = "nightly".parse().unwrap();
+        let err = BuildPlan::new(project, cache, &req, OffsetDateTime::now_utc()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "unknown channel nightly: {} has alpha, beta, stable",
+                temp.path().join("channels").display()
+            )
+        );
+    }
+
+    #[test]
+    fn plan_refuses_a_broken_recipe_naming_file_and_line() {
+        let (temp, project) = project_copy();
+        let conf = temp.path().join("recipes/mkosi.conf.d/10-base.conf");
+        let text = fs::read_to_string(&conf).unwrap();
+        fs::write(&conf, format!("{text}\n[Content]\nPackagez=vim\n")).unwrap();
+        let cache = Cache::new(Some(&temp.path().join("cache"))).unwrap();
+        let err = BuildPlan::new(
+            project,
+            cache,
+            &request(&temp.path().join("b")),
+            OffsetDateTime::now_utc(),
+        )
+        .unwrap_err();
+        let line = text.lines().count() + 3;
+        assert!(
+            err.to_string()
+                .starts_with(&format!("{}:{line}: key `Packagez`", conf.display())),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn staging_is_removed_unless_committed() {
+        let temp = tempfile::tempdir().unwrap();
+        let path = temp.path().join(".1.partial");
+        {
+            let staging = Staging::create(&path).unwrap();
+            fs::write(staging.path.join("disk.raw"), b"half").unwrap();
+        }
+        assert!(!path.exists());
+        let staging = Staging::create(&path).unwrap();
+        let target = temp.path().join("1");
+        staging.commit(&target).unwrap();
+        assert!(target.is_dir() && !path.exists());
+    }
+
+    #[test]
+    fn stale_outputs_go_but_the_tools_tree_stays() {
+        let temp = tempfile::tempdir().unwrap();
+        fs::create_dir(temp.path().join("tools")).unwrap();
+        fs::write(temp.path().join("boxcar_1.raw"), b"").unwrap();
+        fs::create_dir(temp.path().join("boxcar_1.dir")).unwrap();
+        remove_stale_outputs(temp.path()).unwrap();
+        let left: Vec<_> = fs::read_dir(temp.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, ["tools"]);
+    }
+
+    #[test]
+    fn parses_veritysetup_dump() {
+        let dump = "VERITY header information for x\nUUID:            \tabc\nHash type:       \t1\n\
+                    Data blocks:     \t78163\nData block size: \t4096\nHash blocks:     \t617\n\
+                    Hash block size: \t4096\nHash algorithm:  \tsha256\nSalt:            \tdeadbeef\n";
+        let header = parse_verity_dump(dump).unwrap();
+        assert_eq!(
+            (header.data_block_size, header.hash_block_size),
+            (4096, 4096)
+        );
+        assert_eq!(header.salt, "deadbeef");
+        assert!(parse_verity_dump("nothing").is_err());
+    }
+
+    #[test]
+    fn human_sizes() {
+        assert_eq!(human_bytes(512), "512 B");
+        assert_eq!(human_bytes(4_967_124_992), "4.6 GiB");
+    }
+}

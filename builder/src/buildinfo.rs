@@ -1,0 +1,172 @@
+//! `build.json`: what a build produced, in a typed, documented form that
+//! later steps (boot tests, packaging, publishing) read back.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use boxcar_signing::Sha256Digest;
+use serde::{Deserialize, Serialize};
+
+use crate::channel::ChannelName;
+use crate::image::PartitionTable;
+use crate::version::Version;
+
+/// The file name of the record inside a build directory.
+pub const BUILD_JSON: &str = "build.json";
+
+/// Bumped when a field changes meaning or goes away.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// The record of one build, written as `build/<version>/build.json`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BuildInfo {
+    /// Format version of this document.
+    pub schema: u32,
+    /// The OS name ("boxcar"), as in os-release's ID.
+    pub name: String,
+    pub version: Version,
+    /// The channel the build was made for. The bits do not depend on it:
+    /// promotion to another channel reuses them unchanged.
+    pub channel: ChannelName,
+    /// When the build finished (RFC 3339, UTC).
+    pub built_at: String,
+    /// File times inside the image are clamped to this (seconds since the
+    /// epoch): the commit time of the recipe.
+    pub source_date_epoch: i64,
+    pub source: SourceInfo,
+    pub usr: UsrInfo,
+    pub kernel: KernelInfo,
+    pub disk: DiskInfo,
+    /// Every file in the build directory except build.json and the log.
+    pub files: Vec<FileInfo>,
+    /// Every package installed in the image.
+    pub packages: Vec<PackageInfo>,
+    /// How long each phase took.
+    pub phases: Vec<PhaseTiming>,
+    /// The versions of the tools that made the image.
+    pub tools: Vec<ToolVersion>,
+}
+
+/// Where the recipe came from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceInfo {
+    /// The git commit of the checkout, when it is one.
+    pub git_commit: Option<String>,
+    /// Whether the checkout had uncommitted changes.
+    pub git_dirty: Option<bool>,
+}
+
+/// The read-only /usr and its integrity protection.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UsrInfo {
+    /// The dm-verity root hash (hex): the UKI's `usrhash=`.
+    pub root_hash: String,
+    /// The file system inside the partition.
+    pub filesystem: String,
+    /// The /usr partition image, as a file of this build.
+    pub data_file: String,
+    /// The verity hash tree, as a file of this build.
+    pub hash_file: String,
+    pub data_block_size: u64,
+    pub hash_block_size: u64,
+    /// The verity salt (hex).
+    pub salt: String,
+}
+
+/// What boots.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KernelInfo {
+    /// `uname -r` of the kernel.
+    pub release: String,
+    /// The kernel command line built into the UKI.
+    pub cmdline: String,
+}
+
+/// The full disk image.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskInfo {
+    pub file: String,
+    /// Apparent size in bytes.
+    pub size: u64,
+    /// Bytes actually allocated on the build host's disk (the image is
+    /// sparse).
+    pub allocated: u64,
+    pub partition_table: PartitionTable,
+}
+
+/// One file of the build.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileInfo {
+    /// File name, relative to the build directory.
+    pub name: String,
+    pub kind: FileKind,
+    pub size: u64,
+    pub sha256: Sha256Digest,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FileKind {
+    /// The full GPT disk image.
+    Disk,
+    /// The /usr partition image.
+    Usr,
+    /// The /usr verity hash tree.
+    UsrVerity,
+    /// The unified kernel image.
+    Uki,
+    Kernel,
+    Initrd,
+    /// mkosi's package manifest.
+    Manifest,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PackageInfo {
+    pub name: String,
+    pub version: String,
+    pub architecture: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PhaseTiming {
+    pub name: String,
+    pub seconds: f64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ToolVersion {
+    pub name: String,
+    pub version: String,
+}
+
+impl BuildInfo {
+    /// Reads `dir/build.json`.
+    pub fn load(dir: &Path) -> Result<Self> {
+        let path = dir.join(BUILD_JSON);
+        let text = std::fs::read_to_string(&path).with_context(|| {
+            format!(
+                "reading {} (is {} a build directory?)",
+                path.display(),
+                dir.display()
+            )
+        })?;
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+    }
+
+    pub fn file(&self, kind: FileKind) -> Result<&FileInfo> {
+        self.files
+            .iter()
+            .find(|f| f.kind == kind)
+            .with_context(|| format!("build.json lists no {kind:?} file"))
+    }
+}

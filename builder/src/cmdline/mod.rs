@@ -1,0 +1,198 @@
+//! The command line: every clap type, and nothing else.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::channel::ChannelName;
+use crate::version::Version;
+
+/// Build, boot-test and ship Boxcar Linux images.
+///
+/// Boxcar Linux is an immutable container host: a read-only /usr protected
+/// by dm-verity, A/B updates, containerd and Docker under systemd. This tool
+/// composes it from the mkosi recipes in recipes/ and proves each image in a
+/// VM before it ships.
+///
+/// Results go to stdout (as JSON with --json); progress and logs go to
+/// stderr. Exit status: 0 on success, 1 on failure, 2 on a usage error.
+#[derive(Debug, Parser)]
+#[command(name = "boxcar", version, max_term_width = 100)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// The Boxcar checkout (recipes/, overlays/, channels/). Default:
+    /// $BOXCAR_PROJECT, else the nearest directory at or above the current
+    /// one that has recipes/mkosi.conf.
+    #[arg(long, global = true, value_name = "DIR")]
+    pub project: Option<PathBuf>,
+
+    /// Where package downloads, mkosi's incremental image and its tools tree
+    /// are kept between builds. Default: $BOXCAR_CACHE_DIR, else
+    /// /var/cache/boxcar.
+    #[arg(long, global = true, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+
+    /// Print the result as JSON on stdout (for CI and other programs).
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    /// Show no progress on stderr; errors are still printed.
+    #[arg(long, short, global = true)]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    Build(BuildArgs),
+    Test(TestArgs),
+    Check(CheckArgs),
+}
+
+/// Compose a Boxcar Linux disk image from the recipes.
+///
+/// Runs mkosi on recipes/ (with the trees in overlays/) and writes
+/// OUT/VERSION/: the GPT disk image (disk.raw), its /usr and verity parts
+/// (usr.raw, usr-verity.raw), the UKI (uki.efi) with the kernel and initrd
+/// inside it (vmlinuz, initrd), mkosi's package manifest, the full log
+/// (build.log), and build.json, which records the version, channel, /usr
+/// root hash, partition table, every file's size and sha256, the package
+/// list and each phase's duration.
+///
+/// The image is checked before the build counts as done: the UKI's usrhash=
+/// must match the /usr partition, and veritysetup must verify /usr against
+/// it. A build that fails or is interrupted leaves no OUT/VERSION/ behind;
+/// its log is kept as OUT/VERSION.failed.log.
+///
+/// Must run as root. The first build downloads a few hundred MB of packages
+/// into the cache; later builds reuse them and take seconds.
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    /// The channel the build is for (a file in channels/). It is recorded in
+    /// build.json; it does not change the image, so a release can later be
+    /// promoted unchanged.
+    #[arg(long, default_value = "alpha")]
+    pub channel: ChannelName,
+
+    /// The image version (digits first; letters, digits and . + ~ ^ -).
+    /// Default: the UTC time, as YYYY.MMDD.HHMMSS.
+    #[arg(long)]
+    pub version: Option<Version>,
+
+    /// The directory that receives VERSION/.
+    #[arg(long, default_value = "build", value_name = "DIR")]
+    pub out: PathBuf,
+
+    /// Resolve packages from the mirror again instead of reusing the cached
+    /// installation (picks up security updates; slower).
+    #[arg(long)]
+    pub refresh: bool,
+}
+
+/// Boot a build in qemu and record evidence of what it is.
+///
+/// Boots BUILD/disk.raw under UEFI (through a copy-on-write overlay: the
+/// image is not modified) and checks, from inside the guest: multi-user was
+/// reached; /usr is mounted read-only from a dm-verity device whose root
+/// hash is build.json's; writes to /usr are refused; ROOT grew to fill a
+/// larger disk; containerd and docker are active; docker runs a container
+/// imported from a local file (no registry); and the boot time.
+///
+/// Nothing for the test is built into the image: a small extra disk brings
+/// the test script and container, and a systemd unit is passed in as a
+/// credential through SMBIOS.
+///
+/// Writes BUILD/evidence/CASE/evidence.json, summary.txt and console.log.
+/// Exits 1 if any check fails.
+///
+/// With --tamper-usr, a copy of the image with one byte of /usr (slot A)
+/// flipped is booted instead, and the test passes only if dm-verity catches
+/// it and the system does not run on the tampered data.
+#[derive(Debug, Args)]
+pub struct TestArgs {
+    /// The build directory (OUT/VERSION from `boxcar build`).
+    #[arg(long, value_name = "DIR")]
+    pub build: PathBuf,
+
+    /// Boot a copy with one byte of /usr flipped, and expect it to be caught.
+    #[arg(long)]
+    pub tamper_usr: bool,
+
+    /// The accelerator: auto uses KVM only if it can really run a VM here
+    /// (checked by booting the firmware), else software emulation.
+    #[arg(long, value_enum, default_value_t = AccelArg::Auto)]
+    pub accel: AccelArg,
+
+    /// Give up on the boot after this many seconds. Default: 300 with KVM,
+    /// 900 with software emulation.
+    #[arg(long, value_name = "SECONDS")]
+    pub timeout: Option<u64>,
+
+    /// The VM's memory, in MiB.
+    #[arg(long, default_value_t = 2048, value_name = "MIB")]
+    pub memory: u32,
+
+    /// The VM's CPU count.
+    #[arg(long, default_value_t = 2)]
+    pub cpus: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum AccelArg {
+    /// KVM where it works, else software emulation.
+    Auto,
+    /// KVM, or fail.
+    Kvm,
+    /// Software emulation (TCG).
+    Tcg,
+}
+
+/// Check the configuration and the host without building anything.
+///
+/// Parses every recipe file and channel file (a mistake is reported with
+/// its file, line and key) and checks that the tools `boxcar build` and
+/// `boxcar test` need are installed in recent enough versions.
+#[derive(Debug, Args)]
+pub struct CheckArgs {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn build_defaults() {
+        let cli = Cli::try_parse_from(["boxcar", "build"]).unwrap();
+        let Command::Build(args) = cli.command else {
+            panic!("not build")
+        };
+        assert_eq!(args.channel.as_str(), "alpha");
+        assert_eq!(args.out, PathBuf::from("build"));
+        assert!(args.version.is_none());
+    }
+
+    #[test]
+    fn invalid_values_are_usage_errors() {
+        for argv in [
+            &["boxcar", "build", "--version", "../x"][..],
+            &["boxcar", "build", "--channel", "Alpha"],
+            &["boxcar", "test"],
+            &["boxcar", "test", "--build", "b", "--accel", "hvf"],
+        ] {
+            let err = Cli::try_parse_from(argv).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{argv:?}");
+        }
+    }
+}

@@ -1,0 +1,224 @@
+//! The verbs: one function per subcommand, from parsed arguments to a
+//! printed result.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Result};
+use serde::Serialize;
+use time::OffsetDateTime;
+
+use crate::build::{self, human_bytes, BuildPlan, BuildRequest};
+use crate::channel::Channels;
+use crate::cmdline::{AccelArg, BuildArgs, CheckArgs, Cli, Command, GlobalArgs, TestArgs};
+use crate::hosttools::{self, Locator};
+use crate::progress::Progress;
+use crate::project::{Cache, Project};
+use crate::recipe::Recipe;
+use crate::vmtest::{self, evidence::TestCase, qemu::AccelRequest, TestRequest};
+
+/// Runs the parsed command line.
+pub fn run(cli: Cli) -> Result<()> {
+    crate::interrupt::install();
+    let progress = Progress::new(cli.global.quiet);
+    match cli.command {
+        Command::Build(args) => build(&cli.global, &args, &progress),
+        Command::Test(args) => test(&cli.global, &args, &progress),
+        Command::Check(args) => check(&cli.global, &args, &progress),
+    }
+}
+
+fn locator(cache: &Cache) -> Locator {
+    let mut mkosi = Vec::new();
+    if let Some(path) = std::env::var_os("BOXCAR_MKOSI") {
+        mkosi.push(PathBuf::from(path));
+    }
+    mkosi.push(cache.mkosi_wrapper());
+    Locator {
+        preferred: BTreeMap::from([("mkosi", mkosi)]),
+    }
+}
+
+fn require_root(what: &str) -> Result<()> {
+    // /proc/self belongs to the effective user.
+    let uid = std::fs::metadata("/proc/self")?.uid();
+    if uid != 0 {
+        bail!("{what} must run as root (mkosi needs it to install packages and build file systems); try sudo");
+    }
+    Ok(())
+}
+
+fn build(global: &GlobalArgs, args: &BuildArgs, progress: &Progress) -> Result<()> {
+    let project = Project::discover(global.project.as_deref())?;
+    let cache = Cache::new(global.cache_dir.as_deref())?;
+    let request = BuildRequest {
+        channel: args.channel.clone(),
+        version: args.version.clone(),
+        out_dir: args.out.clone(),
+        refresh: args.refresh,
+    };
+    let plan = BuildPlan::new(project, cache, &request, OffsetDateTime::now_utc())?;
+    require_root("boxcar build")?;
+    let tools = hosttools::check(&build::requirements(), &locator(&plan.cache), "build")?;
+    progress.note(&format!(
+        "building {} {} for channel {} (cache {})",
+        build::IMAGE_ID,
+        plan.version,
+        plan.channel.name,
+        plan.cache.root.display()
+    ));
+    let outcome = build::run(&plan, &tools, progress)?;
+    if global.json {
+        #[derive(Serialize)]
+        struct Output<'a> {
+            dir: &'a std::path::Path,
+            #[serde(flatten)]
+            info: &'a crate::buildinfo::BuildInfo,
+        }
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&Output {
+                dir: &outcome.dir,
+                info: &outcome.info
+            })?
+        );
+        return Ok(());
+    }
+    let info = &outcome.info;
+    let total = info
+        .phases
+        .iter()
+        .find(|p| p.name == "total")
+        .map_or(0.0, |p| p.seconds);
+    println!(
+        "Built {} {} for channel {} in {total:.1}s: {}",
+        info.name,
+        info.version,
+        info.channel,
+        outcome.dir.display()
+    );
+    println!("  /usr root hash  {}", info.usr.root_hash);
+    println!("  kernel          {}", info.kernel.release);
+    println!("  packages        {}", info.packages.len());
+    for file in &info.files {
+        let allocated = if file.name == info.disk.file {
+            format!(" ({} allocated)", human_bytes(info.disk.allocated))
+        } else {
+            String::new()
+        };
+        println!(
+            "  {:<15} {:>10}{allocated}  sha256 {}",
+            file.name,
+            human_bytes(file.size),
+            file.sha256
+        );
+    }
+    Ok(())
+}
+
+fn test(global: &GlobalArgs, args: &TestArgs, progress: &Progress) -> Result<()> {
+    let cache = Cache::new(global.cache_dir.as_deref())?;
+    let tools = hosttools::check(&vmtest::requirements(), &locator(&cache), "test")?;
+    let request = TestRequest {
+        build_dir: args.build.clone(),
+        case: if args.tamper_usr {
+            TestCase::TamperUsr
+        } else {
+            TestCase::Boot
+        },
+        accel: match args.accel {
+            AccelArg::Auto => AccelRequest::Auto,
+            AccelArg::Kvm => AccelRequest::Kvm,
+            AccelArg::Tcg => AccelRequest::Tcg,
+        },
+        timeout: args.timeout.map(Duration::from_secs),
+        memory_mib: args.memory,
+        cpus: args.cpus,
+    };
+    let outcome = vmtest::run(&request, &tools, progress)?;
+    if global.json {
+        println!("{}", serde_json::to_string_pretty(&outcome.evidence)?);
+    } else {
+        print!("{}", vmtest::evidence::summary(&outcome.evidence));
+        println!("evidence: {}", outcome.evidence_dir.display());
+    }
+    if !outcome.evidence.passed {
+        let failed: Vec<&str> = outcome
+            .evidence
+            .checks
+            .iter()
+            .filter(|c| !c.passed)
+            .map(|c| c.name.as_str())
+            .collect();
+        bail!(
+            "boot test {} failed: {}; the console log is {}",
+            outcome.evidence.case.dir_name(),
+            failed.join(", "),
+            outcome
+                .evidence_dir
+                .join(vmtest::evidence::CONSOLE_LOG)
+                .display()
+        );
+    }
+    Ok(())
+}
+
+fn check(global: &GlobalArgs, _args: &CheckArgs, _progress: &Progress) -> Result<()> {
+    #[derive(Serialize)]
+    struct Report {
+        project: PathBuf,
+        recipe_files: usize,
+        channels: Vec<String>,
+        tools: Vec<hosttools::FoundTool>,
+        problems: Vec<String>,
+    }
+    let project = Project::discover(global.project.as_deref())?;
+    let cache = Cache::new(global.cache_dir.as_deref())?;
+    let recipe = Recipe::load(&project.recipes_dir())?;
+    let channels = Channels::load(&project.channels_dir())?;
+    let locator = locator(&cache);
+    let mut report = Report {
+        project: project.root.clone(),
+        recipe_files: recipe.files().count(),
+        channels: channels
+            .channels
+            .iter()
+            .map(|c| c.name.to_string())
+            .collect(),
+        tools: Vec::new(),
+        problems: Vec::new(),
+    };
+    for (command, requirements) in [
+        ("build", build::requirements()),
+        ("test", vmtest::requirements()),
+    ] {
+        match hosttools::check(&requirements, &locator, command) {
+            Ok(tools) => report.tools.extend(tools.all().cloned()),
+            Err(e) => report.problems.push(e.to_string()),
+        }
+    }
+    if global.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!("checkout  {}", report.project.display());
+        println!("recipe    {} files, all valid", report.recipe_files);
+        println!("channels  {}", report.channels.join(", "));
+        for tool in &report.tools {
+            println!(
+                "tool      {} {} ({})",
+                tool.program,
+                tool.version.as_deref().unwrap_or("(any version)"),
+                tool.path.display()
+            );
+        }
+        for problem in &report.problems {
+            println!("{problem}");
+        }
+    }
+    if !report.problems.is_empty() {
+        bail!("the host is missing tools; see above");
+    }
+    Ok(())
+}

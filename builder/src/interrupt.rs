@@ -1,0 +1,24 @@
+//! Ctrl-C and SIGTERM: remember the request instead of dying on the spot,
+//! so a build can stop its tools and remove its half-written output.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+static REQUESTED: AtomicBool = AtomicBool::new(false);
+
+/// Installs the handler; call once, early in `main`.
+pub fn install() {
+    // If a handler is already set (tests, embedding), keep it.
+    let _ = ctrlc::set_handler(|| {
+        if REQUESTED.swap(true, Ordering::SeqCst) {
+            // A second request: the user insists. Leave now.
+            eprintln!("interrupted again; exiting without cleaning up");
+            std::process::exit(130);
+        }
+        eprintln!("interrupted; stopping and cleaning up (press Ctrl-C again to exit at once)");
+    });
+}
+
+/// Whether the user asked to stop.
+pub fn requested() -> bool {
+    REQUESTED.load(Ordering::SeqCst)
+}

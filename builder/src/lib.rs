@@ -1,0 +1,40 @@
+//! `boxcar`: builds, boot-tests and ships Boxcar Linux images.
+//!
+//! The binary (`main.rs`) only parses arguments and calls [`commands::run`].
+//! Each module is one noun of the pipeline:
+//!
+//! | module | what it owns |
+//! |---|---|
+//! | [`cmdline`] | the command line (clap types only) |
+//! | [`commands`] | one function per subcommand |
+//! | [`project`] | where the checkout and the cache directory are |
+//! | [`recipe`] | the mkosi recipes under `recipes/`, checked before use |
+//! | [`channel`] | `channels/*.toml` |
+//! | [`version`] | image versions |
+//! | [`hosttools`] | the host programs a command needs, checked up front |
+//! | [`process`] | running any external program |
+//! | [`mkosi`] | the mkosi command line and its output |
+//! | [`build`] | `boxcar build`: plan, compose, inspect, record |
+//! | [`image`] | a disk image's partition table |
+//! | [`uki`] | a unified kernel image's embedded command line |
+//! | [`buildinfo`] | `build.json` |
+//! | [`vmtest`] | `boxcar test`: qemu boots and their evidence |
+//! | [`progress`] | progress on stderr |
+
+pub mod build;
+pub mod buildinfo;
+pub mod channel;
+pub mod cmdline;
+pub mod commands;
+pub mod config_error;
+pub mod hosttools;
+pub mod image;
+pub mod interrupt;
+pub mod mkosi;
+pub mod process;
+pub mod progress;
+pub mod project;
+pub mod recipe;
+pub mod uki;
+pub mod version;
+pub mod vmtest;

@@ -1,0 +1,506 @@
+//! What a boot test observed, and the verdict on it.
+//!
+//! The guest reports raw facts (key=value lines); the console log adds what
+//! the kernel said. Judging happens here, on the host, against build.json:
+//! a guest cannot grade its own exam.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use serde::{Deserialize, Serialize};
+
+use crate::buildinfo::BuildInfo;
+use crate::image::Role;
+
+pub const EVIDENCE_JSON: &str = "evidence.json";
+pub const SUMMARY_TXT: &str = "summary.txt";
+pub const CONSOLE_LOG: &str = "console.log";
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// What the container in the guest prints when it runs.
+pub const CONTAINER_GREETING: &str = "boxcar-container-ok";
+
+/// Which test was run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TestCase {
+    /// Boot the image as built; everything must work.
+    Boot,
+    /// Boot a copy with one byte of /usr slot A flipped; the tampered data
+    /// must not be used.
+    TamperUsr,
+}
+
+impl TestCase {
+    /// The directory name of the case's evidence.
+    pub fn dir_name(self) -> &'static str {
+        match self {
+            TestCase::Boot => "boot",
+            TestCase::TamperUsr => "tamper-usr",
+        }
+    }
+}
+
+/// How the VM's run ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BootOutcome {
+    /// The guest powered itself off (after reporting, in a normal boot).
+    PoweredOff,
+    /// systemd gave up and entered emergency mode.
+    EmergencyMode,
+    KernelPanic,
+    /// Nothing decisive happened before the time limit.
+    TimedOut,
+    /// qemu itself failed (bad arguments, missing firmware, ...).
+    QemuFailed,
+    /// The user interrupted the test.
+    Interrupted,
+}
+
+/// One judged fact.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Check {
+    pub name: String,
+    pub passed: bool,
+    pub expected: String,
+    pub observed: String,
+}
+
+/// Boot time, in seconds, the way systemd-analyze splits it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BootTime {
+    pub firmware: Option<f64>,
+    pub loader: Option<f64>,
+    pub kernel: f64,
+    pub initrd: Option<f64>,
+    pub userspace: f64,
+    /// From power-on (or kernel start, without firmware figures) to the end
+    /// of the boot transaction.
+    pub total: f64,
+    /// From the start of userspace to multi-user.target.
+    pub multi_user_after_userspace: Option<f64>,
+    /// The first line of `systemd-analyze time`, as the guest printed it.
+    pub systemd_analyze: String,
+}
+
+/// A console event, timed from qemu's start on the host's clock. The
+/// earliest ones (firmware, boot loader) are the only boot times the guest
+/// cannot measure itself under emulation.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Milestone {
+    pub event: String,
+    pub seconds: f64,
+}
+
+/// The record of one boot test: `evidence.json`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Evidence {
+    pub schema: u32,
+    pub case: TestCase,
+    /// The build's version.
+    pub version: String,
+    /// The platform the artifact was booted as.
+    pub platform: String,
+    /// The file that was booted, relative to the build directory.
+    pub artifact: String,
+    /// What was done to the artifact before booting it.
+    pub tampering: Option<String>,
+    pub started_at: String,
+    /// "kvm" or "tcg".
+    pub accelerator: String,
+    /// Why that accelerator was chosen.
+    pub accelerator_reason: String,
+    pub qemu_command: String,
+    pub outcome: BootOutcome,
+    /// Wall-clock seconds from qemu's start to its end.
+    pub wall_seconds: f64,
+    pub boot_time: Option<BootTime>,
+    /// What the console showed, and when.
+    pub milestones: Vec<Milestone>,
+    /// Kernel lines from the console that report verity corruption.
+    pub verity_errors: Vec<String>,
+    /// Everything the guest reported, raw.
+    pub guest: BTreeMap<String, String>,
+    pub checks: Vec<Check>,
+    /// True when every check passed.
+    pub passed: bool,
+}
+
+/// Parses the guest's key=value report. Lines that are not key=value
+/// (noise on the port) are skipped.
+pub fn parse_report(text: &str) -> BTreeMap<String, String> {
+    text.lines()
+        .filter_map(|line| {
+            let (key, value) = line.split_once('=')?;
+            let key = key.trim();
+            let valid =
+                !key.is_empty() && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            valid.then(|| (key.to_owned(), value.trim().to_owned()))
+        })
+        .collect()
+}
+
+/// The verity target line of `dmsetup table`, split into its fields.
+struct VerityTable {
+    root_hash: String,
+    data_block_size: String,
+    hash_block_size: String,
+}
+
+/// `0 625304 verity 1 254:1 254:2 4096 4096 78163 1 sha256 <root> <salt> ...`
+fn parse_verity_table(table: &str) -> Option<VerityTable> {
+    let fields: Vec<&str> = table.split_whitespace().collect();
+    if fields.get(2) != Some(&"verity") || fields.len() < 13 {
+        return None;
+    }
+    Some(VerityTable {
+        data_block_size: fields[6].to_owned(),
+        hash_block_size: fields[7].to_owned(),
+        root_hash: fields[11].to_owned(),
+    })
+}
+
+fn check(
+    name: &str,
+    passed: bool,
+    expected: impl Into<String>,
+    observed: impl Into<String>,
+) -> Check {
+    Check {
+        name: name.to_owned(),
+        passed,
+        expected: expected.into(),
+        observed: observed.into(),
+    }
+}
+
+/// Judges a normal boot against the build.
+pub fn judge_boot(
+    report: &BTreeMap<String, String>,
+    build: &BuildInfo,
+    outcome: BootOutcome,
+) -> Vec<Check> {
+    let get = |key: &str| report.get(key).map(String::as_str).unwrap_or("");
+    let mut checks = vec![
+        check(
+            "guest reported and powered off",
+            outcome == BootOutcome::PoweredOff && get("end") == "1",
+            "a complete report, then power-off",
+            format!(
+                "{outcome:?}, report {}",
+                if get("end") == "1" {
+                    "complete"
+                } else {
+                    "incomplete"
+                }
+            ),
+        ),
+        check(
+            "reached multi-user",
+            get("multi_user") == "active",
+            "multi-user.target active",
+            get("multi_user"),
+        ),
+        check(
+            "booted the built version",
+            get("os_image_version") == build.version.as_str(),
+            build.version.as_str(),
+            get("os_image_version"),
+        ),
+    ];
+    let table = parse_verity_table(get("usr_dm_table"));
+    checks.push(check(
+        "/usr is a dm-verity device",
+        get("usr_source").starts_with("/dev/mapper/") && table.is_some(),
+        "/usr mounted from /dev/mapper/*, a verity target",
+        format!("{} ({})", get("usr_source"), get("usr_dm_table")),
+    ));
+    checks.push(check(
+        "verity root hash is the build's",
+        table
+            .as_ref()
+            .is_some_and(|t| t.root_hash == build.usr.root_hash),
+        build.usr.root_hash.clone(),
+        table
+            .as_ref()
+            .map(|t| t.root_hash.clone())
+            .unwrap_or_default(),
+    ));
+    checks.push(check(
+        "verity block sizes are the build's",
+        table.as_ref().is_some_and(|t| {
+            t.data_block_size == build.usr.data_block_size.to_string()
+                && t.hash_block_size == build.usr.hash_block_size.to_string()
+        }),
+        format!(
+            "{} {}",
+            build.usr.data_block_size, build.usr.hash_block_size
+        ),
+        table
+            .as_ref()
+            .map(|t| format!("{} {}", t.data_block_size, t.hash_block_size))
+            .unwrap_or_default(),
+    ));
+    checks.push(check(
+        "verity saw no corruption",
+        get("usr_dm_status").split_whitespace().nth(3) == Some("V"),
+        "dmsetup status ends in V (verified)",
+        get("usr_dm_status"),
+    ));
+    let options: Vec<&str> = get("usr_options").split(',').collect();
+    checks.push(check(
+        "/usr is mounted read-only",
+        options.first() == Some(&"ro") && get("usr_fstype") == build.usr.filesystem,
+        format!("{} mounted ro", build.usr.filesystem),
+        format!("{} {}", get("usr_fstype"), get("usr_options")),
+    ));
+    checks.push(check(
+        "a write to /usr is refused",
+        get("usr_write").starts_with("refused") && get("usr_remount_rw").starts_with("refused"),
+        "both a file write and a read-write remount refused",
+        format!(
+            "write: {}; remount: {}",
+            get("usr_write"),
+            get("usr_remount_rw")
+        ),
+    ));
+    if let Some(root) = build.disk.partition_table.by_role(Role::Root) {
+        let grown = get("root_partition_bytes").parse::<u64>().unwrap_or(0);
+        let fs = get("root_filesystem_bytes").parse::<u64>().unwrap_or(0);
+        checks.push(check(
+            "ROOT grew to fill the disk",
+            grown > root.size && fs > root.size * 9 / 10,
+            format!(
+                "partition and file system larger than the built {} bytes",
+                root.size
+            ),
+            format!("partition {grown} bytes, file system {fs} bytes"),
+        ));
+    }
+    checks.push(check(
+        "containerd is active",
+        get("containerd") == "active",
+        "active",
+        get("containerd"),
+    ));
+    checks.push(check(
+        "docker is active",
+        get("docker") == "active",
+        "active",
+        get("docker"),
+    ));
+    checks.push(check(
+        "docker ran a container",
+        get("container_output") == CONTAINER_GREETING,
+        CONTAINER_GREETING,
+        get("container_output"),
+    ));
+    checks.push(check(
+        "boot time was recorded",
+        boot_time(report).is_some(),
+        "systemd-analyze timestamps",
+        get("analyze"),
+    ));
+    checks
+}
+
+/// Judges a boot of a tampered image: verity must have caught the change
+/// and the system must not have run on the tampered /usr.
+pub fn judge_tamper(
+    report: &BTreeMap<String, String>,
+    verity_errors: &[String],
+    outcome: BootOutcome,
+) -> Vec<Check> {
+    let status_corrupt = report
+        .get("usr_dm_status")
+        .is_some_and(|s| s.split_whitespace().nth(3) == Some("C"));
+    let reached = report.get("multi_user").map(String::as_str) == Some("active");
+    vec![
+        check(
+            "verity detected the tampering",
+            !verity_errors.is_empty() || status_corrupt,
+            "a dm-verity corruption error",
+            if verity_errors.is_empty() {
+                "no verity error on the console".to_owned()
+            } else {
+                verity_errors[0].clone()
+            },
+        ),
+        check(
+            "the tampered /usr was not used",
+            !reached || status_corrupt,
+            "boot stopped before multi-user (or reads failed)",
+            format!(
+                "{outcome:?}, multi-user {}",
+                if reached { "reached" } else { "not reached" }
+            ),
+        ),
+    ]
+}
+
+/// Splits the boot time from the guest's systemd timestamps.
+pub fn boot_time(report: &BTreeMap<String, String>) -> Option<BootTime> {
+    let stamps: BTreeMap<&str, u64> = report
+        .get("timestamps")?
+        .split_whitespace()
+        .filter_map(|pair| {
+            let (key, value) = pair.split_once('=')?;
+            Some((key, value.parse().ok()?))
+        })
+        .collect();
+    let seconds = |us: u64| (us as f64 / 1e4).round() / 100.0;
+    let firmware = stamps
+        .get("FirmwareTimestampMonotonic")
+        .copied()
+        .filter(|&t| t > 0);
+    let loader = stamps
+        .get("LoaderTimestampMonotonic")
+        .copied()
+        .filter(|&t| t > 0);
+    let initrd = stamps
+        .get("InitRDTimestampMonotonic")
+        .copied()
+        .filter(|&t| t > 0);
+    let userspace = *stamps.get("UserspaceTimestampMonotonic")?;
+    let finish = *stamps.get("FinishTimestampMonotonic")?;
+    if finish == 0 || userspace == 0 {
+        return None;
+    }
+    let multi_user = report
+        .get("multi_user_reached_us")
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|&t| t > userspace);
+    Some(BootTime {
+        firmware: firmware.map(|f| seconds(f.saturating_sub(loader.unwrap_or(0)))),
+        loader: loader.map(seconds),
+        kernel: seconds(initrd.unwrap_or(userspace)),
+        initrd: initrd.map(|i| seconds(userspace - i)),
+        userspace: seconds(finish - userspace),
+        total: seconds(firmware.unwrap_or(0) + finish),
+        multi_user_after_userspace: multi_user.map(|m| seconds(m - userspace)),
+        systemd_analyze: report.get("analyze").cloned().unwrap_or_default(),
+    })
+}
+
+/// The human summary, `summary.txt`.
+pub fn summary(evidence: &Evidence) -> String {
+    let mut text = String::new();
+    let verdict = if evidence.passed { "PASSED" } else { "FAILED" };
+    let _ = writeln!(
+        text,
+        "Boxcar {} boot test ({}) of {} as {}: {verdict}",
+        evidence.version,
+        evidence.case.dir_name(),
+        evidence.artifact,
+        evidence.platform
+    );
+    if let Some(tampering) = &evidence.tampering {
+        let _ = writeln!(text, "tampering: {tampering}");
+    }
+    let _ = writeln!(
+        text,
+        "accelerator: {} ({}); outcome: {:?} after {:.1}s wall clock",
+        evidence.accelerator, evidence.accelerator_reason, evidence.outcome, evidence.wall_seconds
+    );
+    if let Some(t) = &evidence.boot_time {
+        let part = |name: &str, value: Option<f64>| value.map(|v| format!("{v:.2}s ({name})"));
+        let parts: Vec<String> = [
+            part("firmware", t.firmware),
+            part("loader", t.loader),
+            part("kernel", Some(t.kernel)),
+            part("initrd", t.initrd),
+            part("userspace", Some(t.userspace)),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        let _ = writeln!(text, "boot time: {} = {:.2}s", parts.join(" + "), t.total);
+        if let Some(m) = t.multi_user_after_userspace {
+            let _ = writeln!(text, "multi-user.target reached {m:.2}s into userspace");
+        }
+    }
+    if !evidence.milestones.is_empty() {
+        let _ = writeln!(text, "console timeline (seconds from qemu start):");
+        for m in &evidence.milestones {
+            let _ = writeln!(text, "  {:>6.1}  {}", m.seconds, m.event);
+        }
+    }
+    for line in &evidence.verity_errors {
+        let _ = writeln!(text, "kernel: {line}");
+    }
+    let _ = writeln!(text);
+    for c in &evidence.checks {
+        let mark = if c.passed { "ok  " } else { "FAIL" };
+        let _ = writeln!(text, "[{mark}] {}", c.name);
+        if !c.passed {
+            let _ = writeln!(
+                text,
+                "         expected: {}\n         observed: {}",
+                c.expected, c.observed
+            );
+        }
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TABLE: &str = "0 625304 verity 1 254:1 254:2 4096 4096 78163 1 sha256 \
+        6fa31b6fc0d1b24208da89aceb6c979f8f9ef8cef37ac556583da9e6bcc7b163 e8c8 1 ignore_zero_blocks";
+
+    #[test]
+    fn report_parsing_skips_noise() {
+        let report =
+            parse_report("begin=1\ngarbage\nusr_dm_table=0 1 verity a=b\n=x\nbad key=1\nend=1\n");
+        assert_eq!(report.len(), 3);
+        assert_eq!(report["usr_dm_table"], "0 1 verity a=b");
+    }
+
+    #[test]
+    fn verity_table_fields() {
+        let t = parse_verity_table(TABLE).unwrap();
+        assert_eq!(
+            t.root_hash,
+            "6fa31b6fc0d1b24208da89aceb6c979f8f9ef8cef37ac556583da9e6bcc7b163"
+        );
+        assert_eq!(
+            (t.data_block_size.as_str(), t.hash_block_size.as_str()),
+            ("4096", "4096")
+        );
+        assert!(parse_verity_table("0 100 linear 254:1 0").is_none());
+    }
+
+    #[test]
+    fn boot_time_is_split_like_systemd_analyze() {
+        let report = parse_report(
+            "timestamps=FirmwareTimestampMonotonic=5000000 LoaderTimestampMonotonic=2000000 \
+             InitRDTimestampMonotonic=3000000 UserspaceTimestampMonotonic=10000000 FinishTimestampMonotonic=40000000\n\
+             multi_user_reached_us=39000000\nanalyze=Startup finished in 3s (firmware) ...\n",
+        );
+        let t = boot_time(&report).unwrap();
+        assert_eq!(t.firmware, Some(3.0));
+        assert_eq!(t.loader, Some(2.0));
+        assert_eq!(t.kernel, 3.0);
+        assert_eq!(t.initrd, Some(7.0));
+        assert_eq!(t.userspace, 30.0);
+        assert_eq!(t.total, 45.0);
+        assert_eq!(t.multi_user_after_userspace, Some(29.0));
+        assert!(boot_time(&parse_report("timestamps=FinishTimestampMonotonic=0\n")).is_none());
+    }
+
+    #[test]
+    fn tamper_is_caught_by_a_console_error_or_corrupt_status() {
+        let none = BTreeMap::new();
+        let errors = vec!["device-mapper: verity: 254:0: data block 0 is corrupted".to_owned()];
+        let checks = judge_tamper(&none, &errors, BootOutcome::EmergencyMode);
+        assert!(checks.iter().all(|c| c.passed), "{checks:?}");
+        let checks = judge_tamper(&none, &[], BootOutcome::EmergencyMode);
+        assert!(!checks[0].passed);
+        let booted = parse_report("multi_user=active\nusr_dm_status=0 1 verity V\n");
+        let checks = judge_tamper(&booted, &[], BootOutcome::PoweredOff);
+        assert!(checks.iter().all(|c| !c.passed), "{checks:?}");
+    }
+}

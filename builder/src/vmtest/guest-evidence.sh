@@ -1,0 +1,85 @@
+#!/bin/sh
+# Boxcar boot test, guest side.
+#
+# The boot-test harness (`boxcar test`) puts this script on a small disk it
+# attaches to the VM, and starts it through a unit it passes in as a systemd
+# credential: nothing of it is in the image. It records what the running
+# system looks like as key=value lines on a virtio-serial port the harness
+# reads after the VM has stopped, then powers the VM off. The harness, not
+# this script, decides what passes.
+#
+# Arguments: the directory the test disk was unpacked into.
+
+testdata="${1:?usage: guest-evidence.sh TESTDATA_DIR}"
+port=/dev/virtio-ports/org.boxcar.evidence
+
+# key=value on the evidence port (and the console, for whoever reads the
+# console log); a value always stays on one line.
+say() {
+    value=$(printf '%s' "$2" | tr '\n' ' ' | sed 's/ *$//')
+    printf '%s=%s\n' "$1" "$value" >&3
+    printf 'boxcar-evidence: %s=%s\n' "$1" "$value" >/dev/console
+}
+
+exec 3>"$port" || exit 1
+say begin 1
+
+# Wait until systemd considers the boot finished; until then
+# systemd-analyze refuses to report boot times.
+say system_state "$(systemctl is-system-running --wait 2>&1)"
+say multi_user "$(systemctl is-active multi-user.target 2>&1)"
+say failed_units "$(systemctl list-units --state=failed --plain --no-legend 2>&1 | awk '{print $1}')"
+
+. /usr/lib/os-release
+say os_id "$ID"
+say os_image_version "$IMAGE_VERSION"
+say kernel_release "$(uname -r)"
+say kernel_cmdline "$(cat /proc/cmdline)"
+
+# /usr: where it comes from and what protects it.
+usr_source=$(findmnt -no SOURCE /usr)
+say usr_source "$usr_source"
+say usr_fstype "$(findmnt -no FSTYPE /usr)"
+say usr_options "$(findmnt -no OPTIONS /usr)"
+dm_name=$(basename "$usr_source")
+say usr_dm_table "$(dmsetup table "$dm_name" 2>&1)"
+say usr_dm_status "$(dmsetup status "$dm_name" 2>&1)"
+if touch /usr/.boxcar-write-test 2>/run/boxcar-write-error; then
+    say usr_write allowed
+    rm -f /usr/.boxcar-write-test
+else
+    say usr_write "refused: $(cat /run/boxcar-write-error)"
+fi
+if mount -o remount,rw /usr 2>/run/boxcar-remount-error; then
+    say usr_remount_rw allowed
+else
+    say usr_remount_rw "refused: $(cat /run/boxcar-remount-error)"
+fi
+
+# ROOT: mounted writable, grown to the disk.
+root_source=$(findmnt -no SOURCE /)
+say root_source "$root_source"
+say root_fstype "$(findmnt -no FSTYPE /)"
+say root_partition_bytes "$(lsblk -bdno SIZE "$root_source" 2>&1)"
+say root_filesystem_bytes "$(df -B1 --output=size / | tail -n 1 | tr -d ' ')"
+
+# The container runtime.
+say containerd "$(systemctl is-active containerd.service 2>&1)"
+say docker "$(systemctl is-active docker.service 2>&1)"
+if docker import "$testdata/rootfs.tar" boxcar-test/busybox:latest >/run/boxcar-import.log 2>&1; then
+    say container_output "$(docker run --rm --network none boxcar-test/busybox:latest /bin/busybox echo boxcar-container-ok 2>&1)"
+else
+    say container_output "import failed: $(cat /run/boxcar-import.log)"
+fi
+
+# Boot timing: what systemd-analyze prints, and the raw timestamps
+# (microseconds) for the harness to break down.
+say analyze "$(systemd-analyze time 2>&1 | head -n 1)"
+say timestamps "$(systemctl show --property=FirmwareTimestampMonotonic --property=LoaderTimestampMonotonic \
+    --property=InitRDTimestampMonotonic --property=UserspaceTimestampMonotonic \
+    --property=FinishTimestampMonotonic | tr '\n' ' ')"
+say multi_user_reached_us "$(systemctl show --property=ActiveEnterTimestampMonotonic --value multi-user.target)"
+
+say end 1
+exec 3>&-
+systemctl poweroff --no-block

@@ -1,0 +1,151 @@
+//! The real `boxcar` binary, run the way a user runs it: help, usage
+//! errors, and configuration mistakes that must be reported (with file,
+//! line and key) before any work starts.
+
+use std::path::{Path, PathBuf};
+
+use assert_cmd::Command;
+use predicates::prelude::*;
+
+fn boxcar() -> Command {
+    Command::cargo_bin("boxcar").unwrap()
+}
+
+fn checkout() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_owned()
+}
+
+/// A copy of the checkout's configuration to break on purpose.
+fn project_copy() -> tempfile::TempDir {
+    let temp = tempfile::tempdir().unwrap();
+    for dir in ["recipes", "overlays", "channels"] {
+        let status = std::process::Command::new("cp")
+            .arg("-r")
+            .arg(checkout().join(dir))
+            .arg(temp.path())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+    temp
+}
+
+#[test]
+fn help_explains_every_command() {
+    boxcar().arg("--help").assert().success().stdout(
+        predicate::str::contains("build")
+            .and(predicate::str::contains("test"))
+            .and(predicate::str::contains("check")),
+    );
+    boxcar()
+        .args(["build", "--help"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("build.json").and(predicate::str::contains("--channel")));
+    boxcar().args(["test", "--help"]).assert().success().stdout(
+        predicate::str::contains("--tamper-usr").and(predicate::str::contains("evidence.json")),
+    );
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    boxcar()
+        .args(["build", "--version", "../evil"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("invalid version"));
+    boxcar()
+        .args(["build", "--channel", "Stable"])
+        .assert()
+        .code(2);
+    boxcar().arg("frobnicate").assert().code(2);
+}
+
+#[test]
+fn unknown_channel_is_refused_before_any_work() {
+    let project = project_copy();
+    boxcar()
+        .args(["build", "--channel", "nightly", "--project"])
+        .arg(project.path())
+        .assert()
+        .code(1)
+        .stderr(
+            predicate::str::contains("unknown channel nightly")
+                .and(predicate::str::contains("alpha, beta, stable")),
+        );
+}
+
+/// `boxcar build` on `project` fails with exit status 1 and an error that
+/// starts with `file:line: key `key``.
+fn assert_build_refused_at(project: &Path, file: &Path, line: usize, key: &str) {
+    boxcar()
+        .args(["build", "--project"])
+        .arg(project)
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains(format!(
+            "{}:{line}: key `{key}`",
+            file.display()
+        )));
+}
+
+#[test]
+fn malformed_channel_file_names_file_line_and_key() {
+    let project = project_copy();
+    let beta = project.path().join("channels/beta.toml");
+    let text = std::fs::read_to_string(&beta).unwrap();
+    std::fs::write(&beta, format!("{text}soak-hours = 24\n")).unwrap();
+    assert_build_refused_at(
+        project.path(),
+        &beta,
+        text.lines().count() + 1,
+        "soak-hours",
+    );
+}
+
+#[test]
+fn malformed_recipe_names_file_line_and_key() {
+    let project = project_copy();
+    let repart = project.path().join("recipes/mkosi.repart/10-usr-a.conf");
+    let text = std::fs::read_to_string(&repart).unwrap();
+    std::fs::write(&repart, text.replace("Verity=data", "Verity=yes")).unwrap();
+    let line = text.lines().position(|l| l == "Verity=data").unwrap() + 1;
+    assert_build_refused_at(project.path(), &repart, line, "Verity");
+}
+
+#[test]
+fn check_reports_the_configuration() {
+    // The tools part depends on the host; the configuration part must hold
+    // everywhere.
+    let output = boxcar()
+        .args(["check", "--json", "--project"])
+        .arg(checkout())
+        .output()
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(
+        report["channels"],
+        serde_json::json!(["alpha", "beta", "stable"])
+    );
+    assert!(report["recipe_files"].as_u64().unwrap() >= 8);
+}
+
+#[test]
+fn test_of_a_missing_build_says_what_is_missing() {
+    let temp = tempfile::tempdir().unwrap();
+    let output = boxcar()
+        .args(["test", "--build"])
+        .arg(temp.path())
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    // Either the host lacks qemu (and says so), or the build.json is missing.
+    assert!(
+        stderr.contains("build.json") || stderr.contains("cannot run `boxcar test`"),
+        "{stderr}"
+    );
+}

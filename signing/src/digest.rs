@@ -1,0 +1,230 @@
+//! SHA-256 digests, computed while streaming.
+//!
+//! A disk image is gigabytes: it is never read into memory. The `sha2`
+//! crate picks the CPU's SHA extensions at run time when present, which is
+//! what keeps hashing at the speed of the disk.
+
+use std::fmt;
+use std::fs::File;
+use std::io::{self, Read};
+use std::path::Path;
+use std::str::FromStr;
+
+use sha2::{Digest, Sha256};
+
+use crate::Error;
+
+/// Read buffer size: large enough that the per-call overhead vanishes next
+/// to the hashing, small enough to stay in cache.
+const CHUNK_SIZE: usize = 256 * 1024;
+
+/// A SHA-256 digest; shown and serialized as 64 lowercase hex digits.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Sha256Digest([u8; 32]);
+
+impl Sha256Digest {
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        Self(bytes)
+    }
+
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+
+    /// Returns an error naming `what` unless `self` equals `expected`.
+    pub fn expect(self, expected: Sha256Digest, what: &str) -> Result<(), Error> {
+        if self == expected {
+            Ok(())
+        } else {
+            Err(Error::DigestMismatch {
+                what: what.to_owned(),
+                expected,
+                calculated: self,
+            })
+        }
+    }
+}
+
+impl fmt::Display for Sha256Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+impl fmt::Debug for Sha256Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Sha256Digest({})", self.to_hex())
+    }
+}
+
+impl FromStr for Sha256Digest {
+    type Err = Error;
+
+    fn from_str(text: &str) -> Result<Self, Error> {
+        let invalid = || Error::InvalidDigest {
+            text: text.to_owned(),
+        };
+        if text.len() != 64 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(invalid());
+        }
+        let mut bytes = [0u8; 32];
+        hex::decode_to_slice(text.to_ascii_lowercase(), &mut bytes).map_err(|_| invalid())?;
+        Ok(Self(bytes))
+    }
+}
+
+impl serde::Serialize for Sha256Digest {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.to_hex())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Sha256Digest {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Hashes everything `reader` yields; returns the digest and the byte count.
+pub fn sha256_reader(mut reader: impl Read) -> io::Result<(Sha256Digest, u64)> {
+    let mut hasher = Sha256::new();
+    let mut buffer = vec![0u8; CHUNK_SIZE];
+    let mut total = 0u64;
+    loop {
+        let n = match reader.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        hasher.update(&buffer[..n]);
+        total += n as u64;
+    }
+    Ok((Sha256Digest(hasher.finalize().into()), total))
+}
+
+/// Hashes a file by streaming it; returns the digest and the file's size.
+pub fn sha256_file(path: &Path) -> Result<(Sha256Digest, u64), Error> {
+    let io_error = |source| Error::Io {
+        what: path.display().to_string(),
+        source,
+    };
+    let file = File::open(path).map_err(io_error)?;
+    sha256_reader(file).map_err(io_error)
+}
+
+/// A reader that hashes what passes through it, so data can be copied and
+/// digested in one pass (a download, a copy into the release store).
+pub struct DigestingReader<R> {
+    inner: R,
+    hasher: Sha256,
+    bytes: u64,
+}
+
+impl<R: Read> DigestingReader<R> {
+    pub fn new(inner: R) -> Self {
+        Self {
+            inner,
+            hasher: Sha256::new(),
+            bytes: 0,
+        }
+    }
+
+    /// Bytes read so far.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// The digest of everything read, and its length.
+    pub fn finish(self) -> (Sha256Digest, u64) {
+        (Sha256Digest(self.hasher.finalize().into()), self.bytes)
+    }
+}
+
+impl<R: Read> Read for DigestingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    // FIPS 180-2 test vectors.
+    const EMPTY: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+    const ABC: &str = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+
+    #[test]
+    fn known_vectors() {
+        assert_eq!(sha256_reader(&b""[..]).unwrap().0.to_hex(), EMPTY);
+        assert_eq!(
+            sha256_reader(&b"abc"[..]).unwrap(),
+            (ABC.parse().unwrap(), 3)
+        );
+    }
+
+    #[test]
+    fn file_larger_than_one_chunk_matches_in_memory_hash() {
+        let data: Vec<u8> = (0..(CHUNK_SIZE * 3 + 17))
+            .map(|i| (i % 251) as u8)
+            .collect();
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        file.write_all(&data).unwrap();
+        let expected = Sha256Digest(Sha256::digest(&data).into());
+        assert_eq!(
+            sha256_file(file.path()).unwrap(),
+            (expected, data.len() as u64)
+        );
+    }
+
+    #[test]
+    fn digesting_reader_sees_what_it_passes_on() {
+        let mut reader = DigestingReader::new(&b"abc"[..]);
+        let mut copy = Vec::new();
+        reader.read_to_end(&mut copy).unwrap();
+        assert_eq!(copy, b"abc");
+        assert_eq!(reader.finish(), (ABC.parse().unwrap(), 3));
+    }
+
+    #[test]
+    fn parsing_rejects_malformed_digests() {
+        for bad in [
+            "",
+            "abc",
+            &EMPTY[..63],
+            &format!("{}0", EMPTY),
+            &EMPTY.replace('e', "g"),
+        ] {
+            assert!(matches!(
+                bad.parse::<Sha256Digest>(),
+                Err(Error::InvalidDigest { .. })
+            ));
+        }
+        assert_eq!(
+            EMPTY
+                .to_uppercase()
+                .parse::<Sha256Digest>()
+                .unwrap()
+                .to_hex(),
+            EMPTY
+        );
+    }
+
+    #[test]
+    fn mismatch_reports_both_digests() {
+        let abc: Sha256Digest = ABC.parse().unwrap();
+        let empty: Sha256Digest = EMPTY.parse().unwrap();
+        let message = abc.expect(empty, "disk.raw").unwrap_err().to_string();
+        assert!(message.contains(ABC) && message.contains(EMPTY) && message.contains("disk.raw"));
+    }
+}
