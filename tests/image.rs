@@ -314,7 +314,7 @@ fn interrupted_build_leaves_no_build_directory() {
     std::fs::create_dir_all(scratch_dir()).unwrap();
     let temp = tempfile::tempdir_in(scratch_dir()).unwrap();
     let out = temp.path().join("out");
-    let mut child = Command::new(boxcar_bin())
+    let child = Command::new(boxcar_bin())
         .args([
             "build",
             "--version",
@@ -323,6 +323,7 @@ fn interrupted_build_leaves_no_build_directory() {
             out.to_str().unwrap(),
         ])
         .current_dir(project_root())
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     // Let mkosi get going, then stop the build the way CI would (SIGTERM).
@@ -337,8 +338,17 @@ fn interrupted_build_leaves_no_build_directory() {
         .status()
         .unwrap();
     assert!(status.success());
-    let status = child.wait().unwrap();
-    assert_eq!(status.code(), Some(1), "an interrupted build exits 1");
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "an interrupted build exits 1: {stderr}"
+    );
+    assert!(
+        stderr.contains("0.0.2-interrupted was interrupted"),
+        "{stderr}"
+    );
     assert!(!out.join("0.0.2-interrupted").exists());
     assert!(!staging.exists(), "the staging directory was left behind");
     assert!(out.join("0.0.2-interrupted.failed.log").exists());

@@ -216,8 +216,13 @@ pub fn run(plan: &BuildPlan, tools: &HostTools, progress: &Progress) -> Result<B
             drop(log);
             let kept = plan.failed_log_path();
             let _ = fs::rename(&log_path, &kept);
+            let what = if crate::interrupt::requested() {
+                "was interrupted"
+            } else {
+                "failed"
+            };
             return Err(error.context(format!(
-                "building {IMAGE_ID} {} failed; the full log is {}",
+                "building {IMAGE_ID} {} {what}; the full log is {}",
                 plan.version,
                 kept.display()
             )));
@@ -352,7 +357,37 @@ fn collect_outputs(plan: &BuildPlan, staging: &Path) -> Result<()> {
     }
     // mkosi also leaves a convenience symlink without a suffix.
     let _ = fs::remove_file(output_dir.join(plan.mkosi_output_name("")));
+    let stats = output_dir.join(plan.mkosi_output_name(USR_STATS_SUFFIX));
+    if stats.is_file() {
+        move_file(&stats, &staging.join(USR_STATS_FILE))?;
+    }
     Ok(())
+}
+
+/// What the recipe's finalize script writes: /usr's size before compression.
+const USR_STATS_SUFFIX: &str = ".usr-stats";
+/// Its name while the build is assembled; it goes into build.json, not the
+/// build directory.
+const USR_STATS_FILE: &str = ".usr-stats";
+
+/// Reads and removes the /usr statistics, if the recipe wrote them.
+fn take_usr_stats(staging: &Path) -> Result<(Option<u64>, Option<u64>)> {
+    let path = staging.join(USR_STATS_FILE);
+    if !path.exists() {
+        return Ok((None, None));
+    }
+    let text = fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    fs::remove_file(&path)?;
+    let value = |key: &str| {
+        text.lines().find_map(|line| {
+            line.strip_prefix(key)?
+                .strip_prefix('=')?
+                .trim()
+                .parse()
+                .ok()
+        })
+    };
+    Ok((value("content_bytes"), value("files")))
 }
 
 /// Renames, or copies (keeping holes) when the cache is on another file
@@ -424,6 +459,7 @@ fn inspect(tools: &HostTools, staging: &Path) -> Result<Inspected> {
         }
     }
     let verity = read_verity_header(tools, &hash_file)?;
+    let (content_bytes, content_files) = take_usr_stats(staging)?;
     Step::new(
         "checking /usr against its verity root hash",
         tools.path("veritysetup"),
@@ -442,6 +478,9 @@ fn inspect(tools: &HostTools, staging: &Path) -> Result<Inspected> {
             data_block_size: verity.data_block_size,
             hash_block_size: verity.hash_block_size,
             salt: verity.salt,
+            filesystem_bytes: verity.data_blocks * verity.data_block_size,
+            content_bytes,
+            content_files,
         },
         kernel: KernelInfo {
             release: uki.kernel_release.clone(),
@@ -452,6 +491,7 @@ fn inspect(tools: &HostTools, staging: &Path) -> Result<Inspected> {
 }
 
 struct VerityHeader {
+    data_blocks: u64,
     data_block_size: u64,
     hash_block_size: u64,
     salt: String,
@@ -477,6 +517,7 @@ fn parse_verity_dump(dump: &str) -> Result<VerityHeader> {
             .with_context(|| format!("veritysetup dump printed no {name:?} field"))
     };
     Ok(VerityHeader {
+        data_blocks: field("Data blocks")?.parse()?,
         data_block_size: field("Data block size")?.parse()?,
         hash_block_size: field("Hash block size")?.parse()?,
         salt: field("Salt")?,
@@ -497,41 +538,60 @@ fn filesystem_of(path: &Path) -> Result<String> {
     .to_owned())
 }
 
-/// Hashes every output, two at a time (the disk image is most of the work).
+/// Hashes every output. The work is spread over as many threads as there
+/// are CPUs (at most one per file), largest files first, so the disk image
+/// does not wait behind small files.
 fn digest_outputs(staging: &Path, progress: &Progress) -> Result<Vec<FileInfo>> {
-    let paths: Vec<(PathBuf, &str, FileKind)> = OUTPUTS
-        .iter()
-        .map(|(_, name, kind)| (staging.join(name), *name, *kind))
-        .collect();
-    let total: u64 = paths
-        .iter()
-        .map(|(p, _, _)| fs::metadata(p).map(|m| m.len()).unwrap_or(0))
-        .sum();
+    let mut jobs: Vec<(PathBuf, &str, FileKind, u64)> = Vec::new();
+    for (_, name, kind) in OUTPUTS {
+        let path = staging.join(name);
+        let size = fs::metadata(&path)
+            .with_context(|| format!("reading {}", path.display()))?
+            .len();
+        jobs.push((path, name, *kind, size));
+    }
+    jobs.sort_by_key(|job| std::cmp::Reverse(job.3));
+    let total: u64 = jobs.iter().map(|job| job.3).sum();
     let bar = progress.bytes("sha256", total);
+    let queue = std::sync::Mutex::new(jobs.into_iter());
+    let workers = std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .min(OUTPUTS.len());
     let results: Vec<Result<FileInfo>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = paths
-            .iter()
-            .map(|(path, name, kind)| {
-                let bar = bar.clone();
-                scope.spawn(move || -> Result<FileInfo> {
-                    let (sha256, size) = sha256_file(path)?;
-                    bar.inc(size);
-                    Ok(FileInfo {
-                        name: (*name).to_owned(),
-                        kind: *kind,
-                        size,
-                        sha256,
-                    })
+        let handles: Vec<_> = (0..workers)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut done = Vec::new();
+                    loop {
+                        let next = queue.lock().expect("digest queue").next();
+                        let Some((path, name, kind, _)) = next else {
+                            break done;
+                        };
+                        done.push(sha256_file(&path).map_err(anyhow::Error::from).map(
+                            |(sha256, size)| {
+                                bar.inc(size);
+                                FileInfo {
+                                    name: name.to_owned(),
+                                    kind,
+                                    size,
+                                    sha256,
+                                }
+                            },
+                        ));
+                    }
                 })
             })
             .collect();
         handles
             .into_iter()
-            .map(|h| h.join().expect("digest thread panicked"))
+            .flat_map(|h| h.join().expect("digest thread panicked"))
             .collect()
     });
     bar.finish_and_clear();
-    results.into_iter().collect()
+    let mut files = results.into_iter().collect::<Result<Vec<_>>>()?;
+    let order = |name: &str| OUTPUTS.iter().position(|(_, n, _)| *n == name);
+    files.sort_by_key(|f| order(&f.name));
+    Ok(files)
 }
 
 /// mkosi's JSON manifest: the installed packages.
@@ -873,7 +933,24 @@ mod tests {
             (4096, 4096)
         );
         assert_eq!(header.salt, "deadbeef");
+        assert_eq!(header.data_blocks, 78163);
         assert!(parse_verity_dump("nothing").is_err());
+    }
+
+    #[test]
+    fn usr_stats_are_read_and_removed() {
+        let temp = tempfile::tempdir().unwrap();
+        assert_eq!(take_usr_stats(temp.path()).unwrap(), (None, None));
+        fs::write(
+            temp.path().join(USR_STATS_FILE),
+            "content_bytes=522000000\nfiles=20931\n",
+        )
+        .unwrap();
+        assert_eq!(
+            take_usr_stats(temp.path()).unwrap(),
+            (Some(522_000_000), Some(20931))
+        );
+        assert!(!temp.path().join(USR_STATS_FILE).exists());
     }
 
     #[test]

@@ -74,6 +74,13 @@ pub struct UsrInfo {
     pub hash_block_size: u64,
     /// The verity salt (hex).
     pub salt: String,
+    /// Bytes of the (compressed) file system: the data verity covers.
+    pub filesystem_bytes: u64,
+    /// Bytes of the files in /usr before compression, when the recipe
+    /// reports them (its mkosi.finalize script).
+    pub content_bytes: Option<u64>,
+    /// Number of files (and links) in /usr.
+    pub content_files: Option<u64>,
 }
 
 /// What boots.

@@ -184,9 +184,10 @@ impl Step {
     }
 
     /// Runs to completion with stdout and stderr merged, line by line, into
-    /// `log` (after a header naming the command), calling `on_line` for each
-    /// line so the caller can show progress. The error carries the log's
-    /// last lines.
+    /// `log` (after a header naming the command; each line prefixed with the
+    /// seconds since the start, so a slow step stands out), calling `on_line`
+    /// for each line so the caller can show progress. The error carries the
+    /// output's last lines.
     pub fn run_logged(
         mut self,
         log: &mut File,
@@ -228,6 +229,7 @@ impl Step {
         let mut tail = VecDeque::with_capacity(TAIL_LINES);
         let mut write_result = Ok(());
         let mut terminated = false;
+        let started = std::time::Instant::now();
         loop {
             let line = match receiver.recv_timeout(INTERRUPT_POLL) {
                 Ok(line) => line,
@@ -241,7 +243,7 @@ impl Step {
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
             };
             if write_result.is_ok() {
-                write_result = writeln!(log, "{line}");
+                write_result = writeln!(log, "[{:>7.1}s] {line}", started.elapsed().as_secs_f64());
             }
             on_line(&line);
             if tail.len() == TAIL_LINES {
@@ -549,7 +551,10 @@ mod tests {
         log.seek(io::SeekFrom::Start(0)).unwrap();
         log.read_to_string(&mut text).unwrap();
         assert!(text.starts_with("### logging\n### $ sh -c "), "{text}");
-        assert!(text.contains("out\n") && text.contains("err\n"));
+        assert!(
+            text.contains("s] out\n") && text.contains("s] err\n"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -82,6 +82,11 @@ pub struct BootTime {
     pub multi_user_after_userspace: Option<f64>,
     /// The first line of `systemd-analyze time`, as the guest printed it.
     pub systemd_analyze: String,
+    /// Where the firmware and loader figures come from: "guest" (the boot
+    /// loader's EFI variables) or "host console" (when the console showed
+    /// the firmware start the loader and the kernel start, seen from the
+    /// host; under emulation the loader cannot time itself).
+    pub early_boot_source: Option<String>,
 }
 
 /// A console event, timed from qemu's start on the host's clock. The
@@ -380,7 +385,33 @@ pub fn boot_time(report: &BTreeMap<String, String>) -> Option<BootTime> {
         total: seconds(firmware.unwrap_or(0) + finish),
         multi_user_after_userspace: multi_user.map(|m| seconds(m - userspace)),
         systemd_analyze: report.get("analyze").cloned().unwrap_or_default(),
+        early_boot_source: firmware.map(|_| "guest".to_owned()),
     })
+}
+
+/// Console events that bound the firmware and the boot loader.
+pub const LOADER_STARTED: &str = "firmware started the boot loader";
+pub const KERNEL_STARTED: &str = "the UKI's kernel is starting";
+
+/// Fills in firmware and loader times from the host's view of the console
+/// when the guest could not measure them, and adds them to the total.
+pub fn add_early_boot_from_console(time: &mut BootTime, milestones: &[Milestone]) {
+    if time.firmware.is_some() {
+        return;
+    }
+    let at = |event: &str| {
+        milestones
+            .iter()
+            .find(|m| m.event == event)
+            .map(|m| m.seconds)
+    };
+    if let (Some(loader_started), Some(kernel_started)) = (at(LOADER_STARTED), at(KERNEL_STARTED)) {
+        let round = |v: f64| (v * 100.0).round() / 100.0;
+        time.firmware = Some(loader_started);
+        time.loader = Some(round(kernel_started - loader_started));
+        time.total = round(time.total + kernel_started);
+        time.early_boot_source = Some("host console".to_owned());
+    }
 }
 
 /// The human summary, `summary.txt`.
@@ -489,6 +520,32 @@ mod tests {
         assert_eq!(t.total, 45.0);
         assert_eq!(t.multi_user_after_userspace, Some(29.0));
         assert!(boot_time(&parse_report("timestamps=FinishTimestampMonotonic=0\n")).is_none());
+    }
+
+    #[test]
+    fn early_boot_comes_from_the_console_when_the_guest_has_none() {
+        let report = parse_report(
+            "timestamps=FirmwareTimestampMonotonic=0 LoaderTimestampMonotonic=0 InitRDTimestampMonotonic=6000000 \
+             UserspaceTimestampMonotonic=19000000 FinishTimestampMonotonic=44000000\n",
+        );
+        let mut t = boot_time(&report).unwrap();
+        assert_eq!((t.firmware, t.total), (None, 44.0));
+        let milestones = [
+            Milestone {
+                event: LOADER_STARTED.to_owned(),
+                seconds: 2.5,
+            },
+            Milestone {
+                event: KERNEL_STARTED.to_owned(),
+                seconds: 3.0,
+            },
+        ];
+        add_early_boot_from_console(&mut t, &milestones);
+        assert_eq!(
+            (t.firmware, t.loader, t.total),
+            (Some(2.5), Some(0.5), 47.0)
+        );
+        assert_eq!(t.early_boot_source.as_deref(), Some("host console"));
     }
 
     #[test]

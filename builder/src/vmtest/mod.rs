@@ -175,6 +175,10 @@ pub fn run(request: &TestRequest, tools: &HostTools, progress: &Progress) -> Res
         TestCase::TamperUsr => evidence::judge_tamper(&report, &run.verity_errors, run.outcome),
     };
     let passed = checks.iter().all(|c| c.passed);
+    let mut boot_time = evidence::boot_time(&report);
+    if let Some(time) = boot_time.as_mut() {
+        evidence::add_early_boot_from_console(time, &run.milestones);
+    }
     let evidence = Evidence {
         schema: evidence::SCHEMA_VERSION,
         case: request.case,
@@ -188,7 +192,7 @@ pub fn run(request: &TestRequest, tools: &HostTools, progress: &Progress) -> Res
         qemu_command: run.command,
         outcome: run.outcome,
         wall_seconds: (run.wall.as_secs_f64() * 10.0).round() / 10.0,
-        boot_time: evidence::boot_time(&report),
+        boot_time,
         milestones: run.milestones,
         verity_errors: run.verity_errors,
         guest: report,
@@ -290,8 +294,8 @@ struct BootRun {
 /// Console milestones, in boot order: the text that marks them and what
 /// to call them.
 const MILESTONES: &[(&str, &str)] = &[
-    ("BdsDxe: starting", "firmware started the boot loader"),
-    ("EFI stub:", "the UKI's kernel is starting"),
+    ("BdsDxe: starting", evidence::LOADER_STARTED),
+    ("EFI stub:", evidence::KERNEL_STARTED),
     ("Run /init as init process", "initrd started"),
     (
         "Finished systemd-veritysetup@usr",
