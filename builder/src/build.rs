@@ -10,17 +10,20 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use boxcar_signing::sha256_file;
+use base64::Engine;
+use boxcar_signing::{sha256_file, Sha256Digest};
 use time::OffsetDateTime;
 
 use crate::buildinfo::{
-    BuildInfo, DiskInfo, FileInfo, FileKind, KernelInfo, PackageInfo, PhaseTiming, SourceInfo,
-    ToolVersion, UsrInfo, BUILD_JSON, SCHEMA_VERSION,
+    ArtifactInfo, BuildInfo, DiskInfo, FileInfo, FileKind, KernelInfo, PackageInfo, PhaseTiming,
+    SourceInfo, ToolVersion, UsrInfo, BUILD_JSON, SCHEMA_VERSION,
 };
 use crate::channel::{ChannelConfig, ChannelName, Channels};
+use crate::convert;
 use crate::hosttools::{HostTools, Requirement};
 use crate::image::{self, PartitionTable, Role};
 use crate::mkosi::MkosiRun;
+use crate::platform::{Format, Platform, PlatformId, PlatformTable};
 use crate::process::Step;
 use crate::progress::Progress;
 use crate::project::{Cache, Project};
@@ -79,6 +82,8 @@ pub struct BuildRequest {
     /// Re-resolve packages from the mirror instead of reusing the
     /// incremental cache.
     pub refresh: bool,
+    /// The platforms to package; empty for all of them.
+    pub platforms: Vec<PlatformId>,
 }
 
 /// Everything a build will do, decided and checked up front.
@@ -96,11 +101,27 @@ pub struct BuildPlan {
     pub source_date_epoch: i64,
     pub source: SourceInfo,
     pub refresh: bool,
+    /// The whole platform table: every platform's agents and command line
+    /// go into the one composed image.
+    pub platform_table: PlatformTable,
+    /// The platforms whose artifacts this build packages.
+    pub selected_platforms: Vec<PlatformId>,
 }
 
-/// mkosi's output files (after `boxcar_<version>`) and their names in the
-/// build directory.
-const OUTPUTS: &[(&str, &str, FileKind)] = &[
+/// A file mkosi writes that becomes a part of the build.
+#[derive(Clone, Debug)]
+struct Part {
+    /// mkosi's name for it, after `boxcar_<version>`.
+    mkosi_suffix: String,
+    /// Its name in the build directory.
+    name: String,
+    kind: FileKind,
+    /// The platform it belongs to, for per-platform parts.
+    platform: Option<PlatformId>,
+}
+
+/// The parts every build has, besides the per-platform addons.
+const COMMON_PARTS: &[(&str, &str, FileKind)] = &[
     (".raw", "disk.raw", FileKind::Disk),
     (".usr.raw", "usr.raw", FileKind::Usr),
     (".usr-verity.raw", "usr-verity.raw", FileKind::UsrVerity),
@@ -108,6 +129,7 @@ const OUTPUTS: &[(&str, &str, FileKind)] = &[
     (".vmlinuz", "vmlinuz", FileKind::Kernel),
     (".initrd", "initrd", FileKind::Initrd),
     (".manifest", "manifest.json", FileKind::Manifest),
+    (".root.tar", "root.tar", FileKind::RootTree),
 ];
 
 impl BuildPlan {
@@ -121,6 +143,12 @@ impl BuildPlan {
         let channels = Channels::load(&project.channels_dir())?;
         let channel = channels.get(&request.channel)?.clone();
         let recipe = Recipe::load(&project.recipes_dir())?;
+        let platform_table = PlatformTable::load(&project.root.join(crate::platform::TABLE_FILE))?;
+        let selected_platforms = platform_table
+            .select(&request.platforms)?
+            .into_iter()
+            .map(|p| p.id.clone())
+            .collect();
         let version = request
             .version
             .clone()
@@ -148,6 +176,8 @@ impl BuildPlan {
             source_date_epoch,
             source,
             refresh: request.refresh,
+            platform_table,
+            selected_platforms,
         })
     }
 
@@ -162,7 +192,65 @@ impl BuildPlan {
             workspace_dir: self.cache.workspace(),
             source_date_epoch: self.source_date_epoch,
             refresh: self.refresh,
+            packages: self.platform_packages(),
+            extra_trees: vec![self.platform_units_dir()],
+            // mkosi splits environment values at spaces; the command lines
+            // travel base64-encoded.
+            environment: self
+                .platform_table
+                .platforms
+                .iter()
+                .map(|p| {
+                    let encoded =
+                        base64::engine::general_purpose::STANDARD.encode(p.kernel_cmdline());
+                    (format!("BOXCAR_PLATFORM_CMDLINE_{}", p.id), encoded)
+                })
+                .collect(),
         }
+    }
+
+    /// Every platform's agent packages, once each, sorted (the list is part
+    /// of mkosi's cache key, so its order must not wobble).
+    pub fn platform_packages(&self) -> Vec<String> {
+        let packages: std::collections::BTreeSet<&String> = self
+            .platform_table
+            .platforms
+            .iter()
+            .flat_map(|p| &p.packages)
+            .collect();
+        packages.into_iter().cloned().collect()
+    }
+
+    /// The generated file tree that makes each platform's units conditional
+    /// on its platform id (inside the staging directory).
+    pub fn platform_units_dir(&self) -> PathBuf {
+        self.staging_dir.join(".platform-units")
+    }
+
+    /// The selected platforms' table entries.
+    pub fn selected(&self) -> Vec<&Platform> {
+        self.platform_table
+            .platforms
+            .iter()
+            .filter(|p| self.selected_platforms.contains(&p.id))
+            .collect()
+    }
+
+    /// The parts mkosi writes for this build.
+    fn parts(&self) -> Vec<Part> {
+        let common = COMMON_PARTS.iter().map(|(suffix, name, kind)| Part {
+            mkosi_suffix: (*suffix).to_owned(),
+            name: (*name).to_owned(),
+            kind: *kind,
+            platform: None,
+        });
+        let addons = self.platform_table.platforms.iter().map(|p| Part {
+            mkosi_suffix: format!(".platform-{}.addon.efi", p.id),
+            name: convert::Parts::addon_name(&p.id),
+            kind: FileKind::Addon,
+            platform: Some(p.id.clone()),
+        });
+        common.chain(addons).collect()
     }
 
     /// mkosi's name for an output: `boxcar_<version><suffix>`.
@@ -248,7 +336,9 @@ fn assemble(
 ) -> Result<BuildInfo> {
     timed(progress, timings, "compose", |phase| {
         remove_stale_outputs(&plan.cache.mkosi_output())?;
+        write_platform_units(&plan.platform_table, &plan.platform_units_dir())?;
         plan.mkosi_run().run(tools.path("mkosi"), log, phase)?;
+        fs::remove_dir_all(plan.platform_units_dir())?;
         Ok(((), String::new()))
     })?;
     timed(progress, timings, "collect", |_| {
@@ -256,16 +346,80 @@ fn assemble(
         Ok(((), format!("moved into {}", plan.final_dir.display())))
     })?;
     let inspected = timed(progress, timings, "inspect", |_| {
-        let inspected = inspect(tools, staging)?;
+        let inspected = inspect(plan, tools, staging)?;
         let summary = format!("/usr verity root hash {}", inspected.usr.root_hash);
         Ok((inspected, summary))
     })?;
-    let files = timed(progress, timings, "digest", |_| {
-        let files = digest_outputs(staging, progress)?;
-        let total: u64 = files.iter().map(|f| f.size).sum();
-        let summary = format!("sha256 of {} files, {}", files.len(), human_bytes(total));
-        Ok((files, summary))
+    let selected = plan.selected();
+    let (packaged, platform_timings) = timed(progress, timings, "package", |_| {
+        let parts = convert::Parts {
+            dir: staging,
+            version: &plan.version,
+            table: &inspected.table,
+            disk: "disk.raw",
+            kernel: "vmlinuz",
+            initrd: "initrd",
+            usr: "usr.raw",
+            usr_verity: "usr-verity.raw",
+            root_tar: "root.tar",
+            uki_cmdline: &inspected.kernel.cmdline,
+            usr_bytes: inspected.usr.filesystem_bytes,
+            verity_bytes: inspected.usr.hash_tree_bytes,
+            source_date_epoch: plan.source_date_epoch,
+        };
+        let result = convert::package_all(&parts, &selected, tools, progress)?;
+        let summary = format!(
+            "{} artifacts for {} platforms",
+            result.0.len(),
+            selected.len()
+        );
+        Ok((result, summary))
     })?;
+    for timing in &platform_timings {
+        timings.push(PhaseTiming {
+            name: format!("package {}", timing.platform),
+            seconds: round_seconds(timing.elapsed),
+        });
+    }
+    let (files, artifact_digests) = timed(progress, timings, "digest", |_| {
+        let part_names: Vec<(String, FileKind, Option<PlatformId>)> = plan
+            .parts()
+            .into_iter()
+            .map(|p| (p.name, p.kind, p.platform))
+            .collect();
+        let artifact_names: Vec<String> = packaged.iter().map(|a| a.file.clone()).collect();
+        let (files, artifacts) = digest_outputs(staging, &part_names, &artifact_names, progress)?;
+        let total: u64 = files
+            .iter()
+            .map(|f| f.size)
+            .chain(artifacts.iter().map(|a| a.1))
+            .sum();
+        let summary = format!(
+            "sha256 of {} files, {}",
+            files.len() + artifacts.len(),
+            human_bytes(total)
+        );
+        Ok(((files, artifacts), summary))
+    })?;
+    let artifacts = packaged
+        .iter()
+        .zip(artifact_digests)
+        .map(|(packaged, (sha256, size))| {
+            let platform = plan
+                .platform_table
+                .get(&packaged.platform)
+                .expect("packaged platforms are in the table");
+            ArtifactInfo {
+                platform: packaged.platform.clone(),
+                format: packaged.format,
+                role: packaged.role,
+                file: packaged.file.clone(),
+                size,
+                sha256,
+                kernel_cmdline: effective_cmdline(&inspected.kernel.cmdline, platform),
+            }
+        })
+        .collect();
     let disk_path = staging.join("disk.raw");
     let disk_meta =
         fs::metadata(&disk_path).with_context(|| format!("reading {}", disk_path.display()))?;
@@ -287,10 +441,48 @@ fn assemble(
             partition_table: inspected.table,
         },
         files,
+        artifacts,
+        platforms: plan.platform_table.platforms.clone(),
         packages,
         phases: timings.clone(),
         tools: tool_versions(tools),
     })
+}
+
+/// The kernel command line a platform's artifact boots with.
+fn effective_cmdline(uki_cmdline: &str, platform: &Platform) -> String {
+    match platform.format {
+        Format::Pxe => format!("{uki_cmdline} root=tmpfs {}", platform.kernel_cmdline()),
+        _ => format!("{uki_cmdline} {}", platform.kernel_cmdline()),
+    }
+}
+
+/// Drop-ins that make every platform's units run only on that platform:
+/// `ConditionKernelCommandLine=boxcar.platform=<id>`. Generated from the
+/// table so that a platform is one table entry.
+fn write_platform_units(table: &PlatformTable, dir: &Path) -> Result<()> {
+    if dir.exists() {
+        fs::remove_dir_all(dir)?;
+    }
+    let units_dir = dir.join("usr/lib/systemd/system");
+    for platform in &table.platforms {
+        for unit in &platform.units {
+            let dropin_dir = units_dir.join(format!("{unit}.d"));
+            fs::create_dir_all(&dropin_dir)?;
+            fs::write(
+                dropin_dir.join("50-boxcar-platform.conf"),
+                format!(
+                    "# Generated by boxcar build from {}: this unit belongs to platform {}.\n\
+                     [Unit]\nConditionKernelCommandLine=boxcar.platform={}\n",
+                    crate::platform::TABLE_FILE,
+                    platform.id,
+                    platform.id
+                ),
+            )?;
+        }
+    }
+    fs::create_dir_all(&units_dir)?;
+    Ok(())
 }
 
 /// Runs one phase with a progress line and records its duration.
@@ -345,15 +537,17 @@ fn remove_stale_outputs(output_dir: &Path) -> Result<()> {
 /// Moves mkosi's outputs into the staging directory under their build names.
 fn collect_outputs(plan: &BuildPlan, staging: &Path) -> Result<()> {
     let output_dir = plan.cache.mkosi_output();
-    for (suffix, name, _) in OUTPUTS {
-        let source = output_dir.join(plan.mkosi_output_name(suffix));
+    for part in plan.parts() {
+        let source = output_dir.join(plan.mkosi_output_name(&part.mkosi_suffix));
         if !source.is_file() {
             bail!(
-                "mkosi finished but did not write {}; the recipe must produce a disk image with split /usr and usr-verity partitions, a UKI and a manifest",
+                "mkosi finished but did not write {}; the recipe must produce a disk image with split /usr and \
+                 usr-verity partitions, a UKI, a manifest, and (from mkosi.finalize) the root tree and one addon \
+                 per platform",
                 source.display()
             );
         }
-        move_file(&source, &staging.join(name))?;
+        move_file(&source, &staging.join(&part.name))?;
     }
     // mkosi also leaves a convenience symlink without a suffix.
     let _ = fs::remove_file(output_dir.join(plan.mkosi_output_name("")));
@@ -418,7 +612,7 @@ struct Inspected {
 /// Reads the image back and checks it is what the design says: the UKI's
 /// usrhash= matches the /usr partition UUIDs, the split /usr and verity
 /// files are the slot-A partitions, and the verity tree checks out.
-fn inspect(tools: &HostTools, staging: &Path) -> Result<Inspected> {
+fn inspect(plan: &BuildPlan, tools: &HostTools, staging: &Path) -> Result<Inspected> {
     let disk = staging.join("disk.raw");
     let usr_file = staging.join("usr.raw");
     let hash_file = staging.join("usr-verity.raw");
@@ -460,6 +654,17 @@ fn inspect(tools: &HostTools, staging: &Path) -> Result<Inspected> {
     }
     let verity = read_verity_header(tools, &hash_file)?;
     let (content_bytes, content_files) = take_usr_stats(staging)?;
+    for platform in &plan.platform_table.platforms {
+        let addon = staging.join(convert::Parts::addon_name(&platform.id));
+        let cmdline = uki::read_addon_cmdline(&addon)?;
+        if cmdline != platform.kernel_cmdline() {
+            bail!(
+                "the UKI addon for platform {} carries {cmdline:?}, but the platform table says {:?}",
+                platform.id,
+                platform.kernel_cmdline()
+            );
+        }
+    }
     Step::new(
         "checking /usr against its verity root hash",
         tools.path("veritysetup"),
@@ -479,6 +684,7 @@ fn inspect(tools: &HostTools, staging: &Path) -> Result<Inspected> {
             hash_block_size: verity.hash_block_size,
             salt: verity.salt,
             filesystem_bytes: verity.data_blocks * verity.data_block_size,
+            hash_tree_bytes: verity.hash_device_bytes,
             content_bytes,
             content_files,
         },
@@ -491,6 +697,7 @@ fn inspect(tools: &HostTools, staging: &Path) -> Result<Inspected> {
 }
 
 struct VerityHeader {
+    hash_device_bytes: u64,
     data_blocks: u64,
     data_block_size: u64,
     hash_block_size: u64,
@@ -516,7 +723,13 @@ fn parse_verity_dump(dump: &str) -> Result<VerityHeader> {
             })
             .with_context(|| format!("veritysetup dump printed no {name:?} field"))
     };
+    let hash_device = field("Hash device size")?;
     Ok(VerityHeader {
+        hash_device_bytes: hash_device
+            .split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .parse()?,
         data_blocks: field("Data blocks")?.parse()?,
         data_block_size: field("Data block size")?.parse()?,
         hash_block_size: field("Hash block size")?.parse()?,
@@ -538,44 +751,51 @@ fn filesystem_of(path: &Path) -> Result<String> {
     .to_owned())
 }
 
-/// Hashes every output. The work is spread over as many threads as there
-/// are CPUs (at most one per file), largest files first, so the disk image
-/// does not wait behind small files.
-fn digest_outputs(staging: &Path, progress: &Progress) -> Result<Vec<FileInfo>> {
-    let mut jobs: Vec<(PathBuf, &str, FileKind, u64)> = Vec::new();
-    for (_, name, kind) in OUTPUTS {
+/// Hashes every part and artifact. The work is spread over as many threads
+/// as there are CPUs, largest files first, so a disk image does not wait
+/// behind small files. Returns the parts' records and the artifacts'
+/// (digest, size), in the order given.
+#[allow(clippy::type_complexity)]
+fn digest_outputs(
+    staging: &Path,
+    parts: &[(String, FileKind, Option<PlatformId>)],
+    artifacts: &[String],
+    progress: &Progress,
+) -> Result<(Vec<FileInfo>, Vec<(Sha256Digest, u64)>)> {
+    let names: Vec<&String> = parts
+        .iter()
+        .map(|(name, _, _)| name)
+        .chain(artifacts)
+        .collect();
+    let mut jobs: Vec<(usize, PathBuf, u64)> = Vec::new();
+    for (index, name) in names.iter().enumerate() {
         let path = staging.join(name);
         let size = fs::metadata(&path)
             .with_context(|| format!("reading {}", path.display()))?
             .len();
-        jobs.push((path, name, *kind, size));
+        jobs.push((index, path, size));
     }
-    jobs.sort_by_key(|job| std::cmp::Reverse(job.3));
-    let total: u64 = jobs.iter().map(|job| job.3).sum();
+    jobs.sort_by_key(|job| std::cmp::Reverse(job.2));
+    let total: u64 = jobs.iter().map(|job| job.2).sum();
     let bar = progress.bytes("sha256", total);
     let queue = std::sync::Mutex::new(jobs.into_iter());
     let workers = std::thread::available_parallelism()
         .map_or(2, |n| n.get())
-        .min(OUTPUTS.len());
-    let results: Vec<Result<FileInfo>> = std::thread::scope(|scope| {
+        .min(names.len().max(1));
+    let results: Vec<Result<(usize, Sha256Digest, u64)>> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..workers)
             .map(|_| {
                 scope.spawn(|| {
                     let mut done = Vec::new();
                     loop {
                         let next = queue.lock().expect("digest queue").next();
-                        let Some((path, name, kind, _)) = next else {
+                        let Some((index, path, _)) = next else {
                             break done;
                         };
                         done.push(sha256_file(&path).map_err(anyhow::Error::from).map(
-                            |(sha256, size)| {
+                            |(digest, size)| {
                                 bar.inc(size);
-                                FileInfo {
-                                    name: name.to_owned(),
-                                    kind,
-                                    size,
-                                    sha256,
-                                }
+                                (index, digest, size)
                             },
                         ));
                     }
@@ -588,10 +808,21 @@ fn digest_outputs(staging: &Path, progress: &Progress) -> Result<Vec<FileInfo>> 
             .collect()
     });
     bar.finish_and_clear();
-    let mut files = results.into_iter().collect::<Result<Vec<_>>>()?;
-    let order = |name: &str| OUTPUTS.iter().position(|(_, n, _)| *n == name);
-    files.sort_by_key(|f| order(&f.name));
-    Ok(files)
+    let mut digests = results.into_iter().collect::<Result<Vec<_>>>()?;
+    digests.sort_by_key(|(index, _, _)| *index);
+    let mut digests = digests.into_iter().map(|(_, digest, size)| (digest, size));
+    let files = parts
+        .iter()
+        .zip(digests.by_ref())
+        .map(|((name, kind, platform), (sha256, size))| FileInfo {
+            name: name.clone(),
+            kind: *kind,
+            size,
+            sha256,
+            platform: platform.clone(),
+        })
+        .collect();
+    Ok((files, digests.collect()))
 }
 
 /// mkosi's JSON manifest: the installed packages.
@@ -806,6 +1037,7 @@ mod tests {
             version: None,
             out_dir: out.to_owned(),
             refresh: false,
+            platforms: Vec::new(),
         }
     }
 
@@ -926,7 +1158,8 @@ mod tests {
     fn parses_veritysetup_dump() {
         let dump = "VERITY header information for x\nUUID:            \tabc\nHash type:       \t1\n\
                     Data blocks:     \t78163\nData block size: \t4096\nHash blocks:     \t617\n\
-                    Hash block size: \t4096\nHash algorithm:  \tsha256\nSalt:            \tdeadbeef\n";
+                    Hash block size: \t4096\nHash algorithm:  \tsha256\nSalt:            \tdeadbeef\n\
+                    Hash device size: \t2711552 [bytes]\n";
         let header = parse_verity_dump(dump).unwrap();
         assert_eq!(
             (header.data_block_size, header.hash_block_size),
@@ -934,6 +1167,7 @@ mod tests {
         );
         assert_eq!(header.salt, "deadbeef");
         assert_eq!(header.data_blocks, 78163);
+        assert_eq!(header.hash_device_bytes, 2711552);
         assert!(parse_verity_dump("nothing").is_err());
     }
 

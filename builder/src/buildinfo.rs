@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::channel::ChannelName;
 use crate::image::PartitionTable;
+use crate::platform::{ArtifactRole, Format, Platform, PlatformId};
 use crate::version::Version;
 
 /// The file name of the record inside a build directory.
@@ -38,8 +39,13 @@ pub struct BuildInfo {
     pub usr: UsrInfo,
     pub kernel: KernelInfo,
     pub disk: DiskInfo,
-    /// Every file in the build directory except build.json and the log.
+    /// The build's parts: every file mkosi made, from which the artifacts
+    /// are packaged (build.json and the log aside).
     pub files: Vec<FileInfo>,
+    /// What ships: every platform's artifact files.
+    pub artifacts: Vec<ArtifactInfo>,
+    /// The platform table the build was made with.
+    pub platforms: Vec<Platform>,
     /// Every package installed in the image.
     pub packages: Vec<PackageInfo>,
     /// How long each phase took.
@@ -76,6 +82,8 @@ pub struct UsrInfo {
     pub salt: String,
     /// Bytes of the (compressed) file system: the data verity covers.
     pub filesystem_bytes: u64,
+    /// Bytes of the verity hash tree, superblock included.
+    pub hash_tree_bytes: u64,
     /// Bytes of the files in /usr before compression, when the recipe
     /// reports them (its mkosi.finalize script).
     pub content_bytes: Option<u64>,
@@ -115,6 +123,25 @@ pub struct FileInfo {
     pub kind: FileKind,
     pub size: u64,
     pub sha256: Sha256Digest,
+    /// The platform a per-platform part belongs to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform: Option<PlatformId>,
+}
+
+/// One file of a platform's artifact.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArtifactInfo {
+    pub platform: PlatformId,
+    pub format: Format,
+    /// What the file is within the artifact (PXE has three).
+    pub role: ArtifactRole,
+    /// File name, relative to the build directory.
+    pub file: String,
+    pub size: u64,
+    pub sha256: Sha256Digest,
+    /// The kernel command line the artifact boots with.
+    pub kernel_cmdline: String,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -132,6 +159,10 @@ pub enum FileKind {
     Initrd,
     /// mkosi's package manifest.
     Manifest,
+    /// The root file system without /usr (what ROOT holds), as a tar.
+    RootTree,
+    /// A UKI addon with a platform's kernel command line additions.
+    Addon,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -168,6 +199,14 @@ impl BuildInfo {
             )
         })?;
         serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+    }
+
+    /// The files of one platform's artifact.
+    pub fn artifact_files(&self, platform: &PlatformId) -> Vec<&ArtifactInfo> {
+        self.artifacts
+            .iter()
+            .filter(|a| &a.platform == platform)
+            .collect()
     }
 
     pub fn file(&self, kind: FileKind) -> Result<&FileInfo> {

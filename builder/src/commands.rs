@@ -13,11 +13,13 @@ use time::OffsetDateTime;
 use crate::build::{self, human_bytes, BuildPlan, BuildRequest};
 use crate::channel::Channels;
 use crate::cmdline::{AccelArg, BuildArgs, CheckArgs, Cli, Command, GlobalArgs, TestArgs};
+use crate::convert;
 use crate::hosttools::{self, Locator};
+use crate::platform::PlatformTable;
 use crate::progress::Progress;
 use crate::project::{Cache, Project};
 use crate::recipe::Recipe;
-use crate::vmtest::{self, evidence::TestCase, qemu::AccelRequest, TestRequest};
+use crate::vmtest::{self, qemu::AccelRequest, TestRequest};
 
 /// Runs the parsed command line.
 pub fn run(cli: Cli) -> Result<()> {
@@ -27,6 +29,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Build(args) => build(&cli.global, &args, &progress),
         Command::Test(args) => test(&cli.global, &args, &progress),
         Command::Check(args) => check(&cli.global, &args, &progress),
+        Command::Platforms(_) => platforms(&cli.global),
+        Command::Internal(args) => internal(&args),
     }
 }
 
@@ -58,10 +62,13 @@ fn build(global: &GlobalArgs, args: &BuildArgs, progress: &Progress) -> Result<(
         version: args.version.clone(),
         out_dir: args.out.clone(),
         refresh: args.refresh,
+        platforms: args.platforms.clone(),
     };
     let plan = BuildPlan::new(project, cache, &request, OffsetDateTime::now_utc())?;
     require_root("boxcar build")?;
-    let tools = hosttools::check(&build::requirements(), &locator(&plan.cache), "build")?;
+    let mut requirements = build::requirements();
+    requirements.extend(convert::requirements(&plan.selected()));
+    let tools = hosttools::check(&requirements, &locator(&plan.cache), "build")?;
     progress.note(&format!(
         "building {} {} for channel {} (cache {})",
         build::IMAGE_ID,
@@ -102,17 +109,52 @@ fn build(global: &GlobalArgs, args: &BuildArgs, progress: &Progress) -> Result<(
     println!("  /usr root hash  {}", info.usr.root_hash);
     println!("  kernel          {}", info.kernel.release);
     println!("  packages        {}", info.packages.len());
-    for file in &info.files {
-        let allocated = if file.name == info.disk.file {
-            format!(" ({} allocated)", human_bytes(info.disk.allocated))
-        } else {
-            String::new()
-        };
+    println!(
+        "  disk.raw        {} ({} allocated)",
+        human_bytes(info.disk.size),
+        human_bytes(info.disk.allocated)
+    );
+    println!("  artifacts:");
+    for artifact in &info.artifacts {
         println!(
-            "  {:<15} {:>10}{allocated}  sha256 {}",
-            file.name,
-            human_bytes(file.size),
-            file.sha256
+            "    {:<8} {:<36} {:>10}  sha256 {}",
+            artifact.platform,
+            artifact.file,
+            human_bytes(artifact.size),
+            artifact.sha256
+        );
+    }
+    Ok(())
+}
+
+fn platforms(global: &GlobalArgs) -> Result<()> {
+    let project = Project::discover(global.project.as_deref())?;
+    let table = PlatformTable::load(&project.root.join(crate::platform::TABLE_FILE))?;
+    if global.json {
+        println!("{}", serde_json::to_string_pretty(&table.platforms)?);
+        return Ok(());
+    }
+    let version: crate::version::Version = "0".parse().expect("a valid version");
+    for platform in &table.platforms {
+        println!("{}  {}", platform.id, platform.description);
+        println!("  format       {}", platform.format.name());
+        let files: Vec<String> = platform
+            .artifact_files(&version)
+            .into_iter()
+            .map(|(_, file)| file.replacen("-0-", "-VERSION-", 1))
+            .collect();
+        println!("  files        {}", files.join(", "));
+        println!("  kernel args  {}", platform.kernel_cmdline());
+        if !platform.units.is_empty() {
+            println!(
+                "  agents       {} (packages: {})",
+                platform.units.join(", "),
+                platform.packages.join(", ")
+            );
+        }
+        println!(
+            "  boots with   {:?} firmware, {:?} disk bus, {:?} NIC",
+            platform.firmware, platform.disk_bus, platform.nic
         );
     }
     Ok(())
@@ -123,11 +165,8 @@ fn test(global: &GlobalArgs, args: &TestArgs, progress: &Progress) -> Result<()>
     let tools = hosttools::check(&vmtest::requirements(), &locator(&cache), "test")?;
     let request = TestRequest {
         build_dir: args.build.clone(),
-        case: if args.tamper_usr {
-            TestCase::TamperUsr
-        } else {
-            TestCase::Boot
-        },
+        platforms: args.platforms.clone(),
+        tamper_usr: args.tamper_usr,
         accel: match args.accel {
             AccelArg::Auto => AccelRequest::Auto,
             AccelArg::Kvm => AccelRequest::Kvm,
@@ -137,32 +176,58 @@ fn test(global: &GlobalArgs, args: &TestArgs, progress: &Progress) -> Result<()>
         memory_mib: args.memory,
         cpus: args.cpus,
     };
-    let outcome = vmtest::run(&request, &tools, progress)?;
+    let outcomes = vmtest::run(&request, &tools, progress)?;
     if global.json {
-        println!("{}", serde_json::to_string_pretty(&outcome.evidence)?);
+        let all: Vec<&vmtest::evidence::Evidence> = outcomes.iter().map(|o| &o.evidence).collect();
+        println!("{}", serde_json::to_string_pretty(&all)?);
     } else {
-        print!("{}", vmtest::evidence::summary(&outcome.evidence));
-        println!("evidence: {}", outcome.evidence_dir.display());
+        for outcome in &outcomes {
+            print!("{}", vmtest::evidence::summary(&outcome.evidence));
+            println!("evidence: {}\n", outcome.evidence_dir.display());
+        }
     }
-    if !outcome.evidence.passed {
-        let failed: Vec<&str> = outcome
-            .evidence
-            .checks
-            .iter()
-            .filter(|c| !c.passed)
-            .map(|c| c.name.as_str())
-            .collect();
-        bail!(
-            "boot test {} failed: {}; the console log is {}",
-            outcome.evidence.case.dir_name(),
-            failed.join(", "),
-            outcome
-                .evidence_dir
-                .join(vmtest::evidence::CONSOLE_LOG)
-                .display()
-        );
+    let failed: Vec<String> = outcomes
+        .iter()
+        .filter(|o| !o.evidence.passed)
+        .map(|o| {
+            let checks: Vec<&str> = o
+                .evidence
+                .checks
+                .iter()
+                .filter(|c| !c.passed)
+                .map(|c| c.name.as_str())
+                .collect();
+            format!(
+                "{} ({}; console log {})",
+                o.evidence.platform,
+                checks.join(", "),
+                o.evidence_dir.join(vmtest::evidence::CONSOLE_LOG).display()
+            )
+        })
+        .collect();
+    if !failed.is_empty() {
+        bail!("boot tests failed: {}", failed.join("; "));
     }
     Ok(())
+}
+
+/// `boxcar internal http-serve`: answers HTTP on stdin/stdout for one guest
+/// connection (qemu runs it per connection during boot tests).
+fn internal(args: &crate::cmdline::InternalArgs) -> Result<()> {
+    match &args.command {
+        crate::cmdline::InternalCommand::HttpServe(serve) => {
+            let content = vmtest::http::Content {
+                dir: serve.dir.clone(),
+                files: serve.files.clone(),
+                imds_hostname: serve.imds_hostname.clone(),
+            };
+            let stdin = std::io::stdin();
+            let mut input = stdin.lock();
+            let mut output = std::io::BufWriter::new(std::io::stdout().lock());
+            vmtest::http::serve_connection(&mut input, &mut output, &content)?;
+            Ok(())
+        }
+    }
 }
 
 fn check(global: &GlobalArgs, _args: &CheckArgs, _progress: &Progress) -> Result<()> {
@@ -178,6 +243,7 @@ fn check(global: &GlobalArgs, _args: &CheckArgs, _progress: &Progress) -> Result
     let cache = Cache::new(global.cache_dir.as_deref())?;
     let recipe = Recipe::load(&project.recipes_dir())?;
     let channels = Channels::load(&project.channels_dir())?;
+    let table = PlatformTable::load(&project.root.join(crate::platform::TABLE_FILE))?;
     let locator = locator(&cache);
     let mut report = Report {
         project: project.root.clone(),
@@ -190,8 +256,10 @@ fn check(global: &GlobalArgs, _args: &CheckArgs, _progress: &Progress) -> Result
         tools: Vec::new(),
         problems: Vec::new(),
     };
+    let mut build_requirements = build::requirements();
+    build_requirements.extend(convert::requirements(&table.select(&[])?));
     for (command, requirements) in [
-        ("build", build::requirements()),
+        ("build", build_requirements),
         ("test", vmtest::requirements()),
     ] {
         match hosttools::check(&requirements, &locator, command) {

@@ -25,6 +25,12 @@ pub struct MkosiRun {
     pub source_date_epoch: i64,
     /// Drop the incremental cache so packages are resolved afresh.
     pub refresh: bool,
+    /// Packages beyond the recipe's own (the platforms' agents).
+    pub packages: Vec<String>,
+    /// File trees merged into the image beyond the recipe's own.
+    pub extra_trees: Vec<PathBuf>,
+    /// Variables for the recipe's scripts.
+    pub environment: Vec<(String, String)>,
 }
 
 impl MkosiRun {
@@ -45,6 +51,15 @@ impl MkosiRun {
             "source-date-epoch",
             self.source_date_epoch.to_string().into(),
         );
+        for package in &self.packages {
+            option("package", package.into());
+        }
+        for tree in &self.extra_trees {
+            option("extra-tree", tree.clone().into());
+        }
+        for (key, value) in &self.environment {
+            option("environment", format!("{key}={value}").into());
+        }
         // One --force replaces a previous build's outputs; a second one also
         // drops the incremental cache.
         args.push("--force".into());
@@ -89,6 +104,12 @@ mod tests {
             workspace_dir: "/cache/workspace".into(),
             source_date_epoch: 1_700_000_000,
             refresh,
+            packages: vec!["open-vm-tools".into()],
+            extra_trees: vec!["/b/.platform-units".into()],
+            environment: vec![(
+                "BOXCAR_PLATFORM_CMDLINE_qemu".into(),
+                "boxcar.platform=qemu console=ttyS0".into(),
+            )],
         }
         .arguments()
         .into_iter()
@@ -107,6 +128,9 @@ mod tests {
             "--package-cache-dir=/cache/packages",
             "--workspace-directory=/cache/workspace",
             "--source-date-epoch=1700000000",
+            "--package=open-vm-tools",
+            "--extra-tree=/b/.platform-units",
+            "--environment=BOXCAR_PLATFORM_CMDLINE_qemu=boxcar.platform=qemu console=ttyS0",
         ] {
             assert!(
                 args.contains(&expected.to_owned()),

@@ -12,7 +12,7 @@ use std::fmt;
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::process::ExitStatusExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::thread;
@@ -87,6 +87,10 @@ pub struct Step {
     command: Command,
     /// Said in the "not installed" error: how to get the program.
     install_hint: Option<String>,
+    /// A file to feed the program on stdin (else nothing).
+    stdin: Option<PathBuf>,
+    /// A file to receive the program's stdout (else it is captured).
+    stdout: Option<PathBuf>,
 }
 
 impl Step {
@@ -97,7 +101,21 @@ impl Step {
             name: name.into(),
             command: Command::new(program),
             install_hint: None,
+            stdin: None,
+            stdout: None,
         }
+    }
+
+    /// Feeds `path` to the program's stdin.
+    pub fn stdin_file(mut self, path: impl AsRef<Path>) -> Self {
+        self.stdin = Some(path.as_ref().to_owned());
+        self
+    }
+
+    /// Writes the program's stdout to `path` (created or truncated).
+    pub fn stdout_file(mut self, path: impl AsRef<Path>) -> Self {
+        self.stdout = Some(path.as_ref().to_owned());
+        self
     }
 
     pub fn arg(mut self, arg: impl AsRef<OsStr>) -> Self {
@@ -146,11 +164,25 @@ impl Step {
         self.output().map(|_| ())
     }
 
-    /// Runs to completion and returns what it wrote to stdout.
+    /// Runs to completion and returns what it wrote to stdout (nothing when
+    /// stdout goes to a file).
     pub fn output(mut self) -> Result<Vec<u8>, StepError> {
+        let file_error = |step: &Step, path: &Path, source: io::Error| StepError::Output {
+            step: step.name.clone(),
+            command: format!("{} (file {})", step.command_line(), path.display()),
+            source,
+        };
+        let stdin = match &self.stdin {
+            Some(path) => Stdio::from(File::open(path).map_err(|e| file_error(&self, path, e))?),
+            None => Stdio::null(),
+        };
+        let stdout = match &self.stdout {
+            Some(path) => Stdio::from(File::create(path).map_err(|e| file_error(&self, path, e))?),
+            None => Stdio::piped(),
+        };
         self.command
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
+            .stdin(stdin)
+            .stdout(stdout)
             .stderr(Stdio::piped());
         let child = self.spawn()?;
         let output = child
@@ -163,6 +195,50 @@ impl Step {
         let tail = last_lines(&String::from_utf8_lossy(&output.stderr), TAIL_LINES);
         self.check_status(output.status, tail)?;
         Ok(output.stdout)
+    }
+
+    /// Runs to completion while `feed` writes the program's stdin (closed
+    /// when `feed` returns). Stdout goes to the `stdout_file` if one is set.
+    pub fn run_with_input(
+        mut self,
+        feed: impl FnOnce(&mut dyn Write) -> io::Result<()>,
+    ) -> Result<(), StepError> {
+        let stdout = match &self.stdout {
+            Some(path) => Stdio::from(File::create(path).map_err(|source| StepError::Output {
+                step: self.name.clone(),
+                command: format!("{} (file {})", self.command_line(), path.display()),
+                source,
+            })?),
+            None => Stdio::null(),
+        };
+        self.command
+            .stdin(Stdio::piped())
+            .stdout(stdout)
+            .stderr(Stdio::piped());
+        let mut child = self.spawn()?;
+        let stderr = child.stderr.take();
+        let stderr_reader = thread::spawn(move || {
+            let mut text = String::new();
+            if let Some(mut pipe) = stderr {
+                let _ = pipe.read_to_string(&mut text);
+            }
+            text
+        });
+        let mut stdin = child.stdin.take().expect("stdin was piped");
+        let fed = feed(&mut stdin);
+        drop(stdin);
+        let status = child.wait().map_err(|source| StepError::Output {
+            step: self.name.clone(),
+            command: self.command_line(),
+            source,
+        })?;
+        let tail = last_lines(&stderr_reader.join().unwrap_or_default(), TAIL_LINES);
+        self.check_status(status, tail)?;
+        fed.map_err(|source| StepError::Output {
+            step: self.name.clone(),
+            command: self.command_line(),
+            source,
+        })
     }
 
     /// Runs to completion and returns stdout as text.
@@ -516,6 +592,37 @@ mod tests {
             .unwrap_err();
         assert!(matches!(err, StepError::Signal { signal: 15, .. }), "{err}");
         assert!(err.to_string().contains("SIGTERM"));
+    }
+
+    #[test]
+    fn stdin_and_stdout_files() {
+        let temp = tempfile::tempdir().unwrap();
+        let input = temp.path().join("in");
+        let output = temp.path().join("out");
+        std::fs::write(&input, "b\na\n").unwrap();
+        Step::new("sorting", "sort")
+            .stdin_file(&input)
+            .stdout_file(&output)
+            .run()
+            .unwrap();
+        assert_eq!(std::fs::read_to_string(&output).unwrap(), "a\nb\n");
+        let err = Step::new("sorting", "sort")
+            .stdin_file(temp.path().join("missing"))
+            .run()
+            .unwrap_err();
+        assert!(err.to_string().contains("missing"), "{err}");
+    }
+
+    #[test]
+    fn input_is_fed_to_stdin() {
+        let temp = tempfile::tempdir().unwrap();
+        let output = temp.path().join("out");
+        Step::new("counting", "wc")
+            .arg("-c")
+            .stdout_file(&output)
+            .run_with_input(|stdin| stdin.write_all(&[7u8; 100_000]))
+            .unwrap();
+        assert_eq!(std::fs::read_to_string(&output).unwrap().trim(), "100000");
     }
 
     #[test]

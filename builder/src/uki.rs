@@ -27,40 +27,56 @@ impl UkiInfo {
 /// Reads the descriptive sections of the UKI at `path`. Only the headers and
 /// the small sections are read, not the kernel and initrd.
 pub fn read_uki(path: &Path) -> Result<UkiInfo> {
-    let mut file = File::open(path).with_context(|| format!("opening UKI {}", path.display()))?;
+    let mut sections = read_text_sections(path, &[".cmdline", ".uname", ".osrel"])?.into_iter();
+    let mut next = || sections.next().unwrap_or_default();
+    Ok(UkiInfo {
+        cmdline: next(),
+        kernel_release: next(),
+        os_release: next(),
+    })
+}
+
+/// The named text sections of a PE file, in the order asked for. Only the
+/// headers and those sections are read.
+fn read_text_sections(path: &Path, names: &[&str]) -> Result<Vec<String>> {
+    let mut file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let mut headers = Vec::with_capacity(HEADER_BYTES);
     file.by_ref()
         .take(HEADER_BYTES as u64)
         .read_to_end(&mut headers)
-        .with_context(|| format!("reading UKI {}", path.display()))?;
-    let sections =
-        pe_sections(&headers).with_context(|| format!("parsing UKI {}", path.display()))?;
-    let mut text = |name: &str| -> Result<String> {
+        .with_context(|| format!("reading {}", path.display()))?;
+    let sections = pe_sections(&headers).with_context(|| format!("parsing {}", path.display()))?;
+    let mut texts = Vec::with_capacity(names.len());
+    for name in names {
         let (offset, size) = sections
             .iter()
             .find(|(n, _, _)| n == name)
             .map(|(_, offset, size)| (*offset, *size))
-            .with_context(|| format!("UKI {} has no {name} section", path.display()))?;
+            .with_context(|| format!("{} has no {name} section", path.display()))?;
         if size > MAX_TEXT_SECTION {
             bail!(
-                "UKI {}: section {name} is {size} bytes, too large for a text section",
+                "{}: section {name} is {size} bytes, too large for a text section",
                 path.display()
             );
         }
         let mut bytes = vec![0u8; size];
         file.seek(SeekFrom::Start(offset as u64))
             .and_then(|_| file.read_exact(&mut bytes))
-            .with_context(|| format!("UKI {}: reading section {name}", path.display()))?;
-        Ok(String::from_utf8_lossy(&bytes)
-            .trim_end_matches('\0')
-            .trim()
-            .to_owned())
-    };
-    Ok(UkiInfo {
-        cmdline: text(".cmdline")?,
-        kernel_release: text(".uname")?,
-        os_release: text(".osrel")?,
-    })
+            .with_context(|| format!("{}: reading section {name}", path.display()))?;
+        texts.push(
+            String::from_utf8_lossy(&bytes)
+                .trim_end_matches('\0')
+                .trim()
+                .to_owned(),
+        );
+    }
+    Ok(texts)
+}
+
+/// The kernel command line a UKI addon carries.
+pub fn read_addon_cmdline(path: &Path) -> Result<String> {
+    let mut sections = read_text_sections(path, &[".cmdline"])?;
+    Ok(sections.remove(0))
 }
 
 /// The PE headers and section table sit in the first few KiB.

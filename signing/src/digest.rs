@@ -155,6 +155,28 @@ pub fn sha256_file(path: &Path) -> Result<(Sha256Digest, u64), Error> {
     Ok((Sha256Digest(hasher.finalize().into()), length))
 }
 
+/// The regions of `file` (of `length` bytes) that hold data, in order; the
+/// rest are holes that read as zeros. One region spanning the whole file
+/// when the file system cannot tell.
+pub fn data_regions(file: &File, length: u64) -> Vec<std::ops::Range<u64>> {
+    let mut regions = Vec::new();
+    let mut position = 0;
+    while position < length {
+        match next_data_region(file, position, length) {
+            None => {
+                regions.push(position..length);
+                break;
+            }
+            Some((start, _)) if start >= length => break,
+            Some((start, end)) => {
+                regions.push(start..end);
+                position = end;
+            }
+        }
+    }
+    regions
+}
+
 /// The next region of data at or after `from`, as (start, end); a start of
 /// `length` means only a hole remains. `None` when the file system does not
 /// support SEEK_DATA.
@@ -293,6 +315,22 @@ mod tests {
         assert_eq!(
             sha256_file(file.path()).unwrap(),
             (digest, expected.len() as u64)
+        );
+    }
+
+    #[test]
+    fn data_regions_skip_holes() {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        let mut handle = file.reopen().unwrap();
+        handle.seek(SeekFrom::Start(8 * 1024 * 1024)).unwrap();
+        handle.write_all(&[1u8; 4096]).unwrap();
+        handle.set_len(16 * 1024 * 1024).unwrap();
+        let regions = data_regions(file.as_file(), 16 * 1024 * 1024);
+        assert_eq!(regions.len(), 1, "{regions:?}");
+        assert!(regions[0].start <= 8 * 1024 * 1024 && regions[0].end >= 8 * 1024 * 1024 + 4096);
+        assert!(
+            regions[0].end - regions[0].start < 4 * 1024 * 1024,
+            "{regions:?}"
         );
     }
 

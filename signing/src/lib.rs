@@ -7,7 +7,7 @@
 
 pub mod digest;
 
-pub use digest::{sha256_file, sha256_reader, DigestingReader, Sha256Digest};
+pub use digest::{data_regions, sha256_file, sha256_reader, DigestingReader, Sha256Digest};
 
 /// Failures a caller may want to tell apart.
 #[derive(Debug, thiserror::Error)]

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::channel::ChannelName;
+use crate::platform::PlatformId;
 use crate::version::Version;
 
 /// Build, boot-test and ship Boxcar Linux images.
@@ -54,17 +55,60 @@ pub enum Command {
     Build(BuildArgs),
     Test(TestArgs),
     Check(CheckArgs),
+    Platforms(PlatformsArgs),
+    /// Helpers that boxcar runs itself (not for people).
+    #[command(hide = true)]
+    Internal(InternalArgs),
 }
 
-/// Compose a Boxcar Linux disk image from the recipes.
+#[derive(Debug, Args)]
+pub struct InternalArgs {
+    #[command(subcommand)]
+    pub command: InternalCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum InternalCommand {
+    /// Answer HTTP requests on stdin/stdout: the boot tests' PXE file server
+    /// and imitation instance metadata service, run by qemu per connection.
+    HttpServe(HttpServeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct HttpServeArgs {
+    /// The directory of the files to serve.
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// A file name that may be fetched (repeatable); nothing else is served.
+    #[arg(long = "file")]
+    pub files: Vec<String>,
+    /// Imitate the EC2 instance metadata service, handing out this hostname.
+    #[arg(long)]
+    pub imds_hostname: Option<String>,
+}
+
+/// List the platforms Boxcar ships for (recipes/platforms.toml).
 ///
-/// Runs mkosi on recipes/ (with the trees in overlays/) and writes
-/// OUT/VERSION/: the GPT disk image (disk.raw), its /usr and verity parts
-/// (usr.raw, usr-verity.raw), the UKI (uki.efi) with the kernel and initrd
-/// inside it (vmlinuz, initrd), mkosi's package manifest, the full log
-/// (build.log), and build.json, which records the version, channel, /usr
-/// root hash, partition table, every file's size and sha256, the package
-/// list and each phase's duration.
+/// For each: its id, artifact format, the files a build makes for it, the
+/// kernel command line it adds, its agents, and the hardware its boot test
+/// presents (firmware, disk bus, NIC).
+#[derive(Debug, Args)]
+pub struct PlatformsArgs {}
+
+/// Compose a Boxcar Linux image and package it for every platform.
+///
+/// Runs mkosi on recipes/ (with the trees in overlays/) once and writes
+/// OUT/VERSION/: the parts (the GPT disk image disk.raw, its /usr and verity
+/// partitions usr.raw and usr-verity.raw, the UKI uki.efi with the kernel and
+/// initrd inside it, the root tree, one UKI addon per platform, mkosi's
+/// package manifest), every platform's artifact (see `boxcar platforms`:
+/// qcow2, OVA, AWS raw, metal raw.zst, PXE kernel + initrd + iPXE script),
+/// the full log (build.log), and build.json, which records the version,
+/// channel, /usr root hash, partition table, the size and sha256 of every
+/// part and artifact, the package list and each phase's duration.
+///
+/// Every artifact carries the same /usr, byte for byte; only the platform's
+/// kernel command line addon on the ESP differs.
 ///
 /// The image is checked before the build counts as done: the UKI's usrhash=
 /// must match the /usr partition, and veritysetup must verify /usr against
@@ -94,22 +138,37 @@ pub struct BuildArgs {
     /// installation (picks up security updates; slower).
     #[arg(long)]
     pub refresh: bool,
+
+    /// Package only this platform's artifact (repeatable). Default: every
+    /// platform in recipes/platforms.toml. The composed image is the same
+    /// either way; this only skips packaging.
+    #[arg(long = "platform", value_name = "ID")]
+    pub platforms: Vec<PlatformId>,
 }
 
-/// Boot a build in qemu and record evidence of what it is.
+/// Boot every artifact of a build in qemu and record evidence of what it is.
 ///
-/// Boots BUILD/disk.raw under UEFI (through a copy-on-write overlay: the
-/// image is not modified) and checks, from inside the guest: multi-user was
-/// reached; /usr is mounted read-only from a dm-verity device whose root
-/// hash is build.json's; writes to /usr are refused; ROOT grew to fill a
-/// larger disk; containerd and docker are active; docker runs a container
-/// imported from a local file (no registry); and the boot time.
+/// Each platform's artifact is booted the way that platform presents it
+/// (see `boxcar platforms`): the qcow2 on virtio under UEFI; the OVA's VMDK,
+/// after its manifest and OVF are checked against its files, on a
+/// paravirtual SCSI controller with a VMXNET3 NIC and VMware's SMBIOS
+/// identity; the AWS raw disk as NVMe under UEFI, with an imitation instance
+/// metadata service; the metal image decompressed onto a larger SATA disk;
+/// the PXE artifact by a real network boot (iPXE fetching its script over
+/// TFTP, kernel and initrd over HTTP). Artifacts are never modified.
+///
+/// From inside each guest it checks: multi-user was reached; /usr is mounted
+/// read-only from a dm-verity device whose root hash is build.json's; writes
+/// to /usr are refused; ROOT grew to fill the disk (a tmpfs root for PXE);
+/// the platform id is the expected one and the platform's agents are active
+/// (and no other platform's); containerd and docker are active; docker runs
+/// a container imported from a local file (no registry); and the boot time.
 ///
 /// Nothing for the test is built into the image: a small extra disk brings
 /// the test script and container, and a systemd unit is passed in as a
 /// credential through SMBIOS.
 ///
-/// Writes BUILD/evidence/CASE/evidence.json, summary.txt and console.log.
+/// Writes BUILD/evidence/PLATFORM/evidence.json, summary.txt and console.log.
 /// Exits 1 if any check fails.
 ///
 /// With --tamper-usr, a copy of the image with one byte of /usr (slot A)
@@ -120,6 +179,11 @@ pub struct TestArgs {
     /// The build directory (OUT/VERSION from `boxcar build`).
     #[arg(long, value_name = "DIR")]
     pub build: PathBuf,
+
+    /// Boot only this platform's artifact (repeatable). Default: every
+    /// artifact the build has.
+    #[arg(long = "platform", value_name = "ID")]
+    pub platforms: Vec<PlatformId>,
 
     /// Boot a copy with one byte of /usr flipped, and expect it to be caught.
     #[arg(long)]

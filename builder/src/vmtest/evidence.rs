@@ -10,7 +10,7 @@ use std::fmt::Write as _;
 use serde::{Deserialize, Serialize};
 
 use crate::buildinfo::BuildInfo;
-use crate::image::Role;
+use crate::platform::Platform;
 
 pub const EVIDENCE_JSON: &str = "evidence.json";
 pub const SUMMARY_TXT: &str = "summary.txt";
@@ -24,18 +24,18 @@ pub const CONTAINER_GREETING: &str = "boxcar-container-ok";
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum TestCase {
-    /// Boot the image as built; everything must work.
-    Boot,
-    /// Boot a copy with one byte of /usr slot A flipped; the tampered data
-    /// must not be used.
+    /// Boot a platform's artifact the way the platform presents it;
+    /// everything must work.
+    Platform,
+    /// Boot a copy of the disk image with one byte of /usr slot A flipped;
+    /// the tampered data must not be used.
     TamperUsr,
 }
 
 impl TestCase {
-    /// The directory name of the case's evidence.
-    pub fn dir_name(self) -> &'static str {
+    pub fn name(self) -> &'static str {
         match self {
-            TestCase::Boot => "boot",
+            TestCase::Platform => "platform",
             TestCase::TamperUsr => "tamper-usr",
         }
     }
@@ -107,8 +107,10 @@ pub struct Evidence {
     pub version: String,
     /// The platform the artifact was booted as.
     pub platform: String,
-    /// The file that was booted, relative to the build directory.
+    /// The files that were booted, relative to the build directory.
     pub artifact: String,
+    /// How the VM presented the artifact (firmware, bus, NIC).
+    pub hardware: String,
     /// What was done to the artifact before booting it.
     pub tampering: Option<String>,
     pub started_at: String,
@@ -139,8 +141,10 @@ pub fn parse_report(text: &str) -> BTreeMap<String, String> {
         .filter_map(|line| {
             let (key, value) = line.split_once('=')?;
             let key = key.trim();
-            let valid =
-                !key.is_empty() && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            let valid = !key.is_empty()
+                && key
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_.-@".contains(c));
             valid.then(|| (key.to_owned(), value.trim().to_owned()))
         })
         .collect()
@@ -180,8 +184,179 @@ fn check(
     }
 }
 
-/// Judges a normal boot against the build.
-pub fn judge_boot(
+/// What ROOT should look like on a platform.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RootExpectation {
+    /// ROOT is the disk's last partition and grew beyond its built size.
+    Grows { built_bytes: u64 },
+    /// Diskless: the root is a tmpfs.
+    Tmpfs,
+}
+
+/// What a boot of one platform's artifact must show, beyond the build.
+pub struct Expectations<'a> {
+    pub platform: &'a Platform,
+    /// Every platform of the build, for the units that must stay off.
+    pub all_platforms: &'a [Platform],
+    pub root: RootExpectation,
+    /// The hostname the platform's metadata service hands out, when the
+    /// test imitates one.
+    pub hostname: Option<String>,
+}
+
+/// Judges a boot of a platform's artifact against the build.
+pub fn judge_platform(
+    report: &BTreeMap<String, String>,
+    build: &BuildInfo,
+    outcome: BootOutcome,
+    expect: &Expectations,
+) -> Vec<Check> {
+    let get = |key: &str| report.get(key).map(String::as_str).unwrap_or("");
+    let mut checks = judge_common(report, build, outcome);
+    match expect.root {
+        RootExpectation::Grows { built_bytes } => {
+            let grown = get("root_partition_bytes").parse::<u64>().unwrap_or(0);
+            let fs = get("root_filesystem_bytes").parse::<u64>().unwrap_or(0);
+            checks.push(check(
+                "ROOT grew to fill the disk",
+                grown > built_bytes && fs > built_bytes * 9 / 10,
+                format!("partition and file system larger than the built {built_bytes} bytes"),
+                format!("partition {grown} bytes, file system {fs} bytes"),
+            ));
+        }
+        RootExpectation::Tmpfs => checks.push(check(
+            "the root is a tmpfs",
+            get("root_fstype") == "tmpfs",
+            "tmpfs",
+            format!("{} from {}", get("root_fstype"), get("root_source")),
+        )),
+    }
+    let id = expect.platform.id.as_str();
+    checks.push(check(
+        "the platform id is the expected one",
+        get("platform") == id,
+        id,
+        get("platform"),
+    ));
+    let verdicts: Vec<(bool, String)> = expect
+        .platform
+        .units
+        .iter()
+        .map(|unit| agent_verdict(report, unit))
+        .collect();
+    checks.push(check(
+        "the platform's agents are active",
+        verdicts.iter().all(|(ok, _)| *ok),
+        if verdicts.is_empty() {
+            "none to run".to_owned()
+        } else {
+            expect
+                .platform
+                .units
+                .iter()
+                .map(|u| expected_agent_state(u))
+                .collect::<Vec<_>>()
+                .join("; ")
+        },
+        if verdicts.is_empty() {
+            "none".to_owned()
+        } else {
+            verdicts
+                .iter()
+                .map(|(_, seen)| seen.as_str())
+                .collect::<Vec<_>>()
+                .join("; ")
+        },
+    ));
+    let foreign: Vec<&String> = expect
+        .all_platforms
+        .iter()
+        .filter(|p| p.id != expect.platform.id)
+        .flat_map(|p| &p.units)
+        .filter(|u| !expect.platform.units.contains(u))
+        .collect();
+    let running: Vec<&str> = foreign
+        .iter()
+        .filter(|u| get(&format!("unit.{u}")) == "active")
+        .map(|u| u.as_str())
+        .collect();
+    checks.push(check(
+        "other platforms' agents stay off",
+        running.is_empty(),
+        "none of them active",
+        if running.is_empty() {
+            "none active".to_owned()
+        } else {
+            format!("active: {}", running.join(", "))
+        },
+    ));
+    if let Some(hostname) = &expect.hostname {
+        checks.push(check(
+            "the hostname came from the platform's metadata service",
+            get("hostname") == hostname,
+            hostname.clone(),
+            get("hostname"),
+        ));
+    }
+    checks
+}
+
+/// Agents that talk to their hypervisor through an interface qemu cannot
+/// offer the guest: open-vm-tools needs VMware's backdoor I/O port, which
+/// a VMware host answers from guest user space and qemu does not. Under
+/// qemu such an agent can only be shown to start where it should (its
+/// platform condition held and systemd ran it) and to fail for that reason.
+const HYPERVISOR_BOUND_AGENTS: &[(&str, &str)] = &[("open-vm-tools.service", "vmware_checkvm")];
+
+/// What a platform's agent unit must show.
+fn expected_agent_state(unit: &str) -> String {
+    if HYPERVISOR_BOUND_AGENTS
+        .iter()
+        .any(|(name, _)| *name == unit)
+    {
+        format!("{unit} active, or under qemu started where its platform condition holds")
+    } else {
+        format!("{unit} active")
+    }
+}
+
+/// Whether one of the platform's agent units did its part, and what was seen.
+fn agent_verdict(report: &BTreeMap<String, String>, unit: &str) -> (bool, String) {
+    let get = |key: &str| report.get(key).map(String::as_str).unwrap_or("");
+    let state = get(&format!("unit.{unit}"));
+    if state == "active" {
+        return (true, format!("{unit}: active"));
+    }
+    let info = get(&format!("unitinfo.{unit}"));
+    let property = |name: &str| {
+        info.split_whitespace()
+            .find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))
+            .unwrap_or("")
+    };
+    let started = property("ConditionResult") == "yes"
+        && property("ExecMainStartTimestampMonotonic")
+            .parse::<u64>()
+            .unwrap_or(0)
+            > 0;
+    let not_the_hypervisor =
+        |probe: &str| get(probe).contains("must be run inside a virtual machine on a VMware");
+    match HYPERVISOR_BOUND_AGENTS.iter().find(|(name, _)| *name == unit) {
+        Some((_, probe)) if started && not_the_hypervisor(probe) => (
+            true,
+            format!(
+                "{unit}: started under its platform condition, then exited with status {} because qemu is not \
+                 the real hypervisor ({})",
+                property("ExecMainStatus"),
+                get(probe)
+            ),
+        ),
+        _ => (false, format!("{unit}: {state} ({info})")),
+    }
+}
+
+/// What every boot must show: up, running the build's verity-protected
+/// /usr read-only, and running containers.
+fn judge_common(
     report: &BTreeMap<String, String>,
     build: &BuildInfo,
     outcome: BootOutcome,
@@ -270,19 +445,6 @@ pub fn judge_boot(
             get("usr_remount_rw")
         ),
     ));
-    if let Some(root) = build.disk.partition_table.by_role(Role::Root) {
-        let grown = get("root_partition_bytes").parse::<u64>().unwrap_or(0);
-        let fs = get("root_filesystem_bytes").parse::<u64>().unwrap_or(0);
-        checks.push(check(
-            "ROOT grew to fill the disk",
-            grown > root.size && fs > root.size * 9 / 10,
-            format!(
-                "partition and file system larger than the built {} bytes",
-                root.size
-            ),
-            format!("partition {grown} bytes, file system {fs} bytes"),
-        ));
-    }
     checks.push(check(
         "containerd is active",
         get("containerd") == "active",
@@ -420,12 +582,13 @@ pub fn summary(evidence: &Evidence) -> String {
     let verdict = if evidence.passed { "PASSED" } else { "FAILED" };
     let _ = writeln!(
         text,
-        "Boxcar {} boot test ({}) of {} as {}: {verdict}",
+        "Boxcar {} boot test ({}) of {} on platform {}: {verdict}",
         evidence.version,
-        evidence.case.dir_name(),
+        evidence.case.name(),
         evidence.artifact,
         evidence.platform
     );
+    let _ = writeln!(text, "hardware: {}", evidence.hardware);
     if let Some(tampering) = &evidence.tampering {
         let _ = writeln!(text, "tampering: {tampering}");
     }
@@ -484,9 +647,11 @@ mod tests {
 
     #[test]
     fn report_parsing_skips_noise() {
-        let report =
-            parse_report("begin=1\ngarbage\nusr_dm_table=0 1 verity a=b\n=x\nbad key=1\nend=1\n");
-        assert_eq!(report.len(), 3);
+        let report = parse_report(
+            "begin=1\ngarbage\nusr_dm_table=0 1 verity a=b\n=x\nbad key=1\nunit.qemu-guest-agent.service=active\nend=1\n",
+        );
+        assert_eq!(report.len(), 4);
+        assert_eq!(report["unit.qemu-guest-agent.service"], "active");
         assert_eq!(report["usr_dm_table"], "0 1 verity a=b");
     }
 
@@ -546,6 +711,30 @@ mod tests {
             (Some(2.5), Some(0.5), 47.0)
         );
         assert_eq!(t.early_boot_source.as_deref(), Some("host console"));
+    }
+
+    #[test]
+    fn agents_must_be_active_unless_bound_to_a_hypervisor_qemu_cannot_be() {
+        let active = parse_report("unit.qemu-guest-agent.service=active\n");
+        assert!(agent_verdict(&active, "qemu-guest-agent.service").0);
+        let never_started = parse_report(
+            "unit.open-vm-tools.service=inactive\nunitinfo.open-vm-tools.service=ConditionResult=no \
+             ExecMainStartTimestampMonotonic=0 ExecMainStatus=0\n",
+        );
+        assert!(!agent_verdict(&never_started, "open-vm-tools.service").0);
+        let started_outside_vmware = parse_report(
+            "unit.open-vm-tools.service=failed\nunitinfo.open-vm-tools.service=ConditionResult=yes \
+             ExecMainStartTimestampMonotonic=30200000 ExecMainStatus=1\nvmware_checkvm=Error: vmware-checkvm \
+             must be run inside a virtual machine on a VMware hypervisor product.\n",
+        );
+        let (ok, seen) = agent_verdict(&started_outside_vmware, "open-vm-tools.service");
+        assert!(ok, "{seen}");
+        assert!(seen.contains("status 1"), "{seen}");
+        let failed_agent = parse_report(
+            "unit.boxcar-ec2-hostname.service=failed\nunitinfo.boxcar-ec2-hostname.service=ConditionResult=yes \
+             ExecMainStartTimestampMonotonic=30200000 ExecMainStatus=1\n",
+        );
+        assert!(!agent_verdict(&failed_agent, "boxcar-ec2-hostname.service").0);
     }
 
     #[test]

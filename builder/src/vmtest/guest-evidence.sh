@@ -28,7 +28,12 @@ say begin 1
 # systemd-analyze refuses to report boot times.
 say system_state "$(systemctl is-system-running --wait 2>&1)"
 say multi_user "$(systemctl is-active multi-user.target 2>&1)"
-say failed_units "$(systemctl list-units --state=failed --plain --no-legend 2>&1 | awk '{print $1}')"
+failed_units=$(systemctl list-units --state=failed --plain --no-legend 2>&1 | awk '{print $1}')
+say failed_units "$failed_units"
+# The last words of each failed unit, for whoever reads the evidence.
+for unit in $failed_units; do
+    say "journal.$unit" "$(journalctl --unit "$unit" --lines 8 --no-pager --output cat 2>&1 | tr '\n' '|')"
+done
 
 . /usr/lib/os-release
 say os_id "$ID"
@@ -54,6 +59,25 @@ if mount -o remount,rw /usr 2>/run/boxcar-remount-error; then
     say usr_remount_rw allowed
 else
     say usr_remount_rw "refused: $(cat /run/boxcar-remount-error)"
+fi
+
+# The platform: the id on the command line, what systemd detects, and the
+# state of every platform's agent units (the harness lists them, one
+# "platform unit" pair per line).
+say platform "$(sed -n 's/.*boxcar\.platform=\([a-z0-9]*\).*/\1/p' /proc/cmdline)"
+say virtualization "$(systemd-detect-virt 2>&1)"
+say hostname "$(hostname)"
+if [ -f "$testdata/platform-units" ]; then
+    while read -r owner unit; do
+        [ -n "$unit" ] || continue
+        say "unit.$unit" "$(systemctl is-active "$unit" 2>&1)"
+        say "unitinfo.$unit" "$(systemctl show --property=ConditionResult \
+            --property=ExecMainStartTimestampMonotonic --property=ExecMainStatus "$unit" 2>&1)"
+    done <"$testdata/platform-units"
+fi
+
+if command -v vmware-checkvm >/dev/null; then
+    say vmware_checkvm "$(vmware-checkvm 2>&1)"
 fi
 
 # ROOT: mounted writable, grown to the disk.

@@ -1,12 +1,15 @@
-//! `boxcar test`: boot a build in qemu and record evidence of what it is.
+//! `boxcar test`: boot every artifact of a build in qemu, the way its
+//! platform presents it, and record evidence of what it is.
 //!
-//! The image under test is never changed: the VM writes to a qcow2 overlay
-//! (which is also larger than the image, so ROOT's growth is exercised).
-//! What the guest needs for the test (a script, a container image) comes on
-//! a separate disk and through systemd credentials passed by SMBIOS, so the
+//! Artifacts are never changed: a VM writes to a qcow2 overlay (larger than
+//! the image, so ROOT's growth is exercised) or to a temporary copy. What
+//! the guest needs for the test (a script, a container image) comes on a
+//! separate disk and through systemd credentials passed by SMBIOS, so the
 //! production image carries nothing for it.
 
 pub mod evidence;
+pub mod http;
+mod ova_check;
 pub mod qemu;
 
 use std::fs::{self, File};
@@ -21,10 +24,13 @@ use base64::Engine;
 use crate::buildinfo::BuildInfo;
 use crate::hosttools::{self, HostTools, Requirement};
 use crate::image::Role;
+use crate::platform::{ArtifactRole, DiskBus, Firmware, Format, Nic, Platform, PlatformId};
 use crate::process::{terminate, Step};
 use crate::progress::{Phase, Progress};
-use evidence::{BootOutcome, Evidence, Milestone, TestCase};
-use qemu::{AccelChoice, AccelRequest, DiskBus, Firmware, VmSpec};
+use evidence::{BootOutcome, Check, Evidence, Expectations, Milestone, RootExpectation, TestCase};
+use qemu::{
+    AccelChoice, AccelRequest, BootSource, Firmware as FirmwareFiles, FirmwareSetup, VmSpec,
+};
 
 /// The guest side, shipped inside `boxcar` and put on the test disk.
 const GUEST_SCRIPT: &str = include_str!("guest-evidence.sh");
@@ -35,6 +41,10 @@ const GUEST_UNIT_NAME: &str = "boxcar-evidence.service";
 /// The disk the VM sees is this much larger than the image, so the first
 /// boot has room to grow ROOT into.
 const OVERLAY_SIZE: &str = "8G";
+/// The bare-metal image is written onto a disk of this size.
+const METAL_DISK_BYTES: u64 = 12 * 1024 * 1024 * 1024;
+/// A diskless boot holds /usr and the root in memory.
+const PXE_MIN_MEMORY_MIB: u32 = 3072;
 
 /// Where the busybox that becomes the test container comes from.
 const BUSYBOX: &str = "/bin/busybox";
@@ -43,26 +53,36 @@ const BUSYBOX: &str = "/bin/busybox";
 /// erofs superblock (at 1024), which every mount reads.
 pub const TAMPER_OFFSET_IN_USR: u64 = 1024 + 4;
 
+/// The imitation metadata services: where the guest looks for them, and
+/// the hostname the EC2 one hands out.
+const IMDS_ADDRESS: &str = "169.254.169.254:80";
+const IMDS_HOSTNAME: &str = "ip-169-254-0-15.boxcar-test.internal";
+/// qemu forwards only addresses inside the guest's network, so a guest that
+/// needs the link-local metadata address lives in the link-local range.
+const IMDS_NETWORK: &str = "169.254.0.0/16";
+/// Where the PXE guest finds the HTTP server with the boot files.
+const PXE_HTTP_ADDRESS: &str = "10.0.2.100:80";
+
 /// The programs `boxcar test` runs.
 pub fn requirements() -> Vec<Requirement> {
     vec![
         Requirement {
             program: "qemu-system-x86_64",
-            purpose: "boots the image",
+            purpose: "boots the artifacts",
             min_version: Some("7.2"),
             version_args: &["--version"],
             package: "qemu-system-x86",
         },
         Requirement {
             program: "qemu-img",
-            purpose: "creates the copy-on-write disk the VM writes to",
+            purpose: "creates the copy-on-write disks the VMs write to",
             min_version: Some("7.2"),
             version_args: &["--version"],
             package: "qemu-utils",
         },
         Requirement {
             program: "tar",
-            purpose: "packs the test data disk",
+            purpose: "packs the test data disk and unpacks the OVA",
             min_version: None,
             version_args: &[],
             package: "tar",
@@ -74,6 +94,13 @@ pub fn requirements() -> Vec<Requirement> {
             version_args: &[],
             package: "coreutils",
         },
+        Requirement {
+            program: "zstd",
+            purpose: "decompresses the bare-metal image",
+            min_version: Some("1.4"),
+            version_args: &["--version"],
+            package: "zstd",
+        },
     ]
 }
 
@@ -81,7 +108,10 @@ pub fn requirements() -> Vec<Requirement> {
 #[derive(Clone, Debug)]
 pub struct TestRequest {
     pub build_dir: PathBuf,
-    pub case: TestCase,
+    /// The platforms to boot; empty for every artifact of the build.
+    pub platforms: Vec<PlatformId>,
+    /// Boot a tampered copy of the disk image instead.
+    pub tamper_usr: bool,
     pub accel: AccelRequest,
     /// `None`: a default for the accelerator.
     pub timeout: Option<Duration>,
@@ -89,91 +119,182 @@ pub struct TestRequest {
     pub cpus: u32,
 }
 
-/// The result: where the evidence is, and what it says.
+/// One test's result: where the evidence is, and what it says.
 #[derive(Debug)]
 pub struct TestOutcome {
     pub evidence_dir: PathBuf,
     pub evidence: Evidence,
 }
 
-/// Boots the build and writes `evidence/<case>/` into the build directory.
-pub fn run(request: &TestRequest, tools: &HostTools, progress: &Progress) -> Result<TestOutcome> {
-    let build_dir = std::path::absolute(&request.build_dir)?;
+/// What every case shares.
+struct TestContext<'a> {
+    request: &'a TestRequest,
+    build: &'a BuildInfo,
+    tools: &'a HostTools,
+    firmware: FirmwareFiles,
+    accel: AccelChoice,
+    progress: &'a Progress,
+}
+
+/// Runs the requested cases, one after another (each VM uses the CPUs),
+/// writing `evidence/<platform>/` (or `evidence/tamper-usr/`) into the
+/// build directory.
+pub fn run(
+    request: &TestRequest,
+    tools: &HostTools,
+    progress: &Progress,
+) -> Result<Vec<TestOutcome>> {
     let request = &TestRequest {
-        build_dir,
+        build_dir: std::path::absolute(&request.build_dir)?,
         ..request.clone()
     };
     let build = BuildInfo::load(&request.build_dir)?;
-    let firmware = Firmware::find()?;
+    let firmware = FirmwareFiles::find()?;
     if !hosttools::is_static_elf(Path::new(BUSYBOX)).unwrap_or(false) {
         bail!(
             "{BUSYBOX} is missing or not statically linked; the test container needs Debian's busybox-static ({})",
             hosttools::SETUP_HINT
         );
     }
+    let platforms = select_platforms(&build, &request.platforms)?;
     let evidence_root = request.build_dir.join("evidence");
-    let final_dir = evidence_root.join(request.case.dir_name());
-    let work =
-        Workdir::create(&evidence_root.join(format!(".{}.partial", request.case.dir_name())))?;
-
-    let phase = progress.phase("prepare");
+    fs::create_dir_all(&evidence_root)?;
     let accel = qemu::choose_accel(
         request.accel,
         tools.path("qemu-system-x86_64"),
         &firmware,
-        &work.path,
+        &evidence_root,
     )?;
-    let (base_disk, tampering) = match request.case {
-        TestCase::Boot => (request.build_dir.join(&build.disk.file), None),
-        TestCase::TamperUsr => {
-            let copy = work.path.join("tampered.raw");
-            let description = tampered_copy(tools, &build, &request.build_dir, &copy)?;
-            (copy, Some(description))
-        }
+    progress.note(&format!(
+        "accelerator: {} ({})",
+        accel.accel.name(),
+        accel.reason
+    ));
+    let context = TestContext {
+        request,
+        build: &build,
+        tools,
+        firmware,
+        accel,
+        progress,
     };
-    let overlay = work.path.join("disk.qcow2");
-    Step::new(
-        "creating the VM's copy-on-write disk",
-        tools.path("qemu-img"),
-    )
-    .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
-    .arg(&base_disk)
-    .arg(&overlay)
-    .arg(OVERLAY_SIZE)
-    .run()?;
-    let vars = work.path.join("efi-vars.fd");
-    fs::copy(&firmware.vars_template, &vars)
-        .with_context(|| format!("copying {}", firmware.vars_template.display()))?;
-    let test_data = work.path.join("testdata.tar");
-    write_test_data(tools, &work.path, &test_data)?;
-    phase.done(&format!("{} ({})", accel.accel.name(), accel.reason));
+    let mut outcomes = Vec::new();
+    if request.tamper_usr {
+        outcomes.push(run_case(&context, None)?);
+    } else {
+        for platform in platforms {
+            outcomes.push(run_case(&context, Some(platform))?);
+        }
+    }
+    Ok(outcomes)
+}
 
+/// The build's platforms named in `ids` (all of them when empty).
+fn select_platforms<'a>(build: &'a BuildInfo, ids: &[PlatformId]) -> Result<Vec<&'a Platform>> {
+    let packaged: Vec<&Platform> = build
+        .platforms
+        .iter()
+        .filter(|p| build.artifacts.iter().any(|a| a.platform == p.id))
+        .collect();
+    for id in ids {
+        if !packaged.iter().any(|p| &p.id == id) {
+            bail!(
+                "the build has no artifact for platform {id}; it has {}",
+                packaged
+                    .iter()
+                    .map(|p| p.id.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+    }
+    Ok(packaged
+        .into_iter()
+        .filter(|p| ids.is_empty() || ids.contains(&p.id))
+        .collect())
+}
+
+/// Boots one case: a platform's artifact, or (`None`) the tampered disk.
+fn run_case(context: &TestContext, platform: Option<&Platform>) -> Result<TestOutcome> {
+    let build = context.build;
+    let case_name = platform.map_or("tamper-usr".to_owned(), |p| p.id.to_string());
+    let evidence_root = context.request.build_dir.join("evidence");
+    let work = Workdir::create(&evidence_root.join(format!(".{case_name}.partial")))?;
+
+    let phase = context.progress.phase(&format!("prepare {case_name}"));
+    let prepared = match platform {
+        Some(platform) => prepare_platform(context, platform, &work.path)?,
+        None => prepare_tamper(context, &work.path)?,
+    };
+    let test_data = work.path.join("testdata.tar");
+    write_test_data(context.tools, build, &work.path, &test_data)?;
+    phase.done(&prepared.hardware);
+
+    let network_boot = matches!(prepared.boot, BootSource::Network { .. });
     let spec = VmSpec {
-        disk: overlay,
-        disk_format: "qcow2",
-        disk_bus: DiskBus::VirtioBlk,
-        firmware_code: firmware.code.clone(),
-        firmware_vars: vars,
+        firmware: if network_boot {
+            FirmwareSetup::Bios
+        } else {
+            let vars = work.path.join("efi-vars.fd");
+            fs::copy(&context.firmware.vars_template, &vars)
+                .with_context(|| format!("copying {}", context.firmware.vars_template.display()))?;
+            FirmwareSetup::Uefi {
+                code: context.firmware.code.clone(),
+                vars,
+            }
+        },
+        boot: prepared.boot,
+        nic: prepared.nic,
+        guest_forwards: prepared.guest_forwards,
+        hide_hypervisor_cpuid: prepared.smbios_system.is_some(),
+        smbios_system: prepared.smbios_system,
+        guest_agent_socket: prepared.guest_agent.then(|| work.path.join("qga.sock")),
+        network: prepared.network,
         test_data,
         evidence_out: work.path.join("evidence.out"),
         console_out: work.path.join(evidence::CONSOLE_LOG),
-        memory_mib: request.memory_mib,
-        cpus: request.cpus,
-        smbios_strings: smbios_strings(),
+        memory_mib: context.request.memory_mib.max(prepared.min_memory_mib),
+        cpus: context.request.cpus,
+        smbios_strings: smbios_strings(!network_boot),
     };
-    let timeout = request.timeout.unwrap_or(match accel.accel {
-        qemu::Accel::Kvm => Duration::from_secs(300),
-        qemu::Accel::Tcg => Duration::from_secs(900),
-    });
+    let timeout = context
+        .request
+        .timeout
+        .unwrap_or(match context.accel.accel {
+            qemu::Accel::Kvm => Duration::from_secs(300),
+            qemu::Accel::Tcg => Duration::from_secs(900),
+        });
     let started_at = crate::build::now_rfc3339();
-    let mut phase = progress.phase("boot");
-    let run = boot(tools, &spec, &accel, request.case, timeout, &mut phase)?;
+    let mut phase = context.progress.phase(&format!("boot {case_name}"));
+    let run = boot(
+        context.tools,
+        &spec,
+        &context.accel,
+        platform.is_some(),
+        timeout,
+        &mut phase,
+    )?;
     let report_text = fs::read_to_string(&spec.evidence_out).unwrap_or_default();
     let report = evidence::parse_report(&report_text);
-    let checks = match request.case {
-        TestCase::Boot => evidence::judge_boot(&report, &build, run.outcome),
-        TestCase::TamperUsr => evidence::judge_tamper(&report, &run.verity_errors, run.outcome),
-    };
+    let mut checks = prepared.package_checks;
+    checks.extend(match platform {
+        Some(platform) => {
+            let expectations = Expectations {
+                platform,
+                all_platforms: &build.platforms,
+                root: if platform.format == Format::Pxe {
+                    RootExpectation::Tmpfs
+                } else {
+                    RootExpectation::Grows {
+                        built_bytes: build.disk.partition_table.require(Role::Root)?.size,
+                    }
+                },
+                hostname: (platform.id.as_str() == "aws").then(|| IMDS_HOSTNAME.to_owned()),
+            };
+            evidence::judge_platform(&report, build, run.outcome, &expectations)
+        }
+        None => evidence::judge_tamper(&report, &run.verity_errors, run.outcome),
+    });
     let passed = checks.iter().all(|c| c.passed);
     let mut boot_time = evidence::boot_time(&report);
     if let Some(time) = boot_time.as_mut() {
@@ -181,14 +302,19 @@ pub fn run(request: &TestRequest, tools: &HostTools, progress: &Progress) -> Res
     }
     let evidence = Evidence {
         schema: evidence::SCHEMA_VERSION,
-        case: request.case,
+        case: if platform.is_some() {
+            TestCase::Platform
+        } else {
+            TestCase::TamperUsr
+        },
         version: build.version.to_string(),
-        platform: "qemu-uefi-virtio".to_owned(),
-        artifact: build.disk.file.clone(),
-        tampering,
+        platform: platform.map_or("qemu".to_owned(), |p| p.id.to_string()),
+        artifact: prepared.artifact,
+        hardware: prepared.hardware,
+        tampering: prepared.tampering,
         started_at,
-        accelerator: accel.accel.name().to_owned(),
-        accelerator_reason: accel.reason.clone(),
+        accelerator: context.accel.accel.name().to_owned(),
+        accelerator_reason: context.accel.reason.clone(),
         qemu_command: run.command,
         outcome: run.outcome,
         wall_seconds: (run.wall.as_secs_f64() * 10.0).round() / 10.0,
@@ -207,24 +333,270 @@ pub fn run(request: &TestRequest, tools: &HostTools, progress: &Progress) -> Res
     } else {
         phase.failed();
     }
-    let evidence_dir = work.commit(&final_dir, &evidence)?;
+    let evidence_dir = work.commit(&evidence_root.join(&case_name), &evidence)?;
     Ok(TestOutcome {
         evidence_dir,
         evidence,
     })
 }
 
+/// How one case's VM is set up.
+struct Prepared {
+    boot: BootSource,
+    nic: Nic,
+    guest_forwards: Vec<(String, String)>,
+    smbios_system: Option<(String, String)>,
+    guest_agent: bool,
+    network: Option<String>,
+    min_memory_mib: u32,
+    /// Checks of the artifact made before booting it (the OVA's layout).
+    package_checks: Vec<Check>,
+    /// The files booted, for the record.
+    artifact: String,
+    tampering: Option<String>,
+    /// How the VM presents it, for people.
+    hardware: String,
+}
+
+/// Turns a platform's artifact into a bootable medium, the way the
+/// platform would present it.
+fn prepare_platform(context: &TestContext, platform: &Platform, work: &Path) -> Result<Prepared> {
+    let build_dir = &context.request.build_dir;
+    let files = context.build.artifact_files(&platform.id);
+    let file_of = |role: ArtifactRole| -> Result<PathBuf> {
+        files
+            .iter()
+            .find(|a| a.role == role)
+            .map(|a| build_dir.join(&a.file))
+            .with_context(|| {
+                format!(
+                    "build.json lists no {role:?} file for platform {}",
+                    platform.id
+                )
+            })
+    };
+    let mut package_checks = Vec::new();
+    let mut guest_forwards = Vec::new();
+    let boot = match platform.format {
+        Format::Qcow2 => overlay_disk(
+            context,
+            &file_of(ArtifactRole::Disk)?,
+            "qcow2",
+            platform.disk_bus,
+            work,
+        )?,
+        Format::Raw => overlay_disk(
+            context,
+            &file_of(ArtifactRole::Disk)?,
+            "raw",
+            platform.disk_bus,
+            work,
+        )?,
+        Format::Ova => {
+            let (vmdk, checks) =
+                ova_check::unpack_and_check(context.tools, &file_of(ArtifactRole::Disk)?, work)?;
+            package_checks = checks;
+            overlay_disk(context, &vmdk, "vmdk", platform.disk_bus, work)?
+        }
+        Format::RawZstd => {
+            let raw = work.join("metal.raw");
+            Step::new(
+                "decompressing the bare-metal image",
+                context.tools.path("zstd"),
+            )
+            .args(["-d", "-q", "-f", "-o"])
+            .arg(&raw)
+            .arg(file_of(ArtifactRole::Disk)?)
+            .run()?;
+            let size = fs::metadata(&raw)?.len();
+            package_checks.push(Check {
+                name: "the image decompresses to the built disk".to_owned(),
+                passed: size == context.build.disk.size,
+                expected: format!("{} bytes", context.build.disk.size),
+                observed: format!("{size} bytes"),
+            });
+            // Written onto a larger disk, as on a real machine.
+            fs::OpenOptions::new()
+                .write(true)
+                .open(&raw)?
+                .set_len(METAL_DISK_BYTES)?;
+            BootSource::Disk {
+                path: raw,
+                format: "raw",
+                bus: platform.disk_bus,
+            }
+        }
+        Format::Pxe => {
+            let script = file_of(ArtifactRole::BootScript)?;
+            let names: Vec<String> = files.iter().map(|a| a.file.clone()).collect();
+            let tftp_dir = work.join("tftp");
+            fs::create_dir_all(&tftp_dir)?;
+            fs::write(tftp_dir.join("boot.ipxe"), pxe_chain_script(&script))?;
+            guest_forwards.push((
+                PXE_HTTP_ADDRESS.to_owned(),
+                http_serve_command(build_dir, &names, None)?,
+            ));
+            BootSource::Network {
+                tftp_dir,
+                bootfile: "boot.ipxe".to_owned(),
+            }
+        }
+    };
+    if platform.id.as_str() == "aws" {
+        guest_forwards.push((
+            IMDS_ADDRESS.to_owned(),
+            http_serve_command(build_dir, &[], Some(IMDS_HOSTNAME))?,
+        ));
+    }
+    let smbios_system = (platform.id.as_str() == "vmware").then(|| {
+        (
+            "VMware, Inc.".to_owned(),
+            "VMware Virtual Platform".to_owned(),
+        )
+    });
+    let hardware = format!(
+        "{} firmware, {} boot, {:?} NIC{}",
+        match platform.firmware {
+            Firmware::Uefi => "UEFI",
+            Firmware::Bios => "BIOS (iPXE)",
+        },
+        match platform.disk_bus {
+            DiskBus::None => "network".to_owned(),
+            bus => format!("{bus:?} disk"),
+        },
+        platform.nic,
+        if smbios_system.is_some() {
+            ", VMware SMBIOS identity"
+        } else {
+            ""
+        }
+    );
+    Ok(Prepared {
+        boot,
+        nic: platform.nic,
+        guest_forwards,
+        smbios_system,
+        guest_agent: platform.id.as_str() == "qemu",
+        network: (platform.id.as_str() == "aws").then(|| IMDS_NETWORK.to_owned()),
+        min_memory_mib: if platform.format == Format::Pxe {
+            PXE_MIN_MEMORY_MIB
+        } else {
+            0
+        },
+        package_checks,
+        artifact: files
+            .iter()
+            .map(|a| a.file.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
+        tampering: None,
+        hardware,
+    })
+}
+
+/// A copy-on-write overlay over a disk artifact, larger than the image.
+fn overlay_disk(
+    context: &TestContext,
+    base: &Path,
+    format: &'static str,
+    bus: DiskBus,
+    work: &Path,
+) -> Result<BootSource> {
+    let overlay = work.join("disk.qcow2");
+    Step::new(
+        "creating the VM's copy-on-write disk",
+        context.tools.path("qemu-img"),
+    )
+    .args(["create", "-q", "-f", "qcow2", "-F", format, "-b"])
+    .arg(base)
+    .arg(&overlay)
+    .arg(OVERLAY_SIZE)
+    .run()?;
+    Ok(BootSource::Disk {
+        path: overlay,
+        format: "qcow2",
+        bus,
+    })
+}
+
+/// The tamper case: a copy of the disk image with one byte of USR-A
+/// flipped, booted like the qemu platform.
+fn prepare_tamper(context: &TestContext, work: &Path) -> Result<Prepared> {
+    let copy = work.join("tampered.raw");
+    let tampering = tampered_copy(
+        context.tools,
+        context.build,
+        &context.request.build_dir,
+        &copy,
+    )?;
+    let boot = overlay_disk(context, &copy, "raw", DiskBus::Virtio, work)?;
+    Ok(Prepared {
+        boot,
+        nic: Nic::Virtio,
+        guest_forwards: Vec::new(),
+        smbios_system: None,
+        guest_agent: false,
+        network: None,
+        min_memory_mib: 0,
+        package_checks: Vec::new(),
+        artifact: format!("{} (tampered copy)", context.build.disk.file),
+        tampering: Some(tampering),
+        hardware: "UEFI firmware, Virtio disk, Virtio NIC".to_owned(),
+    })
+}
+
+/// The script the firmware's iPXE fetches over TFTP: add the test's kernel
+/// arguments, then chain the artifact's own script over HTTP.
+fn pxe_chain_script(artifact_script: &Path) -> String {
+    let name = artifact_script
+        .file_name()
+        .unwrap_or_default()
+        .to_string_lossy();
+    format!(
+        "#!ipxe
+         # boxcar test: the console on the serial port, and the evidence unit.
+         set boxcar-extra-args console=ttyS0 systemd.wants={GUEST_UNIT_NAME}
+         chain http://{}/{name}
+",
+        PXE_HTTP_ADDRESS.trim_end_matches(":80")
+    )
+}
+
+/// The command qemu runs for each forwarded guest connection: this binary,
+/// answering HTTP on stdin and stdout.
+fn http_serve_command(dir: &Path, files: &[String], imds_hostname: Option<&str>) -> Result<String> {
+    let exe = std::env::current_exe().context("finding the boxcar binary")?;
+    let mut words = vec![
+        exe.to_string_lossy().into_owned(),
+        "internal".into(),
+        "http-serve".into(),
+    ];
+    words.extend(["--dir".into(), dir.to_string_lossy().into_owned()]);
+    for file in files {
+        words.extend(["--file".into(), file.clone()]);
+    }
+    if let Some(hostname) = imds_hostname {
+        words.extend(["--imds-hostname".into(), hostname.to_owned()]);
+    }
+    // qemu hands the command to /bin/sh.
+    Ok(crate::process::quote_all(&words))
+}
+
 /// The SMBIOS strings that turn the image into a test subject for one
-/// boot: the evidence unit as a credential, and kernel command line
-/// additions (console on the serial port, start the unit).
-fn smbios_strings() -> Vec<String> {
+/// boot: the evidence unit as a credential and, where systemd-stub boots
+/// the kernel, command line additions (console on the serial port, start
+/// the unit). A network boot gets those from its iPXE script instead.
+fn smbios_strings(through_stub: bool) -> Vec<String> {
     let unit = base64::engine::general_purpose::STANDARD.encode(GUEST_UNIT);
-    vec![
-        format!("io.systemd.credential.binary:systemd.extra-unit.{GUEST_UNIT_NAME}={unit}"),
-        format!(
+    let mut strings = vec![format!(
+        "io.systemd.credential.binary:systemd.extra-unit.{GUEST_UNIT_NAME}={unit}"
+    )];
+    if through_stub {
+        strings.push(format!(
             "io.systemd.stub.kernel-cmdline-extra=console=ttyS0 systemd.wants={GUEST_UNIT_NAME}"
-        ),
-    ]
+        ));
+    }
+    strings
 }
 
 /// Copies the disk image (sparsely) and flips one byte inside USR-A.
@@ -255,15 +627,22 @@ fn tampered_copy(
     ))
 }
 
-/// The test data disk: a tar archive with the guest script and a one-binary
-/// container root file system (static busybox), for `docker import`.
-fn write_test_data(tools: &HostTools, work: &Path, out: &Path) -> Result<()> {
+/// The test data disk: a tar archive with the guest script, the list of
+/// every platform's agent units, and a one-binary container root file
+/// system (static busybox) for `docker import`.
+fn write_test_data(tools: &HostTools, build: &BuildInfo, work: &Path, out: &Path) -> Result<()> {
     let staging = work.join("testdata");
     let rootfs = staging.join("rootfs");
     fs::create_dir_all(rootfs.join("bin"))?;
     fs::copy(BUSYBOX, rootfs.join("bin/busybox")).with_context(|| format!("copying {BUSYBOX}"))?;
     std::os::unix::fs::symlink("busybox", rootfs.join("bin/sh"))?;
     fs::write(staging.join("guest-evidence.sh"), GUEST_SCRIPT)?;
+    let units: String = build
+        .platforms
+        .iter()
+        .flat_map(|p| p.units.iter().map(move |u| format!("{} {u}\n", p.id)))
+        .collect();
+    fs::write(staging.join("platform-units"), units)?;
     Step::new("packing the container root file system", tools.path("tar"))
         .arg("-C")
         .arg(&rootfs)
@@ -276,7 +655,7 @@ fn write_test_data(tools: &HostTools, work: &Path, out: &Path) -> Result<()> {
         .arg(&staging)
         .args(["--owner=0", "--group=0", "-cf"])
         .arg(out)
-        .args(["guest-evidence.sh", "rootfs.tar"])
+        .args(["guest-evidence.sh", "platform-units", "rootfs.tar"])
         .run()?;
     fs::remove_dir_all(&staging)?;
     Ok(())
@@ -320,7 +699,7 @@ fn boot(
     tools: &HostTools,
     spec: &VmSpec,
     accel: &AccelChoice,
-    case: TestCase,
+    expect_success: bool,
     timeout: Duration,
     phase: &mut Phase,
 ) -> Result<BootRun> {
@@ -386,7 +765,7 @@ fn boot(
     if outcome == BootOutcome::Interrupted {
         bail!("boot test interrupted");
     }
-    if case == TestCase::Boot && outcome == BootOutcome::TimedOut {
+    if expect_success && outcome == BootOutcome::TimedOut {
         phase.println(&format!("no power-off within {}s", timeout.as_secs()));
     }
     Ok(BootRun {
@@ -608,7 +987,7 @@ mod tests {
 
     #[test]
     fn smbios_carries_the_unit_and_the_command_line() {
-        let strings = smbios_strings();
+        let strings = smbios_strings(true);
         assert!(strings[0].starts_with(
             "io.systemd.credential.binary:systemd.extra-unit.boxcar-evidence.service="
         ));
@@ -619,5 +998,23 @@ mod tests {
         assert_eq!(unit, GUEST_UNIT.as_bytes());
         assert!(strings[1].contains("systemd.wants=boxcar-evidence.service"));
         assert!(!strings.iter().any(|s| s.contains(',')));
+        assert_eq!(
+            smbios_strings(false).len(),
+            1,
+            "a network boot gets its arguments from iPXE"
+        );
+    }
+
+    #[test]
+    fn pxe_chain_adds_test_arguments_then_chains_over_http() {
+        let script = pxe_chain_script(Path::new("/b/boxcar-1-pxe.ipxe"));
+        assert!(script.starts_with("#!ipxe\n"));
+        assert!(script.contains(
+            "set boxcar-extra-args console=ttyS0 systemd.wants=boxcar-evidence.service\n"
+        ));
+        assert!(
+            script.ends_with("chain http://10.0.2.100/boxcar-1-pxe.ipxe\n"),
+            "{script}"
+        );
     }
 }

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 
+use crate::platform::{DiskBus, Nic};
 use crate::process::{terminate, Step};
 
 /// UEFI firmware: the code (read-only) and a template of its variable
@@ -206,21 +207,50 @@ fn probe_kvm(qemu: &Path, firmware: &Firmware, scratch: &Path) -> Result<(), Str
     verdict
 }
 
-/// How the boot disk is attached.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DiskBus {
-    VirtioBlk,
+/// What the VM boots from.
+#[derive(Clone, Debug)]
+pub enum BootSource {
+    /// A disk image on the platform's bus.
+    Disk {
+        path: PathBuf,
+        format: &'static str,
+        bus: DiskBus,
+    },
+    /// The network: the firmware's PXE client (iPXE) fetches `bootfile`
+    /// from qemu's TFTP server, serving `tftp_dir`.
+    Network { tftp_dir: PathBuf, bootfile: String },
+}
+
+/// Which firmware runs.
+#[derive(Clone, Debug)]
+pub enum FirmwareSetup {
+    /// OVMF, with this VM's own copy of the variable store.
+    Uefi { code: PathBuf, vars: PathBuf },
+    /// qemu's default SeaBIOS (with iPXE option ROMs on its NICs).
+    Bios,
 }
 
 /// One VM to boot.
 #[derive(Clone, Debug)]
 pub struct VmSpec {
-    pub disk: PathBuf,
-    pub disk_format: &'static str,
-    pub disk_bus: DiskBus,
-    pub firmware_code: PathBuf,
-    /// This VM's own copy of the firmware variables.
-    pub firmware_vars: PathBuf,
+    pub boot: BootSource,
+    pub firmware: FirmwareSetup,
+    pub nic: Nic,
+    /// Guest TCP connections to (address:port) are handed to a command run
+    /// for each connection on the host.
+    pub guest_forwards: Vec<(String, String)>,
+    /// SMBIOS system manufacturer and product (what the platform's
+    /// hypervisor would present).
+    pub smbios_system: Option<(String, String)>,
+    /// Hide the CPUID hypervisor bit, so the guest identifies the
+    /// hypervisor by its SMBIOS identity (as it does on VMware) instead of
+    /// qemu's CPUID signature.
+    pub hide_hypervisor_cpuid: bool,
+    /// A socket for the qemu guest agent's virtio-serial port.
+    pub guest_agent_socket: Option<PathBuf>,
+    /// The user network's address range, when not qemu's 10.0.2.0/24 (a
+    /// forwarded address must lie inside it).
+    pub network: Option<String>,
     /// Raw disk with the test data (a tar archive), attached read-only.
     pub test_data: PathBuf,
     /// Where the guest's evidence port is written.
@@ -236,14 +266,18 @@ pub struct VmSpec {
 impl VmSpec {
     /// qemu's arguments for this VM under `accel`.
     pub fn arguments(&self, accel: Accel) -> Vec<OsString> {
-        let mut args: Vec<OsString> = Vec::new();
-        let mut push = |items: &[&str]| args.extend(items.iter().map(OsString::from));
+        let mut args = Arguments::default();
+        let hide = if self.hide_hypervisor_cpuid {
+            ",-hypervisor"
+        } else {
+            ""
+        };
         match accel {
-            Accel::Kvm => push(&["-accel", "kvm", "-cpu", "host"]),
+            Accel::Kvm => args.push(&["-accel", "kvm", "-cpu", &format!("host{hide}")]),
             // thread=multi: one host thread per guest CPU.
-            Accel::Tcg => push(&["-accel", "tcg,thread=multi", "-cpu", "max"]),
+            Accel::Tcg => args.push(&["-accel", "tcg,thread=multi", "-cpu", &format!("max{hide}")]),
         }
-        push(&[
+        args.push(&[
             "-machine",
             "q35",
             "-nodefaults",
@@ -251,57 +285,137 @@ impl VmSpec {
             "none",
             "-no-reboot",
         ]);
-        let memory = self.memory_mib.to_string();
-        let cpus = self.cpus.to_string();
-        push(&["-m", &memory, "-smp", &cpus]);
-        args.push("-drive".into());
-        args.push(pflash_arg(&self.firmware_code, true, false));
-        args.push("-drive".into());
-        args.push(pflash_arg(&self.firmware_vars, false, false));
-
-        let mut disk = OsString::from("if=none,id=boot-disk,format=");
-        disk.push(self.disk_format);
-        disk.push(",file=");
-        disk.push(escape_commas(&self.disk));
-        args.push("-drive".into());
-        args.push(disk);
-        match self.disk_bus {
-            DiskBus::VirtioBlk => {
-                args.push("-device".into());
-                args.push("virtio-blk-pci,drive=boot-disk,bootindex=1".into());
+        args.push(&[
+            "-m",
+            &self.memory_mib.to_string(),
+            "-smp",
+            &self.cpus.to_string(),
+        ]);
+        if let FirmwareSetup::Uefi { code, vars } = &self.firmware {
+            args.pair("-drive", pflash_arg(code, true, false));
+            args.pair("-drive", pflash_arg(vars, false, false));
+        }
+        match &self.boot {
+            BootSource::Disk { path, format, bus } => {
+                let mut drive =
+                    OsString::from(format!("if=none,id=boot-disk,format={format},file="));
+                drive.push(escape_commas(path));
+                args.pair("-drive", drive);
+                for device in disk_devices(*bus) {
+                    args.pair("-device", device.into());
+                }
             }
+            BootSource::Network { .. } => args.push(&["-boot", "n"]),
         }
 
         let mut test_data = OsString::from("if=none,id=test-data,format=raw,readonly=on,file=");
         test_data.push(escape_commas(&self.test_data));
-        args.push("-drive".into());
-        args.push(test_data);
-        args.push("-device".into());
-        args.push("virtio-blk-pci,drive=test-data,serial=boxcar-testdata".into());
+        args.pair("-drive", test_data);
+        args.push(&[
+            "-device",
+            "virtio-blk-pci,drive=test-data,serial=boxcar-testdata",
+        ]);
 
-        // The evidence port, and the console.
-        args.push("-device".into());
-        args.push("virtio-serial-pci".into());
+        // The evidence port, the guest agent's port, and the console.
+        args.push(&["-device", "virtio-serial-pci"]);
         let mut chardev = OsString::from("file,id=evidence,path=");
         chardev.push(escape_commas(&self.evidence_out));
-        args.push("-chardev".into());
-        args.push(chardev);
-        args.push("-device".into());
-        args.push("virtserialport,chardev=evidence,name=org.boxcar.evidence".into());
-        args.push("-serial".into());
-        args.push(file_arg(&self.console_out));
-
-        // A NIC with DHCP but no way out: the image must work offline.
-        args.push("-netdev".into());
-        args.push("user,id=net0,restrict=on".into());
-        args.push("-device".into());
-        args.push("virtio-net-pci,netdev=net0".into());
-
-        for value in &self.smbios_strings {
-            args.push("-smbios".into());
-            args.push(format!("type=11,value={}", value.replace(',', ",,")).into());
+        args.pair("-chardev", chardev);
+        args.push(&[
+            "-device",
+            "virtserialport,chardev=evidence,name=org.boxcar.evidence",
+        ]);
+        if let Some(socket) = &self.guest_agent_socket {
+            let mut chardev = OsString::from("socket,id=qga,server=on,wait=off,path=");
+            chardev.push(escape_commas(socket));
+            args.pair("-chardev", chardev);
+            args.push(&[
+                "-device",
+                "virtserialport,chardev=qga,name=org.qemu.guest_agent.0",
+            ]);
         }
-        args
+        args.pair("-serial", file_arg(&self.console_out));
+
+        // A NIC with DHCP but no way out: the image must work offline. Only
+        // explicit forwards (and the PXE TFTP server) reach the host.
+        let mut netdev = String::from("user,id=net0,restrict=on");
+        if let Some(network) = &self.network {
+            netdev.push_str(&format!(",net={network}"));
+        }
+        if let BootSource::Network { tftp_dir, bootfile } = &self.boot {
+            netdev.push_str(&format!(
+                ",tftp={},bootfile={}",
+                tftp_dir.to_string_lossy().replace(',', ",,"),
+                bootfile.replace(',', ",,")
+            ));
+        }
+        for (address, command) in &self.guest_forwards {
+            netdev.push_str(&format!(
+                ",guestfwd=tcp:{address}-cmd:{}",
+                command.replace(',', ",,")
+            ));
+        }
+        args.pair("-netdev", netdev.into());
+        args.pair(
+            "-device",
+            format!("{},netdev=net0", nic_device(self.nic)).into(),
+        );
+
+        if let Some((manufacturer, product)) = &self.smbios_system {
+            args.pair(
+                "-smbios",
+                format!(
+                    "type=1,manufacturer={},product={}",
+                    manufacturer.replace(',', ",,"),
+                    product.replace(',', ",,")
+                )
+                .into(),
+            );
+        }
+        for value in &self.smbios_strings {
+            args.pair(
+                "-smbios",
+                format!("type=11,value={}", value.replace(',', ",,")).into(),
+            );
+        }
+        args.0
+    }
+}
+
+#[derive(Default)]
+struct Arguments(Vec<OsString>);
+
+impl Arguments {
+    fn push(&mut self, items: &[&str]) {
+        self.0.extend(items.iter().map(OsString::from));
+    }
+
+    fn pair(&mut self, option: &str, value: OsString) {
+        self.0.push(option.into());
+        self.0.push(value);
+    }
+}
+
+/// The devices that put the boot disk on the platform's bus.
+fn disk_devices(bus: DiskBus) -> Vec<&'static str> {
+    match bus {
+        DiskBus::Virtio => vec!["virtio-blk-pci,drive=boot-disk,bootindex=1"],
+        DiskBus::Pvscsi => vec![
+            "pvscsi,id=scsi0",
+            "scsi-hd,drive=boot-disk,bus=scsi0.0,bootindex=1",
+        ],
+        DiskBus::Nvme => vec!["nvme,drive=boot-disk,serial=boxcar-boot,bootindex=1"],
+        // q35's built-in AHCI controller.
+        DiskBus::Sata => vec!["ide-hd,drive=boot-disk,bus=ide.0,bootindex=1"],
+        DiskBus::None => vec![],
+    }
+}
+
+fn nic_device(nic: Nic) -> &'static str {
+    match nic {
+        Nic::Virtio => "virtio-net-pci",
+        Nic::Vmxnet3 => "vmxnet3",
+        Nic::E1000e => "e1000e",
     }
 }
 
@@ -335,11 +449,21 @@ mod tests {
 
     fn spec() -> VmSpec {
         VmSpec {
-            disk: "/b/disk,1.qcow2".into(),
-            disk_format: "qcow2",
-            disk_bus: DiskBus::VirtioBlk,
-            firmware_code: "/fw/code.fd".into(),
-            firmware_vars: "/w/vars.fd".into(),
+            boot: BootSource::Disk {
+                path: "/b/disk,1.qcow2".into(),
+                format: "qcow2",
+                bus: DiskBus::Virtio,
+            },
+            firmware: FirmwareSetup::Uefi {
+                code: "/fw/code.fd".into(),
+                vars: "/w/vars.fd".into(),
+            },
+            nic: Nic::Virtio,
+            guest_forwards: Vec::new(),
+            smbios_system: None,
+            hide_hypervisor_cpuid: false,
+            guest_agent_socket: None,
+            network: None,
             test_data: "/w/testdata.tar".into(),
             evidence_out: "/w/evidence.out".into(),
             console_out: "/w/console.log".into(),
@@ -349,9 +473,8 @@ mod tests {
         }
     }
 
-    fn joined(accel: Accel) -> String {
-        spec()
-            .arguments(accel)
+    fn joined(spec: &VmSpec, accel: Accel) -> String {
+        spec.arguments(accel)
             .iter()
             .map(|a| a.to_string_lossy().into_owned())
             .collect::<Vec<_>>()
@@ -360,13 +483,18 @@ mod tests {
 
     #[test]
     fn tcg_and_kvm_differ_only_in_accelerator_and_cpu() {
-        assert!(joined(Accel::Tcg).starts_with("-accel tcg,thread=multi -cpu max -machine q35"));
-        assert!(joined(Accel::Kvm).starts_with("-accel kvm -cpu host -machine q35"));
+        assert!(joined(&spec(), Accel::Tcg)
+            .starts_with("-accel tcg,thread=multi -cpu max -machine q35"));
+        assert!(joined(&spec(), Accel::Kvm).starts_with("-accel kvm -cpu host -machine q35"));
     }
 
     #[test]
     fn commas_in_paths_and_smbios_values_are_escaped() {
-        let args = joined(Accel::Tcg);
+        let mut vmware = spec();
+        vmware.smbios_system = Some(("VMware, Inc.".into(), "VMware Virtual Platform".into()));
+        vmware.hide_hypervisor_cpuid = true;
+        let args = joined(&vmware, Accel::Tcg);
+        assert!(args.contains("-cpu max,-hypervisor"), "{args}");
         assert!(
             args.contains("format=qcow2,file=/b/disk,,1.qcow2"),
             "{args}"
@@ -377,15 +505,84 @@ mod tests {
             ),
             "{args}"
         );
+        assert!(
+            args.contains("type=1,manufacturer=VMware,, Inc.,product=VMware Virtual Platform"),
+            "{args}"
+        );
     }
 
     #[test]
     fn attaches_test_data_evidence_port_and_console() {
-        let args = joined(Accel::Tcg);
+        let args = joined(&spec(), Accel::Tcg);
         assert!(args.contains("readonly=on,file=/w/testdata.tar -device virtio-blk-pci,drive=test-data,serial=boxcar-testdata"));
         assert!(args.contains("-chardev file,id=evidence,path=/w/evidence.out"));
         assert!(args.contains("name=org.boxcar.evidence"));
         assert!(args.contains("-serial file:/w/console.log"));
-        assert!(args.contains("user,id=net0,restrict=on"));
+        assert!(
+            args.contains("-netdev user,id=net0,restrict=on -device virtio-net-pci,netdev=net0")
+        );
+    }
+
+    #[test]
+    fn each_platform_bus_and_nic() {
+        let mut vmware = spec();
+        vmware.boot = BootSource::Disk {
+            path: "/w/d.vmdk".into(),
+            format: "vmdk",
+            bus: DiskBus::Pvscsi,
+        };
+        vmware.nic = Nic::Vmxnet3;
+        let args = joined(&vmware, Accel::Tcg);
+        assert!(args.contains(
+            "-device pvscsi,id=scsi0 -device scsi-hd,drive=boot-disk,bus=scsi0.0,bootindex=1"
+        ));
+        assert!(args.contains("-device vmxnet3,netdev=net0"));
+        let mut aws = spec();
+        aws.boot = BootSource::Disk {
+            path: "/w/d.raw".into(),
+            format: "raw",
+            bus: DiskBus::Nvme,
+        };
+        aws.guest_forwards = vec![(
+            "169.254.169.254:80".into(),
+            "/bin/boxcar internal http-serve".into(),
+        )];
+        aws.network = Some("169.254.0.0/16".into());
+        let args = joined(&aws, Accel::Tcg);
+        assert!(args.contains("-device nvme,drive=boot-disk,serial=boxcar-boot,bootindex=1"));
+        assert!(
+            args.contains("guestfwd=tcp:169.254.169.254:80-cmd:/bin/boxcar internal http-serve")
+        );
+        assert!(
+            args.contains("user,id=net0,restrict=on,net=169.254.0.0/16,guestfwd="),
+            "{args}"
+        );
+        let mut metal = spec();
+        metal.boot = BootSource::Disk {
+            path: "/w/d.raw".into(),
+            format: "raw",
+            bus: DiskBus::Sata,
+        };
+        metal.nic = Nic::E1000e;
+        let args = joined(&metal, Accel::Tcg);
+        assert!(args.contains("-device ide-hd,drive=boot-disk,bus=ide.0,bootindex=1"));
+        assert!(args.contains("-device e1000e,netdev=net0"));
+    }
+
+    #[test]
+    fn network_boot_uses_bios_tftp_and_no_disk() {
+        let mut pxe = spec();
+        pxe.boot = BootSource::Network {
+            tftp_dir: "/w/tftp".into(),
+            bootfile: "boot.ipxe".into(),
+        };
+        pxe.firmware = FirmwareSetup::Bios;
+        let args = joined(&pxe, Accel::Tcg);
+        assert!(
+            !args.contains("pflash") && !args.contains("boot-disk"),
+            "{args}"
+        );
+        assert!(args.contains("-boot n"));
+        assert!(args.contains("user,id=net0,restrict=on,tftp=/w/tftp,bootfile=boot.ipxe"));
     }
 }

@@ -1,0 +1,297 @@
+//! The diskless artifact: the kernel, an initrd that carries /usr, and an
+//! iPXE script.
+//!
+//! /usr stays verity-protected over the network: the initrd is the build's
+//! own (the UKI's) plus one more cpio archive holding a small GPT disk image
+//! with the slot-A /usr and verity partitions (same types and UUIDs as on
+//! disk, so the same `usrhash=` finds them), two units that attach it as a
+//! loop device and fill the tmpfs root with the image's /etc and /var, and
+//! that root tree. The kernel unpacks concatenated cpio archives into one
+//! initramfs.
+
+use std::fmt::Write as _;
+use std::fs::{self, File};
+use std::io::{self, Seek, SeekFrom};
+use std::path::Path;
+
+use anyhow::{Context, Result};
+
+use crate::hosttools::HostTools;
+use crate::image::{Partition, PartitionTable, Role};
+use crate::process::Step;
+
+/// Where the initrd keeps what it carries.
+const CARRIED_DIR: &str = "boxcar";
+const USR_DISK: &str = "usr.img";
+const ROOT_TAR: &str = "root.tar";
+
+/// Attaches the carried /usr disk; its partitions then appear under
+/// /dev/disk/by-partuuid/ where systemd-veritysetup-generator looks for them.
+const USR_UNIT: &str = "\
+[Unit]
+Description=Attach the /usr image carried by the network-boot initrd
+DefaultDependencies=no
+ConditionPathExists=/boxcar/usr.img
+After=systemd-udevd.service systemd-modules-load.service
+Before=cryptsetup-pre.target veritysetup-pre.target
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStartPre=-/usr/sbin/modprobe loop
+ExecStart=/usr/sbin/losetup --read-only --partscan --find --show /boxcar/usr.img
+";
+
+/// Unpacks the image's /etc and /var into the tmpfs root (`root=tmpfs`).
+const ROOT_UNIT: &str = "\
+[Unit]
+Description=Fill the tmpfs root with the image's /etc and /var
+DefaultDependencies=no
+ConditionPathExists=/boxcar/root.tar
+Requires=sysroot.mount
+After=sysroot.mount
+Before=initrd-root-fs.target sysroot-usr.mount
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=/usr/bin/tar --extract --file /boxcar/root.tar --directory /sysroot --numeric-owner --xattrs --acls --preserve-permissions
+";
+
+/// The partitions of the carried disk start at 1 MiB.
+const FIRST_PARTITION_OFFSET: u64 = 1024 * 1024;
+const SECTOR: u64 = 512;
+
+/// What the PXE artifact is made from.
+pub struct PxeInputs<'a> {
+    pub kernel: &'a Path,
+    pub initrd: &'a Path,
+    pub usr: &'a Path,
+    pub usr_verity: &'a Path,
+    pub root_tar: &'a Path,
+    pub table: &'a PartitionTable,
+    /// Bytes of /usr that verity covers (the file system).
+    pub usr_bytes: u64,
+    /// Bytes of the verity hash tree, superblock included.
+    pub verity_bytes: u64,
+    /// The kernel command line: the UKI's, then root=tmpfs, then the
+    /// platform's additions.
+    pub cmdline: String,
+}
+
+/// Where the three files go.
+pub struct PxeOutputs<'a> {
+    pub kernel: &'a Path,
+    pub initrd: &'a Path,
+    pub script: &'a Path,
+}
+
+pub fn write_pxe(
+    tools: &HostTools,
+    inputs: &PxeInputs,
+    outputs: &PxeOutputs,
+    work: &Path,
+) -> Result<()> {
+    fs::copy(inputs.kernel, outputs.kernel)
+        .with_context(|| format!("copying {}", inputs.kernel.display()))?;
+
+    let tree = work.join("pxe-tree");
+    let carried = tree.join(CARRIED_DIR);
+    fs::create_dir_all(&carried)?;
+    write_usr_disk(tools, inputs, &carried.join(USR_DISK))?;
+    fs::copy(inputs.root_tar, carried.join(ROOT_TAR))?;
+    install_unit(&tree, "boxcar-pxe-usr.service", USR_UNIT, "sysinit.target")?;
+    install_unit(
+        &tree,
+        "boxcar-pxe-root.service",
+        ROOT_UNIT,
+        "initrd-root-fs.target",
+    )?;
+    let cpio = work.join("pxe.cpio");
+    write_cpio(tools, &tree, &cpio)?;
+    fs::remove_dir_all(&tree)?;
+
+    // The build's initrd, then ours: the kernel unpacks both.
+    let mut initrd = File::create(outputs.initrd)?;
+    io::copy(&mut File::open(inputs.initrd)?, &mut initrd)?;
+    io::copy(&mut File::open(&cpio)?, &mut initrd)?;
+    initrd.sync_all()?;
+    fs::remove_file(&cpio)?;
+
+    let kernel_name = file_name(outputs.kernel);
+    let initrd_name = file_name(outputs.initrd);
+    fs::write(
+        outputs.script,
+        ipxe_script(&kernel_name, &initrd_name, &inputs.cmdline),
+    )?;
+    Ok(())
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .unwrap_or_default()
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// The iPXE script. The kernel and initrd are named relative to the script,
+/// so chaining it over HTTP fetches them over HTTP from the same place.
+pub fn ipxe_script(kernel: &str, initrd: &str, cmdline: &str) -> String {
+    let mut script = String::new();
+    let _ = writeln!(script, "#!ipxe");
+    let _ = writeln!(
+        script,
+        "# Boxcar Linux, diskless: chain this script over HTTP; the kernel and"
+    );
+    let _ = writeln!(
+        script,
+        "# initrd are fetched from next to it. Set boxcar-extra-args before"
+    );
+    let _ = writeln!(script, "# chaining to add kernel arguments.");
+    let _ = writeln!(
+        script,
+        "kernel {kernel} initrd={initrd} {cmdline} ${{boxcar-extra-args}}"
+    );
+    let _ = writeln!(script, "initrd {initrd}");
+    let _ = writeln!(script, "boot");
+    script
+}
+
+/// A GPT disk image holding just USR-A and its verity tree, trimmed to the
+/// bytes verity covers, with the partition types, UUIDs and labels of the
+/// built disk.
+fn write_usr_disk(tools: &HostTools, inputs: &PxeInputs, out: &Path) -> Result<()> {
+    let usr = inputs.table.require(Role::UsrA)?;
+    let verity = inputs.table.require(Role::UsrAVerity)?;
+    let usr_size = round_up(inputs.usr_bytes, FIRST_PARTITION_OFFSET);
+    let verity_size = round_up(inputs.verity_bytes, FIRST_PARTITION_OFFSET);
+    let verity_offset = FIRST_PARTITION_OFFSET + usr_size;
+    // Room for the backup GPT at the end.
+    let disk_size = verity_offset + verity_size + FIRST_PARTITION_OFFSET;
+    let file = File::create(out)?;
+    file.set_len(disk_size)?;
+    drop(file);
+    let script = format!(
+        "label: gpt\nunit: sectors\nsector-size: {SECTOR}\n{}\n{}\n",
+        sfdisk_line(usr, FIRST_PARTITION_OFFSET, usr_size),
+        sfdisk_line(verity, verity_offset, verity_size)
+    );
+    let script_path = out.with_extension("sfdisk");
+    fs::write(&script_path, script)?;
+    Step::new("partitioning the PXE /usr disk", tools.path("sfdisk"))
+        .args([
+            "--quiet",
+            "--no-reread",
+            "--no-tell-kernel",
+            "--wipe=always",
+        ])
+        .arg(out)
+        .stdin_file(&script_path)
+        .run()?;
+    fs::remove_file(&script_path)?;
+    copy_range(inputs.usr, out, FIRST_PARTITION_OFFSET, inputs.usr_bytes)?;
+    copy_range(inputs.usr_verity, out, verity_offset, inputs.verity_bytes)?;
+    Ok(())
+}
+
+fn sfdisk_line(partition: &Partition, offset: u64, size: u64) -> String {
+    format!(
+        "start={}, size={}, type={}, uuid={}, name=\"{}\", attrs=\"GUID:60\"",
+        offset / SECTOR,
+        size / SECTOR,
+        partition.type_uuid,
+        partition.uuid,
+        partition.label
+    )
+}
+
+fn round_up(value: u64, to: u64) -> u64 {
+    value.div_ceil(to) * to
+}
+
+/// Copies the first `length` bytes of `from` into `to` at `offset`.
+fn copy_range(from: &Path, to: &Path, offset: u64, length: u64) -> Result<()> {
+    let mut source = File::open(from).with_context(|| format!("opening {}", from.display()))?;
+    let mut target = fs::OpenOptions::new().write(true).open(to)?;
+    target.seek(SeekFrom::Start(offset))?;
+    let copied = io::copy(&mut io::Read::take(&mut source, length), &mut target)?;
+    if copied != length {
+        anyhow::bail!(
+            "{} is shorter than the {length} bytes to copy",
+            from.display()
+        );
+    }
+    Ok(())
+}
+
+/// Writes a unit into the initrd tree and enables it for `target`.
+fn install_unit(tree: &Path, name: &str, text: &str, target: &str) -> Result<()> {
+    let units = tree.join("usr/lib/systemd/system");
+    fs::create_dir_all(units.join(format!("{target}.wants")))?;
+    fs::write(units.join(name), text)?;
+    std::os::unix::fs::symlink(
+        format!("../{name}"),
+        units.join(format!("{target}.wants/{name}")),
+    )?;
+    Ok(())
+}
+
+/// A newc cpio archive of `tree`, owned by root, in a stable order.
+fn write_cpio(tools: &HostTools, tree: &Path, out: &Path) -> Result<()> {
+    let mut paths = Vec::new();
+    collect_paths(tree, tree, &mut paths)?;
+    paths.sort();
+    let list = out.with_extension("list");
+    fs::write(&list, paths.join("\n") + "\n")?;
+    Step::new("packing the PXE initrd addition", tools.path("cpio"))
+        .args([
+            "--create",
+            "--format=newc",
+            "--owner=0:0",
+            "--quiet",
+            "--reproducible",
+        ])
+        .current_dir(tree)
+        .stdin_file(&list)
+        .stdout_file(out)
+        .run()?;
+    fs::remove_file(&list)?;
+    Ok(())
+}
+
+fn collect_paths(root: &Path, dir: &Path, paths: &mut Vec<String>) -> Result<()> {
+    for entry in fs::read_dir(dir)? {
+        let path = entry?.path();
+        let relative = path.strip_prefix(root)?.to_string_lossy().into_owned();
+        paths.push(relative);
+        if path.is_dir() && !path.is_symlink() {
+            collect_paths(root, &path, paths)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn script_chains_relative_files_and_takes_extra_arguments() {
+        let script = ipxe_script("b-1-pxe.vmlinuz", "b-1-pxe.initrd", "usrhash=ab root=tmpfs");
+        assert!(script.starts_with("#!ipxe\n"));
+        assert!(script.contains("kernel b-1-pxe.vmlinuz initrd=b-1-pxe.initrd usrhash=ab root=tmpfs ${boxcar-extra-args}\n"));
+        assert!(script.contains("\ninitrd b-1-pxe.initrd\nboot\n"));
+    }
+
+    #[test]
+    fn units_order_around_the_generated_ones() {
+        assert!(ROOT_UNIT.contains("Before=initrd-root-fs.target sysroot-usr.mount"));
+        assert!(USR_UNIT.contains("--partscan"));
+    }
+
+    #[test]
+    fn rounding() {
+        assert_eq!(round_up(1, 1024 * 1024), 1024 * 1024);
+        assert_eq!(round_up(2 * 1024 * 1024, 1024 * 1024), 2 * 1024 * 1024);
+    }
+}

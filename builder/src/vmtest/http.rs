@@ -1,0 +1,211 @@
+//! A minimal HTTP/1.1 responder for boot tests, speaking over any reader
+//! and writer. qemu's user network runs one `boxcar internal http-serve`
+//! per guest connection (`guestfwd=...-cmd:`), connected through stdin and
+//! stdout, so no server has to outlive the test or bind a port.
+//!
+//! It serves two things: named files from one directory (the PXE kernel,
+//! initrd and script), and an imitation of the EC2 instance metadata service
+//! (IMDSv2: a token from PUT /latest/api/token, then GET with the token).
+
+use std::fs::File;
+use std::io::{self, BufRead, Read, Write};
+use std::path::PathBuf;
+
+/// The token the imitation IMDS hands out and then requires.
+pub const IMDS_TOKEN: &str = "boxcar-test-imds-token";
+
+/// What the responder serves.
+#[derive(Clone, Debug, Default)]
+pub struct Content {
+    /// Directory of the files.
+    pub dir: Option<PathBuf>,
+    /// The file names that may be fetched (nothing else is).
+    pub files: Vec<String>,
+    /// The EC2 local-hostname to serve, when imitating IMDS.
+    pub imds_hostname: Option<String>,
+}
+
+struct Request {
+    method: String,
+    path: String,
+    headers: Vec<(String, String)>,
+    close: bool,
+}
+
+impl Request {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Answers requests from `input` on `output` until the peer closes or asks
+/// to close.
+pub fn serve_connection(
+    input: &mut impl BufRead,
+    output: &mut impl Write,
+    content: &Content,
+) -> io::Result<()> {
+    while let Some(request) = read_request(input)? {
+        respond(&request, output, content)?;
+        output.flush()?;
+        if request.close {
+            break;
+        }
+    }
+    Ok(())
+}
+
+fn read_request(input: &mut impl BufRead) -> io::Result<Option<Request>> {
+    let mut line = String::new();
+    if input.read_line(&mut line)? == 0 {
+        return Ok(None);
+    }
+    let mut words = line.split_whitespace();
+    let (Some(method), Some(path), version) = (words.next(), words.next(), words.next()) else {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("bad request line {line:?}"),
+        ));
+    };
+    let mut headers = Vec::new();
+    loop {
+        let mut header = String::new();
+        if input.read_line(&mut header)? == 0 {
+            break;
+        }
+        let header = header.trim_end();
+        if header.is_empty() {
+            break;
+        }
+        if let Some((name, value)) = header.split_once(':') {
+            headers.push((name.trim().to_owned(), value.trim().to_owned()));
+        }
+    }
+    let mut request = Request {
+        method: method.to_owned(),
+        path: path.to_owned(),
+        headers,
+        close: version != Some("HTTP/1.1"),
+    };
+    if request
+        .header("Connection")
+        .is_some_and(|v| v.eq_ignore_ascii_case("close"))
+    {
+        request.close = true;
+    }
+    // Discard a body (the IMDS token PUT has an empty one).
+    let length: u64 = request
+        .header("Content-Length")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    io::copy(&mut input.take(length), &mut io::sink())?;
+    Ok(Some(request))
+}
+
+fn respond(request: &Request, output: &mut impl Write, content: &Content) -> io::Result<()> {
+    if let Some(hostname) = &content.imds_hostname {
+        match (request.method.as_str(), request.path.as_str()) {
+            ("PUT", "/latest/api/token") => {
+                return reply(output, request, 200, IMDS_TOKEN.as_bytes())
+            }
+            ("GET", "/latest/meta-data/local-hostname") => {
+                return if request.header("X-aws-ec2-metadata-token") == Some(IMDS_TOKEN) {
+                    reply(output, request, 200, hostname.as_bytes())
+                } else {
+                    reply(output, request, 401, b"missing or wrong token")
+                };
+            }
+            _ => {}
+        }
+    }
+    let name = request.path.trim_start_matches('/');
+    let known = content.files.iter().any(|f| f == name);
+    if let (true, Some(dir), "GET" | "HEAD") = (known, &content.dir, request.method.as_str()) {
+        let mut file = File::open(dir.join(name))?;
+        let length = file.metadata()?.len();
+        write_head(output, request, 200, length)?;
+        if request.method == "GET" {
+            io::copy(&mut file, output)?;
+        }
+        return Ok(());
+    }
+    reply(output, request, 404, b"not found")
+}
+
+fn reply(output: &mut impl Write, request: &Request, status: u16, body: &[u8]) -> io::Result<()> {
+    write_head(output, request, status, body.len() as u64)?;
+    if request.method != "HEAD" {
+        output.write_all(body)?;
+    }
+    Ok(())
+}
+
+fn write_head(
+    output: &mut impl Write,
+    request: &Request,
+    status: u16,
+    length: u64,
+) -> io::Result<()> {
+    let reason = match status {
+        200 => "OK",
+        401 => "Unauthorized",
+        _ => "Not Found",
+    };
+    let connection = if request.close { "close" } else { "keep-alive" };
+    write!(
+        output,
+        "HTTP/1.1 {status} {reason}\r\nContent-Length: {length}\r\nContent-Type: application/octet-stream\r\nConnection: {connection}\r\n\r\n"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exchange(requests: &str, content: &Content) -> String {
+        let mut input = io::Cursor::new(requests.as_bytes().to_vec());
+        let mut output = Vec::new();
+        serve_connection(&mut input, &mut output, content).unwrap();
+        String::from_utf8(output).unwrap()
+    }
+
+    #[test]
+    fn imds_needs_the_token() {
+        let content = Content {
+            imds_hostname: Some("ip-10-0-2-15.test".into()),
+            ..Content::default()
+        };
+        let out = exchange(
+            "PUT /latest/api/token HTTP/1.1\r\nX-aws-ec2-metadata-token-ttl-seconds: 300\r\nContent-Length: 0\r\n\r\n\
+             GET /latest/meta-data/local-hostname HTTP/1.1\r\n\r\n\
+             GET /latest/meta-data/local-hostname HTTP/1.1\r\nX-aws-ec2-metadata-token: boxcar-test-imds-token\r\nConnection: close\r\n\r\n",
+            &content,
+        );
+        assert!(out.starts_with("HTTP/1.1 200 OK\r\n"), "{out}");
+        assert!(out.contains(IMDS_TOKEN));
+        assert!(out.contains("HTTP/1.1 401 Unauthorized"));
+        assert!(out.ends_with("\r\n\r\nip-10-0-2-15.test"), "{out}");
+    }
+
+    #[test]
+    fn serves_only_listed_files() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("kernel"), b"KERNEL").unwrap();
+        std::fs::write(dir.path().join("secret"), b"no").unwrap();
+        let content = Content {
+            dir: Some(dir.path().to_owned()),
+            files: vec!["kernel".into()],
+            imds_hostname: None,
+        };
+        let out = exchange("GET /kernel HTTP/1.1\r\n\r\nGET /secret HTTP/1.1\r\n\r\nGET /../kernel HTTP/1.0\r\n\r\n", &content);
+        assert!(
+            out.starts_with("HTTP/1.1 200 OK\r\nContent-Length: 6\r\n"),
+            "{out}"
+        );
+        assert!(out.contains("\r\n\r\nKERNELHTTP/1.1 404"), "{out}");
+        assert_eq!(out.matches("404 Not Found").count(), 2, "{out}");
+    }
+}
