@@ -152,54 +152,313 @@ fn build_produces_a_verity_protected_ab_image_that_stock_tools_confirm() {
         .iter()
         .map(|p| p["name"].as_str().unwrap())
         .collect();
-    assert_eq!(phases, ["compose", "collect", "inspect", "digest", "total"]);
+    assert_eq!(
+        phases,
+        [
+            "compose",
+            "collect",
+            "inspect",
+            "package",
+            "package qemu",
+            "package vmware",
+            "package aws",
+            "package metal",
+            "package pxe",
+            "digest",
+            "total"
+        ]
+    );
     assert!(dir.join("build.log").metadata().unwrap().len() > 0);
 }
 
-/// The built image boots, runs /usr from dm-verity with the build's root
-/// hash, refuses writes to /usr, grows ROOT, and runs a container.
+/// Every platform's artifact is in build.json and on disk, each in its
+/// format (as stock tools see it), and every disk artifact carries the very
+/// same /usr: the USR-A partition read back with `qemu-img dd` hashes to
+/// build.json's usr.raw digest.
 #[test]
-fn built_image_boots_and_proves_itself() {
-    if !can_run("built_image_boots_and_proves_itself") {
+fn every_platform_artifact_is_packaged_with_the_same_usr() {
+    if !can_run("every_platform_artifact_is_packaged_with_the_same_usr") {
+        return;
+    }
+    let dir = shared_build();
+    let info = read_json(&dir.join("build.json"));
+    let artifacts = info["artifacts"].as_array().unwrap();
+    let file_of = |platform: &str, role: &str| -> std::path::PathBuf {
+        let artifact = artifacts
+            .iter()
+            .find(|a| a["platform"] == platform && a["role"] == role)
+            .unwrap_or_else(|| panic!("no {role} artifact for {platform}"));
+        assert!(
+            artifact["kernel_cmdline"]
+                .as_str()
+                .unwrap()
+                .contains(&format!("boxcar.platform={platform}")),
+            "{artifact}"
+        );
+        dir.join(artifact["file"].as_str().unwrap())
+    };
+    let qcow2 = file_of("qemu", "disk");
+    let ova = file_of("vmware", "disk");
+    let aws = file_of("aws", "disk");
+    let metal = file_of("metal", "disk");
+    let pxe_script = file_of("pxe", "boot-script");
+    assert!(file_of("pxe", "kernel").is_file() && file_of("pxe", "initrd").is_file());
+    let platforms: Vec<&str> = info["platforms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(platforms, ["qemu", "vmware", "aws", "metal", "pxe"]);
+
+    let qemu_info: serde_json::Value = serde_json::from_str(&host_tool(
+        "qemu-img",
+        &["info", "--output=json", qcow2.to_str().unwrap()],
+    ))
+    .unwrap();
+    assert_eq!(qemu_info["format"], "qcow2");
+    assert_eq!(
+        qemu_info["format-specific"]["data"]["compression-type"],
+        "zstd"
+    );
+    assert_eq!(qemu_info["virtual-size"], info["disk"]["size"]);
+
+    let members = host_tool("tar", &["-tf", ova.to_str().unwrap()]);
+    let members: Vec<&str> = members.lines().collect();
+    assert_eq!(members.len(), 3, "{members:?}");
+    assert!(
+        members[0].ends_with(".ovf")
+            && members[1].ends_with(".mf")
+            && members[2].ends_with(".vmdk")
+    );
+    let scratch = tempfile::tempdir_in(scratch_dir()).unwrap();
+    host_tool(
+        "tar",
+        &[
+            "-xf",
+            ova.to_str().unwrap(),
+            "-C",
+            scratch.path().to_str().unwrap(),
+        ],
+    );
+    let vmdk = scratch.path().join(members[2]);
+
+    host_tool("zstd", &["-t", "-q", metal.to_str().unwrap()]);
+    let metal_raw = scratch.path().join("metal.raw");
+    host_tool(
+        "zstd",
+        &[
+            "-d",
+            "-q",
+            "-o",
+            metal_raw.to_str().unwrap(),
+            metal.to_str().unwrap(),
+        ],
+    );
+
+    let script = std::fs::read_to_string(&pxe_script).unwrap();
+    let root_hash = info["usr"]["root_hash"].as_str().unwrap();
+    assert!(script.starts_with("#!ipxe"), "{script}");
+    assert!(
+        script.contains(&format!("usrhash={root_hash}")) && script.contains("root=tmpfs"),
+        "{script}"
+    );
+
+    // The same /usr, byte for byte, in every disk artifact.
+    let usr_digest = info["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["name"] == "usr.raw")
+        .unwrap()["sha256"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let usr = info["disk"]["partition_table"]["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["role"] == "usr-a")
+        .unwrap();
+    let mib = 1024 * 1024;
+    let (offset, size) = (
+        usr["offset"].as_u64().unwrap(),
+        usr["size"].as_u64().unwrap(),
+    );
+    assert!(offset % mib == 0 && size % mib == 0);
+    for (image, format) in [
+        (&qcow2, "qcow2"),
+        (&vmdk, "vmdk"),
+        (&aws, "raw"),
+        (&metal_raw, "raw"),
+    ] {
+        let out = scratch.path().join("usr-from-artifact.raw");
+        host_tool(
+            "qemu-img",
+            &[
+                "dd",
+                "-f",
+                format,
+                "-O",
+                "raw",
+                "bs=1M",
+                &format!("skip={}", offset / mib),
+                // qemu-img dd counts from the start of the input, not from skip.
+                &format!("count={}", (offset + size) / mib),
+                &format!("if={}", image.display()),
+                &format!("of={}", out.display()),
+            ],
+        );
+        let digest = host_tool("sha256sum", &[out.to_str().unwrap()]);
+        assert!(
+            digest.starts_with(&usr_digest),
+            "{} carries a different /usr: {digest}",
+            image.display()
+        );
+        std::fs::remove_file(&out).unwrap();
+    }
+
+    // sha256sum agrees with build.json about every artifact but the big raw one.
+    let sums: String = artifacts
+        .iter()
+        .filter(|a| a["size"].as_u64().unwrap() < 1024 * 1024 * 1024)
+        .map(|a| {
+            format!(
+                "{}  {}\n",
+                a["sha256"].as_str().unwrap(),
+                a["file"].as_str().unwrap()
+            )
+        })
+        .collect();
+    let sums_file = dir.join("ARTIFACTS.SHA256SUMS.e2e");
+    std::fs::write(&sums_file, sums).unwrap();
+    let check = Command::new("sha256sum")
+        .args(["--check", "--strict", "ARTIFACTS.SHA256SUMS.e2e"])
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    std::fs::remove_file(&sums_file).unwrap();
+    assert!(
+        check.status.success(),
+        "sha256sum --check: {}",
+        String::from_utf8_lossy(&check.stdout)
+    );
+}
+
+/// Every artifact boots the way its platform presents it, runs /usr from
+/// dm-verity with the build's root hash, refuses writes to /usr, runs a
+/// container, knows its platform, and runs that platform's agents only.
+#[test]
+fn every_platform_artifact_boots_and_proves_itself() {
+    if !can_run("every_platform_artifact_boots_and_proves_itself") {
         return;
     }
     let dir = shared_build();
     let output = boxcar(&["test", "--build", dir.to_str().unwrap(), "--json"]);
-    let evidence: serde_json::Value =
+    let all: Vec<serde_json::Value> =
         serde_json::from_slice(&output.stdout).expect("test --json prints JSON");
-    let failed: Vec<&serde_json::Value> = evidence["checks"]
-        .as_array()
-        .unwrap()
+    let failed: Vec<(String, &serde_json::Value)> = all
         .iter()
-        .filter(|c| c["passed"] != true)
+        .flat_map(|e| {
+            e["checks"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|c| c["passed"] != true)
+                .map(move |c| (e["platform"].as_str().unwrap().to_owned(), c))
+        })
         .collect();
     assert!(
         output.status.success() && failed.is_empty(),
         "failed checks: {failed:#?}"
     );
+    let platforms: Vec<&str> = all
+        .iter()
+        .map(|e| e["platform"].as_str().unwrap())
+        .collect();
+    assert_eq!(platforms, ["qemu", "vmware", "aws", "metal", "pxe"]);
     let info = read_json(&dir.join("build.json"));
-    assert_eq!(evidence["outcome"], "powered-off");
-    assert!(evidence["guest"]["usr_dm_table"]
-        .as_str()
-        .unwrap()
-        .contains(info["usr"]["root_hash"].as_str().unwrap()));
-    assert!(evidence["guest"]["usr_write"]
-        .as_str()
-        .unwrap()
-        .contains("Read-only file system"));
-    assert_eq!(evidence["guest"]["container_output"], "boxcar-container-ok");
-    assert!(evidence["boot_time"]["userspace"].as_f64().unwrap() > 0.0);
-    let on_disk = read_json(&dir.join("evidence/boot/evidence.json"));
-    assert_eq!(on_disk, evidence);
-    let summary = std::fs::read_to_string(dir.join("evidence/boot/summary.txt")).unwrap();
-    assert!(summary.contains("PASSED"), "{summary}");
-    assert!(
-        dir.join("evidence/boot/console.log")
-            .metadata()
-            .unwrap()
-            .len()
-            > 0
+    let root_hash = info["usr"]["root_hash"].as_str().unwrap();
+    for evidence in &all {
+        let platform = evidence["platform"].as_str().unwrap();
+        let guest = &evidence["guest"];
+        assert_eq!(evidence["outcome"], "powered-off", "{platform}");
+        assert_eq!(guest["platform"], platform);
+        assert!(
+            guest["usr_dm_table"].as_str().unwrap().contains(root_hash),
+            "{platform}"
+        );
+        assert!(
+            guest["usr_write"]
+                .as_str()
+                .unwrap()
+                .contains("Read-only file system"),
+            "{platform}"
+        );
+        assert_eq!(
+            guest["container_output"], "boxcar-container-ok",
+            "{platform}"
+        );
+        assert!(
+            evidence["boot_time"]["userspace"].as_f64().unwrap() > 0.0,
+            "{platform}"
+        );
+        let on_disk = read_json(&dir.join(format!("evidence/{platform}/evidence.json")));
+        assert_eq!(&on_disk, evidence);
+        assert!(
+            dir.join(format!("evidence/{platform}/console.log"))
+                .metadata()
+                .unwrap()
+                .len()
+                > 0
+        );
+    }
+    let by_platform = |id: &str| all.iter().find(|e| e["platform"] == id).unwrap();
+    assert_eq!(
+        by_platform("qemu")["guest"]["unit.qemu-guest-agent.service"],
+        "active"
     );
+    assert_eq!(
+        by_platform("qemu")["guest"]["unit.open-vm-tools.service"],
+        "inactive"
+    );
+    assert_eq!(by_platform("vmware")["guest"]["virtualization"], "vmware");
+    let vmware_checks: Vec<&str> = by_platform("vmware")["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        vmware_checks.contains(&"the manifest's SHA256 digests match the files"),
+        "{vmware_checks:?}"
+    );
+    assert_eq!(
+        by_platform("aws")["guest"]["hostname"],
+        "ip-169-254-0-15.boxcar-test.internal"
+    );
+    assert_eq!(
+        by_platform("aws")["guest"]["unit.boxcar-ec2-hostname.service"],
+        "active"
+    );
+    assert!(by_platform("aws")["hardware"]
+        .as_str()
+        .unwrap()
+        .contains("Nvme"));
+    let metal = &by_platform("metal")["guest"];
+    assert!(
+        metal["root_partition_bytes"]
+            .as_str()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            > 8 * 1024 * 1024 * 1024
+    );
+    assert_eq!(by_platform("pxe")["guest"]["root_fstype"], "tmpfs");
+    assert!(by_platform("pxe")["hardware"]
+        .as_str()
+        .unwrap()
+        .contains("network boot"));
 }
 
 /// One flipped byte in USR-A: dm-verity refuses the data and the system
@@ -210,7 +469,7 @@ fn tampered_usr_is_refused_at_boot() {
         return;
     }
     let dir = shared_build();
-    let disk_digest_before = host_tool("sha256sum", &[dir.join("usr.raw").to_str().unwrap()]);
+    let usr_digest_before = host_tool("sha256sum", &[dir.join("usr.raw").to_str().unwrap()]);
     let output = boxcar(&[
         "test",
         "--build",
@@ -218,8 +477,9 @@ fn tampered_usr_is_refused_at_boot() {
         "--tamper-usr",
         "--json",
     ]);
-    let evidence: serde_json::Value =
+    let all: Vec<serde_json::Value> =
         serde_json::from_slice(&output.stdout).expect("test --json prints JSON");
+    let evidence = &all[0];
     assert!(
         output.status.success(),
         "tamper test did not pass: {evidence:#}"
@@ -241,8 +501,9 @@ fn tampered_usr_is_refused_at_boot() {
     // The build itself was not touched: the tampering was done on a copy.
     assert_eq!(
         host_tool("sha256sum", &[dir.join("usr.raw").to_str().unwrap()]),
-        disk_digest_before
+        usr_digest_before
     );
+    assert!(dir.join("evidence/tamper-usr/evidence.json").is_file());
     assert!(!dir.join("evidence/.tamper-usr.partial").exists());
 }
 
