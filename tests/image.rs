@@ -444,7 +444,7 @@ fn every_platform_artifact_boots_and_proves_itself() {
     assert!(by_platform("aws")["hardware"]
         .as_str()
         .unwrap()
-        .contains("Nvme"));
+        .contains("NVMe disk"));
     let metal = &by_platform("metal")["guest"];
     assert!(
         metal["root_partition_bytes"]
@@ -458,7 +458,7 @@ fn every_platform_artifact_boots_and_proves_itself() {
     assert!(by_platform("pxe")["hardware"]
         .as_str()
         .unwrap()
-        .contains("network boot"));
+        .contains("no disk (network boot)"));
 }
 
 /// One flipped byte in USR-A: dm-verity refuses the data and the system

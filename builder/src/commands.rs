@@ -15,7 +15,7 @@ use crate::channel::Channels;
 use crate::cmdline::{AccelArg, BuildArgs, CheckArgs, Cli, Command, GlobalArgs, TestArgs};
 use crate::convert;
 use crate::hosttools::{self, Locator};
-use crate::platform::PlatformTable;
+use crate::platform::{Nic, PlatformTable};
 use crate::progress::Progress;
 use crate::project::{Cache, Project};
 use crate::recipe::Recipe;
@@ -29,7 +29,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Build(args) => build(&cli.global, &args, &progress),
         Command::Test(args) => test(&cli.global, &args, &progress),
         Command::Check(args) => check(&cli.global, &args, &progress),
-        Command::Platforms(_) => platforms(&cli.global),
+        Command::Platforms(args) => platforms(&cli.global, &args),
         Command::Internal(args) => internal(&args),
     }
 }
@@ -84,7 +84,7 @@ fn build(global: &GlobalArgs, args: &BuildArgs, progress: &Progress) -> Result<(
             #[serde(flatten)]
             info: &'a crate::buildinfo::BuildInfo,
         }
-        println!(
+        out!(
             "{}",
             serde_json::to_string_pretty(&Output {
                 dir: &outcome.dir,
@@ -99,24 +99,24 @@ fn build(global: &GlobalArgs, args: &BuildArgs, progress: &Progress) -> Result<(
         .iter()
         .find(|p| p.name == "total")
         .map_or(0.0, |p| p.seconds);
-    println!(
+    out!(
         "Built {} {} for channel {} in {total:.1}s: {}",
         info.name,
         info.version,
         info.channel,
         outcome.dir.display()
     );
-    println!("  /usr root hash  {}", info.usr.root_hash);
-    println!("  kernel          {}", info.kernel.release);
-    println!("  packages        {}", info.packages.len());
-    println!(
+    out!("  /usr root hash  {}", info.usr.root_hash);
+    out!("  kernel          {}", info.kernel.release);
+    out!("  packages        {}", info.packages.len());
+    out!(
         "  disk.raw        {} ({} allocated)",
         human_bytes(info.disk.size),
         human_bytes(info.disk.allocated)
     );
-    println!("  artifacts:");
+    out!("  artifacts:");
     for artifact in &info.artifacts {
-        println!(
+        out!(
             "    {:<8} {:<36} {:>10}  sha256 {}",
             artifact.platform,
             artifact.file,
@@ -127,34 +127,38 @@ fn build(global: &GlobalArgs, args: &BuildArgs, progress: &Progress) -> Result<(
     Ok(())
 }
 
-fn platforms(global: &GlobalArgs) -> Result<()> {
+fn platforms(global: &GlobalArgs, args: &crate::cmdline::PlatformsArgs) -> Result<()> {
     let project = Project::discover(global.project.as_deref())?;
     let table = PlatformTable::load(&project.root.join(crate::platform::TABLE_FILE))?;
+    if args.markdown {
+        out_raw!("{}", crate::platform::markdown_table(&table.platforms));
+        return Ok(());
+    }
     if global.json {
-        println!("{}", serde_json::to_string_pretty(&table.platforms)?);
+        out!("{}", serde_json::to_string_pretty(&table.platforms)?);
         return Ok(());
     }
     let version: crate::version::Version = "0".parse().expect("a valid version");
     for platform in &table.platforms {
-        println!("{}  {}", platform.id, platform.description);
-        println!("  format       {}", platform.format.name());
+        out!("{}  {}", platform.id, platform.description);
+        out!("  format       {}", platform.format.name());
         let files: Vec<String> = platform
             .artifact_files(&version)
             .into_iter()
             .map(|(_, file)| file.replacen("-0-", "-VERSION-", 1))
             .collect();
-        println!("  files        {}", files.join(", "));
-        println!("  kernel args  {}", platform.kernel_cmdline());
+        out!("  files        {}", files.join(", "));
+        out!("  kernel args  {}", platform.kernel_cmdline());
         if !platform.units.is_empty() {
-            println!(
+            out!(
                 "  agents       {} (packages: {})",
                 platform.units.join(", "),
                 platform.packages.join(", ")
             );
         }
-        println!(
-            "  boots with   {:?} firmware, {:?} disk bus, {:?} NIC",
-            platform.firmware, platform.disk_bus, platform.nic
+        out!(
+            "  boots with   {}",
+            Nic::hardware(platform.firmware, platform.disk_bus, platform.nic)
         );
     }
     Ok(())
@@ -179,11 +183,11 @@ fn test(global: &GlobalArgs, args: &TestArgs, progress: &Progress) -> Result<()>
     let outcomes = vmtest::run(&request, &tools, progress)?;
     if global.json {
         let all: Vec<&vmtest::evidence::Evidence> = outcomes.iter().map(|o| &o.evidence).collect();
-        println!("{}", serde_json::to_string_pretty(&all)?);
+        out!("{}", serde_json::to_string_pretty(&all)?);
     } else {
         for outcome in &outcomes {
-            print!("{}", vmtest::evidence::summary(&outcome.evidence));
-            println!("evidence: {}\n", outcome.evidence_dir.display());
+            out_raw!("{}", vmtest::evidence::summary(&outcome.evidence));
+            out!("evidence: {}\n", outcome.evidence_dir.display());
         }
     }
     let failed: Vec<String> = outcomes
@@ -268,13 +272,13 @@ fn check(global: &GlobalArgs, _args: &CheckArgs, _progress: &Progress) -> Result
         }
     }
     if global.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        out!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        println!("checkout  {}", report.project.display());
-        println!("recipe    {} files, all valid", report.recipe_files);
-        println!("channels  {}", report.channels.join(", "));
+        out!("checkout  {}", report.project.display());
+        out!("recipe    {} files, all valid", report.recipe_files);
+        out!("channels  {}", report.channels.join(", "));
         for tool in &report.tools {
-            println!(
+            out!(
                 "tool      {} {} ({})",
                 tool.program,
                 tool.version.as_deref().unwrap_or("(any version)"),
@@ -282,7 +286,7 @@ fn check(global: &GlobalArgs, _args: &CheckArgs, _progress: &Progress) -> Result
             );
         }
         for problem in &report.problems {
-            println!("{problem}");
+            out!("{problem}");
         }
     }
     if !report.problems.is_empty() {

@@ -21,6 +21,23 @@
 //! | [`vmtest`] | `boxcar test`: qemu boots and their evidence |
 //! | [`progress`] | progress on stderr |
 
+/// Prints a line of results on stdout. A closed stdout (`boxcar platforms |
+/// head`) ends the program quietly instead of panicking.
+#[macro_export]
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::output::write_stdout(&format!("{}\n", format_args!($($arg)*)))
+    };
+}
+
+/// Like [`out!`], without the newline.
+#[macro_export]
+macro_rules! out_raw {
+    ($($arg:tt)*) => {
+        $crate::output::write_stdout(&format!($($arg)*))
+    };
+}
+
 pub mod build;
 pub mod buildinfo;
 pub mod channel;
@@ -32,6 +49,7 @@ pub mod hosttools;
 pub mod image;
 pub mod interrupt;
 pub mod mkosi;
+pub mod output;
 pub mod platform;
 pub mod process;
 pub mod progress;

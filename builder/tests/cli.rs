@@ -149,3 +149,104 @@ fn test_of_a_missing_build_says_what_is_missing() {
         "{stderr}"
     );
 }
+
+#[test]
+fn malformed_platform_entry_names_file_line_and_key() {
+    let project = project_copy();
+    let table = project.path().join("recipes/platforms.toml");
+    let text = std::fs::read_to_string(&table).unwrap();
+    std::fs::write(
+        &table,
+        text.replacen("format = \"ova\"", "format = \"vhdx\"", 1),
+    )
+    .unwrap();
+    let line = text.lines().position(|l| l == "format = \"ova\"").unwrap() + 1;
+    let output = boxcar()
+        .args(["build", "--project"])
+        .arg(project.path())
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&format!("{}:{line}", table.display())),
+        "{stderr}"
+    );
+    assert!(stderr.contains("vhdx"), "{stderr}");
+}
+
+#[test]
+fn unknown_platform_is_refused_before_any_work() {
+    let project = project_copy();
+    let out = project.path().join("out");
+    boxcar()
+        .args(["build", "--platform", "azure", "--project"])
+        .arg(project.path())
+        .arg("--out")
+        .arg(&out)
+        .assert()
+        .code(1)
+        .stderr(
+            predicate::str::contains("unknown platform azure")
+                .and(predicate::str::contains("qemu, vmware, aws, metal, pxe")),
+        );
+    assert!(!out.exists(), "nothing is written before the checks pass");
+}
+
+/// With the converters out of reach, the build stops before mkosi runs and
+/// names every missing tool. (As root: a non-root user is stopped earlier,
+/// by the root check.)
+#[test]
+fn missing_converter_tools_are_named_before_any_work() {
+    let project = project_copy();
+    let out = project.path().join("out");
+    let output = boxcar()
+        .args(["build", "--project"])
+        .arg(project.path())
+        .arg("--out")
+        .arg(&out)
+        .env("PATH", "/nonexistent")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    if stderr.contains("must run as root") {
+        return;
+    }
+    for tool in [
+        "mcopy is not installed",
+        "zstd is not installed",
+        "cpio is not installed",
+    ] {
+        assert!(stderr.contains(tool), "{tool}: {stderr}");
+    }
+    assert!(stderr.contains("ci/setup-host"), "{stderr}");
+    assert!(!out.exists(), "nothing is written before the checks pass");
+}
+
+#[test]
+fn platforms_lists_the_table() {
+    let output = boxcar()
+        .args(["platforms", "--json", "--project"])
+        .arg(checkout())
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let platforms: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let ids: Vec<&str> = platforms
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["qemu", "vmware", "aws", "metal", "pxe"]);
+    boxcar()
+        .args(["platforms", "--project"])
+        .arg(checkout())
+        .assert()
+        .success()
+        .stdout(
+            predicate::str::contains("boxcar-VERSION-vmware.ova")
+                .and(predicate::str::contains("boxcar.platform=aws")),
+        );
+}

@@ -93,7 +93,11 @@ pub struct HttpServeArgs {
 /// kernel command line it adds, its agents, and the hardware its boot test
 /// presents (firmware, disk bus, NIC).
 #[derive(Debug, Args)]
-pub struct PlatformsArgs {}
+pub struct PlatformsArgs {
+    /// Print the table as Markdown (what README.md shows).
+    #[arg(long)]
+    pub markdown: bool,
+}
 
 /// Compose a Boxcar Linux image and package it for every platform.
 ///

@@ -554,6 +554,7 @@ pub fn boot_time(report: &BTreeMap<String, String>) -> Option<BootTime> {
 /// Console events that bound the firmware and the boot loader.
 pub const LOADER_STARTED: &str = "firmware started the boot loader";
 pub const KERNEL_STARTED: &str = "the UKI's kernel is starting";
+pub const KERNEL_RUNNING: &str = "the kernel is running";
 
 /// Fills in firmware and loader times from the host's view of the console
 /// when the guest could not measure them, and adds them to the total.
@@ -567,12 +568,20 @@ pub fn add_early_boot_from_console(time: &mut BootTime, milestones: &[Milestone]
             .find(|m| m.event == event)
             .map(|m| m.seconds)
     };
+    let round = |v: f64| (v * 100.0).round() / 100.0;
     if let (Some(loader_started), Some(kernel_started)) = (at(LOADER_STARTED), at(KERNEL_STARTED)) {
-        let round = |v: f64| (v * 100.0).round() / 100.0;
         time.firmware = Some(loader_started);
         time.loader = Some(round(kernel_started - loader_started));
         time.total = round(time.total + kernel_started);
         time.early_boot_source = Some("host console".to_owned());
+    } else if let Some(kernel_running) = at(KERNEL_RUNNING) {
+        // A network boot: the firmware, iPXE and the download of the kernel
+        // and initrd, until the kernel's first console line.
+        time.firmware = Some(kernel_running);
+        time.total = round(time.total + kernel_running);
+        time.early_boot_source = Some(
+            "host console: firmware, iPXE and the kernel and initrd download together".to_owned(),
+        );
     }
 }
 
@@ -610,6 +619,9 @@ pub fn summary(evidence: &Evidence) -> String {
         .flatten()
         .collect();
         let _ = writeln!(text, "boot time: {} = {:.2}s", parts.join(" + "), t.total);
+        if let Some(source) = &t.early_boot_source {
+            let _ = writeln!(text, "firmware and loader times from: {source}");
+        }
         if let Some(m) = t.multi_user_after_userspace {
             let _ = writeln!(text, "multi-user.target reached {m:.2}s into userspace");
         }

@@ -455,16 +455,8 @@ fn prepare_platform(context: &TestContext, platform: &Platform, work: &Path) -> 
         )
     });
     let hardware = format!(
-        "{} firmware, {} boot, {:?} NIC{}",
-        match platform.firmware {
-            Firmware::Uefi => "UEFI",
-            Firmware::Bios => "BIOS (iPXE)",
-        },
-        match platform.disk_bus {
-            DiskBus::None => "network".to_owned(),
-            bus => format!("{bus:?} disk"),
-        },
-        platform.nic,
+        "{}{}",
+        Nic::hardware(platform.firmware, platform.disk_bus, platform.nic),
         if smbios_system.is_some() {
             ", VMware SMBIOS identity"
         } else {
@@ -541,7 +533,7 @@ fn prepare_tamper(context: &TestContext, work: &Path) -> Result<Prepared> {
         package_checks: Vec::new(),
         artifact: format!("{} (tampered copy)", context.build.disk.file),
         tampering: Some(tampering),
-        hardware: "UEFI firmware, Virtio disk, Virtio NIC".to_owned(),
+        hardware: Nic::hardware(Firmware::Uefi, DiskBus::Virtio, Nic::Virtio),
     })
 }
 
@@ -675,6 +667,7 @@ struct BootRun {
 const MILESTONES: &[(&str, &str)] = &[
     ("BdsDxe: starting", evidence::LOADER_STARTED),
     ("EFI stub:", evidence::KERNEL_STARTED),
+    ("Linux version", evidence::KERNEL_RUNNING),
     ("Run /init as init process", "initrd started"),
     (
         "Finished systemd-veritysetup@usr",
@@ -713,7 +706,7 @@ fn boot(
     let (mut child, info) = step.spawn_with(Stdio::null(), Stdio::piped())?;
     let stderr_reader = collect_stderr(&mut child);
     let mut console = ConsoleFollower::new(&spec.console_out);
-    let mut milestone = 0;
+    let mut seen = [false; MILESTONES.len()];
     let mut milestones = Vec::new();
     let mut failure_seen: Option<(Instant, BootOutcome)> = None;
     let outcome = loop {
@@ -730,14 +723,17 @@ fn boot(
             break failure_seen.map_or(BootOutcome::QemuFailed, |(_, o)| o);
         }
         console.poll();
-        while milestone < MILESTONES.len() && console.text.contains(MILESTONES[milestone].0) {
-            let (_, event) = MILESTONES[milestone];
-            phase.milestone(event);
-            milestones.push(Milestone {
-                event: event.to_owned(),
-                seconds: (started.elapsed().as_secs_f64() * 10.0).round() / 10.0,
-            });
-            milestone += 1;
+        // Each milestone once, whenever it shows: a network boot has no
+        // boot loader line, an emergency stops before the later ones.
+        for (index, (marker, event)) in MILESTONES.iter().enumerate() {
+            if !seen[index] && console.text.contains(marker) {
+                seen[index] = true;
+                phase.milestone(event);
+                milestones.push(Milestone {
+                    event: (*event).to_owned(),
+                    seconds: (started.elapsed().as_secs_f64() * 10.0).round() / 10.0,
+                });
+            }
         }
         if failure_seen.is_none() {
             if let Some(outcome) = fatal_sign(&console.text) {
