@@ -84,6 +84,8 @@ pub struct BuildRequest {
     pub refresh: bool,
     /// The platforms to package; empty for all of them.
     pub platforms: Vec<PlatformId>,
+    /// Package artifacts at all (false: compose and record the parts only).
+    pub package: bool,
 }
 
 /// Everything a build will do, decided and checked up front.
@@ -144,11 +146,15 @@ impl BuildPlan {
         let channel = channels.get(&request.channel)?.clone();
         let recipe = Recipe::load(&project.recipes_dir())?;
         let platform_table = PlatformTable::load(&project.root.join(crate::platform::TABLE_FILE))?;
-        let selected_platforms = platform_table
-            .select(&request.platforms)?
-            .into_iter()
-            .map(|p| p.id.clone())
-            .collect();
+        let selected_platforms = if request.package {
+            platform_table
+                .select(&request.platforms)?
+                .into_iter()
+                .map(|p| p.id.clone())
+                .collect()
+        } else {
+            Vec::new()
+        };
         let version = request
             .version
             .clone()
@@ -1038,6 +1044,7 @@ mod tests {
             out_dir: out.to_owned(),
             refresh: false,
             platforms: Vec::new(),
+            package: true,
         }
     }
 

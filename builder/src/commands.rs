@@ -63,6 +63,7 @@ fn build(global: &GlobalArgs, args: &BuildArgs, progress: &Progress) -> Result<(
         out_dir: args.out.clone(),
         refresh: args.refresh,
         platforms: args.platforms.clone(),
+        package: !args.no_artifacts,
     };
     let plan = BuildPlan::new(project, cache, &request, OffsetDateTime::now_utc())?;
     require_root("boxcar build")?;

@@ -6,8 +6,33 @@
 //! build tooling so that it can be audited and trusted on its own.
 
 pub mod digest;
+pub mod keys;
+pub mod minisig;
 
 pub use digest::{data_regions, sha256_file, sha256_reader, DigestingReader, Sha256Digest};
+pub use keys::{KeyId, PublicKey, SecretKey, Sign};
+pub use minisig::{TrustedKeys, Verified};
+
+fn list_keys(keys: &[KeyId]) -> String {
+    if keys.is_empty() {
+        "none".to_owned()
+    } else {
+        keys.iter().map(KeyId::to_string).collect::<Vec<_>>().join(", ")
+    }
+}
+
+impl Error {
+    /// Names the file an error was found in.
+    pub fn in_file(self, path: &std::path::Path) -> Self {
+        match self {
+            Error::Malformed { what, reason } => Error::Malformed {
+                what: format!("{what} in {}", path.display()),
+                reason,
+            },
+            other => other,
+        }
+    }
+}
 
 /// Failures a caller may want to tell apart.
 #[derive(Debug, thiserror::Error)]
@@ -22,6 +47,21 @@ pub enum Error {
     /// A digest string is not 64 hexadecimal digits.
     #[error("invalid sha256 digest {text:?}: expected 64 hexadecimal digits")]
     InvalidDigest { text: String },
+    /// A key, signature or document is not in the expected form.
+    #[error("malformed {what}: {reason}")]
+    Malformed { what: String, reason: String },
+    /// A signature does not match its document (or its trusted comment).
+    #[error("bad signature by key {key_id}: the document or the signature was changed")]
+    BadSignature { key_id: KeyId },
+    /// A signature by a key that is not trusted.
+    #[error("signed by key {key_id}, which is not trusted (trusted: {})", list_keys(.trusted))]
+    UnknownKey { key_id: KeyId, trusted: Vec<KeyId> },
+    /// A document whose validity ended.
+    #[error("{what} expired at {expired_at}")]
+    Expired { what: String, expired_at: String },
+    /// A document older than one already seen.
+    #[error("{what} has serial {found}, older than serial {seen} already seen: a rollback")]
+    Rollback { what: String, found: u64, seen: u64 },
     /// Data did not hash to the digest it was expected to have.
     #[error("digest mismatch for {what}: expected sha256 {expected}, calculated {calculated}")]
     DigestMismatch {

@@ -146,8 +146,13 @@ pub struct BuildArgs {
     /// Package only this platform's artifact (repeatable). Default: every
     /// platform in recipes/platforms.toml. The composed image is the same
     /// either way; this only skips packaging.
-    #[arg(long = "platform", value_name = "ID")]
+    #[arg(long = "platform", value_name = "ID", conflicts_with = "no_artifacts")]
     pub platforms: Vec<PlatformId>,
+
+    /// Compose and record the parts only; package no artifact (the quick
+    /// loop while working on the recipe).
+    #[arg(long)]
+    pub no_artifacts: bool,
 }
 
 /// Boot every artifact of a build in qemu and record evidence of what it is.

@@ -1,0 +1,205 @@
+//! Detached signatures in minisign's format, so that a stock `minisign -V`
+//! accepts them: Ed25519 over the BLAKE2b-512 of the document (minisign's
+//! "prehashed" mode), plus a global signature binding a trusted comment.
+
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine;
+use blake2::{Blake2b512, Digest};
+use ed25519_dalek::Signature;
+
+use crate::keys::{KeyId, PublicKey, Sign};
+use crate::Error;
+
+/// minisign's tag for prehashed (BLAKE2b-512) Ed25519 signatures.
+const PREHASHED: &[u8; 2] = b"ED";
+
+/// The public keys a verifier trusts.
+#[derive(Clone, Debug, Default)]
+pub struct TrustedKeys {
+    keys: Vec<PublicKey>,
+}
+
+impl TrustedKeys {
+    pub fn new(keys: impl IntoIterator<Item = PublicKey>) -> Self {
+        let mut trusted = Self::default();
+        for key in keys {
+            trusted.add(key);
+        }
+        trusted
+    }
+
+    pub fn add(&mut self, key: PublicKey) {
+        if !self.keys.iter().any(|k| k.id() == key.id()) {
+            self.keys.push(key);
+        }
+    }
+
+    pub fn get(&self, id: KeyId) -> Option<&PublicKey> {
+        self.keys.iter().find(|k| k.id() == id)
+    }
+
+    pub fn ids(&self) -> Vec<KeyId> {
+        self.keys.iter().map(PublicKey::id).collect()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+}
+
+/// What a good signature told us.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Verified {
+    pub key_id: KeyId,
+    /// The signed comment (Boxcar puts the document's name and kind there).
+    pub trusted_comment: String,
+}
+
+/// Signs `message`, returning the text of its `.minisig` file.
+pub fn sign(signer: &dyn Sign, message: &[u8], trusted_comment: &str) -> Result<String, Error> {
+    if trusted_comment.contains(['\n', '\r']) {
+        return Err(Error::Malformed {
+            what: "trusted comment".into(),
+            reason: "it must be one line".into(),
+        });
+    }
+    let signature = signer.sign(&Blake2b512::digest(message));
+    let mut global_message = signature.to_vec();
+    global_message.extend_from_slice(trusted_comment.as_bytes());
+    let global = signer.sign(&global_message);
+    let mut first = Vec::with_capacity(74);
+    first.extend_from_slice(PREHASHED);
+    first.extend_from_slice(signer.key_id().as_bytes());
+    first.extend_from_slice(&signature);
+    Ok(format!(
+        "untrusted comment: signature from boxcar key {}\n{}\ntrusted comment: {trusted_comment}\n{}\n",
+        signer.key_id(),
+        BASE64.encode(first),
+        BASE64.encode(global)
+    ))
+}
+
+/// The key id a signature file names, without checking anything else (to
+/// report which key signed a document nobody trusts).
+pub fn signer_of(signature_text: &str) -> Result<KeyId, Error> {
+    Ok(parse(signature_text)?.key_id)
+}
+
+struct Parsed {
+    key_id: KeyId,
+    signature: [u8; 64],
+    trusted_comment: String,
+    global: [u8; 64],
+}
+
+fn parse(text: &str) -> Result<Parsed, Error> {
+    let malformed = |reason: &str| Error::Malformed {
+        what: "signature".into(),
+        reason: reason.to_owned(),
+    };
+    let lines: Vec<&str> = text.lines().collect();
+    if lines.len() < 4 || !lines[0].starts_with("untrusted comment:") {
+        return Err(malformed("not a minisign signature file (four lines)"));
+    }
+    let first = BASE64.decode(lines[1].trim()).map_err(|_| malformed("its signature line is not base64"))?;
+    if first.len() != 74 {
+        return Err(malformed("its signature line has the wrong length"));
+    }
+    if &first[..2] != PREHASHED {
+        return Err(malformed("not a prehashed (BLAKE2b) Ed25519 signature"));
+    }
+    let trusted_comment = lines[2]
+        .strip_prefix("trusted comment: ")
+        .ok_or_else(|| malformed("its third line is not a trusted comment"))?
+        .to_owned();
+    let global = BASE64.decode(lines[3].trim()).map_err(|_| malformed("its global signature is not base64"))?;
+    Ok(Parsed {
+        key_id: KeyId::from_bytes(first[2..10].try_into().expect("8 bytes")),
+        signature: first[10..74].try_into().expect("64 bytes"),
+        trusted_comment,
+        global: global.try_into().map_err(|_| malformed("its global signature has the wrong length"))?,
+    })
+}
+
+/// Checks a signature of `message` against the trusted keys: the key must
+/// be trusted, and both the signature and the global signature (over the
+/// trusted comment) must hold.
+pub fn verify(message: &[u8], signature_text: &str, trusted: &TrustedKeys) -> Result<Verified, Error> {
+    let parsed = parse(signature_text)?;
+    let key = trusted.get(parsed.key_id).ok_or_else(|| Error::UnknownKey {
+        key_id: parsed.key_id,
+        trusted: trusted.ids(),
+    })?;
+    let verifying = key.verifying_key();
+    verifying
+        .verify_strict(&Blake2b512::digest(message), &Signature::from_bytes(&parsed.signature))
+        .map_err(|_| Error::BadSignature { key_id: parsed.key_id })?;
+    let mut global_message = parsed.signature.to_vec();
+    global_message.extend_from_slice(parsed.trusted_comment.as_bytes());
+    verifying
+        .verify_strict(&global_message, &Signature::from_bytes(&parsed.global))
+        .map_err(|_| Error::BadSignature { key_id: parsed.key_id })?;
+    Ok(Verified {
+        key_id: parsed.key_id,
+        trusted_comment: parsed.trusted_comment,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::SecretKey;
+
+    fn key(seed: u8) -> SecretKey {
+        SecretKey::from_seed([seed; 32])
+    }
+
+    #[test]
+    fn signs_and_verifies() {
+        let signer = key(1);
+        let text = sign(&signer, b"release", "file:release.json").unwrap();
+        let verified = verify(b"release", &text, &TrustedKeys::new([signer.public_key()])).unwrap();
+        assert_eq!(verified.key_id, signer.key_id());
+        assert_eq!(verified.trusted_comment, "file:release.json");
+    }
+
+    #[test]
+    fn tampered_message_is_a_bad_signature() {
+        let signer = key(1);
+        let text = sign(&signer, b"release", "c").unwrap();
+        let err = verify(b"releasE", &text, &TrustedKeys::new([signer.public_key()])).unwrap_err();
+        assert!(matches!(err, Error::BadSignature { .. }), "{err}");
+    }
+
+    #[test]
+    fn tampered_trusted_comment_is_a_bad_signature() {
+        let signer = key(1);
+        let text = sign(&signer, b"release", "channel:beta").unwrap();
+        let forged = text.replace("channel:beta", "channel:stable");
+        let err = verify(b"release", &forged, &TrustedKeys::new([signer.public_key()])).unwrap_err();
+        assert!(matches!(err, Error::BadSignature { .. }), "{err}");
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let text = sign(&key(1), b"release", "c").unwrap();
+        let err = verify(b"release", &text, &TrustedKeys::new([key(2).public_key()])).unwrap_err();
+        match err {
+            Error::UnknownKey { key_id, trusted } => {
+                assert_eq!(key_id, key(1).key_id());
+                assert_eq!(trusted, [key(2).key_id()]);
+            }
+            other => panic!("{other}"),
+        }
+        assert_eq!(signer_of(&text).unwrap(), key(1).key_id());
+    }
+
+    #[test]
+    fn garbage_is_malformed() {
+        let trusted = TrustedKeys::new([key(1).public_key()]);
+        for bad in ["", "one line", "untrusted comment: x\nAAAA\ntrusted comment: y\nAAAA\n"] {
+            assert!(matches!(verify(b"x", bad, &trusted), Err(Error::Malformed { .. })), "{bad:?}");
+        }
+        assert!(sign(&key(1), b"x", "two\nlines").is_err());
+    }
+}
