@@ -9,6 +9,7 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::config_error::ConfigError;
+use crate::duration::HumanDuration;
 
 /// A channel's name: lowercase letters, digits and `-`; it names files.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -74,6 +75,43 @@ pub struct ChannelConfig {
     /// publishes to directly.
     #[serde(default)]
     pub promotes_from: Option<ChannelName>,
+    /// How long a release must have been in the source channel before it
+    /// may be promoted here.
+    #[serde(default = "no_soak")]
+    pub soak: HumanDuration,
+    /// Whether a release needs passing boot-test evidence for every platform
+    /// to enter this channel.
+    #[serde(default)]
+    pub evidence: EvidencePolicy,
+    /// How long a signed channel document stays valid. Clients refuse an
+    /// expired one, so a store that stops being updated cannot hold its
+    /// nodes on an old release unnoticed; re-sign before it runs out.
+    #[serde(default = "default_validity")]
+    pub valid_for: HumanDuration,
+}
+
+/// Whether boot-test evidence gates a channel.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EvidencePolicy {
+    /// Every platform's artifact must have passed its boot test (the
+    /// default: an untested artifact does not ship).
+    #[default]
+    Required,
+    /// Evidence is recorded when present but not demanded.
+    NotRequired,
+}
+
+/// No soak unless a channel asks for one: the channel CI publishes to
+/// receives releases directly.
+fn no_soak() -> HumanDuration {
+    HumanDuration::from_secs(0)
+}
+
+/// A week: long enough to ride out a broken pipeline over a weekend, short
+/// enough that a frozen store is noticed.
+fn default_validity() -> HumanDuration {
+    HumanDuration::from_secs(7 * 86400)
 }
 
 impl ChannelConfig {
@@ -233,6 +271,30 @@ mod tests {
         for bad in ["", "Beta", "1st", "a/b", "..", "a_b"] {
             assert!(bad.parse::<ChannelName>().is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn policies_and_durations_parse_with_defaults() {
+        let config = parse(
+            "channels/beta.toml",
+            "name = \"beta\"\ndescription = \"x\"\nsoak = \"24h\"\nevidence = \"not-required\"\n",
+        )
+        .unwrap();
+        assert_eq!(config.soak.as_secs(), 86400);
+        assert_eq!(config.evidence, EvidencePolicy::NotRequired);
+        assert_eq!(config.valid_for.as_secs(), 7 * 86400);
+        let err = parse(
+            "channels/beta.toml",
+            "name = \"beta\"\ndescription = \"x\"\nsoak = \"a day\"\n",
+        )
+        .unwrap_err();
+        assert_eq!((err.line, err.key.as_deref()), (Some(3), Some("soak")));
+        let err = parse(
+            "channels/beta.toml",
+            "name = \"beta\"\ndescription = \"x\"\nevidence = \"maybe\"\n",
+        )
+        .unwrap_err();
+        assert_eq!((err.line, err.key.as_deref()), (Some(3), Some("evidence")));
     }
 
     #[test]

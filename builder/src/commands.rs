@@ -31,6 +31,10 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Check(args) => check(&cli.global, &args, &progress),
         Command::Platforms(args) => platforms(&cli.global, &args),
         Command::Internal(args) => internal(&args),
+        Command::Keys(args) => keys(&cli.global, &args),
+        Command::Publish(args) => publish(&cli.global, &args, &progress),
+        Command::Promote(args) => promote(&cli.global, &args, &progress),
+        Command::Verify(args) => verify(&cli.global, &args),
     }
 }
 
@@ -292,6 +296,222 @@ fn check(global: &GlobalArgs, _args: &CheckArgs, _progress: &Progress) -> Result
     }
     if !report.problems.is_empty() {
         bail!("the host is missing tools; see above");
+    }
+    Ok(())
+}
+
+/// The signing key: `--key FILE`, else $BOXCAR_SIGNING_KEY_FILE, else the
+/// key text in $BOXCAR_SIGNING_KEY. Errors never show key material.
+fn load_signer(key: Option<&std::path::Path>) -> Result<boxcar_signing::SecretKey> {
+    use boxcar_signing::SecretKey;
+    if let Some(path) = key {
+        return Ok(SecretKey::load(path)?);
+    }
+    if let Some(path) = std::env::var_os("BOXCAR_SIGNING_KEY_FILE") {
+        return Ok(SecretKey::load(std::path::Path::new(&path))?);
+    }
+    if let Ok(text) = std::env::var("BOXCAR_SIGNING_KEY") {
+        return SecretKey::from_file_text(&text)
+            .map_err(|_| anyhow::anyhow!("$BOXCAR_SIGNING_KEY does not hold a boxcar secret key"));
+    }
+    bail!("no signing key: pass --key FILE, or set BOXCAR_SIGNING_KEY_FILE or BOXCAR_SIGNING_KEY")
+}
+
+fn keys(global: &GlobalArgs, args: &crate::cmdline::KeysArgs) -> Result<()> {
+    use crate::cmdline::KeysCommand;
+    use boxcar_signing::Sign;
+    match &args.command {
+        KeysCommand::Generate(generate) => {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::create_dir_all(&generate.out)?;
+            let secret_path = generate.out.join(format!("{}.key", generate.name));
+            let public_path = generate.out.join(format!("{}.pub", generate.name));
+            for path in [&secret_path, &public_path] {
+                if path.exists() {
+                    bail!("{} exists; not replacing a key", path.display());
+                }
+            }
+            let key = boxcar_signing::SecretKey::generate()?;
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&secret_path)?;
+            std::io::Write::write_all(&mut file, key.to_file_text().as_bytes())?;
+            file.sync_all()?;
+            std::fs::write(&public_path, key.public_key().to_file_text())?;
+            if global.json {
+                out!(
+                    "{}",
+                    serde_json::json!({
+                        "key_id": key.key_id().to_string(),
+                        "secret_key": secret_path,
+                        "public_key": public_path,
+                        "public_key_line": key.public_key().to_base64(),
+                    })
+                );
+            } else {
+                out!("key {}", key.key_id());
+                out!(
+                    "  secret  {} (keep private: never commit it, never print it)",
+                    secret_path.display()
+                );
+                out!(
+                    "  public  {} (pin this; `minisign -V -p` reads it)",
+                    public_path.display()
+                );
+            }
+            Ok(())
+        }
+        KeysCommand::Add(add) => {
+            let signer = load_signer(add.key.as_deref())?;
+            let new_key = boxcar_signing::PublicKey::load(&add.public)?;
+            let store = crate::store::Store::open(&add.store)?;
+            let _lock = store.lock(&Progress::new(global.quiet))?;
+            let keyring = crate::channeldoc::add_key(
+                &store,
+                &signer,
+                &new_key,
+                &add.note,
+                OffsetDateTime::now_utc(),
+            )?;
+            if global.json {
+                out!("{}", serde_json::to_string_pretty(&keyring)?);
+            } else {
+                out!(
+                    "{} now lists {} keys (serial {}), signed by {}",
+                    crate::channeldoc::keyring_path(&store).display(),
+                    keyring.keys.len(),
+                    keyring.serial,
+                    signer.key_id()
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+fn publish(
+    global: &GlobalArgs,
+    args: &crate::cmdline::PublishArgs,
+    progress: &Progress,
+) -> Result<()> {
+    let project = Project::discover(global.project.as_deref())?;
+    let channels = Channels::load(&project.channels_dir())?;
+    let channel = args
+        .channel
+        .as_ref()
+        .map(|name| channels.get(name))
+        .transpose()?;
+    let signer = load_signer(args.key.as_deref())?;
+    let store = crate::store::Store::open(&args.store)?;
+    let _lock = store.lock(progress)?;
+    let published = crate::publish::publish(&store, &args.build, &signer, channel, progress)?;
+    if global.json {
+        out!("{}", serde_json::to_string_pretty(&published)?);
+    } else {
+        out!(
+            "published {} ({} artifacts, {}) to {}",
+            published.version,
+            published.artifacts,
+            human_bytes(published.bytes),
+            published.release_dir.display()
+        );
+        out!("  release.json sha256 {}", published.release_sha256);
+        if let Some((channel, serial)) = &published.channel {
+            out!(
+                "  channel {channel} now points at {} (serial {serial})",
+                published.version
+            );
+        }
+    }
+    Ok(())
+}
+
+fn promote(
+    global: &GlobalArgs,
+    args: &crate::cmdline::PromoteArgs,
+    progress: &Progress,
+) -> Result<()> {
+    let project = Project::discover(global.project.as_deref())?;
+    let channels = Channels::load(&project.channels_dir())?;
+    let signer = load_signer(args.key.as_deref())?;
+    let store = crate::store::Store::open(&args.store)?;
+    let _lock = store.lock(progress)?;
+    let now = OffsetDateTime::now_utc();
+    let request = crate::promote::PromoteRequest {
+        to: args.to.clone(),
+        version: args.version.clone(),
+        allow_downgrade: args.allow_downgrade,
+    };
+    let promotion = crate::promote::plan(&store, &channels, &signer, &request, now)?;
+    let change = match (&promotion.current, promotion.unchanged) {
+        (_, true) => format!(
+            "{} already points at {}: nothing to do",
+            promotion.to, promotion.version
+        ),
+        (Some(current), false) => format!(
+            "{}: {current} (serial {}) -> {} (serial {}), from {}",
+            promotion.to,
+            promotion.current_serial.unwrap_or(0),
+            promotion.version,
+            promotion.next_serial,
+            promotion.from
+        ),
+        (None, false) => format!(
+            "{}: (empty) -> {} (serial {}), from {}",
+            promotion.to, promotion.version, promotion.next_serial, promotion.from
+        ),
+    };
+    progress.note(&change);
+    for check in &promotion.checks {
+        progress.note(&format!("  ok  {}: {}", check.name, check.detail));
+    }
+    let applied = !promotion.unchanged && !args.dry_run;
+    if applied {
+        crate::promote::apply(&store, &signer, &promotion, now)?;
+    }
+    if global.json {
+        out!(
+            "{}",
+            serde_json::json!({
+                "promotion": &promotion,
+                "dry_run": args.dry_run,
+                "written": applied,
+            })
+        );
+    } else if promotion.unchanged {
+        out!("{change}");
+    } else if args.dry_run {
+        out!("dry run: would promote {change}");
+    } else {
+        out!(
+            "promoted {change}; channel document expires {}",
+            promotion.expires_at
+        );
+    }
+    Ok(())
+}
+
+fn verify(global: &GlobalArgs, args: &crate::cmdline::VerifyArgs) -> Result<()> {
+    let trusted = crate::channeldoc::load_public_keys(&args.keys)?;
+    let source = crate::storesource::StoreSource::parse(&args.store)?;
+    let report = crate::verify::verify(&source, &trusted, OffsetDateTime::now_utc())?;
+    if global.json {
+        out!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        for finding in &report.findings {
+            out!(
+                "{}  {}: {}",
+                if finding.ok { "ok  " } else { "FAIL" },
+                finding.subject,
+                finding.detail
+            );
+        }
+    }
+    if !report.passed() {
+        let failed = report.findings.iter().filter(|f| !f.ok).count();
+        bail!("the store {} failed {failed} checks", report.store);
     }
     Ok(())
 }

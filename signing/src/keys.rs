@@ -83,7 +83,9 @@ impl serde::Serialize for KeyId {
 
 impl<'de> serde::Deserialize<'de> for KeyId {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        String::deserialize(deserializer)?.parse().map_err(serde::de::Error::custom)
+        String::deserialize(deserializer)?
+            .parse()
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -125,12 +127,17 @@ impl PublicKey {
             what: "public key".into(),
             reason: reason.to_owned(),
         };
-        let bytes = BASE64.decode(text.trim()).map_err(|_| malformed("not base64"))?;
+        let bytes = BASE64
+            .decode(text.trim())
+            .map_err(|_| malformed("not base64"))?;
         if bytes.len() != 42 || &bytes[..2] != KEY_ALGORITHM {
-            return Err(malformed("not an Ed25519 minisign public key (42 bytes starting with \"Ed\")"));
+            return Err(malformed(
+                "not an Ed25519 minisign public key (42 bytes starting with \"Ed\")",
+            ));
         }
         let key_bytes: [u8; 32] = bytes[10..42].try_into().expect("32 bytes");
-        let key = VerifyingKey::from_bytes(&key_bytes).map_err(|_| malformed("not a valid Ed25519 point"))?;
+        let key = VerifyingKey::from_bytes(&key_bytes)
+            .map_err(|_| malformed("not a valid Ed25519 point"))?;
         let id = KeyId(bytes[2..10].try_into().expect("8 bytes"));
         if id != KeyId::of(&key) {
             return Err(malformed("its key id does not belong to its key"));
@@ -140,7 +147,11 @@ impl PublicKey {
 
     /// The contents of a minisign public key file.
     pub fn to_file_text(&self) -> String {
-        format!("untrusted comment: boxcar public key {}\n{}\n", self.id, self.to_base64())
+        format!(
+            "untrusted comment: boxcar public key {}\n{}\n",
+            self.id,
+            self.to_base64()
+        )
     }
 
     /// Parses a minisign public key file (or just its key line).
@@ -229,7 +240,9 @@ impl SecretKey {
             .ok_or_else(|| malformed("it holds no key line"))?;
         let bytes = BASE64.decode(line).map_err(|_| malformed("not base64"))?;
         if bytes.len() != 42 || &bytes[..2] != SECRET_ALGORITHM {
-            return Err(malformed("not a boxcar secret key (42 bytes starting with \"BS\")"));
+            return Err(malformed(
+                "not a boxcar secret key (42 bytes starting with \"BS\")",
+            ));
         }
         let key = Self::from_seed(bytes[10..42].try_into().expect("32 bytes"));
         if key.public.id.as_bytes() != &bytes[2..10] {
@@ -277,12 +290,18 @@ mod tests {
         let public = PublicKey::from_file_text(&secret.public_key().to_file_text()).unwrap();
         assert_eq!(public, secret.public_key());
         assert_eq!(PublicKey::from_base64(&public.to_base64()).unwrap(), public);
-        assert_eq!(public.id().to_string().parse::<KeyId>().unwrap(), public.id());
+        assert_eq!(
+            public.id().to_string().parse::<KeyId>().unwrap(),
+            public.id()
+        );
     }
 
     #[test]
     fn different_keys_have_different_ids() {
-        assert_ne!(SecretKey::from_seed([1; 32]).key_id(), SecretKey::from_seed([2; 32]).key_id());
+        assert_ne!(
+            SecretKey::from_seed([1; 32]).key_id(),
+            SecretKey::from_seed([2; 32]).key_id()
+        );
     }
 
     #[test]

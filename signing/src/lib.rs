@@ -6,6 +6,7 @@
 //! build tooling so that it can be audited and trusted on its own.
 
 pub mod digest;
+pub mod documents;
 pub mod keys;
 pub mod minisig;
 
@@ -17,11 +18,36 @@ fn list_keys(keys: &[KeyId]) -> String {
     if keys.is_empty() {
         "none".to_owned()
     } else {
-        keys.iter().map(KeyId::to_string).collect::<Vec<_>>().join(", ")
+        keys.iter()
+            .map(KeyId::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 }
 
 impl Error {
+    /// Names the document a signature error is about.
+    pub fn about(self, what: &str) -> Self {
+        match self {
+            Error::Malformed {
+                what: inner,
+                reason,
+            } => Error::Malformed {
+                what: format!("{inner} of {what}"),
+                reason,
+            },
+            Error::BadSignature { key_id } => Error::Document {
+                what: what.to_owned(),
+                source: Box::new(Error::BadSignature { key_id }),
+            },
+            Error::UnknownKey { key_id, trusted } => Error::Document {
+                what: what.to_owned(),
+                source: Box::new(Error::UnknownKey { key_id, trusted }),
+            },
+            other => other,
+        }
+    }
+
     /// Names the file an error was found in.
     pub fn in_file(self, path: &std::path::Path) -> Self {
         match self {
@@ -62,6 +88,13 @@ pub enum Error {
     /// A document older than one already seen.
     #[error("{what} has serial {found}, older than serial {seen} already seen: a rollback")]
     Rollback { what: String, found: u64, seen: u64 },
+    /// A signature problem, with the document it concerns.
+    #[error("{what}: {source}")]
+    Document {
+        what: String,
+        #[source]
+        source: Box<Error>,
+    },
     /// Data did not hash to the digest it was expected to have.
     #[error("digest mismatch for {what}: expected sha256 {expected}, calculated {calculated}")]
     DigestMismatch {

@@ -101,7 +101,9 @@ fn parse(text: &str) -> Result<Parsed, Error> {
     if lines.len() < 4 || !lines[0].starts_with("untrusted comment:") {
         return Err(malformed("not a minisign signature file (four lines)"));
     }
-    let first = BASE64.decode(lines[1].trim()).map_err(|_| malformed("its signature line is not base64"))?;
+    let first = BASE64
+        .decode(lines[1].trim())
+        .map_err(|_| malformed("its signature line is not base64"))?;
     if first.len() != 74 {
         return Err(malformed("its signature line has the wrong length"));
     }
@@ -112,33 +114,50 @@ fn parse(text: &str) -> Result<Parsed, Error> {
         .strip_prefix("trusted comment: ")
         .ok_or_else(|| malformed("its third line is not a trusted comment"))?
         .to_owned();
-    let global = BASE64.decode(lines[3].trim()).map_err(|_| malformed("its global signature is not base64"))?;
+    let global = BASE64
+        .decode(lines[3].trim())
+        .map_err(|_| malformed("its global signature is not base64"))?;
     Ok(Parsed {
         key_id: KeyId::from_bytes(first[2..10].try_into().expect("8 bytes")),
         signature: first[10..74].try_into().expect("64 bytes"),
         trusted_comment,
-        global: global.try_into().map_err(|_| malformed("its global signature has the wrong length"))?,
+        global: global
+            .try_into()
+            .map_err(|_| malformed("its global signature has the wrong length"))?,
     })
 }
 
 /// Checks a signature of `message` against the trusted keys: the key must
 /// be trusted, and both the signature and the global signature (over the
 /// trusted comment) must hold.
-pub fn verify(message: &[u8], signature_text: &str, trusted: &TrustedKeys) -> Result<Verified, Error> {
+pub fn verify(
+    message: &[u8],
+    signature_text: &str,
+    trusted: &TrustedKeys,
+) -> Result<Verified, Error> {
     let parsed = parse(signature_text)?;
-    let key = trusted.get(parsed.key_id).ok_or_else(|| Error::UnknownKey {
-        key_id: parsed.key_id,
-        trusted: trusted.ids(),
-    })?;
+    let key = trusted
+        .get(parsed.key_id)
+        .ok_or_else(|| Error::UnknownKey {
+            key_id: parsed.key_id,
+            trusted: trusted.ids(),
+        })?;
     let verifying = key.verifying_key();
     verifying
-        .verify_strict(&Blake2b512::digest(message), &Signature::from_bytes(&parsed.signature))
-        .map_err(|_| Error::BadSignature { key_id: parsed.key_id })?;
+        .verify_strict(
+            &Blake2b512::digest(message),
+            &Signature::from_bytes(&parsed.signature),
+        )
+        .map_err(|_| Error::BadSignature {
+            key_id: parsed.key_id,
+        })?;
     let mut global_message = parsed.signature.to_vec();
     global_message.extend_from_slice(parsed.trusted_comment.as_bytes());
     verifying
         .verify_strict(&global_message, &Signature::from_bytes(&parsed.global))
-        .map_err(|_| Error::BadSignature { key_id: parsed.key_id })?;
+        .map_err(|_| Error::BadSignature {
+            key_id: parsed.key_id,
+        })?;
     Ok(Verified {
         key_id: parsed.key_id,
         trusted_comment: parsed.trusted_comment,
@@ -176,7 +195,12 @@ mod tests {
         let signer = key(1);
         let text = sign(&signer, b"release", "channel:beta").unwrap();
         let forged = text.replace("channel:beta", "channel:stable");
-        let err = verify(b"release", &forged, &TrustedKeys::new([signer.public_key()])).unwrap_err();
+        let err = verify(
+            b"release",
+            &forged,
+            &TrustedKeys::new([signer.public_key()]),
+        )
+        .unwrap_err();
         assert!(matches!(err, Error::BadSignature { .. }), "{err}");
     }
 
@@ -197,8 +221,15 @@ mod tests {
     #[test]
     fn garbage_is_malformed() {
         let trusted = TrustedKeys::new([key(1).public_key()]);
-        for bad in ["", "one line", "untrusted comment: x\nAAAA\ntrusted comment: y\nAAAA\n"] {
-            assert!(matches!(verify(b"x", bad, &trusted), Err(Error::Malformed { .. })), "{bad:?}");
+        for bad in [
+            "",
+            "one line",
+            "untrusted comment: x\nAAAA\ntrusted comment: y\nAAAA\n",
+        ] {
+            assert!(
+                matches!(verify(b"x", bad, &trusted), Err(Error::Malformed { .. })),
+                "{bad:?}"
+            );
         }
         assert!(sign(&key(1), b"x", "two\nlines").is_err());
     }

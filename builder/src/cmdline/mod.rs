@@ -56,9 +56,142 @@ pub enum Command {
     Test(TestArgs),
     Check(CheckArgs),
     Platforms(PlatformsArgs),
+    Keys(KeysArgs),
+    Publish(PublishArgs),
+    Promote(PromoteArgs),
+    Verify(VerifyArgs),
     /// Helpers that boxcar runs itself (not for people).
     #[command(hide = true)]
     Internal(InternalArgs),
+}
+
+/// Signing keys: make one, or introduce a new one to a store.
+#[derive(Debug, Args)]
+pub struct KeysArgs {
+    #[command(subcommand)]
+    pub command: KeysCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    Generate(KeysGenerateArgs),
+    Add(KeysAddArgs),
+}
+
+/// Make an Ed25519 signing key pair.
+///
+/// Writes DIR/NAME.key (the secret key, mode 0600: keep it out of the
+/// repository and out of logs) and DIR/NAME.pub (the public key, in
+/// minisign's format: what operators pin and what `minisign -V -p` reads).
+#[derive(Debug, Args)]
+pub struct KeysGenerateArgs {
+    /// The directory to write the two files into (created if needed).
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// The files' base name.
+    #[arg(long, default_value = "boxcar")]
+    pub name: String,
+}
+
+/// Introduce a new signing key to a store (key rotation).
+///
+/// Writes STORE/keys.json, listing the store's keys, signed by --key (a key
+/// readers already trust). A reader that pinned the old key learns the new
+/// one from it, so it keeps verifying once the new key signs.
+#[derive(Debug, Args)]
+pub struct KeysAddArgs {
+    /// The release store (a directory).
+    #[arg(long, value_name = "DIR")]
+    pub store: PathBuf,
+    /// The secret key that signs the keyring (a trusted, current key).
+    /// Default: $BOXCAR_SIGNING_KEY_FILE, or the key in $BOXCAR_SIGNING_KEY.
+    #[arg(long, value_name = "FILE")]
+    pub key: Option<PathBuf>,
+    /// The public key file to introduce.
+    #[arg(long, value_name = "FILE")]
+    pub public: PathBuf,
+    /// Why the key is added, for the record.
+    #[arg(long, default_value = "key rotation")]
+    pub note: String,
+}
+
+/// Publish a tested build to the release store.
+///
+/// Copies the build's artifacts into STORE/releases/VERSION/ (checking each
+/// against build.json while copying), with the boot-test evidence, writes a
+/// SHA256SUMS (for `sha256sum --check`) and release.json, each with a
+/// minisign signature, and only then, if --channel is given, points that
+/// channel at the release. A published version is never replaced. An
+/// interrupted publish leaves the store as it was: the release is assembled
+/// under a temporary name and renamed into place whole.
+#[derive(Debug, Args)]
+pub struct PublishArgs {
+    /// The build directory (OUT/VERSION from `boxcar build`, tested by
+    /// `boxcar test`).
+    #[arg(long, value_name = "DIR")]
+    pub build: PathBuf,
+    /// The release store (a directory; created if needed).
+    #[arg(long, value_name = "DIR")]
+    pub store: PathBuf,
+    /// The secret signing key. Default: $BOXCAR_SIGNING_KEY_FILE, or the key
+    /// itself in $BOXCAR_SIGNING_KEY. The key is never printed.
+    #[arg(long, value_name = "FILE")]
+    pub key: Option<PathBuf>,
+    /// Point this channel at the release (one CI publishes to, not one
+    /// filled by promotion). Its evidence policy applies.
+    #[arg(long)]
+    pub channel: Option<ChannelName>,
+}
+
+/// Promote a release to a channel from the channel it is promoted from.
+///
+/// The source channel comes from channels/TO.toml (promotes-from). The
+/// release (default: what the source channel points at now) must have
+/// been in the source channel for the channel's soak time, have passing
+/// boot-test evidence if the channel requires it, not be older than what
+/// the channel has (unless --allow-downgrade), and its artifacts must match
+/// their signed digests. Then the new channel document is written, read
+/// back and checked. The bits are not copied or changed: only the signed
+/// channel document is new. Promoting what the channel already has changes
+/// nothing.
+#[derive(Debug, Args)]
+pub struct PromoteArgs {
+    /// The release store (a directory).
+    #[arg(long, value_name = "DIR")]
+    pub store: PathBuf,
+    /// The secret signing key (as for `boxcar publish`).
+    #[arg(long, value_name = "FILE")]
+    pub key: Option<PathBuf>,
+    /// The channel to promote into.
+    #[arg(long)]
+    pub to: ChannelName,
+    /// The release to promote. Default: what the source channel points at.
+    #[arg(long)]
+    pub version: Option<String>,
+    /// Show the change and the checks, write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Allow pointing the channel at an older release than it has.
+    #[arg(long)]
+    pub allow_downgrade: bool,
+}
+
+/// Check a release store: signatures, digests, channel expiry and serials.
+///
+/// Reads the store as a client would (a directory, file://, or http(s)://):
+/// the keyring, the signed index, every channel document (signature, expiry,
+/// serial not behind the index's, consistent history, pointing at a
+/// published release) and every release (signature, SHA256SUMS, every
+/// artifact's sha256). Exits 1 if anything is wrong.
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// The store: a directory, a file:// URL or an http(s):// URL.
+    #[arg(long, value_name = "LOCATION")]
+    pub store: String,
+    /// A trusted public key file (repeatable). Keys introduced by a keyring
+    /// one of these signed are trusted too.
+    #[arg(long = "key", value_name = "FILE", required = true)]
+    pub keys: Vec<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -1,0 +1,245 @@
+//! `boxcar promote`: point a channel at a release its source channel
+//! already carries. The bits never change: only a new signed channel
+//! document is written, after the policy allows it and the artifacts are
+//! checked against their signed digests.
+
+use anyhow::{bail, Context, Result};
+use boxcar_signing::documents::{self, ChannelDocument, ReleaseDocument};
+use boxcar_signing::Sign;
+use serde::Serialize;
+use time::OffsetDateTime;
+
+use crate::channel::{ChannelConfig, ChannelName, Channels, EvidencePolicy};
+use crate::channeldoc::{self, compare_versions};
+use crate::store::Store;
+
+/// What the user asked for.
+#[derive(Clone, Debug)]
+pub struct PromoteRequest {
+    pub to: ChannelName,
+    /// `None`: what the source channel points at now.
+    pub version: Option<String>,
+    pub allow_downgrade: bool,
+}
+
+/// A policy check and its outcome, shown to the user.
+#[derive(Clone, Debug, Serialize)]
+pub struct PolicyCheck {
+    pub name: String,
+    pub detail: String,
+}
+
+/// The promotion, worked out and checked, before anything is written.
+#[derive(Debug, Serialize)]
+pub struct Promotion {
+    pub from: String,
+    pub to: String,
+    pub version: String,
+    /// What the target channel points at now, if anything.
+    pub current: Option<String>,
+    pub current_serial: Option<u64>,
+    pub next_serial: u64,
+    pub expires_at: String,
+    pub checks: Vec<PolicyCheck>,
+    /// True when the channel already points at the version.
+    pub unchanged: bool,
+    #[serde(skip)]
+    next: Option<ChannelDocument>,
+}
+
+/// Works out the promotion and checks every rule; errors say which rule
+/// refused it.
+pub fn plan(
+    store: &Store,
+    channels: &Channels,
+    signer: &dyn Sign,
+    request: &PromoteRequest,
+    now: OffsetDateTime,
+) -> Result<Promotion> {
+    let config = channels.get(&request.to)?;
+    let Some(source_name) = &config.promotes_from else {
+        bail!(
+            "channel {} is not promoted into (it has no promotes-from in {}); CI publishes to it",
+            config.name,
+            channels.dir.join(format!("{}.toml", config.name)).display()
+        );
+    };
+    let trusted = channeldoc::writer_trust(store, signer)?;
+    let source =
+        channeldoc::read_channel(store, source_name.as_str(), &trusted)?.with_context(|| {
+            format!("channel {source_name} has no document yet: nothing to promote from")
+        })?;
+    let version = request
+        .version
+        .clone()
+        .unwrap_or_else(|| source.version.clone());
+    let mut checks = Vec::new();
+
+    let Some(entry) = source.history.iter().find(|e| e.version == version) else {
+        bail!("release {version} has never been in channel {source_name}, so it cannot be promoted to {}", config.name);
+    };
+    let since = documents::parse_time(&entry.since, &format!("channels/{source_name}.json"))?;
+    checks.push(PolicyCheck {
+        name: format!("{version} is in {source_name}"),
+        detail: format!("since {} (serial {})", entry.since, entry.serial),
+    });
+
+    let soaked = now - since;
+    let required = config.soak.to_std();
+    if soaked < time::Duration::try_from(required).unwrap_or(time::Duration::MAX) {
+        bail!(
+            "release {version} has soaked in {source_name} for {}, but {} requires {}; promote after {}",
+            crate::duration::HumanDuration::from_secs(soaked.whole_seconds().max(0) as u64),
+            config.name,
+            config.soak,
+            documents::format_time(since + required)
+        );
+    }
+    checks.push(PolicyCheck {
+        name: "soak time met".into(),
+        detail: format!(
+            "{} in {source_name}, {} required",
+            crate::duration::HumanDuration::from_secs(soaked.whole_seconds().max(0) as u64),
+            config.soak
+        ),
+    });
+
+    let (release, release_sha256) = channeldoc::read_release(store, &version, &trusted)?;
+    if release_sha256 != entry.release_sha256 {
+        bail!(
+            "releases/{version}/release.json has sha256 {release_sha256}, but channel {source_name} recorded {}: the release changed after it was published",
+            entry.release_sha256
+        );
+    }
+    checks.push(PolicyCheck {
+        name: "release.json is signed and unchanged".into(),
+        detail: format!("sha256 {release_sha256}"),
+    });
+
+    checks.push(check_evidence(&release, config)?);
+
+    let target = channeldoc::read_channel(store, config.name.as_str(), &trusted)?;
+    if let Some(current) = &target {
+        if current.version == version {
+            return Ok(Promotion {
+                from: source_name.to_string(),
+                to: config.name.to_string(),
+                version,
+                current: Some(current.version.clone()),
+                current_serial: Some(current.serial),
+                next_serial: current.serial,
+                expires_at: current.expires_at.clone(),
+                checks,
+                unchanged: true,
+                next: None,
+            });
+        }
+        if compare_versions(&version, &current.version).is_lt() {
+            if !request.allow_downgrade {
+                bail!(
+                    "promoting {version} to {} would downgrade it from {}; pass --allow-downgrade if that is the intent",
+                    config.name,
+                    current.version
+                );
+            }
+            checks.push(PolicyCheck {
+                name: "downgrade allowed".into(),
+                detail: format!("{} -> {version} (--allow-downgrade)", current.version),
+            });
+        }
+    }
+
+    let verified = verify_artifacts(store, &release)?;
+    checks.push(PolicyCheck {
+        name: "artifacts match their signed digests".into(),
+        detail: format!("{verified} files re-hashed"),
+    });
+
+    let next =
+        channeldoc::next_channel_document(config, target.as_ref(), &version, release_sha256, now);
+    Ok(Promotion {
+        from: source_name.to_string(),
+        to: config.name.to_string(),
+        version,
+        current: target.as_ref().map(|t| t.version.clone()),
+        current_serial: target.as_ref().map(|t| t.serial),
+        next_serial: next.serial,
+        expires_at: next.expires_at.clone(),
+        checks,
+        unchanged: false,
+        next: Some(next),
+    })
+}
+
+fn check_evidence(release: &ReleaseDocument, config: &ChannelConfig) -> Result<PolicyCheck> {
+    let platforms = release.platforms();
+    let failing: Vec<String> = platforms
+        .iter()
+        .filter_map(|p| match release.evidence_for(p) {
+            None => Some(format!("{p}: no evidence")),
+            Some(e) if !e.passed => Some(format!("{p}: failed {}", e.failed_checks.join(", "))),
+            Some(_) => None,
+        })
+        .collect();
+    match (config.evidence, failing.is_empty()) {
+        (_, true) => Ok(PolicyCheck {
+            name: "boot-test evidence present and passing".into(),
+            detail: format!("{} platforms", platforms.len()),
+        }),
+        (EvidencePolicy::Required, false) => bail!(
+            "channel {} requires passing boot-test evidence for every platform, and release {} lacks it: {}",
+            config.name,
+            release.version,
+            failing.join("; ")
+        ),
+        (EvidencePolicy::NotRequired, false) => Ok(PolicyCheck {
+            name: "boot-test evidence not required".into(),
+            detail: failing.join("; "),
+        }),
+    }
+}
+
+/// Re-hashes every artifact of a release in the store against release.json.
+pub fn verify_artifacts(store: &Store, release: &ReleaseDocument) -> Result<usize> {
+    let dir = store.release_dir(&release.version);
+    for artifact in &release.artifacts {
+        let path = dir.join(&artifact.name);
+        let (digest, size) = boxcar_signing::sha256_file(&path)
+            .with_context(|| format!("hashing {}", path.display()))?;
+        if (digest, size) != (artifact.sha256, artifact.size) {
+            bail!(
+                "{} does not match release.json: expected {} bytes with sha256 {}, found {size} bytes with sha256 {digest}",
+                path.display(),
+                artifact.size,
+                artifact.sha256
+            );
+        }
+    }
+    Ok(release.artifacts.len())
+}
+
+/// Writes the promotion's channel document, reads it back and checks it,
+/// then updates the index. Returns the new serial.
+pub fn apply(
+    store: &Store,
+    signer: &dyn Sign,
+    promotion: &Promotion,
+    now: OffsetDateTime,
+) -> Result<u64> {
+    let Some(next) = &promotion.next else {
+        return Ok(promotion.next_serial);
+    };
+    channeldoc::write_channel(store, signer, next)?;
+    crate::store::crash_point("promote-before-readback");
+    let trusted = channeldoc::writer_trust(store, signer)?;
+    let written = channeldoc::read_channel(store, &promotion.to, &trusted)?
+        .context("the channel document vanished after writing it")?;
+    if &written != next {
+        bail!(
+            "channels/{}.json reads back differently from what was written",
+            promotion.to
+        );
+    }
+    channeldoc::write_index(store, signer, now)?;
+    Ok(next.serial)
+}
