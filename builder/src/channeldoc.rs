@@ -15,11 +15,34 @@ use time::OffsetDateTime;
 use crate::channel::ChannelConfig;
 use crate::store::Store;
 
-/// The keys a writer (holding `signer`) trusts in `store`: its own, and the
-/// keyring's when its own key (or a key it already trusts) signed it.
+/// The keys a writer (holding `signer`) trusts in `store`: its own and,
+/// when the store has a keyring, the keys it lists. The keyring must be
+/// signed by one of its own keys and list the writer's key. (Readers check
+/// it against the keys they pinned; see [`extend_with_keyring`].)
 pub fn writer_trust(store: &Store, signer: &dyn Sign) -> Result<TrustedKeys> {
     let mut trusted = TrustedKeys::new([signer.public_key()]);
-    extend_with_keyring(store, &mut trusted)?;
+    let path = keyring_path(store);
+    let Some((bytes, signature)) = store.read_signed(&path)? else {
+        return Ok(trusted);
+    };
+    let listed: KeyringDocument =
+        serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", path.display()))?;
+    let mut own = TrustedKeys::default();
+    for entry in &listed.keys {
+        own.add(PublicKey::from_base64(&entry.public_key)?);
+    }
+    KeyringDocument::extend_trust(&bytes, &signature, &mut own)
+        .with_context(|| format!("checking {}", path.display()))?;
+    if own.get(signer.key_id()).is_none() {
+        bail!(
+            "key {} is not listed in {}; introduce it with `boxcar keys add`, signed by a key readers trust",
+            signer.key_id(),
+            path.display()
+        );
+    }
+    for id in own.ids() {
+        trusted.add(own.get(id).expect("listed").clone());
+    }
     Ok(trusted)
 }
 

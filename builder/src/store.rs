@@ -32,6 +32,14 @@ pub struct Store {
 /// Held while writing: one writer at a time.
 pub struct StoreLock {
     _file: File,
+    recovered: Vec<String>,
+}
+
+impl StoreLock {
+    /// What taking the lock undid of an interrupted writer.
+    pub fn recovered(&self) -> &[String] {
+        &self.recovered
+    }
 }
 
 impl Store {
@@ -68,8 +76,14 @@ impl Store {
                 return Err(e).with_context(|| format!("locking {}", path.display()))
             }
         }
-        self.recover()?;
-        Ok(StoreLock { _file: file })
+        let recovered = self.recover()?;
+        for line in &recovered {
+            progress.note(line);
+        }
+        Ok(StoreLock {
+            _file: file,
+            recovered,
+        })
     }
 
     pub fn releases_dir(&self) -> PathBuf {

@@ -86,7 +86,15 @@ pub fn verify(source: &StoreSource, pinned: &TrustedKeys, now: OffsetDateTime) -
         findings: Vec::new(),
     };
     if let StoreSource::Local(root) = source {
-        check_leftovers(root, &mut report)?;
+        // A writer that died mid-update left a journal or a half-published
+        // release: undo it (under the writers' lock) before judging.
+        let store = crate::store::Store::open(root)?;
+        let lock = store.lock(&crate::progress::Progress::with_mode(
+            crate::progress::Mode::Quiet,
+        ))?;
+        for undone in lock.recovered() {
+            report.ok("recovery", undone.clone());
+        }
     }
     let mut trusted = pinned.clone();
     if let (Some(bytes), Some(signature)) = (
@@ -301,30 +309,6 @@ fn check_release(
         );
     } else {
         report.fail(&path, bad.join("; "));
-    }
-    Ok(())
-}
-
-/// A local store with leftovers of an interrupted writer is reported; the
-/// next writer cleans them up.
-fn check_leftovers(root: &std::path::Path, report: &mut Report) -> Result<()> {
-    for dir in [
-        root.to_owned(),
-        root.join("channels"),
-        root.join("releases"),
-    ] {
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        for entry in entries {
-            let name = entry?.file_name().to_string_lossy().into_owned();
-            if name.ends_with(".journal") || name.ends_with(".partial") {
-                report.fail(
-                    dir.join(&name).display().to_string(),
-                    "left by an interrupted publish or promotion; the next `boxcar publish` or `boxcar promote` undoes it",
-                );
-            }
-        }
     }
     Ok(())
 }

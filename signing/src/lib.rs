@@ -38,11 +38,11 @@ impl Error {
             },
             Error::BadSignature { key_id } => Error::Document {
                 what: what.to_owned(),
-                source: Box::new(Error::BadSignature { key_id }),
+                cause: Box::new(Error::BadSignature { key_id }),
             },
             Error::UnknownKey { key_id, trusted } => Error::Document {
                 what: what.to_owned(),
-                source: Box::new(Error::UnknownKey { key_id, trusted }),
+                cause: Box::new(Error::UnknownKey { key_id, trusted }),
             },
             other => other,
         }
@@ -88,13 +88,11 @@ pub enum Error {
     /// A document older than one already seen.
     #[error("{what} has serial {found}, older than serial {seen} already seen: a rollback")]
     Rollback { what: String, found: u64, seen: u64 },
-    /// A signature problem, with the document it concerns.
-    #[error("{what}: {source}")]
-    Document {
-        what: String,
-        #[source]
-        source: Box<Error>,
-    },
+    /// A signature problem, with the document it concerns. (The inner
+    /// error is part of the message, not a separate cause, so that error
+    /// chains do not print it twice.)
+    #[error("{what}: {cause}")]
+    Document { what: String, cause: Box<Error> },
     /// Data did not hash to the digest it was expected to have.
     #[error("digest mismatch for {what}: expected sha256 {expected}, calculated {calculated}")]
     DigestMismatch {

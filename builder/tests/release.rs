@@ -1,0 +1,719 @@
+//! The release store through the real `boxcar` binary, on small synthetic
+//! builds (the real image's turn is in the end-to-end suite): publish,
+//! promote and verify, and one case per way things go wrong. Signatures are
+//! also checked with the stock `minisign` and `sha256sum`.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command as Process;
+
+use assert_cmd::Command;
+use boxcar::buildinfo::*;
+use boxcar::image::PartitionTable;
+use boxcar::platform::{ArtifactRole, DiskBus, Firmware, Format, Nic, Platform};
+use boxcar::vmtest::evidence::{BootOutcome, Check, Evidence, TestCase};
+use predicates::prelude::*;
+
+fn boxcar() -> Command {
+    Command::cargo_bin("boxcar").unwrap()
+}
+
+fn checkout() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_owned()
+}
+
+/// A scratch area: a copy of the checkout's configuration (whose channel
+/// files a test may change), a key pair, and a store.
+struct Lab {
+    dir: tempfile::TempDir,
+}
+
+impl Lab {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir(dir.path().join("project")).unwrap();
+        for sub in ["recipes", "overlays", "channels"] {
+            let status = Process::new("cp")
+                .arg("-r")
+                .arg(checkout().join(sub))
+                .arg(dir.path().join("project"))
+                .status()
+                .unwrap();
+            assert!(status.success());
+        }
+        let lab = Self { dir };
+        lab.boxcar(&[
+            "keys",
+            "generate",
+            "--out",
+            lab.path("keys").to_str().unwrap(),
+        ])
+        .assert()
+        .success();
+        // No waiting for soak times in tests, unless a test sets one.
+        lab.set_channel("beta", "soak", "\"0s\"");
+        lab.set_channel("stable", "soak", "\"0s\"");
+        lab
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn store(&self) -> PathBuf {
+        self.path("store")
+    }
+
+    fn key(&self) -> String {
+        self.path("keys/boxcar.key").display().to_string()
+    }
+
+    fn public_key(&self) -> String {
+        self.path("keys/boxcar.pub").display().to_string()
+    }
+
+    fn boxcar(&self, args: &[&str]) -> Command {
+        let mut command = boxcar();
+        command
+            .args(["--project", self.path("project").to_str().unwrap()])
+            .args(args);
+        command
+    }
+
+    /// Sets `key = value` (TOML) in channels/NAME.toml.
+    fn set_channel(&self, name: &str, key: &str, value: &str) {
+        let path = self.path("project/channels").join(format!("{name}.toml"));
+        let text = fs::read_to_string(&path).unwrap();
+        let kept: Vec<&str> = text
+            .lines()
+            .filter(|l| !l.starts_with(&format!("{key} =")))
+            .collect();
+        fs::write(&path, format!("{}\n{key} = {value}\n", kept.join("\n"))).unwrap();
+    }
+
+    fn publish(&self, build: &Path, channel: Option<&str>) -> Command {
+        let mut args = vec![
+            "publish".to_owned(),
+            "--build".into(),
+            build.display().to_string(),
+            "--store".into(),
+            self.store().display().to_string(),
+            "--key".into(),
+            self.key(),
+        ];
+        if let Some(channel) = channel {
+            args.extend(["--channel".into(), channel.into()]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.boxcar(&args)
+    }
+
+    fn promote(&self, to: &str, extra: &[&str]) -> Command {
+        let store = self.store().display().to_string();
+        let key = self.key();
+        let mut args = vec!["promote", "--store", &store, "--key", &key, "--to", to];
+        args.extend(extra);
+        self.boxcar(&args)
+    }
+
+    /// Publishes a fresh tested build of `version` to alpha; must succeed.
+    fn publish_to_alpha(&self, version: &str) {
+        self.publish(&self.build(version, true), Some("alpha"))
+            .assert()
+            .success();
+    }
+
+    /// `boxcar verify` must pass, reporting `finding`.
+    fn verify_passes_with(&self, finding: &str) {
+        self.verify()
+            .assert()
+            .success()
+            .stdout(predicate::str::contains(finding));
+    }
+
+    /// `boxcar verify` must fail, saying `reason`.
+    fn verify_fails_with(&self, reason: &str) {
+        self.verify()
+            .assert()
+            .code(1)
+            .stdout(predicate::str::contains(reason));
+    }
+
+    fn verify(&self) -> Command {
+        let store = self.store().display().to_string();
+        let key = self.public_key();
+        self.boxcar(&["verify", "--store", &store, "--key", &key])
+    }
+
+    /// A small build of `version` with two platforms' artifacts, with
+    /// passing boot-test evidence unless `evidence` is false.
+    fn build(&self, version: &str, evidence: bool) -> PathBuf {
+        let dir = self.path(&format!("build/{version}"));
+        fs::create_dir_all(&dir).unwrap();
+        let mut artifacts = Vec::new();
+        let mut platforms = Vec::new();
+        for (platform, format, file, content) in [
+            (
+                "qemu",
+                Format::Qcow2,
+                format!("boxcar-{version}-qemu.qcow2"),
+                format!("qcow2 of {version}").repeat(1000),
+            ),
+            (
+                "metal",
+                Format::RawZstd,
+                format!("boxcar-{version}-metal.raw.zst"),
+                format!("zstd of {version}").repeat(3000),
+            ),
+        ] {
+            fs::write(dir.join(&file), &content).unwrap();
+            let (sha256, size) = boxcar_signing::sha256_file(&dir.join(&file)).unwrap();
+            artifacts.push(ArtifactInfo {
+                platform: platform.parse().unwrap(),
+                format,
+                role: ArtifactRole::Disk,
+                file,
+                size,
+                sha256,
+                kernel_cmdline: format!("usrhash=00 boxcar.platform={platform}"),
+            });
+            platforms.push(Platform {
+                id: platform.parse().unwrap(),
+                description: platform.into(),
+                format,
+                kernel_args: vec![],
+                packages: vec![],
+                units: vec![],
+                firmware: Firmware::Uefi,
+                disk_bus: DiskBus::Virtio,
+                nic: Nic::Virtio,
+            });
+            if evidence {
+                write_evidence(&dir, version, platform, true);
+            }
+        }
+        let info = BuildInfo {
+            schema: SCHEMA_VERSION,
+            name: "boxcar".into(),
+            version: version.parse().unwrap(),
+            channel: "alpha".parse().unwrap(),
+            built_at: "2026-11-22T00:00:00Z".into(),
+            source_date_epoch: 0,
+            source: SourceInfo {
+                git_commit: None,
+                git_dirty: None,
+            },
+            usr: UsrInfo {
+                root_hash: "ab".repeat(32),
+                filesystem: "erofs".into(),
+                data_file: "usr.raw".into(),
+                hash_file: "usr-verity.raw".into(),
+                data_block_size: 4096,
+                hash_block_size: 4096,
+                salt: "00".into(),
+                filesystem_bytes: 0,
+                hash_tree_bytes: 0,
+                content_bytes: None,
+                content_files: None,
+            },
+            kernel: KernelInfo {
+                release: "6.12".into(),
+                cmdline: "usrhash=00".into(),
+            },
+            disk: DiskInfo {
+                file: "disk.raw".into(),
+                size: 0,
+                allocated: 0,
+                partition_table: PartitionTable {
+                    disk_uuid: String::new(),
+                    sector_size: 512,
+                    partitions: vec![],
+                },
+            },
+            files: vec![],
+            artifacts,
+            platforms,
+            packages: vec![],
+            phases: vec![],
+            tools: vec![],
+        };
+        fs::write(
+            dir.join("build.json"),
+            serde_json::to_string_pretty(&info).unwrap(),
+        )
+        .unwrap();
+        dir
+    }
+}
+
+fn write_evidence(build: &Path, version: &str, platform: &str, passed: bool) {
+    let evidence = Evidence {
+        schema: 1,
+        case: TestCase::Platform,
+        version: version.into(),
+        platform: platform.into(),
+        artifact: String::new(),
+        hardware: String::new(),
+        tampering: None,
+        started_at: "2026-11-22T00:00:00Z".into(),
+        accelerator: "tcg".into(),
+        accelerator_reason: String::new(),
+        qemu_command: String::new(),
+        outcome: BootOutcome::PoweredOff,
+        wall_seconds: 60.0,
+        boot_time: None,
+        milestones: vec![],
+        verity_errors: vec![],
+        guest: Default::default(),
+        checks: vec![Check {
+            name: "docker ran a container".into(),
+            passed,
+            expected: String::new(),
+            observed: String::new(),
+        }],
+        passed,
+    };
+    let dir = build.join("evidence").join(platform);
+    fs::create_dir_all(&dir).unwrap();
+    fs::write(
+        dir.join("evidence.json"),
+        serde_json::to_string_pretty(&evidence).unwrap(),
+    )
+    .unwrap();
+}
+
+fn stderr_of(command: &mut Command) -> String {
+    String::from_utf8_lossy(&command.output().unwrap().stderr).into_owned()
+}
+
+#[test]
+fn publish_promote_verify_and_stock_tools_agree() {
+    let lab = Lab::new();
+    let build = lab.build("1.0.0", true);
+    lab.publish(&build, Some("alpha"))
+        .assert()
+        .success()
+        .stdout(predicate::str::contains(
+            "channel alpha now points at 1.0.0 (serial 1)",
+        ));
+    lab.promote("beta", &[])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("promoted beta: (empty) -> 1.0.0"));
+    lab.promote("stable", &[]).assert().success();
+    lab.verify_passes_with("channels/stable.json: serial 1, points at 1.0.0");
+
+    let release = lab.store().join("releases/1.0.0");
+    let sums = Process::new("sha256sum")
+        .args(["--check", "--strict", "SHA256SUMS"])
+        .current_dir(&release)
+        .output()
+        .unwrap();
+    assert!(
+        sums.status.success(),
+        "{}",
+        String::from_utf8_lossy(&sums.stdout)
+    );
+    match Process::new("minisign")
+        .args(["-V", "-m", "release.json", "-p"])
+        .arg(lab.public_key())
+        .current_dir(&release)
+        .output()
+    {
+        Ok(out) => assert!(
+            out.status.success(),
+            "minisign: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ),
+        Err(_) => eprintln!(
+            "SKIPPED the minisign check: minisign is not installed (ci/setup-host installs it)"
+        ),
+    }
+    for document in ["index.json", "channels/beta.json"] {
+        if let Ok(out) = Process::new("minisign")
+            .args(["-V", "-m", document, "-p"])
+            .arg(lab.public_key())
+            .current_dir(lab.store())
+            .output()
+        {
+            assert!(
+                out.status.success(),
+                "{document}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+    // A promotion that changes nothing writes nothing.
+    let before = fs::read(lab.store().join("channels/beta.json")).unwrap();
+    lab.promote("beta", &[])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("nothing to do"));
+    assert_eq!(
+        fs::read(lab.store().join("channels/beta.json")).unwrap(),
+        before
+    );
+}
+
+#[test]
+fn tampered_artifact_is_caught_by_verify_and_promote() {
+    let lab = Lab::new();
+    lab.publish_to_alpha("1.0.0");
+    let artifact = lab.store().join("releases/1.0.0/boxcar-1.0.0-qemu.qcow2");
+    let mut bytes = fs::read(&artifact).unwrap();
+    bytes[10] ^= 1;
+    fs::write(&artifact, bytes).unwrap();
+    lab.verify_fails_with("boxcar-1.0.0-qemu.qcow2: expected");
+    lab.promote("beta", &[])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("does not match release.json"));
+    assert!(!lab.store().join("channels/beta.json").exists());
+}
+
+#[test]
+fn tampered_release_json_is_a_bad_signature() {
+    let lab = Lab::new();
+    lab.publish_to_alpha("1.0.0");
+    let path = lab.store().join("releases/1.0.0/release.json");
+    let text = fs::read_to_string(&path)
+        .unwrap()
+        .replace("\"qemu\"", "\"qemu \"");
+    fs::write(&path, text).unwrap();
+    lab.verify_fails_with("bad signature");
+    lab.promote("beta", &[])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("bad signature"));
+}
+
+#[test]
+fn a_signature_by_an_unknown_key_is_refused() {
+    let lab = Lab::new();
+    lab.publish_to_alpha("1.0.0");
+    let other = lab.path("other");
+    boxcar()
+        .args(["keys", "generate", "--out", other.to_str().unwrap()])
+        .assert()
+        .success();
+    boxcar()
+        .args(["verify", "--store", lab.store().to_str().unwrap(), "--key"])
+        .arg(other.join("boxcar.pub"))
+        .assert()
+        .code(1)
+        .stdout(predicate::str::contains("which is not trusted"));
+}
+
+#[test]
+fn an_expired_channel_document_is_refused() {
+    let lab = Lab::new();
+    lab.set_channel("alpha", "valid-for", "\"1s\"");
+    lab.publish_to_alpha("1.0.0");
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    lab.verify_fails_with("channel document alpha (serial 1) expired at");
+}
+
+#[test]
+fn a_rolled_back_channel_document_is_refused() {
+    let lab = Lab::new();
+    lab.publish_to_alpha("1.0.0");
+    let channel = lab.store().join("channels/alpha.json");
+    let old = (
+        fs::read(&channel).unwrap(),
+        fs::read(channel.with_extension("json.minisig")).unwrap(),
+    );
+    lab.publish_to_alpha("1.1.0");
+    // Replay the old, validly signed document.
+    fs::write(&channel, &old.0).unwrap();
+    fs::write(channel.with_extension("json.minisig"), &old.1).unwrap();
+    lab.verify_fails_with("has serial 1, older than serial 2 already seen: a rollback");
+}
+
+#[test]
+fn a_channel_pointing_at_a_missing_release_is_refused() {
+    let lab = Lab::new();
+    lab.publish_to_alpha("1.0.0");
+    fs::remove_dir_all(lab.store().join("releases/1.0.0")).unwrap();
+    lab.verify_fails_with("points at 1.0.0, which is not a published release");
+}
+
+#[test]
+fn a_downgrade_needs_to_be_asked_for() {
+    let lab = Lab::new();
+    lab.publish_to_alpha("1.0.0");
+    lab.publish_to_alpha("1.1.0");
+    lab.promote("beta", &[]).assert().success();
+    lab.promote("beta", &["--version", "1.0.0"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains(
+            "would downgrade it from 1.1.0; pass --allow-downgrade",
+        ));
+    lab.promote("beta", &["--version", "1.0.0", "--allow-downgrade"])
+        .assert()
+        .success();
+    lab.verify_passes_with("channels/beta.json: serial 2, points at 1.0.0");
+}
+
+#[test]
+fn promotion_without_evidence_is_refused() {
+    let lab = Lab::new();
+    lab.set_channel("alpha", "evidence", "\"not-required\"");
+    lab.publish(&lab.build("1.0.0", false), Some("alpha"))
+        .assert()
+        .success();
+    lab.promote("beta", &[])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains(
+            "requires passing boot-test evidence for every platform",
+        ));
+    // And a channel that requires it refuses to be published to without it.
+    lab.publish(&lab.build("1.1.0", false), None)
+        .assert()
+        .success();
+    let failing = lab.build("1.2.0", true);
+    write_evidence(&failing, "1.2.0", "metal", false);
+    lab.set_channel("alpha", "evidence", "\"required\"");
+    lab.publish(&failing, Some("alpha"))
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("metal: its boot test failed"));
+}
+
+#[test]
+fn a_published_version_is_never_replaced() {
+    let lab = Lab::new();
+    let build = lab.build("1.0.0", true);
+    lab.publish(&build, Some("alpha")).assert().success();
+    lab.publish(&build, Some("alpha"))
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("already published"));
+}
+
+#[test]
+fn soak_time_is_enforced() {
+    let lab = Lab::new();
+    lab.set_channel("beta", "soak", "\"1h\"");
+    lab.publish_to_alpha("1.0.0");
+    lab.promote("beta", &["--dry-run"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("but beta requires 1h"));
+}
+
+#[test]
+fn a_crash_in_the_middle_of_publish_leaves_the_store_as_it_was() {
+    let lab = Lab::new();
+    lab.publish_to_alpha("1.0.0");
+    let alpha_before = fs::read(lab.store().join("channels/alpha.json")).unwrap();
+    let crashed = lab
+        .publish(&lab.build("1.1.0", true), Some("alpha"))
+        .env("BOXCAR_CRASH_AT", "publish-copying")
+        .output()
+        .unwrap();
+    assert!(!crashed.status.success(), "the publish was meant to die");
+    assert!(!lab.store().join("releases/1.1.0").exists());
+    assert_eq!(
+        fs::read(lab.store().join("channels/alpha.json")).unwrap(),
+        alpha_before
+    );
+    lab.verify_passes_with("removed the half-published");
+    // The next publish of that version works.
+    lab.publish_to_alpha("1.1.0");
+}
+
+#[test]
+fn a_crash_between_a_document_and_its_signature_is_rolled_back() {
+    let lab = Lab::new();
+    lab.publish_to_alpha("1.0.0");
+    lab.publish_to_alpha("1.1.0");
+    lab.promote("beta", &["--version", "1.0.0"])
+        .assert()
+        .success();
+    let beta_before = fs::read(lab.store().join("channels/beta.json")).unwrap();
+    let crashed = lab
+        .promote("beta", &[])
+        .env("BOXCAR_CRASH_AT", "document-half-replaced")
+        .output()
+        .unwrap();
+    assert!(!crashed.status.success(), "the promotion was meant to die");
+    lab.verify_passes_with("restored");
+    assert_eq!(
+        fs::read(lab.store().join("channels/beta.json")).unwrap(),
+        beta_before
+    );
+    lab.verify_passes_with("channels/beta.json: serial 1, points at 1.0.0");
+}
+
+#[test]
+fn concurrent_writers_do_not_lose_updates() {
+    let lab = Lab::new();
+    let builds: Vec<PathBuf> = ["1.0.0", "1.1.0", "1.2.0"]
+        .iter()
+        .map(|v| lab.build(v, true))
+        .collect();
+    let children: Vec<_> = builds
+        .iter()
+        .map(|build| {
+            Process::new(env!("CARGO_BIN_EXE_boxcar"))
+                .args([
+                    "--quiet",
+                    "--project",
+                    lab.path("project").to_str().unwrap(),
+                    "publish",
+                    "--build",
+                ])
+                .arg(build)
+                .args([
+                    "--store",
+                    lab.store().to_str().unwrap(),
+                    "--key",
+                    &lab.key(),
+                    "--channel",
+                    "alpha",
+                ])
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for mut child in children {
+        assert!(child.wait().unwrap().success());
+    }
+    let alpha: serde_json::Value =
+        serde_json::from_slice(&fs::read(lab.store().join("channels/alpha.json")).unwrap())
+            .unwrap();
+    assert_eq!(alpha["serial"], 3);
+    assert_eq!(alpha["history"].as_array().unwrap().len(), 3);
+    lab.verify().assert().success();
+}
+
+#[test]
+fn key_rotation_keeps_old_installs_verifying() {
+    let lab = Lab::new();
+    lab.publish_to_alpha("1.0.0");
+    let new = lab.path("new-keys");
+    boxcar()
+        .args(["keys", "generate", "--out", new.to_str().unwrap()])
+        .assert()
+        .success();
+    // The old key introduces the new one...
+    lab.boxcar(&[
+        "keys",
+        "add",
+        "--store",
+        lab.store().to_str().unwrap(),
+        "--key",
+        &lab.key(),
+        "--public",
+        new.join("boxcar.pub").to_str().unwrap(),
+    ])
+    .assert()
+    .success();
+    // ...which then signs the next release.
+    lab.boxcar(&[
+        "publish",
+        "--build",
+        lab.build("1.1.0", true).to_str().unwrap(),
+        "--store",
+        lab.store().to_str().unwrap(),
+        "--key",
+        new.join("boxcar.key").to_str().unwrap(),
+        "--channel",
+        "alpha",
+    ])
+    .assert()
+    .success();
+    // An install that pinned only the old key still verifies everything.
+    lab.verify_passes_with("keys.json: serial 1, 2 keys now trusted");
+    // Without the keyring, the new key's signatures are not trusted.
+    fs::remove_file(lab.store().join("keys.json")).unwrap();
+    lab.verify_fails_with("not trusted");
+}
+
+#[test]
+fn the_signing_key_can_come_from_the_environment_and_is_never_printed() {
+    let lab = Lab::new();
+    let secret = fs::read_to_string(lab.path("keys/boxcar.key")).unwrap();
+    let output = lab
+        .boxcar(&[
+            "publish",
+            "--build",
+            lab.build("1.0.0", true).to_str().unwrap(),
+            "--store",
+            lab.store().to_str().unwrap(),
+            "--channel",
+            "alpha",
+        ])
+        .env("BOXCAR_SIGNING_KEY", &secret)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let key_line = secret.lines().nth(1).unwrap();
+    for stream in [&output.stdout, &output.stderr] {
+        assert!(!String::from_utf8_lossy(stream).contains(key_line));
+    }
+    let err = stderr_of(
+        lab.boxcar(&[
+            "publish",
+            "--build",
+            lab.build("1.1.0", true).to_str().unwrap(),
+            "--store",
+            lab.store().to_str().unwrap(),
+        ])
+        .env("BOXCAR_SIGNING_KEY", "untrusted comment: x\nnot a key\n")
+        .env_remove("BOXCAR_SIGNING_KEY_FILE"),
+    );
+    assert!(
+        err.contains("does not hold a boxcar secret key") && !err.contains("not a key"),
+        "{err}"
+    );
+}
+
+#[test]
+fn verify_reads_a_store_over_http() {
+    let lab = Lab::new();
+    lab.publish_to_alpha("1.0.0");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    drop(listener);
+    let mut server = Process::new("python3")
+        .args([
+            "-m",
+            "http.server",
+            "--bind",
+            "127.0.0.1",
+            &port.to_string(),
+            "--directory",
+        ])
+        .arg(lab.store())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("python3 serves the store");
+    let url = format!("http://127.0.0.1:{port}");
+    let mut passed = false;
+    for _ in 0..50 {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let output = boxcar()
+            .args(["verify", "--store", &url, "--key", &lab.public_key()])
+            .output()
+            .unwrap();
+        if output.status.success() {
+            passed = String::from_utf8_lossy(&output.stdout)
+                .contains("releases/1.0.0/release.json: signed; 2 artifacts match");
+            break;
+        }
+    }
+    let _ = server.kill();
+    let _ = server.wait();
+    assert!(passed, "verify over HTTP did not pass");
+}
