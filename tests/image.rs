@@ -461,6 +461,131 @@ fn every_platform_artifact_boots_and_proves_itself() {
         .contains("no disk (network boot)"));
 }
 
+/// The real, boot-tested build goes through the release pipeline: signed
+/// into a store and published to alpha, promoted to beta (the same bits),
+/// and verified, by `boxcar verify` and by the stock `minisign` and
+/// `sha256sum`.
+#[test]
+fn published_release_promotes_to_beta_and_verifies() {
+    if !can_run("published_release_promotes_to_beta_and_verifies") {
+        return;
+    }
+    let dir = shared_build();
+    if !dir.join("evidence/pxe/evidence.json").is_file() {
+        let output = boxcar(&["test", "--build", dir.to_str().unwrap()]);
+        assert!(output.status.success(), "boot tests failed");
+    }
+    let lab = tempfile::tempdir_in(scratch_dir()).unwrap();
+    // A copy of the configuration with no soak time before beta.
+    let project = lab.path().join("project");
+    std::fs::create_dir(&project).unwrap();
+    for sub in ["recipes", "overlays", "channels"] {
+        let status = Command::new("cp")
+            .arg("-r")
+            .arg(project_root().join(sub))
+            .arg(&project)
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+    let beta = project.join("channels/beta.toml");
+    let text = std::fs::read_to_string(&beta)
+        .unwrap()
+        .replace("soak = \"24h\"", "soak = \"0s\"");
+    std::fs::write(&beta, text).unwrap();
+    let keys = lab.path().join("keys");
+    let store = lab.path().join("store");
+    let (project, keys_arg, store_arg) = (
+        project.to_str().unwrap(),
+        keys.to_str().unwrap(),
+        store.to_str().unwrap(),
+    );
+    let key = format!("{keys_arg}/boxcar.key");
+    let public = format!("{keys_arg}/boxcar.pub");
+    assert!(boxcar(&["keys", "generate", "--out", keys_arg])
+        .status
+        .success());
+    let published = boxcar(&[
+        "--project",
+        project,
+        "publish",
+        "--build",
+        dir.to_str().unwrap(),
+        "--store",
+        store_arg,
+        "--key",
+        &key,
+        "--channel",
+        "alpha",
+        "--json",
+    ]);
+    assert!(published.status.success(), "publish failed");
+    let promoted = boxcar(&[
+        "--project",
+        project,
+        "promote",
+        "--store",
+        store_arg,
+        "--key",
+        &key,
+        "--to",
+        "beta",
+        "--json",
+    ]);
+    assert!(promoted.status.success(), "promote failed");
+    let verified = boxcar(&["verify", "--store", store_arg, "--key", &public]);
+    assert!(
+        verified.status.success(),
+        "verify failed: {}",
+        String::from_utf8_lossy(&verified.stdout)
+    );
+
+    let release = store.join("releases/0.0.0-e2e");
+    host_tool(
+        "minisign",
+        &[
+            "-V",
+            "-p",
+            &public,
+            "-m",
+            release.join("release.json").to_str().unwrap(),
+        ],
+    );
+    host_tool(
+        "minisign",
+        &[
+            "-V",
+            "-p",
+            &public,
+            "-m",
+            release.join("SHA256SUMS").to_str().unwrap(),
+        ],
+    );
+    let check = Command::new("sha256sum")
+        .args(["--check", "--strict", "SHA256SUMS"])
+        .current_dir(&release)
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "sha256sum: {}",
+        String::from_utf8_lossy(&check.stdout)
+    );
+    // Promotion changed no bits: both channels name the same release.json.
+    let alpha = read_json(&store.join("channels/alpha.json"));
+    let beta = read_json(&store.join("channels/beta.json"));
+    assert_eq!(alpha["release_sha256"], beta["release_sha256"]);
+    assert_eq!(beta["version"], "0.0.0-e2e");
+    let document = read_json(&release.join("release.json"));
+    assert_eq!(
+        document["usr_root_hash"],
+        read_json(&dir.join("build.json"))["usr"]["root_hash"]
+    );
+    let evidence = document["evidence"].as_array().unwrap();
+    assert_eq!(evidence.len(), 5);
+    assert!(evidence.iter().all(|e| e["passed"] == true), "{evidence:?}");
+}
+
 /// One flipped byte in USR-A: dm-verity refuses the data and the system
 /// does not come up on it.
 #[test]

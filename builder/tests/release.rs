@@ -717,3 +717,68 @@ fn verify_reads_a_store_over_http() {
     let _ = server.wait();
     assert!(passed, "verify over HTTP did not pass");
 }
+
+#[test]
+fn a_promotion_and_a_publish_at_the_same_time_both_land() {
+    let lab = Lab::new();
+    lab.publish_to_alpha("1.0.0");
+    lab.promote("beta", &[]).assert().success();
+    let build = lab.build("1.1.0", true);
+    let spawn = |args: Vec<String>| {
+        Process::new(env!("CARGO_BIN_EXE_boxcar"))
+            .args([
+                "--quiet",
+                "--project",
+                lab.path("project").to_str().unwrap(),
+            ])
+            .args(args)
+            .spawn()
+            .unwrap()
+    };
+    let store = lab.store().display().to_string();
+    let promotion = spawn(vec![
+        "promote".into(),
+        "--store".into(),
+        store.clone(),
+        "--key".into(),
+        lab.key(),
+        "--to".into(),
+        "stable".into(),
+    ]);
+    let publication = spawn(vec![
+        "publish".into(),
+        "--build".into(),
+        build.display().to_string(),
+        "--store".into(),
+        store,
+        "--key".into(),
+        lab.key(),
+        "--channel".into(),
+        "alpha".into(),
+    ]);
+    for mut child in [promotion, publication] {
+        assert!(child.wait().unwrap().success());
+    }
+    let index: serde_json::Value =
+        serde_json::from_slice(&fs::read(lab.store().join("index.json")).unwrap()).unwrap();
+    let channels: Vec<(String, String)> = index["channels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["name"].as_str().unwrap().to_owned(),
+                c["version"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert!(
+        channels.contains(&("stable".into(), "1.0.0".into())),
+        "{channels:?}"
+    );
+    assert!(
+        channels.contains(&("alpha".into(), "1.1.0".into())),
+        "{channels:?}"
+    );
+    lab.verify().assert().success();
+}
