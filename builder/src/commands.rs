@@ -6,7 +6,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use time::OffsetDateTime;
 
@@ -35,6 +35,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Publish(args) => publish(&cli.global, &args, &progress),
         Command::Promote(args) => promote(&cli.global, &args, &progress),
         Command::Verify(args) => verify(&cli.global, &args),
+        Command::Download(args) => download(&cli.global, &args, &progress),
     }
 }
 
@@ -512,6 +513,175 @@ fn verify(global: &GlobalArgs, args: &crate::cmdline::VerifyArgs) -> Result<()> 
     if !report.passed() {
         let failed = report.findings.iter().filter(|f| !f.ok).count();
         bail!("the store {} failed {failed} checks", report.store);
+    }
+    Ok(())
+}
+
+fn download(
+    global: &GlobalArgs,
+    args: &crate::cmdline::DownloadArgs,
+    progress: &Progress,
+) -> Result<()> {
+    use crate::download;
+    let store = crate::defaults::store(args.store.as_deref());
+    let key_files = crate::defaults::trusted_key_files(&args.keys);
+    let trusted = if key_files.is_empty() {
+        crate::defaults::builtin_keys()?
+    } else {
+        crate::channeldoc::load_public_keys(&key_files)?
+    };
+    if trusted.is_empty() {
+        bail!(
+            "no trusted key: pass --key FILE (the store's public key) or set BOXCAR_TRUSTED_KEYS"
+        );
+    }
+    let network = download::NetworkSettings {
+        read_timeout: Duration::from_secs(args.timeout.max(1)),
+        retries: args.retries,
+        backoff: Duration::from_millis(
+            std::env::var("BOXCAR_RETRY_BACKOFF_MS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(1000),
+        ),
+    };
+    if args.list {
+        return list_store(
+            global,
+            &store,
+            &trusted,
+            network,
+            args.channel.as_deref(),
+            progress,
+        );
+    }
+    let request = download::DownloadRequest {
+        store,
+        trusted,
+        channel: args.channel.clone(),
+        version: args.version.clone(),
+        platform: args
+            .platform
+            .clone()
+            .expect("clap requires --platform without --list"),
+        to: args.to.clone(),
+        decompress: args.decompress,
+        network,
+        state_file: args
+            .state
+            .clone()
+            .unwrap_or_else(download::default_state_file),
+    };
+    let downloaded = download::download(&request, progress)?;
+    if global.json {
+        out!("{}", serde_json::to_string_pretty(&downloaded)?);
+        return Ok(());
+    }
+    let from = match (&downloaded.channel, downloaded.channel_serial) {
+        (Some(channel), Some(serial)) => format!(" from channel {channel} (serial {serial})"),
+        _ => String::new(),
+    };
+    out!(
+        "Boxcar Linux {} for {}{from}, /usr root hash {}",
+        downloaded.version,
+        downloaded.platform,
+        downloaded.usr_root_hash
+    );
+    for file in &downloaded.files {
+        let how = if file.already_present {
+            "already here"
+        } else if file.resumed {
+            "resumed"
+        } else {
+            "downloaded"
+        };
+        out!(
+            "  {}  {}  sha256 {} verified ({how})",
+            file.path.display(),
+            human_bytes(file.size),
+            file.sha256
+        );
+    }
+    if let Some(raw) = &downloaded.decompressed {
+        out!("  decompressed to {}", raw.display());
+    }
+    Ok(())
+}
+
+fn list_store(
+    global: &GlobalArgs,
+    store: &str,
+    trusted: &boxcar_signing::TrustedKeys,
+    network: crate::download::NetworkSettings,
+    channel: Option<&str>,
+    progress: &Progress,
+) -> Result<()> {
+    let fetcher = crate::download::Fetcher::new(store, network, progress.clone())?;
+    let index = crate::download::fetch_index(&fetcher, trusted)?;
+    let mut releases: Vec<&boxcar_signing::documents::IndexRelease> =
+        index.releases.iter().collect();
+    if let Some(channel) = channel {
+        let Some(pointer) = index.channels.iter().find(|c| c.name == channel) else {
+            bail!("the store has no channel {channel}");
+        };
+        // The index lists where channels point now; the channel's own
+        // history says what it has carried.
+        let path = format!("channels/{channel}.json");
+        let doc: boxcar_signing::documents::ChannelDocument = {
+            let bytes = fetcher
+                .fetch_small(&path)?
+                .context("the channel document is missing")?;
+            let signature = fetcher
+                .fetch_small(&format!("{path}.minisig"))?
+                .context("the channel document is unsigned")?;
+            boxcar_signing::documents::verify(
+                &bytes,
+                &String::from_utf8_lossy(&signature),
+                trusted,
+                boxcar_signing::documents::Kind::Channel,
+                channel,
+                &path,
+            )?
+            .0
+        };
+        let carried: Vec<&str> = doc.history.iter().map(|e| e.version.as_str()).collect();
+        releases.retain(|r| carried.contains(&r.version.as_str()));
+        progress.note(&format!(
+            "channel {channel}: {} (serial {})",
+            pointer.version, pointer.serial
+        ));
+    }
+    if global.json {
+        out!(
+            "{}",
+            serde_json::json!({ "releases": releases, "channels": index.channels })
+        );
+        return Ok(());
+    }
+    for channel in &index.channels {
+        out!(
+            "channel {:<8} -> {} (serial {}, expires {})",
+            channel.name,
+            channel.version,
+            channel.serial,
+            channel.expires_at
+        );
+    }
+    for release in releases {
+        out!(
+            "release {} (published {})",
+            release.version,
+            release.published_at
+        );
+        for artifact in &release.artifacts {
+            out!(
+                "  {:<8} {:<10} {:>10}  {}",
+                artifact.platform,
+                artifact.format,
+                human_bytes(artifact.size),
+                artifact.name
+            );
+        }
     }
     Ok(())
 }

@@ -46,6 +46,8 @@ pub mod cmdline;
 pub mod commands;
 pub mod config_error;
 pub mod convert;
+pub mod defaults;
+pub mod download;
 pub mod duration;
 pub mod hosttools;
 pub mod image;

@@ -230,6 +230,34 @@ fn copy_into(
     Ok(())
 }
 
+/// An incremental SHA-256, for data that arrives in pieces (a download,
+/// possibly resumed).
+#[derive(Clone, Default)]
+pub struct Hasher {
+    inner: Sha256,
+    bytes: u64,
+}
+
+impl Hasher {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn update(&mut self, data: &[u8]) {
+        self.inner.update(data);
+        self.bytes += data.len() as u64;
+    }
+
+    /// Bytes hashed so far.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    pub fn finish(self) -> (Sha256Digest, u64) {
+        (Sha256Digest(self.inner.finalize().into()), self.bytes)
+    }
+}
+
 /// A reader that hashes what passes through it, so data can be copied and
 /// digested in one pass (a download, a copy into the release store).
 pub struct DigestingReader<R> {

@@ -10,7 +10,7 @@ pub mod documents;
 pub mod keys;
 pub mod minisig;
 
-pub use digest::{data_regions, sha256_file, sha256_reader, DigestingReader, Sha256Digest};
+pub use digest::{data_regions, sha256_file, sha256_reader, DigestingReader, Hasher, Sha256Digest};
 pub use keys::{KeyId, PublicKey, SecretKey, Sign};
 pub use minisig::{TrustedKeys, Verified};
 

@@ -60,6 +60,7 @@ pub enum Command {
     Publish(PublishArgs),
     Promote(PromoteArgs),
     Verify(VerifyArgs),
+    Download(DownloadArgs),
     /// Helpers that boxcar runs itself (not for people).
     #[command(hide = true)]
     Internal(InternalArgs),
@@ -192,6 +193,65 @@ pub struct VerifyArgs {
     /// one of these signed are trusted too.
     #[arg(long = "key", value_name = "FILE", required = true)]
     pub keys: Vec<PathBuf>,
+}
+
+/// Download a verified image for a platform, from a channel or by version.
+///
+/// Fetches the channel's signed document (or the store's signed index) and
+/// checks it against the pinned keys: an expired document, or one with a
+/// lower serial than this machine has already seen (a rollback), is
+/// refused. The release's signed release.json then gives the size and
+/// sha256 of every file, and each file is hashed as it downloads (one pass)
+/// into NAME.part, which becomes NAME only when it matches; a mismatch
+/// removes it and exits 1. An interrupted download resumes from its .part
+/// with an HTTP Range request on the next run (and is still verified end to
+/// end). Transient network errors are retried with backoff; a 404 or a
+/// signature failure is not.
+///
+/// The store and the trusted keys default to the project's (see `boxcar
+/// download --help` for how to override them: --store and --key, or
+/// $BOXCAR_STORE and $BOXCAR_TRUSTED_KEYS).
+#[derive(Debug, Args)]
+pub struct DownloadArgs {
+    /// The channel whose current release to fetch (alpha, beta, stable).
+    #[arg(long)]
+    pub channel: Option<String>,
+    /// The platform whose artifact to fetch (see `boxcar platforms`).
+    #[arg(long, required_unless_present = "list")]
+    pub platform: Option<String>,
+    /// A specific release instead of the channel's current one (with
+    /// --channel, it must be one the channel has carried).
+    #[arg(long)]
+    pub version: Option<String>,
+    /// The store: http(s)://, file:// or a directory. Default:
+    /// $BOXCAR_STORE, else the project's store.
+    #[arg(long, value_name = "LOCATION")]
+    pub store: Option<String>,
+    /// A trusted public key file (repeatable). Default: $BOXCAR_TRUSTED_KEYS,
+    /// else the project's release keys.
+    #[arg(long = "key", value_name = "FILE")]
+    pub keys: Vec<PathBuf>,
+    /// Where to put the files.
+    #[arg(long, default_value = ".", value_name = "DIR")]
+    pub to: PathBuf,
+    /// Decompress a compressed raw image (the metal .raw.zst) after
+    /// verifying it, keeping only the raw image.
+    #[arg(long)]
+    pub decompress: bool,
+    /// List the store's releases, platforms and sizes (with --channel,
+    /// only what that channel has carried) instead of downloading.
+    #[arg(long)]
+    pub list: bool,
+    /// Give up on a connection that sends nothing for this many seconds.
+    #[arg(long, default_value_t = 30, value_name = "SECONDS")]
+    pub timeout: u64,
+    /// How many times to retry after a transient network error.
+    #[arg(long, default_value_t = 5)]
+    pub retries: u32,
+    /// Where the highest channel serials seen are kept (rollback
+    /// protection). Default: $XDG_STATE_HOME/boxcar/seen-serials.json.
+    #[arg(long, value_name = "FILE")]
+    pub state: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
