@@ -362,7 +362,19 @@ impl Fetcher {
                         state.len()
                     )))
                 }
-                Ok(Err(e)) => return Err(transient(&url, &e)),
+                Ok(Err(e)) if e.is_timeout() => {
+                    return Err(FetchError::Transient(format!(
+                        "{url}: no data for {}s (at {} of {expected_size} bytes)",
+                        self.settings.read_timeout.as_secs(),
+                        state.len()
+                    )))
+                }
+                Ok(Err(e)) => {
+                    return Err(FetchError::Transient(format!(
+                        "{url}: the connection closed after {} of {expected_size} bytes ({e})",
+                        state.len()
+                    )))
+                }
                 Ok(Ok(None)) => return Ok(()),
                 Ok(Ok(Some(chunk))) => chunk,
             };

@@ -1,0 +1,401 @@
+//! Shared by the CLI test files: a scratch "lab" with a copy of the
+//! checkout's configuration, a key pair and a store, and small synthetic
+//! builds to publish into it.
+#![allow(dead_code)]
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command as Process;
+
+use assert_cmd::Command;
+use boxcar::buildinfo::*;
+use boxcar::image::PartitionTable;
+use boxcar::platform::{ArtifactRole, DiskBus, Firmware, Format, Nic, Platform};
+use boxcar::vmtest::evidence::{BootOutcome, Check, Evidence, TestCase};
+use predicates::prelude::*;
+
+pub fn boxcar() -> Command {
+    Command::cargo_bin("boxcar").unwrap()
+}
+
+pub fn checkout() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_owned()
+}
+
+/// A scratch area: a copy of the checkout's configuration (whose channel
+/// files a test may change), a key pair, and a store.
+pub struct Lab {
+    dir: tempfile::TempDir,
+}
+
+impl Lab {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir(dir.path().join("project")).unwrap();
+        for sub in ["recipes", "overlays", "channels"] {
+            let status = Process::new("cp")
+                .arg("-r")
+                .arg(checkout().join(sub))
+                .arg(dir.path().join("project"))
+                .status()
+                .unwrap();
+            assert!(status.success());
+        }
+        let lab = Self { dir };
+        lab.boxcar(&[
+            "keys",
+            "generate",
+            "--out",
+            lab.path("keys").to_str().unwrap(),
+        ])
+        .assert()
+        .success();
+        // No waiting for soak times in tests, unless a test sets one.
+        lab.set_channel("beta", "soak", "\"0s\"");
+        lab.set_channel("stable", "soak", "\"0s\"");
+        lab
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn store(&self) -> PathBuf {
+        self.path("store")
+    }
+
+    pub fn key(&self) -> String {
+        self.path("keys/boxcar.key").display().to_string()
+    }
+
+    pub fn public_key(&self) -> String {
+        self.path("keys/boxcar.pub").display().to_string()
+    }
+
+    pub fn boxcar(&self, args: &[&str]) -> Command {
+        let mut command = boxcar();
+        command
+            .args(["--project", self.path("project").to_str().unwrap()])
+            .args(args);
+        command
+    }
+
+    /// Sets `key = value` (TOML) in channels/NAME.toml.
+    pub fn set_channel(&self, name: &str, key: &str, value: &str) {
+        let path = self.path("project/channels").join(format!("{name}.toml"));
+        let text = fs::read_to_string(&path).unwrap();
+        let kept: Vec<&str> = text
+            .lines()
+            .filter(|l| !l.starts_with(&format!("{key} =")))
+            .collect();
+        fs::write(&path, format!("{}\n{key} = {value}\n", kept.join("\n"))).unwrap();
+    }
+
+    pub fn publish(&self, build: &Path, channel: Option<&str>) -> Command {
+        let mut args = vec![
+            "publish".to_owned(),
+            "--build".into(),
+            build.display().to_string(),
+            "--store".into(),
+            self.store().display().to_string(),
+            "--key".into(),
+            self.key(),
+        ];
+        if let Some(channel) = channel {
+            args.extend(["--channel".into(), channel.into()]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.boxcar(&args)
+    }
+
+    pub fn promote(&self, to: &str, extra: &[&str]) -> Command {
+        let store = self.store().display().to_string();
+        let key = self.key();
+        let mut args = vec!["promote", "--store", &store, "--key", &key, "--to", to];
+        args.extend(extra);
+        self.boxcar(&args)
+    }
+
+    /// Publishes a fresh tested build of `version` to alpha; must succeed.
+    pub fn publish_to_alpha(&self, version: &str) {
+        self.publish(&self.build(version, true), Some("alpha"))
+            .assert()
+            .success();
+    }
+
+    /// `boxcar verify` must pass, reporting `finding`.
+    pub fn verify_passes_with(&self, finding: &str) {
+        self.verify()
+            .assert()
+            .success()
+            .stdout(predicate::str::contains(finding));
+    }
+
+    /// `boxcar verify` must fail, saying `reason`.
+    pub fn verify_fails_with(&self, reason: &str) {
+        self.verify()
+            .assert()
+            .code(1)
+            .stdout(predicate::str::contains(reason));
+    }
+
+    pub fn verify(&self) -> Command {
+        let store = self.store().display().to_string();
+        let key = self.public_key();
+        self.boxcar(&["verify", "--store", &store, "--key", &key])
+    }
+
+    /// A small build of `version` with two platforms' artifacts (qemu and
+    /// metal), with passing boot-test evidence unless `evidence` is false.
+    pub fn build(&self, version: &str, evidence: bool) -> PathBuf {
+        let files = vec![
+            synthetic(
+                "qemu",
+                Format::Qcow2,
+                ArtifactRole::Disk,
+                format!("boxcar-{version}-qemu.qcow2"),
+                format!("qcow2 of {version}").repeat(1000).into_bytes(),
+            ),
+            synthetic(
+                "metal",
+                Format::RawZstd,
+                ArtifactRole::Disk,
+                format!("boxcar-{version}-metal.raw.zst"),
+                format!("zstd of {version}").repeat(3000).into_bytes(),
+            ),
+        ];
+        self.build_with(version, evidence, files)
+    }
+
+    /// A build with an artifact for every platform, the metal one a real
+    /// zstd stream of a small raw disk (so it can be decompressed), and the
+    /// disk artifacts `size` bytes each.
+    pub fn full_build(&self, version: &str, size: usize) -> PathBuf {
+        let raw: Vec<u8> = (0..size)
+            .map(|i| if i % 4096 < 512 { (i % 251) as u8 } else { 0 })
+            .collect();
+        let compressed = compress(&raw);
+        let pattern = |seed: u8| -> Vec<u8> { (0..size).map(|i| (i % 241) as u8 ^ seed).collect() };
+        let files = vec![
+            synthetic(
+                "qemu",
+                Format::Qcow2,
+                ArtifactRole::Disk,
+                format!("boxcar-{version}-qemu.qcow2"),
+                pattern(1),
+            ),
+            synthetic(
+                "vmware",
+                Format::Ova,
+                ArtifactRole::Disk,
+                format!("boxcar-{version}-vmware.ova"),
+                pattern(2),
+            ),
+            synthetic(
+                "aws",
+                Format::Raw,
+                ArtifactRole::Disk,
+                format!("boxcar-{version}-aws.raw"),
+                pattern(3),
+            ),
+            synthetic(
+                "metal",
+                Format::RawZstd,
+                ArtifactRole::Disk,
+                format!("boxcar-{version}-metal.raw.zst"),
+                compressed,
+            ),
+            synthetic(
+                "pxe",
+                Format::Pxe,
+                ArtifactRole::Kernel,
+                format!("boxcar-{version}-pxe.vmlinuz"),
+                pattern(4),
+            ),
+            synthetic(
+                "pxe",
+                Format::Pxe,
+                ArtifactRole::Initrd,
+                format!("boxcar-{version}-pxe.initrd"),
+                pattern(5),
+            ),
+            synthetic(
+                "pxe",
+                Format::Pxe,
+                ArtifactRole::BootScript,
+                format!("boxcar-{version}-pxe.ipxe"),
+                b"#!ipxe\nboot\n".to_vec(),
+            ),
+        ];
+        let dir = self.build_with(version, true, files);
+        fs::write(dir.join("metal.raw.expected"), raw).unwrap();
+        dir
+    }
+
+    fn build_with(&self, version: &str, evidence: bool, files: Vec<SyntheticFile>) -> PathBuf {
+        let dir = self.path(&format!("build/{version}"));
+        fs::create_dir_all(&dir).unwrap();
+        let mut artifacts = Vec::new();
+        let mut platforms: Vec<Platform> = Vec::new();
+        for file in files {
+            fs::write(dir.join(&file.name), &file.content).unwrap();
+            let (sha256, size) = boxcar_signing::sha256_file(&dir.join(&file.name)).unwrap();
+            artifacts.push(ArtifactInfo {
+                platform: file.platform.parse().unwrap(),
+                format: file.format,
+                role: file.role,
+                file: file.name,
+                size,
+                sha256,
+                kernel_cmdline: format!("usrhash=00 boxcar.platform={}", file.platform),
+            });
+            if platforms.iter().any(|p| p.id.as_str() == file.platform) {
+                continue;
+            }
+            platforms.push(Platform {
+                id: file.platform.parse().unwrap(),
+                description: file.platform.into(),
+                format: file.format,
+                kernel_args: vec![],
+                packages: vec![],
+                units: vec![],
+                firmware: Firmware::Uefi,
+                disk_bus: DiskBus::Virtio,
+                nic: Nic::Virtio,
+            });
+            if evidence {
+                write_evidence(&dir, version, file.platform, true);
+            }
+        }
+        let info = BuildInfo {
+            schema: SCHEMA_VERSION,
+            name: "boxcar".into(),
+            version: version.parse().unwrap(),
+            channel: "alpha".parse().unwrap(),
+            built_at: "2026-11-22T00:00:00Z".into(),
+            source_date_epoch: 0,
+            source: SourceInfo {
+                git_commit: None,
+                git_dirty: None,
+            },
+            usr: UsrInfo {
+                root_hash: "ab".repeat(32),
+                filesystem: "erofs".into(),
+                data_file: "usr.raw".into(),
+                hash_file: "usr-verity.raw".into(),
+                data_block_size: 4096,
+                hash_block_size: 4096,
+                salt: "00".into(),
+                filesystem_bytes: 0,
+                hash_tree_bytes: 0,
+                content_bytes: None,
+                content_files: None,
+            },
+            kernel: KernelInfo {
+                release: "6.12".into(),
+                cmdline: "usrhash=00".into(),
+            },
+            disk: DiskInfo {
+                file: "disk.raw".into(),
+                size: 0,
+                allocated: 0,
+                partition_table: PartitionTable {
+                    disk_uuid: String::new(),
+                    sector_size: 512,
+                    partitions: vec![],
+                },
+            },
+            files: vec![],
+            artifacts,
+            platforms,
+            packages: vec![],
+            phases: vec![],
+            tools: vec![],
+        };
+        fs::write(
+            dir.join("build.json"),
+            serde_json::to_string_pretty(&info).unwrap(),
+        )
+        .unwrap();
+        dir
+    }
+}
+
+/// One artifact file of a synthetic build.
+pub struct SyntheticFile {
+    platform: &'static str,
+    format: Format,
+    role: ArtifactRole,
+    name: String,
+    content: Vec<u8>,
+}
+
+fn synthetic(
+    platform: &'static str,
+    format: Format,
+    role: ArtifactRole,
+    name: String,
+    content: Vec<u8>,
+) -> SyntheticFile {
+    SyntheticFile {
+        platform,
+        format,
+        role,
+        name,
+        content,
+    }
+}
+
+/// Compresses with the stock zstd tool (ci/setup-host installs it).
+fn compress(data: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut child = Process::new("zstd")
+        .args(["-q", "-c"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("zstd is installed");
+    child.stdin.take().unwrap().write_all(data).unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success());
+    output.stdout
+}
+
+pub fn write_evidence(build: &Path, version: &str, platform: &str, passed: bool) {
+    let evidence = Evidence {
+        schema: 1,
+        case: TestCase::Platform,
+        version: version.into(),
+        platform: platform.into(),
+        artifact: String::new(),
+        hardware: String::new(),
+        tampering: None,
+        started_at: "2026-11-22T00:00:00Z".into(),
+        accelerator: "tcg".into(),
+        accelerator_reason: String::new(),
+        qemu_command: String::new(),
+        outcome: BootOutcome::PoweredOff,
+        wall_seconds: 60.0,
+        boot_time: None,
+        milestones: vec![],
+        verity_errors: vec![],
+        guest: Default::default(),
+        checks: vec![Check {
+            name: "docker ran a container".into(),
+            passed,
+            expected: String::new(),
+            observed: String::new(),
+        }],
+        passed,
+    };
+    let dir = build.join("evidence").join(platform);
+    fs::create_dir_all(&dir).unwrap();
+    fs::write(
+        dir.join("evidence.json"),
+        serde_json::to_string_pretty(&evidence).unwrap(),
+    )
+    .unwrap();
+}
