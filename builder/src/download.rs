@@ -585,6 +585,10 @@ pub fn download(request: &DownloadRequest, progress: &Progress) -> Result<Downlo
     let trusted = trust(&fetcher, &request.trusted)?;
     let now = OffsetDateTime::now_utc();
 
+    // The index, signed separately, also records each channel's serial: a
+    // channel document behind it is a rollback even on a first download.
+    let (index, _): (IndexDocument, _) =
+        fetch_signed(&fetcher, "index.json", &trusted, Kind::Index, "index")?;
     let mut channel_serial = None;
     let (version, expected_release) = match (&request.channel, &request.version) {
         (Some(channel), version) => {
@@ -599,7 +603,13 @@ pub fn download(request: &DownloadRequest, progress: &Progress) -> Result<Downlo
             doc.check_history()?;
             let mut seen = SeenSerials::load(&request.state_file)?;
             let key = SeenSerials::key(&request.store, channel);
-            doc.check_serial(seen.channels.get(&key).copied())?;
+            let indexed = index
+                .channels
+                .iter()
+                .find(|c| &c.name == channel)
+                .map(|c| c.serial);
+            let highest_seen = seen.channels.get(&key).copied().max(indexed);
+            doc.check_serial(highest_seen)?;
             seen.channels.insert(key, doc.serial);
             seen.save(&request.state_file)?;
             channel_serial = Some(doc.serial);
@@ -614,8 +624,6 @@ pub fn download(request: &DownloadRequest, progress: &Progress) -> Result<Downlo
             }
         }
         (None, Some(version)) => {
-            let (index, _): (IndexDocument, _) =
-                fetch_signed(&fetcher, "index.json", &trusted, Kind::Index, "index")?;
             let entry = index
                 .releases
                 .iter()
