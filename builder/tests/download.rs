@@ -554,15 +554,24 @@ fn a_slow_server_shows_progress_and_a_stalled_one_times_out() {
 #[test]
 fn a_replayed_old_channel_document_fails_even_on_a_first_download() {
     let lab = Lab::new();
-    lab.publish(&lab.full_build("2.0.0", 1000), Some("alpha")).assert().success();
+    lab.publish(&lab.full_build("2.0.0", 1000), Some("alpha"))
+        .assert()
+        .success();
     let channel = lab.store().join("channels/alpha.json");
-    let old = (fs::read(&channel).unwrap(), fs::read(channel.with_extension("json.minisig")).unwrap());
-    lab.publish(&lab.full_build("2.1.0", 1000), Some("alpha")).assert().success();
+    let old = (
+        fs::read(&channel).unwrap(),
+        fs::read(channel.with_extension("json.minisig")).unwrap(),
+    );
+    lab.publish(&lab.full_build("2.1.0", 1000), Some("alpha"))
+        .assert()
+        .success();
     fs::write(&channel, &old.0).unwrap();
     fs::write(channel.with_extension("json.minisig"), &old.1).unwrap();
     let server = Server::start(lab.store());
     download(&lab, &server, &["--channel", "alpha", "--platform", "qemu"])
         .assert()
         .code(1)
-        .stderr(predicate::str::contains("has serial 1, older than serial 2 already seen: a rollback"));
+        .stderr(predicate::str::contains(
+            "has serial 1, older than serial 2 already seen: a rollback",
+        ));
 }
