@@ -114,7 +114,7 @@ pub fn verify(source: &StoreSource, pinned: &TrustedKeys, now: OffsetDateTime) -
                     trusted.ids().len()
                 ),
             ),
-            Err(e) => report.fail("keys.json", e.to_string()),
+            Err(e) => report.fail("keys.json", format!("{e:#}")),
         }
     }
     let index: IndexDocument =
@@ -276,7 +276,7 @@ fn check_release(
             );
             let expected = crate::publish::sha256sums(&release);
             if let Err(e) = verified {
-                report.fail(&sums_path, e.to_string());
+                report.fail(&sums_path, format!("{e:#}"));
             } else if sums != expected.as_bytes() {
                 report.fail(&sums_path, "does not list the digests release.json gives");
             } else {

@@ -250,3 +250,23 @@ fn platforms_lists_the_table() {
                 .and(predicate::str::contains("boxcar.platform=aws")),
         );
 }
+
+#[test]
+fn a_missing_key_file_is_named_and_its_cause_given_once() {
+    let output = boxcar()
+        .args(["download", "--list", "--store", "/nonexistent-store"])
+        .args(["--key", "/nonexistent-key.pub"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(
+        stderr.contains("loading public key /nonexistent-key.pub"),
+        "{stderr}"
+    );
+    assert_eq!(
+        stderr.matches("No such file or directory").count(),
+        1,
+        "{stderr}"
+    );
+}

@@ -63,8 +63,9 @@ impl Error {
 /// Failures a caller may want to tell apart.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// Reading the data to digest failed.
-    #[error("reading {what}: {source}")]
+    /// Reading a file failed. The io error is the source, not part of this
+    /// message, so a caller printing the error chain sees it once.
+    #[error("reading {what}")]
     Io {
         what: String,
         #[source]

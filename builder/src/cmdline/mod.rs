@@ -208,9 +208,9 @@ pub struct VerifyArgs {
 /// end). Transient network errors are retried with backoff; a 404 or a
 /// signature failure is not.
 ///
-/// The store and the trusted keys default to the project's (see `boxcar
-/// download --help` for how to override them: --store and --key, or
-/// $BOXCAR_STORE and $BOXCAR_TRUSTED_KEYS).
+/// The store and the trusted keys default to the project's (builder's
+/// defaults.rs); --store and --key, or $BOXCAR_STORE and
+/// $BOXCAR_TRUSTED_KEYS, override them.
 #[derive(Debug, Args)]
 pub struct DownloadArgs {
     /// The channel whose current release to fetch (alpha, beta, stable).
