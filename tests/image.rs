@@ -632,6 +632,80 @@ fn tampered_usr_is_refused_at_boot() {
     assert!(!dir.join("evidence/.tamper-usr.partial").exists());
 }
 
+/// A/B update: a second build (compose only: the update needs its /usr,
+/// hash tree and UKI) installed by the first build's own systemd-sysupdate
+/// in a VM, which reboots into it from the other slot. The harness judges
+/// the details (slot, boot counter, blessing, fallback kept); this checks
+/// the verdict and the facts an operator would look at.
+#[test]
+fn an_image_updates_itself_to_the_next_build_in_its_other_slot() {
+    if !can_run("an_image_updates_itself_to_the_next_build_in_its_other_slot") {
+        return;
+    }
+    let older = shared_build();
+    let out = older.parent().unwrap();
+    let built = boxcar(&[
+        "build",
+        "--version",
+        "0.0.1-e2e",
+        "--out",
+        out.to_str().unwrap(),
+        "--no-artifacts",
+        "--json",
+    ]);
+    assert!(built.status.success(), "the second build failed");
+    let newer = out.join("0.0.1-e2e");
+    let newer_info = read_json(&newer.join("build.json"));
+    let older_info = read_json(&older.join("build.json"));
+    assert_ne!(
+        newer_info["usr"]["root_hash"],
+        older_info["usr"]["root_hash"]
+    );
+
+    // Updates only move forward, and that is said before any VM starts.
+    let backwards = boxcar_captured(&[
+        "test",
+        "--build",
+        older.to_str().unwrap(),
+        "--update-from",
+        newer.to_str().unwrap(),
+    ]);
+    assert_eq!(backwards.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&backwards.stderr).contains("needs an older build"));
+
+    let output = boxcar(&[
+        "test",
+        "--build",
+        newer.to_str().unwrap(),
+        "--update-from",
+        older.to_str().unwrap(),
+        "--json",
+    ]);
+    let all: Vec<serde_json::Value> =
+        serde_json::from_slice(&output.stdout).expect("test --json prints JSON");
+    let evidence = &all[0];
+    assert!(
+        output.status.success(),
+        "update test did not pass: {evidence:#}"
+    );
+    assert_eq!(evidence["case"], "update");
+    assert_eq!(evidence["version"], "0.0.1-e2e");
+    let guest = &evidence["guest"];
+    assert_eq!(guest["update.before_version"], "0.0.0-e2e");
+    assert_eq!(guest["os_image_version"], "0.0.1-e2e");
+    assert_eq!(
+        guest["update.usr"],
+        "4:boxcar_0.0.1-e2e 5:boxcar_0.0.1-e2e_verity"
+    );
+    assert!(guest["usr_dm_table"]
+        .as_str()
+        .unwrap()
+        .contains(newer_info["usr"]["root_hash"].as_str().unwrap()));
+    assert!(newer
+        .join("evidence/update-from-0.0.0-e2e/evidence.json")
+        .is_file());
+}
+
 /// A copy of the checkout whose post-installation script fails: mkosi
 /// fails late, after the image tree exists, and the build must leave no
 /// build directory. (A broken package list would fail too, but it would

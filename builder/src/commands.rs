@@ -177,6 +177,7 @@ fn test(global: &GlobalArgs, args: &TestArgs, progress: &Progress) -> Result<()>
         build_dir: args.build.clone(),
         platforms: args.platforms.clone(),
         tamper_usr: args.tamper_usr,
+        update_from: args.update_from.clone(),
         accel: match args.accel {
             AccelArg::Auto => AccelRequest::Auto,
             AccelArg::Kvm => AccelRequest::Kvm,

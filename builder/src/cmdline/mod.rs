@@ -376,6 +376,13 @@ pub struct BuildArgs {
 /// With --tamper-usr, a copy of the image with one byte of /usr (slot A)
 /// flipped is booted instead, and the test passes only if dm-verity catches
 /// it and the system does not run on the tampered data.
+///
+/// With --update-from OLD, the disk image of the older build OLD is booted,
+/// this build's /usr, hash tree and UKI are installed over it by the
+/// image's own systemd-sysupdate (into the idle A/B slot), and the VM
+/// reboots: the test passes only if the second boot runs this build from
+/// the other slot, with boot counting, blessed, and the old version still
+/// there to fall back to. Evidence goes to BUILD/evidence/update-from-OLDVERSION/.
 #[derive(Debug, Args)]
 pub struct TestArgs {
     /// The build directory (OUT/VERSION from `boxcar build`).
@@ -388,8 +395,13 @@ pub struct TestArgs {
     pub platforms: Vec<PlatformId>,
 
     /// Boot a copy with one byte of /usr flipped, and expect it to be caught.
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["platforms", "update_from"])]
     pub tamper_usr: bool,
+
+    /// Install this build as an A/B update over the older build in DIR,
+    /// booted in a VM, and check the VM comes back running this build.
+    #[arg(long, value_name = "DIR", conflicts_with = "platforms")]
+    pub update_from: Option<PathBuf>,
 
     /// The accelerator: auto uses KVM only if it can really run a VM here
     /// (checked by booting the firmware), else software emulation.

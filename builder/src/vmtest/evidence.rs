@@ -30,6 +30,9 @@ pub enum TestCase {
     /// Boot a copy of the disk image with one byte of /usr slot A flipped;
     /// the tampered data must not be used.
     TamperUsr,
+    /// Boot an older build, install this build over it as an A/B update,
+    /// reboot: this build must run from the other slot.
+    Update,
 }
 
 impl TestCase {
@@ -37,6 +40,7 @@ impl TestCase {
         match self {
             TestCase::Platform => "platform",
             TestCase::TamperUsr => "tamper-usr",
+            TestCase::Update => "update",
         }
     }
 }
@@ -472,6 +476,104 @@ fn judge_common(
     checks
 }
 
+/// What an update test must show: the versions before and after, and the
+/// A/B slots each lives in (data and hash partition numbers).
+#[derive(Clone, Debug)]
+pub struct UpdateExpectation {
+    pub old_version: String,
+    pub new_version: String,
+    pub old_slot: (u32, u32),
+    pub new_slot: (u32, u32),
+}
+
+/// Judges an update test: everything a normal boot needs holds for this
+/// build after the reboot, and the update itself went as A/B updates must
+/// (see `update_checks`).
+pub fn judge_update(
+    report: &BTreeMap<String, String>,
+    build: &BuildInfo,
+    outcome: BootOutcome,
+    expect: &UpdateExpectation,
+) -> Vec<Check> {
+    let mut checks = update_checks(report, expect);
+    checks.extend(judge_common(report, build, outcome));
+    checks
+}
+
+/// The update itself: the older version booted first and installed the new
+/// one with systemd-sysupdate, its UKI with a boot counter; after the
+/// reboot /usr comes from the other slot, the boot loader picked the new
+/// UKI and the boot was blessed, and the older version is still there to
+/// fall back to.
+fn update_checks(report: &BTreeMap<String, String>, expect: &UpdateExpectation) -> Vec<Check> {
+    let get = |key: &str| report.get(key).map(String::as_str).unwrap_or("");
+    let (new, old) = (expect.new_version.as_str(), expect.old_version.as_str());
+    let slot_labels = |version: &str, (data, hash): (u32, u32)| {
+        format!("{data}:boxcar_{version} {hash}:boxcar_{version}_verity")
+    };
+    let new_usr = slot_labels(new, expect.new_slot);
+    let old_usr = slot_labels(old, expect.old_slot);
+    let ukis = get("update.ukis");
+    let partitions = get("update.partitions");
+    vec![
+        check(
+            "the older version booted first",
+            get("update.before_version") == old && get("update.before_usr") == old_usr,
+            format!("{old} from {old_usr}"),
+            format!(
+                "{} from {}",
+                get("update.before_version"),
+                get("update.before_usr")
+            ),
+        ),
+        check(
+            "systemd-sysupdate installed the update",
+            get("update.sysupdate") == "ok",
+            "ok",
+            get("update.sysupdate"),
+        ),
+        check(
+            "the new UKI was installed with boot counting",
+            has_word(
+                get("update.installed_ukis"),
+                &format!("boxcar_{new}+3-0.efi"),
+            ),
+            format!("boxcar_{new}+3-0.efi on the ESP"),
+            get("update.installed_ukis"),
+        ),
+        check(
+            "/usr came from the other slot",
+            get("update.usr") == new_usr,
+            new_usr.clone(),
+            get("update.usr"),
+        ),
+        check(
+            "the boot loader picked the new UKI",
+            get("update.loader_entry").starts_with(&format!("boxcar_{new}")),
+            format!("boxcar_{new}*.efi"),
+            get("update.loader_entry"),
+        ),
+        check(
+            "the boot was counted good (blessed)",
+            has_word(ukis, &format!("boxcar_{new}.efi")),
+            format!("boxcar_{new}.efi, its boot counter dropped"),
+            ukis,
+        ),
+        check(
+            "the older version is kept to fall back to",
+            has_word(ukis, &format!("boxcar_{old}.efi"))
+                && old_usr.split(' ').all(|part| has_word(partitions, part)),
+            format!("boxcar_{old}.efi, and {old_usr}"),
+            format!("UKIs: {ukis}; partitions: {partitions}"),
+        ),
+    ]
+}
+
+/// Whether a space-separated list holds `word`.
+fn has_word(list: &str, word: &str) -> bool {
+    list.split_whitespace().any(|w| w == word)
+}
+
 /// Judges a boot of a tampered image: verity must have caught the change
 /// and the system must not have run on the tampered /usr.
 pub fn judge_tamper(
@@ -656,6 +758,90 @@ mod tests {
 
     const TABLE: &str = "0 625304 verity 1 254:1 254:2 4096 4096 78163 1 sha256 \
         6fa31b6fc0d1b24208da89aceb6c979f8f9ef8cef37ac556583da9e6bcc7b163 e8c8 1 ignore_zero_blocks";
+
+    fn update_expectation() -> UpdateExpectation {
+        UpdateExpectation {
+            old_version: "1.0".into(),
+            new_version: "1.1".into(),
+            old_slot: (2, 3),
+            new_slot: (4, 5),
+        }
+    }
+
+    /// What the guest reports after a good update from 1.0 to 1.1.
+    const GOOD_UPDATE: &str = "update.before_version=1.0
+update.before_usr=2:boxcar_1.0 3:boxcar_1.0_verity
+update.sysupdate=ok
+update.installed_ukis=boxcar_1.0.efi boxcar_1.1+3-0.efi
+update.usr=4:boxcar_1.1 5:boxcar_1.1_verity
+update.loader_entry=boxcar_1.1.efi
+update.ukis=boxcar_1.0.efi boxcar_1.1.efi
+update.partitions=1:esp 2:boxcar_1.0 3:boxcar_1.0_verity 4:boxcar_1.1 5:boxcar_1.1_verity 6:root-x86-64
+";
+
+    fn failed_update_checks(report: &str) -> Vec<String> {
+        update_checks(&parse_report(report), &update_expectation())
+            .into_iter()
+            .filter(|c| !c.passed)
+            .map(|c| c.name)
+            .collect()
+    }
+
+    #[test]
+    fn a_good_update_passes_every_update_check() {
+        assert_eq!(failed_update_checks(GOOD_UPDATE), Vec::<String>::new());
+    }
+
+    #[test]
+    fn an_update_that_did_not_take_is_caught() {
+        // sysupdate failed; the second boot ran the old slot and UKI again.
+        let report = GOOD_UPDATE
+            .replace(
+                "update.sysupdate=ok",
+                "update.sysupdate=failed (exit 1): no space",
+            )
+            .replace("boxcar_1.1+3-0.efi", "")
+            .replace(
+                "update.usr=4:boxcar_1.1 5:boxcar_1.1_verity",
+                "update.usr=2:boxcar_1.0 3:boxcar_1.0_verity",
+            )
+            .replace(
+                "update.loader_entry=boxcar_1.1.efi",
+                "update.loader_entry=boxcar_1.0.efi",
+            )
+            .replace(
+                "update.ukis=boxcar_1.0.efi boxcar_1.1.efi",
+                "update.ukis=boxcar_1.0.efi",
+            );
+        assert_eq!(
+            failed_update_checks(&report),
+            [
+                "systemd-sysupdate installed the update",
+                "the new UKI was installed with boot counting",
+                "/usr came from the other slot",
+                "the boot loader picked the new UKI",
+                "the boot was counted good (blessed)",
+            ]
+        );
+    }
+
+    #[test]
+    fn an_unblessed_boot_or_a_lost_fallback_is_caught() {
+        let unblessed = GOOD_UPDATE.replace(
+            "update.ukis=boxcar_1.0.efi boxcar_1.1.efi",
+            "update.ukis=boxcar_1.0.efi boxcar_1.1+2-1.efi",
+        );
+        assert_eq!(
+            failed_update_checks(&unblessed),
+            ["the boot was counted good (blessed)"]
+        );
+        let no_fallback =
+            GOOD_UPDATE.replace("2:boxcar_1.0 3:boxcar_1.0_verity 4", "2:_empty 3:_empty 4");
+        assert_eq!(
+            failed_update_checks(&no_fallback),
+            ["the older version is kept to fall back to"]
+        );
+    }
 
     #[test]
     fn report_parsing_skips_noise() {

@@ -22,6 +22,54 @@ say() {
 }
 
 exec 3>"$port" || exit 1
+
+# An update test brings a second disk with the update's files. The first
+# boot installs them with the image's own systemd-sysupdate and reboots;
+# the second boot records the usual evidence and where it booted from.
+update_disk=/dev/disk/by-id/virtio-boxcar-update
+update_marker=/var/lib/boxcar-test/update-installed
+sysupdate=/usr/lib/systemd/systemd-sysupdate
+
+# "number:label" of each partition behind a device-mapper device, or of
+# every partition of a disk.
+dm_partitions() {
+    for slave in /sys/class/block/"$1"/slaves/*; do
+        name=${slave##*/}
+        printf '%s:%s ' "$(cat "/sys/class/block/$name/partition")" "$(lsblk -no PARTLABEL "/dev/$name")"
+    done
+}
+disk_partitions() {
+    for part in /sys/class/block/"$1"/"$1"*; do
+        name=${part##*/}
+        printf '%s:%s ' "$(cat "$part/partition")" "$(lsblk -no PARTLABEL "/dev/$name")"
+    done
+}
+usr_dm() { basename "$(readlink -f "$(findmnt -no SOURCE /usr)")"; }
+esp_ukis() { ls "$(bootctl --print-boot-path)/EFI/Linux" 2>&1; }
+
+if [ -e "$update_disk" ] && [ ! -e "$update_marker" ]; then
+    . /usr/lib/os-release
+    say update.before_version "$IMAGE_VERSION"
+    say update.before_usr "$(dm_partitions "$(usr_dm)")"
+    mkdir -p /var/lib/boxcar/updates
+    tar -xf "$update_disk" -C /var/lib/boxcar/updates
+    say update.staged "$(ls /var/lib/boxcar/updates)"
+    if "$sysupdate" --no-pager update >/run/boxcar-sysupdate.log 2>&1; then
+        say update.sysupdate ok
+    else
+        say update.sysupdate "failed (exit $?): $(tail -n 15 /run/boxcar-sysupdate.log | tr '\n' '|')"
+    fi
+    say update.list "$("$sysupdate" --no-pager --no-legend list 2>&1)"
+    say update.installed_ukis "$(esp_ukis)"
+    mkdir -p "${update_marker%/*}"
+    touch "$update_marker"
+    sync
+    say update.rebooting 1
+    exec 3>&-
+    systemctl reboot --no-block
+    exit 0
+fi
+
 say begin 1
 
 # Wait until systemd considers the boot finished; until then
@@ -103,6 +151,14 @@ say timestamps "$(systemctl show --property=FirmwareTimestampMonotonic --propert
     --property=InitRDTimestampMonotonic --property=UserspaceTimestampMonotonic \
     --property=FinishTimestampMonotonic | tr '\n' ' ')"
 say multi_user_reached_us "$(systemctl show --property=ActiveEnterTimestampMonotonic --value multi-user.target)"
+
+if [ -e "$update_disk" ]; then
+    say update.loader_entry "$(cat /sys/firmware/efi/efivars/LoaderEntrySelected-4a67b082-0a4c-41cf-b6c7-440b29bb8c4f 2>&1 | tail -c +5 | tr -d '\000')"
+    say update.usr "$(dm_partitions "$(usr_dm)")"
+    say update.partitions "$(disk_partitions "$(lsblk -no PKNAME "$root_source")")"
+    say update.bless "$(systemctl show --property=ActiveState --property=Result systemd-bless-boot.service | tr '\n' ' ')"
+    say update.ukis "$(esp_ukis)"
+fi
 
 say end 1
 exec 3>&-

@@ -27,7 +27,10 @@ use crate::image::Role;
 use crate::platform::{ArtifactRole, DiskBus, Firmware, Format, Nic, Platform, PlatformId};
 use crate::process::{terminate, Step};
 use crate::progress::{Phase, Progress};
-use evidence::{BootOutcome, Check, Evidence, Expectations, Milestone, RootExpectation, TestCase};
+use evidence::{
+    BootOutcome, Check, Evidence, Expectations, Milestone, RootExpectation, TestCase,
+    UpdateExpectation,
+};
 use qemu::{
     AccelChoice, AccelRequest, BootSource, Firmware as FirmwareFiles, FirmwareSetup, VmSpec,
 };
@@ -112,6 +115,8 @@ pub struct TestRequest {
     pub platforms: Vec<PlatformId>,
     /// Boot a tampered copy of the disk image instead.
     pub tamper_usr: bool,
+    /// Boot this older build's disk image and update it to the build.
+    pub update_from: Option<PathBuf>,
     pub accel: AccelRequest,
     /// `None`: a default for the accelerator.
     pub timeout: Option<Duration>,
@@ -124,6 +129,34 @@ pub struct TestRequest {
 pub struct TestOutcome {
     pub evidence_dir: PathBuf,
     pub evidence: Evidence,
+}
+
+/// One boot test.
+#[derive(Clone, Copy)]
+enum Case<'a> {
+    /// A platform's artifact, booted the way the platform presents it.
+    Platform(&'a Platform),
+    /// The disk image with one byte of USR-A flipped.
+    TamperUsr,
+    /// An older build's disk image, updated to this build inside the VM.
+    UpdateFrom(&'a OlderBuild),
+}
+
+/// The build an update test starts from.
+struct OlderBuild {
+    dir: PathBuf,
+    info: BuildInfo,
+}
+
+impl Case<'_> {
+    /// The evidence directory's name.
+    fn name(self) -> String {
+        match self {
+            Case::Platform(platform) => platform.id.to_string(),
+            Case::TamperUsr => "tamper-usr".to_owned(),
+            Case::UpdateFrom(older) => format!("update-from-{}", older.info.version),
+        }
+    }
 }
 
 /// What every case shares.
@@ -157,6 +190,10 @@ pub fn run(
         );
     }
     let platforms = select_platforms(&build, &request.platforms)?;
+    let older = match &request.update_from {
+        Some(dir) => Some(load_older_build(dir, &build)?),
+        None => None,
+    };
     let evidence_root = request.build_dir.join("evidence");
     fs::create_dir_all(&evidence_root)?;
     let accel = qemu::choose_accel(
@@ -180,13 +217,31 @@ pub fn run(
     };
     let mut outcomes = Vec::new();
     if request.tamper_usr {
-        outcomes.push(run_case(&context, None)?);
+        outcomes.push(run_case(&context, Case::TamperUsr)?);
+    } else if let Some(older) = &older {
+        outcomes.push(run_case(&context, Case::UpdateFrom(older))?);
     } else {
         for platform in platforms {
-            outcomes.push(run_case(&context, Some(platform))?);
+            outcomes.push(run_case(&context, Case::Platform(platform))?);
         }
     }
     Ok(outcomes)
+}
+
+/// Loads the build an update test starts from; it must be older than the
+/// build under test, as systemd-sysupdate only ever moves forward.
+fn load_older_build(dir: &Path, build: &BuildInfo) -> Result<OlderBuild> {
+    let dir = std::path::absolute(dir)?;
+    let info = BuildInfo::load(&dir)?;
+    if crate::channeldoc::compare_versions(info.version.as_str(), build.version.as_str()).is_ge() {
+        bail!(
+            "--update-from needs an older build: {} is version {}, not older than {}",
+            dir.display(),
+            info.version,
+            build.version
+        );
+    }
+    Ok(OlderBuild { dir, info })
 }
 
 /// The build's platforms named in `ids` (all of them when empty).
@@ -214,17 +269,22 @@ fn select_platforms<'a>(build: &'a BuildInfo, ids: &[PlatformId]) -> Result<Vec<
         .collect())
 }
 
-/// Boots one case: a platform's artifact, or (`None`) the tampered disk.
-fn run_case(context: &TestContext, platform: Option<&Platform>) -> Result<TestOutcome> {
+/// Boots one case and judges what the guest reported.
+fn run_case(context: &TestContext, case: Case) -> Result<TestOutcome> {
     let build = context.build;
-    let case_name = platform.map_or("tamper-usr".to_owned(), |p| p.id.to_string());
+    let case_name = case.name();
+    let platform = match case {
+        Case::Platform(platform) => Some(platform),
+        Case::TamperUsr | Case::UpdateFrom(_) => None,
+    };
     let evidence_root = context.request.build_dir.join("evidence");
     let work = Workdir::create(&evidence_root.join(format!(".{case_name}.partial")))?;
 
     let phase = context.progress.phase(&format!("prepare {case_name}"));
-    let prepared = match platform {
-        Some(platform) => prepare_platform(context, platform, &work.path)?,
-        None => prepare_tamper(context, &work.path)?,
+    let prepared = match case {
+        Case::Platform(platform) => prepare_platform(context, platform, &work.path)?,
+        Case::TamperUsr => prepare_tamper(context, &work.path)?,
+        Case::UpdateFrom(older) => prepare_update(context, older, &work.path)?,
     };
     let test_data = work.path.join("testdata.tar");
     write_test_data(context.tools, build, &work.path, &test_data)?;
@@ -251,6 +311,8 @@ fn run_case(context: &TestContext, platform: Option<&Platform>) -> Result<TestOu
         guest_agent_socket: prepared.guest_agent.then(|| work.path.join("qga.sock")),
         network: prepared.network,
         test_data,
+        update_data: prepared.update_data,
+        reboots: matches!(case, Case::UpdateFrom(_)),
         evidence_out: work.path.join("evidence.out"),
         console_out: work.path.join(evidence::CONSOLE_LOG),
         memory_mib: context.request.memory_mib.max(prepared.min_memory_mib),
@@ -270,15 +332,15 @@ fn run_case(context: &TestContext, platform: Option<&Platform>) -> Result<TestOu
         context.tools,
         &spec,
         &context.accel,
-        platform.is_some(),
+        !matches!(case, Case::TamperUsr),
         timeout,
         &mut phase,
     )?;
     let report_text = fs::read_to_string(&spec.evidence_out).unwrap_or_default();
     let report = evidence::parse_report(&report_text);
     let mut checks = prepared.package_checks;
-    checks.extend(match platform {
-        Some(platform) => {
+    checks.extend(match case {
+        Case::Platform(platform) => {
             let expectations = Expectations {
                 platform,
                 all_platforms: &build.platforms,
@@ -293,7 +355,13 @@ fn run_case(context: &TestContext, platform: Option<&Platform>) -> Result<TestOu
             };
             evidence::judge_platform(&report, build, run.outcome, &expectations)
         }
-        None => evidence::judge_tamper(&report, &run.verity_errors, run.outcome),
+        Case::TamperUsr => evidence::judge_tamper(&report, &run.verity_errors, run.outcome),
+        Case::UpdateFrom(older) => evidence::judge_update(
+            &report,
+            build,
+            run.outcome,
+            &update_expectation(build, &older.info)?,
+        ),
     });
     let passed = checks.iter().all(|c| c.passed);
     let mut boot_time = evidence::boot_time(&report);
@@ -302,10 +370,10 @@ fn run_case(context: &TestContext, platform: Option<&Platform>) -> Result<TestOu
     }
     let evidence = Evidence {
         schema: evidence::SCHEMA_VERSION,
-        case: if platform.is_some() {
-            TestCase::Platform
-        } else {
-            TestCase::TamperUsr
+        case: match case {
+            Case::Platform(_) => TestCase::Platform,
+            Case::TamperUsr => TestCase::TamperUsr,
+            Case::UpdateFrom(_) => TestCase::Update,
         },
         version: build.version.to_string(),
         platform: platform.map_or("qemu".to_owned(), |p| p.id.to_string()),
@@ -351,6 +419,8 @@ struct Prepared {
     min_memory_mib: u32,
     /// Checks of the artifact made before booting it (the OVA's layout).
     package_checks: Vec<Check>,
+    /// A second read-only disk with the update to install (a tar archive).
+    update_data: Option<PathBuf>,
     /// The files booted, for the record.
     artifact: String,
     tampering: Option<String>,
@@ -476,6 +546,7 @@ fn prepare_platform(context: &TestContext, platform: &Platform, work: &Path) -> 
             0
         },
         package_checks,
+        update_data: None,
         artifact: files
             .iter()
             .map(|a| a.file.as_str())
@@ -531,9 +602,114 @@ fn prepare_tamper(context: &TestContext, work: &Path) -> Result<Prepared> {
         network: None,
         min_memory_mib: 0,
         package_checks: Vec::new(),
+        update_data: None,
         artifact: format!("{} (tampered copy)", context.build.disk.file),
         tampering: Some(tampering),
         hardware: Nic::hardware(Firmware::Uefi, DiskBus::Virtio, Nic::Virtio),
+    })
+}
+
+/// The update case: the older build's disk image, booted like the qemu
+/// platform, with this build's update files on a second disk.
+fn prepare_update(context: &TestContext, older: &OlderBuild, work: &Path) -> Result<Prepared> {
+    let boot = overlay_disk(
+        context,
+        &older.dir.join(&older.info.disk.file),
+        "raw",
+        DiskBus::Virtio,
+        work,
+    )?;
+    let update_data = work.join("update.tar");
+    write_update_data(context, work, &update_data)?;
+    Ok(Prepared {
+        boot,
+        nic: Nic::Virtio,
+        guest_forwards: Vec::new(),
+        smbios_system: None,
+        guest_agent: false,
+        network: None,
+        min_memory_mib: 0,
+        package_checks: Vec::new(),
+        update_data: Some(update_data),
+        artifact: format!(
+            "{} of {}, updated to {} ({}, {}, uki.efi)",
+            older.info.disk.file,
+            older.info.version,
+            context.build.version,
+            context.build.usr.data_file,
+            context.build.usr.hash_file
+        ),
+        tampering: None,
+        hardware: Nic::hardware(Firmware::Uefi, DiskBus::Virtio, Nic::Virtio),
+    })
+}
+
+/// The names systemd-sysupdate's transfers (overlays/base/usr/lib/
+/// sysupdate.d) match, for this build's /usr, hash tree and UKI: the
+/// version, and for the partitions the UUID the new slot must get.
+pub fn update_file_names(build: &BuildInfo) -> Result<[(String, String); 3]> {
+    let table = &build.disk.partition_table;
+    let version = &build.version;
+    Ok([
+        (
+            build.usr.hash_file.clone(),
+            format!(
+                "boxcar_{version}_{}.usr-verity.raw",
+                table.require(Role::UsrAVerity)?.uuid.to_lowercase()
+            ),
+        ),
+        (
+            build.usr.data_file.clone(),
+            format!(
+                "boxcar_{version}_{}.usr.raw",
+                table.require(Role::UsrA)?.uuid.to_lowercase()
+            ),
+        ),
+        ("uki.efi".to_owned(), format!("boxcar_{version}.efi")),
+    ])
+}
+
+/// The update disk: a sparse tar archive of the build's update files under
+/// the names the image's sysupdate transfers expect. Sparse, so the guest
+/// unpacks 400 MB of data rather than a 1 GiB slot of mostly zeros.
+fn write_update_data(context: &TestContext, work: &Path, out: &Path) -> Result<()> {
+    let staging = work.join("update");
+    fs::create_dir_all(&staging)?;
+    let mut names = Vec::new();
+    for (file, name) in update_file_names(context.build)? {
+        let source = context.request.build_dir.join(&file);
+        let target = staging.join(&name);
+        // A hard link where the file system allows it, else a sparse copy.
+        if fs::hard_link(&source, &target).is_err() {
+            Step::new("copying an update file", context.tools.path("cp"))
+                .args(["--sparse=always", "--"])
+                .arg(&source)
+                .arg(&target)
+                .run()?;
+        }
+        names.push(name);
+    }
+    Step::new("packing the update disk", context.tools.path("tar"))
+        .arg("-C")
+        .arg(&staging)
+        .args(["--owner=0", "--group=0", "--sparse", "-cf"])
+        .arg(out)
+        .args(&names)
+        .run()?;
+    fs::remove_dir_all(&staging)?;
+    Ok(())
+}
+
+/// What an update from `older` to `build` must show: the older image
+/// runs from its A slot, and the update lands in its B slot.
+fn update_expectation(build: &BuildInfo, older: &BuildInfo) -> Result<UpdateExpectation> {
+    let table = &older.disk.partition_table;
+    let number = |role| table.require(role).map(|p| p.number);
+    Ok(UpdateExpectation {
+        old_version: older.version.to_string(),
+        new_version: build.version.to_string(),
+        old_slot: (number(Role::UsrA)?, number(Role::UsrAVerity)?),
+        new_slot: (number(Role::UsrB)?, number(Role::UsrBVerity)?),
     })
 }
 
@@ -678,6 +854,10 @@ const MILESTONES: &[(&str, &str)] = &[
         "switching to the real root",
     ),
     ("Reached target multi-user.target", "multi-user reached"),
+    (
+        "boxcar-evidence: update.rebooting",
+        "update installed; rebooting",
+    ),
     ("boxcar-evidence: begin", "collecting evidence"),
     ("boxcar-evidence: end", "evidence recorded; powering off"),
 ];

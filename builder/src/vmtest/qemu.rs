@@ -253,6 +253,12 @@ pub struct VmSpec {
     pub network: Option<String>,
     /// Raw disk with the test data (a tar archive), attached read-only.
     pub test_data: PathBuf,
+    /// Raw disk with an update to install (a tar archive), attached
+    /// read-only.
+    pub update_data: Option<PathBuf>,
+    /// Let the guest reboot (an update test does); otherwise a reboot ends
+    /// the VM.
+    pub reboots: bool,
     /// Where the guest's evidence port is written.
     pub evidence_out: PathBuf,
     /// Where the serial console is written.
@@ -277,14 +283,10 @@ impl VmSpec {
             // thread=multi: one host thread per guest CPU.
             Accel::Tcg => args.push(&["-accel", "tcg,thread=multi", "-cpu", &format!("max{hide}")]),
         }
-        args.push(&[
-            "-machine",
-            "q35",
-            "-nodefaults",
-            "-display",
-            "none",
-            "-no-reboot",
-        ]);
+        args.push(&["-machine", "q35", "-nodefaults", "-display", "none"]);
+        if !self.reboots {
+            args.push(&["-no-reboot"]);
+        }
         args.push(&[
             "-m",
             &self.memory_mib.to_string(),
@@ -315,6 +317,15 @@ impl VmSpec {
             "-device",
             "virtio-blk-pci,drive=test-data,serial=boxcar-testdata",
         ]);
+        if let Some(update_data) = &self.update_data {
+            let mut drive = OsString::from("if=none,id=update-data,format=raw,readonly=on,file=");
+            drive.push(escape_commas(update_data));
+            args.pair("-drive", drive);
+            args.push(&[
+                "-device",
+                "virtio-blk-pci,drive=update-data,serial=boxcar-update",
+            ]);
+        }
 
         // The evidence port, the guest agent's port, and the console.
         args.push(&["-device", "virtio-serial-pci"]);
@@ -465,6 +476,8 @@ mod tests {
             guest_agent_socket: None,
             network: None,
             test_data: "/w/testdata.tar".into(),
+            update_data: None,
+            reboots: false,
             evidence_out: "/w/evidence.out".into(),
             console_out: "/w/console.log".into(),
             memory_mib: 2048,
@@ -521,6 +534,21 @@ mod tests {
         assert!(
             args.contains("-netdev user,id=net0,restrict=on -device virtio-net-pci,netdev=net0")
         );
+    }
+
+    #[test]
+    fn an_update_test_attaches_the_update_and_lets_the_guest_reboot() {
+        let plain = joined(&spec(), Accel::Tcg);
+        assert!(plain.contains("-no-reboot"));
+        assert!(!plain.contains("update-data"));
+        let mut update = spec();
+        update.update_data = Some("/w/update.tar".into());
+        update.reboots = true;
+        let args = joined(&update, Accel::Tcg);
+        assert!(!args.contains("-no-reboot"));
+        assert!(args.contains(
+            "-drive if=none,id=update-data,format=raw,readonly=on,file=/w/update.tar -device virtio-blk-pci,drive=update-data,serial=boxcar-update"
+        ));
     }
 
     #[test]
