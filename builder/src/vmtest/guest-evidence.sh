@@ -51,14 +51,20 @@ if [ -e "$update_disk" ] && [ ! -e "$update_marker" ]; then
     . /usr/lib/os-release
     say update.before_version "$IMAGE_VERSION"
     say update.before_usr "$(dm_partitions "$(usr_dm)")"
+    started=$(date +%s.%N)
     mkdir -p /var/lib/boxcar/updates
     tar -xf "$update_disk" -C /var/lib/boxcar/updates
+    staged=$(date +%s.%N)
     say update.staged "$(ls /var/lib/boxcar/updates)"
     if "$sysupdate" --no-pager update >/run/boxcar-sysupdate.log 2>&1; then
         say update.sysupdate ok
     else
         say update.sysupdate "failed (exit $?): $(tail -n 15 /run/boxcar-sysupdate.log | tr '\n' '|')"
     fi
+    # Seconds spent unpacking the update disk, and in systemd-sysupdate.
+    installed=$(date +%s.%N)
+    say update.seconds "$(awk -v a="$started" -v b="$staged" -v c="$installed" \
+        'BEGIN { printf "staging=%.1f install=%.1f", b - a, c - b }')"
     say update.list "$("$sysupdate" --no-pager --no-legend list 2>&1)"
     say update.installed_ukis "$(esp_ukis)"
     mkdir -p "${update_marker%/*}"

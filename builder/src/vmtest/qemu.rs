@@ -310,21 +310,10 @@ impl VmSpec {
             BootSource::Network { .. } => args.push(&["-boot", "n"]),
         }
 
-        let mut test_data = OsString::from("if=none,id=test-data,format=raw,readonly=on,file=");
-        test_data.push(escape_commas(&self.test_data));
-        args.pair("-drive", test_data);
-        args.push(&[
-            "-device",
-            "virtio-blk-pci,drive=test-data,serial=boxcar-testdata",
-        ]);
+        // The guest finds these by serial: /dev/disk/by-id/virtio-SERIAL.
+        read_only_virtio_disk(&mut args, "test-data", &self.test_data, "boxcar-testdata");
         if let Some(update_data) = &self.update_data {
-            let mut drive = OsString::from("if=none,id=update-data,format=raw,readonly=on,file=");
-            drive.push(escape_commas(update_data));
-            args.pair("-drive", drive);
-            args.push(&[
-                "-device",
-                "virtio-blk-pci,drive=update-data,serial=boxcar-update",
-            ]);
+            read_only_virtio_disk(&mut args, "update-data", update_data, "boxcar-update");
         }
 
         // The evidence port, the guest agent's port, and the console.
@@ -405,6 +394,17 @@ impl Arguments {
         self.0.push(option.into());
         self.0.push(value);
     }
+}
+
+/// A raw file attached read-only as a virtio disk with a serial number.
+fn read_only_virtio_disk(args: &mut Arguments, id: &str, file: &Path, serial: &str) {
+    let mut drive = OsString::from(format!("if=none,id={id},format=raw,readonly=on,file="));
+    drive.push(escape_commas(file));
+    args.pair("-drive", drive);
+    args.pair(
+        "-device",
+        format!("virtio-blk-pci,drive={id},serial={serial}").into(),
+    );
 }
 
 /// The devices that put the boot disk on the platform's bus.
