@@ -632,29 +632,17 @@ fn tampered_usr_is_refused_at_boot() {
     assert!(!dir.join("evidence/.tamper-usr.partial").exists());
 }
 
-/// A/B update: a second build (compose only: the update needs its /usr,
-/// hash tree and UKI) installed by the first build's own systemd-sysupdate
-/// in a VM, which reboots into it from the other slot. The harness judges
-/// the details (slot, boot counter, blessing, fallback kept); this checks
-/// the verdict and the facts an operator would look at.
+/// A/B update: a second build installed by the first build's own
+/// systemd-sysupdate in a VM, which reboots into it from the other slot.
+/// The harness judges the details (slot, boot counter, blessing, fallback
+/// kept); this checks the verdict and the facts an operator would look at.
 #[test]
 fn an_image_updates_itself_to_the_next_build_in_its_other_slot() {
     if !can_run("an_image_updates_itself_to_the_next_build_in_its_other_slot") {
         return;
     }
     let older = shared_build();
-    let out = older.parent().unwrap();
-    let built = boxcar(&[
-        "build",
-        "--version",
-        "0.0.1-e2e",
-        "--out",
-        out.to_str().unwrap(),
-        "--no-artifacts",
-        "--json",
-    ]);
-    assert!(built.status.success(), "the second build failed");
-    let newer = out.join("0.0.1-e2e");
+    let newer = shared_newer_build();
     let newer_info = read_json(&newer.join("build.json"));
     let older_info = read_json(&older.join("build.json"));
     assert_ne!(
@@ -703,6 +691,60 @@ fn an_image_updates_itself_to_the_next_build_in_its_other_slot() {
         .contains(newer_info["usr"]["root_hash"].as_str().unwrap()));
     assert!(newer
         .join("evidence/update-from-0.0.0-e2e/evidence.json")
+        .is_file());
+}
+
+/// Boot counting: an update whose /usr was tampered with fails on each of
+/// its UKI's three tries (verity refuses it, the failed boot reboots), and
+/// systemd-boot falls back to the older build, which comes up whole.
+#[test]
+fn a_tampered_update_falls_back_to_the_older_build_after_its_tries() {
+    if !can_run("a_tampered_update_falls_back_to_the_older_build_after_its_tries") {
+        return;
+    }
+    let older = shared_build();
+    let newer = shared_newer_build();
+    let usr_digest_before = host_tool("sha256sum", &[newer.join("usr.raw").to_str().unwrap()]);
+    let output = boxcar(&[
+        "test",
+        "--build",
+        newer.to_str().unwrap(),
+        "--update-from",
+        older.to_str().unwrap(),
+        "--tamper-usr",
+        "--json",
+    ]);
+    let all: Vec<serde_json::Value> =
+        serde_json::from_slice(&output.stdout).expect("test --json prints JSON");
+    let evidence = &all[0];
+    assert!(
+        output.status.success(),
+        "fallback test did not pass: {evidence:#}"
+    );
+    assert_eq!(evidence["case"], "update-fallback");
+    assert!(evidence["tampering"]
+        .as_str()
+        .unwrap()
+        .contains("update's /usr"));
+    assert_eq!(evidence["outcome"], "powered-off");
+    let guest = &evidence["guest"];
+    assert_eq!(guest["os_image_version"], "0.0.0-e2e");
+    assert_eq!(
+        guest["update.usr"],
+        "2:boxcar_0.0.0-e2e 3:boxcar_0.0.0-e2e_verity"
+    );
+    assert!(guest["update.ukis"]
+        .as_str()
+        .unwrap()
+        .contains("boxcar_0.0.1-e2e+0-3.efi"));
+    assert!(!evidence["verity_errors"].as_array().unwrap().is_empty());
+    // The tampering was done on a copy.
+    assert_eq!(
+        host_tool("sha256sum", &[newer.join("usr.raw").to_str().unwrap()]),
+        usr_digest_before
+    );
+    assert!(newer
+        .join("evidence/update-fallback-from-0.0.0-e2e/evidence.json")
         .is_file());
 }
 

@@ -117,6 +117,27 @@ pub fn shared_build() -> &'static Path {
     })
 }
 
+/// A second build, newer than `shared_build`, for the update tests: compose
+/// only, as an update needs the /usr image, its hash tree and the UKI, not
+/// the platform artifacts. Made once per test run, next to the first.
+pub fn shared_newer_build() -> &'static Path {
+    static BUILD: OnceLock<PathBuf> = OnceLock::new();
+    BUILD.get_or_init(|| {
+        let out = shared_build().parent().unwrap().to_owned();
+        let output = boxcar(&[
+            "build",
+            "--version",
+            "0.0.1-e2e",
+            "--out",
+            out.to_str().unwrap(),
+            "--no-artifacts",
+            "--json",
+        ]);
+        assert!(output.status.success(), "the second build failed");
+        out.join("0.0.1-e2e")
+    })
+}
+
 /// Reads a JSON file.
 pub fn read_json(path: &Path) -> serde_json::Value {
     let text =

@@ -746,4 +746,30 @@ mod shipped {
         assert!(recipe.config_files.len() >= 3);
         assert_eq!(recipe.repart_files.len(), 6);
     }
+
+    /// The emergency-reboot credential on the kernel command line is the
+    /// readable drop-in next to the recipe, without its comments.
+    #[test]
+    fn the_emergency_reboot_credential_is_the_shipped_drop_in() {
+        use base64::Engine;
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../recipes");
+        let conf =
+            std::fs::read_to_string(dir.join("mkosi.conf.d/30-emergency-reboot.conf")).unwrap();
+        let prefix = "KernelCommandLine=systemd.set_credential_binary=\
+                      systemd.unit-dropin.emergency.service~50-boxcar-reboot:";
+        let encoded = conf
+            .lines()
+            .find_map(|line| line.strip_prefix(prefix))
+            .expect("the credential is on the kernel command line");
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(encoded)
+            .unwrap();
+        let drop_in = std::fs::read_to_string(dir.join("emergency-reboot.conf")).unwrap();
+        let without_comments: String = drop_in
+            .lines()
+            .skip_while(|line| line.starts_with('#'))
+            .map(|line| format!("{line}\n"))
+            .collect();
+        assert_eq!(String::from_utf8(decoded).unwrap(), without_comments);
+    }
 }

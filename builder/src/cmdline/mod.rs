@@ -383,6 +383,13 @@ pub struct BuildArgs {
 /// reboots: the test passes only if the second boot runs this build from
 /// the other slot, with boot counting, blessed, and the old version still
 /// there to fall back to. Evidence goes to BUILD/evidence/update-from-OLDVERSION/.
+///
+/// With both --update-from and --tamper-usr, the update installed has one
+/// byte of its /usr flipped: the test passes only if each of the new UKI's
+/// tries fails (dm-verity refuses the data; the failed boot reboots), and
+/// systemd-boot then falls back to the older build, which boots from its
+/// own slot with every check of a normal boot.
+/// Evidence: BUILD/evidence/update-fallback-from-OLDVERSION/.
 #[derive(Debug, Args)]
 pub struct TestArgs {
     /// The build directory (OUT/VERSION from `boxcar build`).
@@ -395,7 +402,9 @@ pub struct TestArgs {
     pub platforms: Vec<PlatformId>,
 
     /// Boot a copy with one byte of /usr flipped, and expect it to be caught.
-    #[arg(long, conflicts_with_all = ["platforms", "update_from"])]
+    /// With --update-from, flip the byte in the update's /usr instead, and
+    /// expect every try of it to fail and the older build to come back.
+    #[arg(long, conflicts_with = "platforms")]
     pub tamper_usr: bool,
 
     /// Install this build as an A/B update over the older build in DIR,

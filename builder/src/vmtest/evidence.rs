@@ -33,6 +33,10 @@ pub enum TestCase {
     /// Boot an older build, install this build over it as an A/B update,
     /// reboot: this build must run from the other slot.
     Update,
+    /// Install a copy of this build with one byte of its /usr flipped over
+    /// an older build: every boot of it must fail, and once its tries are
+    /// used up the older build must boot again.
+    UpdateFallback,
 }
 
 impl TestCase {
@@ -41,6 +45,7 @@ impl TestCase {
             TestCase::Platform => "platform",
             TestCase::TamperUsr => "tamper-usr",
             TestCase::Update => "update",
+            TestCase::UpdateFallback => "update-fallback",
         }
     }
 }
@@ -51,6 +56,9 @@ impl TestCase {
 pub enum BootOutcome {
     /// The guest powered itself off (after reporting, in a normal boot).
     PoweredOff,
+    /// The guest rebooted where qemu was told to stop at a reboot (a
+    /// failed boot reboots rather than wait at an emergency shell).
+    Rebooted,
     /// systemd gave up and entered emergency mode.
     EmergencyMode,
     KernelPanic,
@@ -569,6 +577,105 @@ fn update_checks(report: &BTreeMap<String, String>, expect: &UpdateExpectation) 
     ]
 }
 
+/// Judges an update whose /usr was tampered with: the new UKI was
+/// installed with its tries, every one of them failed (verity caught the
+/// change), and the older build came back from its own slot, intact and
+/// working, with the new UKI marked bad. `older` is the build that must be
+/// running at the end; `kernel_starts` counts the boots the console saw.
+pub fn judge_fallback(
+    report: &BTreeMap<String, String>,
+    older: &BuildInfo,
+    outcome: BootOutcome,
+    expect: &UpdateExpectation,
+    verity_errors: &[String],
+    kernel_starts: usize,
+) -> Vec<Check> {
+    let mut checks = fallback_checks(report, expect, verity_errors, kernel_starts);
+    checks.extend(judge_common(report, older, outcome));
+    checks
+}
+
+/// The tries a new UKI gets (overlays/base/usr/lib/sysupdate.d/30-uki.transfer).
+pub const UKI_TRIES: usize = 3;
+
+fn fallback_checks(
+    report: &BTreeMap<String, String>,
+    expect: &UpdateExpectation,
+    verity_errors: &[String],
+    kernel_starts: usize,
+) -> Vec<Check> {
+    let get = |key: &str| report.get(key).map(String::as_str).unwrap_or("");
+    let (new, old) = (expect.new_version.as_str(), expect.old_version.as_str());
+    let old_usr = format!(
+        "{}:boxcar_{old} {}:boxcar_{old}_verity",
+        expect.old_slot.0, expect.old_slot.1
+    );
+    let ukis = get("update.ukis");
+    let spent = format!("boxcar_{new}+0-{UKI_TRIES}.efi");
+    // The older build's first boot, one per try, and its boot at the end.
+    let boots = UKI_TRIES + 2;
+    vec![
+        check(
+            "the older version booted first",
+            get("update.before_version") == old && get("update.before_usr") == old_usr,
+            format!("{old} from {old_usr}"),
+            format!(
+                "{} from {}",
+                get("update.before_version"),
+                get("update.before_usr")
+            ),
+        ),
+        check(
+            "systemd-sysupdate installed the update",
+            get("update.sysupdate") == "ok",
+            "ok",
+            get("update.sysupdate"),
+        ),
+        check(
+            "the new UKI was installed with boot counting",
+            has_word(
+                get("update.installed_ukis"),
+                &format!("boxcar_{new}+{UKI_TRIES}-0.efi"),
+            ),
+            format!("boxcar_{new}+{UKI_TRIES}-0.efi on the ESP"),
+            get("update.installed_ukis"),
+        ),
+        check(
+            "verity refused the tampered /usr",
+            !verity_errors.is_empty(),
+            "a dm-verity corruption error on the console",
+            verity_errors
+                .first()
+                .cloned()
+                .unwrap_or_else(|| "none".to_owned()),
+        ),
+        check(
+            "every try of the new version failed and rebooted",
+            kernel_starts == boots,
+            format!("{boots} kernel starts: the old version, {UKI_TRIES} tries, the old version"),
+            format!("{kernel_starts} kernel starts"),
+        ),
+        check(
+            "the new UKI's tries are used up",
+            has_word(ukis, &spent),
+            spent.clone(),
+            ukis,
+        ),
+        check(
+            "the boot loader fell back to the older UKI",
+            get("update.loader_entry").starts_with(&format!("boxcar_{old}")),
+            format!("boxcar_{old}*.efi"),
+            get("update.loader_entry"),
+        ),
+        check(
+            "/usr came from the older slot",
+            get("update.usr") == old_usr,
+            old_usr.clone(),
+            get("update.usr"),
+        ),
+    ]
+}
+
 /// Whether a space-separated list holds `word`.
 fn has_word(list: &str, word: &str) -> bool {
     list.split_whitespace().any(|w| w == word)
@@ -840,6 +947,66 @@ update.partitions=1:esp 2:boxcar_1.0 3:boxcar_1.0_verity 4:boxcar_1.1 5:boxcar_1
         assert_eq!(
             failed_update_checks(&no_fallback),
             ["the older version is kept to fall back to"]
+        );
+    }
+
+    /// What the guest reports after a tampered update from 1.0 to 1.1 fell
+    /// back to 1.0.
+    const FALLBACK: &str = "update.before_version=1.0
+update.before_usr=2:boxcar_1.0 3:boxcar_1.0_verity
+update.sysupdate=ok
+update.installed_ukis=boxcar_1.0.efi boxcar_1.1+3-0.efi
+update.usr=2:boxcar_1.0 3:boxcar_1.0_verity
+update.loader_entry=boxcar_1.0.efi
+update.ukis=boxcar_1.0.efi boxcar_1.1+0-3.efi
+";
+
+    fn failed_fallback_checks(report: &str, kernel_starts: usize) -> Vec<String> {
+        let errors = ["device-mapper: verity: 254:0: data block 0 is corrupted".to_owned()];
+        fallback_checks(
+            &parse_report(report),
+            &update_expectation(),
+            &errors,
+            kernel_starts,
+        )
+        .into_iter()
+        .filter(|c| !c.passed)
+        .map(|c| c.name)
+        .collect()
+    }
+
+    #[test]
+    fn a_fallback_after_three_failed_tries_passes() {
+        assert_eq!(failed_fallback_checks(FALLBACK, 5), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_fallback_too_early_or_not_at_all_is_caught() {
+        // One try left unspent: the loader gave up on the new UKI too soon.
+        let early = FALLBACK.replace("boxcar_1.1+0-3.efi", "boxcar_1.1+1-2.efi");
+        assert_eq!(
+            failed_fallback_checks(&early, 4),
+            [
+                "every try of the new version failed and rebooted",
+                "the new UKI's tries are used up"
+            ]
+        );
+        // The tampered version kept running.
+        let stuck = FALLBACK
+            .replace(
+                "update.usr=2:boxcar_1.0 3:boxcar_1.0_verity",
+                "update.usr=4:boxcar_1.1 5:boxcar_1.1_verity",
+            )
+            .replace(
+                "update.loader_entry=boxcar_1.0.efi",
+                "update.loader_entry=boxcar_1.1.efi",
+            );
+        assert_eq!(
+            failed_fallback_checks(&stuck, 5),
+            [
+                "the boot loader fell back to the older UKI",
+                "/usr came from the older slot"
+            ]
         );
     }
 

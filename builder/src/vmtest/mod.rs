@@ -140,6 +140,9 @@ enum Case<'a> {
     TamperUsr,
     /// An older build's disk image, updated to this build inside the VM.
     UpdateFrom(&'a OlderBuild),
+    /// An older build's disk image, updated to a copy of this build with
+    /// one byte of /usr flipped: the older build must come back.
+    UpdateFallback(&'a OlderBuild),
 }
 
 /// The build an update test starts from.
@@ -155,8 +158,31 @@ impl Case<'_> {
             Case::Platform(platform) => platform.id.to_string(),
             Case::TamperUsr => "tamper-usr".to_owned(),
             Case::UpdateFrom(older) => format!("update-from-{}", older.info.version),
+            Case::UpdateFallback(older) => {
+                format!("update-fallback-from-{}", older.info.version)
+            }
         }
     }
+
+    /// What the boot must come to, and whether a sign of failure ends it.
+    fn expectation(self) -> BootExpectation {
+        match self {
+            Case::Platform(_) | Case::UpdateFrom(_) => BootExpectation::Success,
+            Case::TamperUsr => BootExpectation::Failure,
+            Case::UpdateFallback(_) => BootExpectation::SuccessAfterFailures,
+        }
+    }
+}
+
+/// How a case's VM run should end.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum BootExpectation {
+    /// Powered off after reporting; a sign of failure ends the run.
+    Success,
+    /// A failed boot; its first sign ends the run (after a grace period).
+    Failure,
+    /// Failed boots first (each rebooting), then a report and power-off.
+    SuccessAfterFailures,
 }
 
 /// What every case shares.
@@ -216,10 +242,15 @@ pub fn run(
         progress,
     };
     let mut outcomes = Vec::new();
-    if request.tamper_usr {
+    if let Some(older) = &older {
+        let case = if request.tamper_usr {
+            Case::UpdateFallback(older)
+        } else {
+            Case::UpdateFrom(older)
+        };
+        outcomes.push(run_case(&context, case)?);
+    } else if request.tamper_usr {
         outcomes.push(run_case(&context, Case::TamperUsr)?);
-    } else if let Some(older) = &older {
-        outcomes.push(run_case(&context, Case::UpdateFrom(older))?);
     } else {
         for platform in platforms {
             outcomes.push(run_case(&context, Case::Platform(platform))?);
@@ -275,7 +306,7 @@ fn run_case(context: &TestContext, case: Case) -> Result<TestOutcome> {
     let case_name = case.name();
     let platform = match case {
         Case::Platform(platform) => Some(platform),
-        Case::TamperUsr | Case::UpdateFrom(_) => None,
+        Case::TamperUsr | Case::UpdateFrom(_) | Case::UpdateFallback(_) => None,
     };
     let evidence_root = context.request.build_dir.join("evidence");
     let work = Workdir::create(&evidence_root.join(format!(".{case_name}.partial")))?;
@@ -284,7 +315,8 @@ fn run_case(context: &TestContext, case: Case) -> Result<TestOutcome> {
     let prepared = match case {
         Case::Platform(platform) => prepare_platform(context, platform, &work.path)?,
         Case::TamperUsr => prepare_tamper(context, &work.path)?,
-        Case::UpdateFrom(older) => prepare_update(context, older, &work.path)?,
+        Case::UpdateFrom(older) => prepare_update(context, older, false, &work.path)?,
+        Case::UpdateFallback(older) => prepare_update(context, older, true, &work.path)?,
     };
     let test_data = work.path.join("testdata.tar");
     write_test_data(context.tools, build, &work.path, &test_data)?;
@@ -312,7 +344,7 @@ fn run_case(context: &TestContext, case: Case) -> Result<TestOutcome> {
         network: prepared.network,
         test_data,
         update_data: prepared.update_data,
-        reboots: matches!(case, Case::UpdateFrom(_)),
+        reboots: matches!(case, Case::UpdateFrom(_) | Case::UpdateFallback(_)),
         evidence_out: work.path.join("evidence.out"),
         console_out: work.path.join(evidence::CONSOLE_LOG),
         memory_mib: context.request.memory_mib.max(prepared.min_memory_mib),
@@ -332,7 +364,7 @@ fn run_case(context: &TestContext, case: Case) -> Result<TestOutcome> {
         context.tools,
         &spec,
         &context.accel,
-        !matches!(case, Case::TamperUsr),
+        case.expectation(),
         timeout,
         &mut phase,
     )?;
@@ -362,6 +394,14 @@ fn run_case(context: &TestContext, case: Case) -> Result<TestOutcome> {
             run.outcome,
             &update_expectation(build, &older.info)?,
         ),
+        Case::UpdateFallback(older) => evidence::judge_fallback(
+            &report,
+            &older.info,
+            run.outcome,
+            &update_expectation(build, &older.info)?,
+            &run.verity_errors,
+            run.kernel_starts,
+        ),
     });
     let passed = checks.iter().all(|c| c.passed);
     let mut boot_time = evidence::boot_time(&report);
@@ -374,6 +414,7 @@ fn run_case(context: &TestContext, case: Case) -> Result<TestOutcome> {
             Case::Platform(_) => TestCase::Platform,
             Case::TamperUsr => TestCase::TamperUsr,
             Case::UpdateFrom(_) => TestCase::Update,
+            Case::UpdateFallback(_) => TestCase::UpdateFallback,
         },
         version: build.version.to_string(),
         platform: platform.map_or("qemu".to_owned(), |p| p.id.to_string()),
@@ -609,9 +650,15 @@ fn prepare_tamper(context: &TestContext, work: &Path) -> Result<Prepared> {
     })
 }
 
-/// The update case: the older build's disk image, booted like the qemu
-/// platform, with this build's update files on a second disk.
-fn prepare_update(context: &TestContext, older: &OlderBuild, work: &Path) -> Result<Prepared> {
+/// The update cases: the older build's disk image, booted like the qemu
+/// platform, with this build's update files on a second disk (with one
+/// byte of the /usr image flipped, when `tamper`).
+fn prepare_update(
+    context: &TestContext,
+    older: &OlderBuild,
+    tamper: bool,
+    work: &Path,
+) -> Result<Prepared> {
     let boot = overlay_disk(
         context,
         &older.dir.join(&older.info.disk.file),
@@ -620,7 +667,7 @@ fn prepare_update(context: &TestContext, older: &OlderBuild, work: &Path) -> Res
         work,
     )?;
     let update_data = work.join("update.tar");
-    write_update_data(context, work, &update_data)?;
+    let tampering = write_update_data(context, work, tamper, &update_data)?;
     Ok(Prepared {
         boot,
         nic: Nic::Virtio,
@@ -639,7 +686,7 @@ fn prepare_update(context: &TestContext, older: &OlderBuild, work: &Path) -> Res
             context.build.usr.data_file,
             context.build.usr.hash_file
         ),
-        tampering: None,
+        tampering,
         hardware: Nic::hardware(Firmware::Uefi, DiskBus::Virtio, Nic::Virtio),
     })
 }
@@ -671,21 +718,37 @@ pub fn update_file_names(build: &BuildInfo) -> Result<[(String, String); 3]> {
 
 /// The update disk: a sparse tar archive of the build's update files under
 /// the names the image's sysupdate transfers expect. Sparse, so the guest
-/// unpacks 400 MB of data rather than a 1 GiB slot of mostly zeros.
-fn write_update_data(context: &TestContext, work: &Path, out: &Path) -> Result<()> {
+/// unpacks 400 MB of data rather than a 1 GiB slot of mostly zeros. With
+/// `tamper`, the /usr image is a copy with one byte flipped; returns what
+/// was done to it.
+fn write_update_data(
+    context: &TestContext,
+    work: &Path,
+    tamper: bool,
+    out: &Path,
+) -> Result<Option<String>> {
     let staging = work.join("update");
     fs::create_dir_all(&staging)?;
     let mut names = Vec::new();
+    let mut tampering = None;
     for (file, name) in update_file_names(context.build)? {
         let source = context.request.build_dir.join(&file);
         let target = staging.join(&name);
-        // A hard link where the file system allows it, else a sparse copy.
-        if fs::hard_link(&source, &target).is_err() {
+        let is_usr = file == context.build.usr.data_file;
+        // A hard link where the file system allows it (never for a file to
+        // tamper with), else a sparse copy.
+        if (tamper && is_usr) || fs::hard_link(&source, &target).is_err() {
             Step::new("copying an update file", context.tools.path("cp"))
                 .args(["--sparse=always", "--"])
                 .arg(&source)
                 .arg(&target)
                 .run()?;
+        }
+        if tamper && is_usr {
+            let (before, after) = flip_byte(&target, TAMPER_OFFSET_IN_USR)?;
+            tampering = Some(format!(
+                "byte {TAMPER_OFFSET_IN_USR} of the update's /usr ({name}) flipped from {before:#04x} to {after:#04x}"
+            ));
         }
         names.push(name);
     }
@@ -697,7 +760,7 @@ fn write_update_data(context: &TestContext, work: &Path, out: &Path) -> Result<(
         .args(&names)
         .run()?;
     fs::remove_dir_all(&staging)?;
-    Ok(())
+    Ok(tampering)
 }
 
 /// What an update from `older` to `build` must show: the older image
@@ -781,7 +844,20 @@ fn tampered_copy(
         .arg(copy)
         .run()?;
     let offset = usr.offset + TAMPER_OFFSET_IN_USR;
-    let mut file = fs::OpenOptions::new().read(true).write(true).open(copy)?;
+    let (before, after) = flip_byte(copy, offset)?;
+    Ok(format!(
+        "byte {} of USR-A (partition {}, disk offset {offset}) flipped from {before:#04x} to {after:#04x}",
+        TAMPER_OFFSET_IN_USR, usr.number
+    ))
+}
+
+/// Inverts every bit of the byte at `offset`; returns it before and after.
+fn flip_byte(path: &Path, offset: u64) -> Result<(u8, u8)> {
+    let mut file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))?;
     let mut byte = [0u8; 1];
     file.seek(SeekFrom::Start(offset))?;
     file.read_exact(&mut byte)?;
@@ -789,10 +865,7 @@ fn tampered_copy(
     file.seek(SeekFrom::Start(offset))?;
     file.write_all(&[flipped])?;
     file.sync_all()?;
-    Ok(format!(
-        "byte {} of USR-A (partition {}, disk offset {offset}) flipped from {:#04x} to {flipped:#04x}",
-        TAMPER_OFFSET_IN_USR, usr.number, byte[0]
-    ))
+    Ok((byte[0], flipped))
 }
 
 /// The test data disk: a tar archive with the guest script, the list of
@@ -836,6 +909,8 @@ struct BootRun {
     command: String,
     milestones: Vec<Milestone>,
     verity_errors: Vec<String>,
+    /// How many times the console saw a kernel start.
+    kernel_starts: usize,
 }
 
 /// Console milestones, in boot order: the text that marks them and what
@@ -872,7 +947,7 @@ fn boot(
     tools: &HostTools,
     spec: &VmSpec,
     accel: &AccelChoice,
-    expect_success: bool,
+    expectation: BootExpectation,
     timeout: Duration,
     phase: &mut Phase,
 ) -> Result<BootRun> {
@@ -894,7 +969,7 @@ fn boot(
             let stderr = stderr_reader.join().unwrap_or_default();
             console.poll();
             if status.success() {
-                break failure_seen.map_or(BootOutcome::PoweredOff, |(_, o)| o);
+                break failure_seen.map_or_else(|| exit_outcome(&console.text), |(_, o)| o);
             }
             if failure_seen.is_none() {
                 info.check_status(status, crate::process::last_lines(&stderr, 20))
@@ -915,7 +990,8 @@ fn boot(
                 });
             }
         }
-        if failure_seen.is_none() {
+        // After failures that are part of the plan, only the end counts.
+        if failure_seen.is_none() && expectation != BootExpectation::SuccessAfterFailures {
             if let Some(outcome) = fatal_sign(&console.text) {
                 phase.println(&format!("the guest failed to boot: {outcome:?}"));
                 failure_seen = Some((Instant::now(), outcome));
@@ -941,7 +1017,7 @@ fn boot(
     if outcome == BootOutcome::Interrupted {
         bail!("boot test interrupted");
     }
-    if expect_success && outcome == BootOutcome::TimedOut {
+    if expectation != BootExpectation::Failure && outcome == BootOutcome::TimedOut {
         phase.println(&format!("no power-off within {}s", timeout.as_secs()));
     }
     Ok(BootRun {
@@ -950,13 +1026,30 @@ fn boot(
         command,
         milestones,
         verity_errors: verity_errors(&console.text),
+        kernel_starts: console.text.matches("Linux version ").count(),
     })
+}
+
+/// How a guest that made qemu exit by itself ended: the kernel's last
+/// word on the console says whether it powered off or restarted (which
+/// ends qemu under -no-reboot).
+fn exit_outcome(console: &str) -> BootOutcome {
+    let restarted = console.rfind("reboot: Restarting system");
+    let powered_off = console.rfind("reboot: Power down");
+    if restarted > powered_off {
+        BootOutcome::Rebooted
+    } else {
+        BootOutcome::PoweredOff
+    }
 }
 
 /// A console line that means the boot cannot succeed.
 fn fatal_sign(console: &str) -> Option<BootOutcome> {
     if console.contains("You are in emergency mode")
         || console.contains("Entering emergency mode")
+        // recipes/emergency-reboot.conf's description: the image reboots
+        // where it would have started an emergency shell.
+        || console.contains("Reboot instead of an emergency shell")
         || console.contains("Cannot open access to console, the root account is locked")
     {
         Some(BootOutcome::EmergencyMode)
@@ -967,7 +1060,6 @@ fn fatal_sign(console: &str) -> Option<BootOutcome> {
     }
 }
 
-/// Kernel messages about verity corruption.
 /// Kernel messages about verity corruption, each once.
 fn verity_errors(console: &str) -> Vec<String> {
     let mut errors: Vec<String> = Vec::new();
