@@ -352,9 +352,8 @@ pub struct BuildArgs {
 ///
 /// Each platform's artifact is booted the way that platform presents it
 /// (see `boxcar platforms`): the qcow2 on virtio under UEFI; the OVA's VMDK,
-/// after its manifest and OVF are checked against its files, on a
-/// paravirtual SCSI controller with a VMXNET3 NIC and VMware's SMBIOS
-/// identity; the AWS raw disk as NVMe under UEFI, with an imitation instance
+/// after its manifest and OVF are checked against its files, on a SATA
+/// controller with a VMXNET3 NIC and VMware's SMBIOS identity; the AWS raw disk as NVMe under UEFI, with an imitation instance
 /// metadata service; the metal image decompressed onto a larger SATA disk;
 /// the PXE artifact by a real network boot (iPXE fetching its script over
 /// TFTP, kernel and initrd over HTTP). Artifacts are never modified.
@@ -363,8 +362,10 @@ pub struct BuildArgs {
 /// read-only from a dm-verity device whose root hash is build.json's; writes
 /// to /usr are refused; ROOT grew to fill the disk (a tmpfs root for PXE);
 /// the platform id is the expected one and the platform's agents are active
-/// (and no other platform's); containerd and docker are active; docker runs
-/// a container imported from a local file (no registry); and the boot time.
+/// (and no other platform's); no unit failed; the update service
+/// (systemd-sysupdate) runs cleanly with nothing staged, or is skipped on a
+/// diskless boot; containerd and docker are active; docker runs a container
+/// imported from a local file (no registry); and the boot time.
 ///
 /// Nothing for the test is built into the image: a small extra disk brings
 /// the test script and container, and a systemd unit is passed in as a

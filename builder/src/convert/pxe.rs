@@ -107,6 +107,7 @@ pub fn write_pxe(
         ROOT_UNIT,
         "initrd-root-fs.target",
     )?;
+    mask_unit(&tree, "systemd-repart.service")?;
     let cpio = work.join("pxe.cpio");
     write_cpio(tools, &tree, &cpio)?;
     fs::remove_dir_all(&tree)?;
@@ -236,6 +237,17 @@ fn install_unit(tree: &Path, name: &str, text: &str, target: &str) -> Result<()>
     Ok(())
 }
 
+/// Masks a unit of the build's initrd. systemd-repart is the one: with a
+/// tmpfs root it would take the carried /usr disk for the root disk and
+/// fail trying to fit a root partition into it (the booted system's own
+/// copy is skipped by a condition in overlays/base).
+fn mask_unit(tree: &Path, name: &str) -> Result<()> {
+    let units = tree.join("etc/systemd/system");
+    fs::create_dir_all(&units)?;
+    std::os::unix::fs::symlink("/dev/null", units.join(name))?;
+    Ok(())
+}
+
 /// A newc cpio archive of `tree`, owned by root, in a stable order.
 fn write_cpio(tools: &HostTools, tree: &Path, out: &Path) -> Result<()> {
     let mut paths = Vec::new();
@@ -287,6 +299,16 @@ mod tests {
     fn units_order_around_the_generated_ones() {
         assert!(ROOT_UNIT.contains("Before=initrd-root-fs.target sysroot-usr.mount"));
         assert!(USR_UNIT.contains("--partscan"));
+    }
+
+    #[test]
+    fn masking_links_the_unit_to_dev_null() {
+        let tree = tempfile::tempdir().unwrap();
+        mask_unit(tree.path(), "systemd-repart.service").unwrap();
+        let link = tree
+            .path()
+            .join("etc/systemd/system/systemd-repart.service");
+        assert_eq!(fs::read_link(link).unwrap(), Path::new("/dev/null"));
     }
 
     #[test]

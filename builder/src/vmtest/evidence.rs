@@ -10,7 +10,7 @@ use std::fmt::Write as _;
 use serde::{Deserialize, Serialize};
 
 use crate::buildinfo::BuildInfo;
-use crate::platform::Platform;
+use crate::platform::{Format, Platform};
 
 pub const EVIDENCE_JSON: &str = "evidence.json";
 pub const SUMMARY_TXT: &str = "summary.txt";
@@ -243,6 +243,14 @@ pub fn judge_platform(
             format!("{} from {}", get("root_fstype"), get("root_source")),
         )),
     }
+    checks.push(failed_units_check(
+        get("failed_units"),
+        &expect.platform.units,
+    ));
+    checks.push(update_service_check(
+        get("sysupdate_service"),
+        expect.platform.format == Format::Pxe,
+    ));
     let id = expect.platform.id.as_str();
     checks.push(check(
         "the platform id is the expected one",
@@ -676,6 +684,47 @@ fn fallback_checks(
     ]
 }
 
+/// No unit failed during the boot. The platform's own agents are left to
+/// the agents check, which knows the one that cannot run under emulation.
+fn failed_units_check(failed: &str, platform_units: &[String]) -> Check {
+    let unexpected: Vec<&str> = failed
+        .split_whitespace()
+        .filter(|unit| !platform_units.iter().any(|u| u == unit))
+        .collect();
+    check(
+        "no unit failed",
+        unexpected.is_empty(),
+        "no failed units (the platform's agents aside)",
+        if failed.is_empty() {
+            "none".to_owned()
+        } else {
+            failed.to_owned()
+        },
+    )
+}
+
+/// systemd-sysupdate.service, started with nothing staged: it succeeds on
+/// a disk (nothing newer to install), and its condition skips it on a
+/// diskless boot, which has no slots. Either way it must not fail, as it
+/// runs from a timer on every host.
+fn update_service_check(state: &str, diskless: bool) -> Check {
+    let expected = if diskless {
+        "ConditionResult=no ExecMainStatus=0 Result=success"
+    } else {
+        "ConditionResult=yes ExecMainStatus=0 Result=success"
+    };
+    check(
+        if diskless {
+            "the update service is skipped (no disk)"
+        } else {
+            "the update service runs cleanly"
+        },
+        state == expected,
+        expected,
+        state,
+    )
+}
+
 /// Whether a space-separated list holds `word`.
 fn has_word(list: &str, word: &str) -> bool {
     list.split_whitespace().any(|w| w == word)
@@ -1008,6 +1057,30 @@ update.ukis=boxcar_1.0.efi boxcar_1.1+0-3.efi
                 "/usr came from the older slot"
             ]
         );
+    }
+
+    #[test]
+    fn a_failed_unit_fails_the_boot_unless_it_is_the_platforms_agent() {
+        let agents = ["open-vm-tools.service".to_owned()];
+        assert!(failed_units_check("", &agents).passed);
+        assert!(failed_units_check("open-vm-tools.service", &agents).passed);
+        let check = failed_units_check("systemd-repart.service open-vm-tools.service", &agents);
+        assert!(!check.passed);
+        assert_eq!(
+            check.observed,
+            "systemd-repart.service open-vm-tools.service"
+        );
+    }
+
+    #[test]
+    fn the_update_service_must_not_fail() {
+        let ok = "ConditionResult=yes ExecMainStatus=0 Result=success";
+        assert!(update_service_check(ok, false).passed);
+        assert!(!update_service_check(ok, true).passed);
+        let skipped = "ConditionResult=no ExecMainStatus=0 Result=success";
+        assert!(update_service_check(skipped, true).passed);
+        let failed = "ConditionResult=yes ExecMainStatus=1 Result=exit-code";
+        assert!(!update_service_check(failed, false).passed);
     }
 
     #[test]
