@@ -91,32 +91,14 @@ fn build_produces_a_verity_protected_ab_image_that_stock_tools_confirm() {
     }
     // sha256sum --check over the smaller files (the disk image is covered
     // by the boot test, /usr by veritysetup below).
-    let sums: String = info["files"]
+    let digests: Vec<(&str, &str)> = info["files"]
         .as_array()
         .unwrap()
         .iter()
         .filter(|f| f["size"].as_u64().unwrap() < 512 * 1024 * 1024)
-        .map(|f| {
-            format!(
-                "{}  {}\n",
-                f["sha256"].as_str().unwrap(),
-                f["name"].as_str().unwrap()
-            )
-        })
+        .map(|f| (f["sha256"].as_str().unwrap(), f["name"].as_str().unwrap()))
         .collect();
-    let sums_file = dir.join("SHA256SUMS.e2e");
-    std::fs::write(&sums_file, sums).unwrap();
-    let check = Command::new("sha256sum")
-        .args(["--check", "--strict", "SHA256SUMS.e2e"])
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    std::fs::remove_file(&sums_file).unwrap();
-    assert!(
-        check.status.success(),
-        "sha256sum --check: {}",
-        String::from_utf8_lossy(&check.stdout)
-    );
+    assert_digests_match(dir, &digests);
 
     host_tool(
         "veritysetup",
@@ -319,30 +301,12 @@ fn every_platform_artifact_is_packaged_with_the_same_usr() {
     }
 
     // sha256sum agrees with build.json about every artifact but the big raw one.
-    let sums: String = artifacts
+    let digests: Vec<(&str, &str)> = artifacts
         .iter()
         .filter(|a| a["size"].as_u64().unwrap() < 1024 * 1024 * 1024)
-        .map(|a| {
-            format!(
-                "{}  {}\n",
-                a["sha256"].as_str().unwrap(),
-                a["file"].as_str().unwrap()
-            )
-        })
+        .map(|a| (a["sha256"].as_str().unwrap(), a["file"].as_str().unwrap()))
         .collect();
-    let sums_file = dir.join("ARTIFACTS.SHA256SUMS.e2e");
-    std::fs::write(&sums_file, sums).unwrap();
-    let check = Command::new("sha256sum")
-        .args(["--check", "--strict", "ARTIFACTS.SHA256SUMS.e2e"])
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    std::fs::remove_file(&sums_file).unwrap();
-    assert!(
-        check.status.success(),
-        "sha256sum --check: {}",
-        String::from_utf8_lossy(&check.stdout)
-    );
+    assert_digests_match(dir, &digests);
 }
 
 /// Every artifact boots the way its platform presents it, runs /usr from
@@ -561,16 +525,7 @@ fn published_release_promotes_to_beta_and_verifies() {
             release.join("SHA256SUMS").to_str().unwrap(),
         ],
     );
-    let check = Command::new("sha256sum")
-        .args(["--check", "--strict", "SHA256SUMS"])
-        .current_dir(&release)
-        .output()
-        .unwrap();
-    assert!(
-        check.status.success(),
-        "sha256sum: {}",
-        String::from_utf8_lossy(&check.stdout)
-    );
+    assert_sha256sum_check(&release, "SHA256SUMS");
     // Promotion changed no bits: both channels name the same release.json.
     let alpha = read_json(&store.join("channels/alpha.json"));
     let beta = read_json(&store.join("channels/beta.json"));

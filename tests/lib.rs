@@ -138,6 +138,34 @@ pub fn shared_newer_build() -> &'static Path {
     })
 }
 
+/// Asserts that `sha256sum --check --strict SUMS` accepts the files in
+/// `dir` that the sums file `SUMS` (in `dir`) lists.
+pub fn assert_sha256sum_check(dir: &Path, sums: &str) {
+    let check = std::process::Command::new("sha256sum")
+        .args(["--check", "--strict", sums])
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "sha256sum --check {sums}: {}",
+        String::from_utf8_lossy(&check.stdout)
+    );
+}
+
+/// Asserts that sha256sum agrees with `digests` (sha256, file name in
+/// `dir`), through a sums file it writes into `dir` and removes.
+pub fn assert_digests_match(dir: &Path, digests: &[(&str, &str)]) {
+    let sums: String = digests
+        .iter()
+        .map(|(sha256, name)| format!("{sha256}  {name}\n"))
+        .collect();
+    let sums_file = dir.join("SHA256SUMS.e2e");
+    std::fs::write(&sums_file, sums).unwrap();
+    assert_sha256sum_check(dir, "SHA256SUMS.e2e");
+    std::fs::remove_file(&sums_file).unwrap();
+}
+
 /// Reads a JSON file.
 pub fn read_json(path: &Path) -> serde_json::Value {
     let text =

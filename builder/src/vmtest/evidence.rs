@@ -524,39 +524,12 @@ pub fn judge_update(
 fn update_checks(report: &BTreeMap<String, String>, expect: &UpdateExpectation) -> Vec<Check> {
     let get = |key: &str| report.get(key).map(String::as_str).unwrap_or("");
     let (new, old) = (expect.new_version.as_str(), expect.old_version.as_str());
-    let slot_labels = |version: &str, (data, hash): (u32, u32)| {
-        format!("{data}:boxcar_{version} {hash}:boxcar_{version}_verity")
-    };
     let new_usr = slot_labels(new, expect.new_slot);
     let old_usr = slot_labels(old, expect.old_slot);
     let ukis = get("update.ukis");
     let partitions = get("update.partitions");
-    vec![
-        check(
-            "the older version booted first",
-            get("update.before_version") == old && get("update.before_usr") == old_usr,
-            format!("{old} from {old_usr}"),
-            format!(
-                "{} from {}",
-                get("update.before_version"),
-                get("update.before_usr")
-            ),
-        ),
-        check(
-            "systemd-sysupdate installed the update",
-            get("update.sysupdate") == "ok",
-            "ok",
-            get("update.sysupdate"),
-        ),
-        check(
-            "the new UKI was installed with boot counting",
-            has_word(
-                get("update.installed_ukis"),
-                &format!("boxcar_{new}+3-0.efi"),
-            ),
-            format!("boxcar_{new}+3-0.efi on the ESP"),
-            get("update.installed_ukis"),
-        ),
+    let mut checks = install_checks(report, expect);
+    checks.extend([
         check(
             "/usr came from the other slot",
             get("update.usr") == new_usr,
@@ -581,6 +554,46 @@ fn update_checks(report: &BTreeMap<String, String>, expect: &UpdateExpectation) 
                 && old_usr.split(' ').all(|part| has_word(partitions, part)),
             format!("boxcar_{old}.efi, and {old_usr}"),
             format!("UKIs: {ukis}; partitions: {partitions}"),
+        ),
+    ]);
+    checks
+}
+
+/// "number:label" of a slot's data and hash partitions holding `version`,
+/// as the guest reports them.
+fn slot_labels(version: &str, (data, hash): (u32, u32)) -> String {
+    format!("{data}:boxcar_{version} {hash}:boxcar_{version}_verity")
+}
+
+/// What the first boot of every update test must show: the older version
+/// ran from its slot and installed the new one, whose UKI got its tries.
+fn install_checks(report: &BTreeMap<String, String>, expect: &UpdateExpectation) -> Vec<Check> {
+    let get = |key: &str| report.get(key).map(String::as_str).unwrap_or("");
+    let (new, old) = (expect.new_version.as_str(), expect.old_version.as_str());
+    let old_usr = slot_labels(old, expect.old_slot);
+    let installed = format!("boxcar_{new}+{UKI_TRIES}-0.efi");
+    vec![
+        check(
+            "the older version booted first",
+            get("update.before_version") == old && get("update.before_usr") == old_usr,
+            format!("{old} from {old_usr}"),
+            format!(
+                "{} from {}",
+                get("update.before_version"),
+                get("update.before_usr")
+            ),
+        ),
+        check(
+            "systemd-sysupdate installed the update",
+            get("update.sysupdate") == "ok",
+            "ok",
+            get("update.sysupdate"),
+        ),
+        check(
+            "the new UKI was installed with boot counting",
+            has_word(get("update.installed_ukis"), &installed),
+            format!("{installed} on the ESP"),
+            get("update.installed_ukis"),
         ),
     ]
 }
@@ -614,40 +627,13 @@ fn fallback_checks(
 ) -> Vec<Check> {
     let get = |key: &str| report.get(key).map(String::as_str).unwrap_or("");
     let (new, old) = (expect.new_version.as_str(), expect.old_version.as_str());
-    let old_usr = format!(
-        "{}:boxcar_{old} {}:boxcar_{old}_verity",
-        expect.old_slot.0, expect.old_slot.1
-    );
+    let old_usr = slot_labels(old, expect.old_slot);
     let ukis = get("update.ukis");
     let spent = format!("boxcar_{new}+0-{UKI_TRIES}.efi");
     // The older build's first boot, one per try, and its boot at the end.
     let boots = UKI_TRIES + 2;
-    vec![
-        check(
-            "the older version booted first",
-            get("update.before_version") == old && get("update.before_usr") == old_usr,
-            format!("{old} from {old_usr}"),
-            format!(
-                "{} from {}",
-                get("update.before_version"),
-                get("update.before_usr")
-            ),
-        ),
-        check(
-            "systemd-sysupdate installed the update",
-            get("update.sysupdate") == "ok",
-            "ok",
-            get("update.sysupdate"),
-        ),
-        check(
-            "the new UKI was installed with boot counting",
-            has_word(
-                get("update.installed_ukis"),
-                &format!("boxcar_{new}+{UKI_TRIES}-0.efi"),
-            ),
-            format!("boxcar_{new}+{UKI_TRIES}-0.efi on the ESP"),
-            get("update.installed_ukis"),
-        ),
+    let mut checks = install_checks(report, expect);
+    checks.extend([
         check(
             "verity refused the tampered /usr",
             !verity_errors.is_empty(),
@@ -681,7 +667,8 @@ fn fallback_checks(
             old_usr.clone(),
             get("update.usr"),
         ),
-    ]
+    ]);
+    checks
 }
 
 /// No unit failed during the boot. The platform's own agents are left to

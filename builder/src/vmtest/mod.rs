@@ -634,7 +634,17 @@ fn prepare_tamper(context: &TestContext, work: &Path) -> Result<Prepared> {
         &copy,
     )?;
     let boot = overlay_disk(context, &copy, "raw", DiskBus::Virtio, work)?;
-    Ok(Prepared {
+    Ok(plain_virtio_boot(
+        boot,
+        format!("{} (tampered copy)", context.build.disk.file),
+        Some(tampering),
+    ))
+}
+
+/// A disk image (not a platform's artifact) booted the simplest way: UEFI,
+/// virtio disk and NIC, no platform extras.
+fn plain_virtio_boot(boot: BootSource, artifact: String, tampering: Option<String>) -> Prepared {
+    Prepared {
         boot,
         nic: Nic::Virtio,
         guest_forwards: Vec::new(),
@@ -644,10 +654,10 @@ fn prepare_tamper(context: &TestContext, work: &Path) -> Result<Prepared> {
         min_memory_mib: 0,
         package_checks: Vec::new(),
         update_data: None,
-        artifact: format!("{} (tampered copy)", context.build.disk.file),
-        tampering: Some(tampering),
+        artifact,
+        tampering,
         hardware: Nic::hardware(Firmware::Uefi, DiskBus::Virtio, Nic::Virtio),
-    })
+    }
 }
 
 /// The update cases: the older build's disk image, booted like the qemu
@@ -668,33 +678,24 @@ fn prepare_update(
     )?;
     let update_data = work.join("update.tar");
     let tampering = write_update_data(context, work, tamper, &update_data)?;
+    let artifact = format!(
+        "{} of {}, updated to {} ({}, {}, uki.efi)",
+        older.info.disk.file,
+        older.info.version,
+        context.build.version,
+        context.build.usr.data_file,
+        context.build.usr.hash_file
+    );
     Ok(Prepared {
-        boot,
-        nic: Nic::Virtio,
-        guest_forwards: Vec::new(),
-        smbios_system: None,
-        guest_agent: false,
-        network: None,
-        min_memory_mib: 0,
-        package_checks: Vec::new(),
         update_data: Some(update_data),
-        artifact: format!(
-            "{} of {}, updated to {} ({}, {}, uki.efi)",
-            older.info.disk.file,
-            older.info.version,
-            context.build.version,
-            context.build.usr.data_file,
-            context.build.usr.hash_file
-        ),
-        tampering,
-        hardware: Nic::hardware(Firmware::Uefi, DiskBus::Virtio, Nic::Virtio),
+        ..plain_virtio_boot(boot, artifact, tampering)
     })
 }
 
 /// The names systemd-sysupdate's transfers (overlays/base/usr/lib/
 /// sysupdate.d) match, for this build's /usr, hash tree and UKI: the
 /// version, and for the partitions the UUID the new slot must get.
-pub fn update_file_names(build: &BuildInfo) -> Result<[(String, String); 3]> {
+fn update_file_names(build: &BuildInfo) -> Result<[(String, String); 3]> {
     let table = &build.disk.partition_table;
     let version = &build.version;
     Ok([
