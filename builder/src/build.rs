@@ -23,16 +23,14 @@ use crate::convert;
 use crate::hosttools::{HostTools, Requirement};
 use crate::image::{self, PartitionTable, Role};
 use crate::mkosi::MkosiRun;
-use crate::platform::{Format, Platform, PlatformId, PlatformTable};
+use crate::platform::{Format, Platform, PlatformId, PlatformTable, IMAGE_ID};
 use crate::process::Step;
 use crate::progress::Progress;
 use crate::project::{Cache, Project};
 use crate::recipe::Recipe;
 use crate::uki;
+use crate::units::{human_bytes, now_rfc3339};
 use crate::version::Version;
-
-/// The OS name: mkosi's ImageId, os-release's ID, the output file prefix.
-pub const IMAGE_ID: &str = "boxcar";
 
 /// The build's log, inside the build directory.
 pub const BUILD_LOG: &str = "build.log";
@@ -885,30 +883,6 @@ fn allocated_bytes(meta: &fs::Metadata) -> u64 {
     meta.blocks() * 512
 }
 
-pub fn now_rfc3339() -> String {
-    OffsetDateTime::now_utc()
-        .replace_nanosecond(0)
-        .unwrap_or_else(|_| OffsetDateTime::now_utc())
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
-}
-
-/// Sizes for people: "4.6 GiB".
-pub fn human_bytes(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
-}
-
 /// git's view of the checkout; `None` fields when git or the repository is
 /// not there (a source tarball builds too).
 fn git_source(root: &Path) -> SourceInfo {
@@ -1192,11 +1166,5 @@ mod tests {
             (Some(522_000_000), Some(20931))
         );
         assert!(!temp.path().join(USR_STATS_FILE).exists());
-    }
-
-    #[test]
-    fn human_sizes() {
-        assert_eq!(human_bytes(512), "512 B");
-        assert_eq!(human_bytes(4_967_124_992), "4.6 GiB");
     }
 }

@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use time::OffsetDateTime;
 
-use crate::build::{self, human_bytes, BuildPlan, BuildRequest};
+use crate::build::{self, BuildPlan, BuildRequest};
 use crate::channel::Channels;
 use crate::cmdline::{AccelArg, BuildArgs, CheckArgs, Cli, Command, GlobalArgs, TestArgs};
 use crate::convert;
@@ -19,6 +19,7 @@ use crate::platform::{Nic, PlatformTable};
 use crate::progress::Progress;
 use crate::project::{Cache, Project};
 use crate::recipe::Recipe;
+use crate::units::human_bytes;
 use crate::vmtest::{self, qemu::AccelRequest, TestRequest};
 
 /// Runs the parsed command line.
@@ -77,7 +78,7 @@ fn build(global: &GlobalArgs, args: &BuildArgs, progress: &Progress) -> Result<(
     let tools = hosttools::check(&requirements, &locator(&plan.cache), "build")?;
     progress.note(&format!(
         "building {} {} for channel {} (cache {})",
-        build::IMAGE_ID,
+        crate::platform::IMAGE_ID,
         plan.version,
         plan.channel.name,
         plan.cache.root.display()

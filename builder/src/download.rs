@@ -722,8 +722,8 @@ fn fetch_artifact(
     fetcher.progress.note(&format!(
         "{}: {} in {seconds:.1}s ({}/s), sha256 verified",
         artifact.name,
-        crate::build::human_bytes(artifact.size),
-        crate::build::human_bytes((artifact.size as f64 / seconds) as u64)
+        crate::units::human_bytes(artifact.size),
+        crate::units::human_bytes((artifact.size as f64 / seconds) as u64)
     ));
     fs::rename(&part, &target)
         .with_context(|| format!("renaming {} to {}", part.display(), target.display()))?;
@@ -779,7 +779,7 @@ fn decompress_if_compressed(
     progress.note(&format!(
         "decompressed to {} ({}) in {:.1}s",
         target.display(),
-        crate::build::human_bytes(written),
+        crate::units::human_bytes(written),
         started.elapsed().as_secs_f64()
     ));
     Ok(Some(target))

@@ -64,6 +64,7 @@ pub mod recipe;
 pub mod store;
 pub mod storesource;
 pub mod uki;
+pub mod units;
 pub mod verify;
 pub mod version;
 pub mod vmtest;

@@ -18,6 +18,10 @@ use crate::version::Version;
 /// Where the table lives in a checkout.
 pub const TABLE_FILE: &str = "recipes/platforms.toml";
 
+/// The OS name: mkosi's ImageId, os-release's ID, the prefix of every
+/// artifact's file name.
+pub const IMAGE_ID: &str = "boxcar";
+
 /// A platform's id: lowercase letters and digits, starting with a letter. It
 /// appears on the kernel command line (`boxcar.platform=<id>`), in file
 /// names and in environment variable names, so nothing else is allowed.
@@ -213,7 +217,7 @@ impl Platform {
 
     /// The files of this platform's artifact, by role.
     pub fn artifact_files(&self, version: &Version) -> Vec<(ArtifactRole, String)> {
-        let base = format!("{}-{version}-{}", crate::build::IMAGE_ID, self.id);
+        let base = format!("{}-{version}-{}", IMAGE_ID, self.id);
         match self.format {
             Format::Qcow2 => vec![(ArtifactRole::Disk, format!("{base}.qcow2"))],
             Format::Ova => vec![(ArtifactRole::Disk, format!("{base}.ova"))],

@@ -194,7 +194,7 @@ pub fn publish(
     phase.done(&format!(
         "{} files, {}",
         artifacts.len(),
-        crate::build::human_bytes(total)
+        crate::units::human_bytes(total)
     ));
 
     let now = OffsetDateTime::now_utc();

@@ -254,7 +254,7 @@ fn package_platform(
             Format::Ova => {
                 let raw = work.join("disk.raw");
                 platform_disk(parts, platform, tools, &raw)?;
-                let vm_name = format!("{}-{}", crate::build::IMAGE_ID, parts.version);
+                let vm_name = format!("{}-{}", crate::platform::IMAGE_ID, parts.version);
                 ova::write_ova(
                     tools,
                     &raw,

@@ -358,7 +358,7 @@ fn run_case(context: &TestContext, case: Case) -> Result<TestOutcome> {
             qemu::Accel::Kvm => Duration::from_secs(300),
             qemu::Accel::Tcg => Duration::from_secs(900),
         });
-    let started_at = crate::build::now_rfc3339();
+    let started_at = crate::units::now_rfc3339();
     let mut phase = context.progress.phase(&format!("boot {case_name}"));
     let run = boot(
         context.tools,
