@@ -204,3 +204,140 @@ impl Drop for Phase {
         }
     }
 }
+
+/// Progress for downloads.
+impl Progress {
+    /// A byte bar with rate and ETA on a terminal; a line every few seconds
+    /// in plain mode; nothing when quiet.
+    pub fn download_bar(&self, name: &str, total: u64) -> ProgressBar {
+        match self.mode() {
+            Mode::Terminal => {
+                let bar = ProgressBar::new(total);
+                bar.set_style(
+                    indicatif::ProgressStyle::with_template(
+                        "{prefix} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
+                    )
+                    .expect("valid template")
+                    .progress_chars("=> "),
+                );
+                bar.set_prefix(name.to_owned());
+                bar
+            }
+            Mode::Plain => {
+                let bar = ProgressBar::with_draw_target(
+                    Some(total),
+                    indicatif::ProgressDrawTarget::term_like_with_hz(
+                        Box::new(PlainLines::new(name)),
+                        1,
+                    ),
+                );
+                bar.set_style(
+                    indicatif::ProgressStyle::with_template(
+                        "{bytes}/{total_bytes} ({percent}%) {binary_bytes_per_sec}",
+                    )
+                    .expect("valid template"),
+                );
+                bar
+            }
+            Mode::Quiet => ProgressBar::hidden(),
+        }
+    }
+}
+
+/// Draws a progress bar as one plain line per update (for logs), at most
+/// every few seconds.
+#[derive(Debug)]
+struct PlainLines {
+    name: String,
+    last: std::sync::Mutex<Option<Instant>>,
+}
+
+impl PlainLines {
+    fn new(name: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            last: std::sync::Mutex::new(None),
+        }
+    }
+}
+
+impl indicatif::TermLike for PlainLines {
+    fn width(&self) -> u16 {
+        100
+    }
+    fn move_cursor_up(&self, _: usize) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn move_cursor_down(&self, _: usize) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn move_cursor_right(&self, _: usize) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn move_cursor_left(&self, _: usize) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn write_line(&self, line: &str) -> std::io::Result<()> {
+        self.write_str(line)
+    }
+    fn write_str(&self, text: &str) -> std::io::Result<()> {
+        let text = text.trim();
+        if text.is_empty() {
+            return Ok(());
+        }
+        let mut last = self.last.lock().expect("progress lock");
+        if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(2)) {
+            eprintln!("    {}: {text}", self.name);
+            *last = Some(Instant::now());
+        }
+        Ok(())
+    }
+    fn clear_line(&self) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn flush(&self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Shows a client's transfers as download bars and its notices as lines.
+pub struct TransferProgress {
+    progress: Progress,
+    bar: std::sync::Mutex<Option<ProgressBar>>,
+}
+
+impl TransferProgress {
+    pub fn new(progress: Progress) -> Self {
+        Self {
+            progress,
+            bar: std::sync::Mutex::new(None),
+        }
+    }
+}
+
+impl boxcar_client::Observer for TransferProgress {
+    fn notice(&self, message: &str) {
+        match &*self.bar.lock().expect("progress lock") {
+            Some(bar) if self.progress.mode() == Mode::Terminal => bar.println(message),
+            _ => self.progress.note(message),
+        }
+    }
+
+    fn transfer_started(&self, name: &str, total: u64, from: u64) {
+        let bar = self.progress.download_bar(name, total);
+        bar.set_position(from);
+        *self.bar.lock().expect("progress lock") = Some(bar);
+    }
+
+    fn transfer_progress(&self, _name: &str, position: u64) {
+        if let Some(bar) = &*self.bar.lock().expect("progress lock") {
+            bar.set_position(position);
+        }
+    }
+
+    fn transfer_finished(&self, _name: &str) {
+        if let Some(bar) = self.bar.lock().expect("progress lock").take() {
+            bar.finish_and_clear();
+        }
+    }
+}

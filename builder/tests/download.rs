@@ -7,7 +7,7 @@
 mod common;
 
 use std::fs;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -85,25 +85,11 @@ fn serve(
     behaviour: &Mutex<Behaviour>,
     seen: &Mutex<Vec<Seen>>,
 ) -> std::io::Result<()> {
-    let mut reader = BufReader::new(stream.try_clone()?);
-    let mut line = String::new();
-    reader.read_line(&mut line)?;
-    let path = line
-        .split_whitespace()
-        .nth(1)
-        .unwrap_or("/")
-        .trim_start_matches('/')
-        .to_owned();
-    let mut range = None;
-    loop {
-        let mut header = String::new();
-        if reader.read_line(&mut header)? == 0 || header.trim().is_empty() {
-            break;
-        }
-        if let Some(value) = header.to_ascii_lowercase().strip_prefix("range:") {
-            range = Some(value.trim().to_owned());
-        }
-    }
+    let (path, headers) = read_request(&stream)?;
+    let range = headers
+        .into_iter()
+        .find(|(name, _)| name == "range")
+        .map(|(_, value)| value);
     seen.lock().unwrap().push((path.clone(), range.clone()));
     let file = root.join(&path);
     if path.contains("..") || !file.is_file() {

@@ -239,18 +239,23 @@ fn a_crash_in_the_middle_of_publish_leaves_the_store_as_it_was() {
     let lab = Lab::new();
     lab.publish_to_alpha("1.0.0");
     let alpha_before = fs::read(lab.store().join("channels/alpha.json")).unwrap();
-    let crashed = lab
-        .publish(&lab.build("1.1.0", true), Some("alpha"))
-        .env("BOXCAR_CRASH_AT", "publish-copying")
-        .output()
-        .unwrap();
-    assert!(!crashed.status.success(), "the publish was meant to die");
+    lab.publish_crashing_at("1.1.0", "publish-copying");
     assert!(!lab.store().join("releases/1.1.0").exists());
     assert_eq!(
         fs::read(lab.store().join("channels/alpha.json")).unwrap(),
         alpha_before
     );
-    lab.verify_passes_with("removed the half-published");
+    // A reader reports the leftover and leaves it; repairing is a writer's job.
+    lab.verify_passes_with("warn  releases/.1.1.0.partial: left by an interrupted writer");
+    assert!(lab.store().join("releases/.1.1.0.partial").exists());
+    lab.repair()
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("removed the half-published"));
+    lab.verify()
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("warn").not());
     // The next publish of that version works.
     lab.publish_to_alpha("1.1.0");
 }
@@ -270,7 +275,19 @@ fn a_crash_between_a_document_and_its_signature_is_rolled_back() {
         .output()
         .unwrap();
     assert!(!crashed.status.success(), "the promotion was meant to die");
-    lab.verify_passes_with("restored");
+    // Half replaced: the new signature beside the old document. A reader
+    // refuses the pair and points at the journal; it changes nothing.
+    lab.verify().assert().code(1).stdout(
+        predicate::str::contains("FAIL  channels/beta.json")
+            .and(predicate::str::contains("bad signature"))
+            .and(predicate::str::contains(
+                "warn  channels/.beta.json.journal",
+            )),
+    );
+    lab.repair()
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("restored"));
     assert_eq!(
         fs::read(lab.store().join("channels/beta.json")).unwrap(),
         beta_before
@@ -324,24 +341,8 @@ fn concurrent_writers_do_not_lose_updates() {
 fn key_rotation_keeps_old_installs_verifying() {
     let lab = Lab::new();
     lab.publish_to_alpha("1.0.0");
-    let new = lab.path("new-keys");
-    boxcar()
-        .args(["keys", "generate", "--out", new.to_str().unwrap()])
-        .assert()
-        .success();
     // The old key introduces the new one...
-    lab.boxcar(&[
-        "keys",
-        "add",
-        "--store",
-        lab.store().to_str().unwrap(),
-        "--key",
-        &lab.key(),
-        "--public",
-        new.join("boxcar.pub").to_str().unwrap(),
-    ])
-    .assert()
-    .success();
+    let new = lab.rotate_key("new-keys");
     // ...which then signs the next release.
     lab.boxcar(&[
         "publish",

@@ -4,6 +4,12 @@
 //! trusted comment names the document's kind, so one kind of document can
 //! never stand in for another.
 //!
+//!
+//! Readers ignore fields they do not know: a newer writer may add fields,
+//! and readers already deployed on nodes and operators' machines keep
+//! verifying (the signature covers the bytes, whatever they hold) and keep
+//! reading the fields they know, with every check on them.
+//!
 //! ```text
 //! keys.json                      which keys sign (rotation: signed by an older key)
 //! index.json                     every release and channel, in one fetch
@@ -137,7 +143,6 @@ pub fn format_time(time: OffsetDateTime) -> String {
 
 /// `releases/<version>/release.json`: one release's artifacts.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ReleaseDocument {
     pub schema: u32,
     /// The OS name ("boxcar").
@@ -157,7 +162,6 @@ pub struct ReleaseDocument {
 
 /// One file of a release.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ReleaseArtifact {
     pub platform: String,
     pub format: String,
@@ -171,7 +175,6 @@ pub struct ReleaseArtifact {
 
 /// The outcome of one platform's boot test.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct EvidenceSummary {
     pub platform: String,
     pub passed: bool,
@@ -184,6 +187,16 @@ pub struct EvidenceSummary {
     pub failed_checks: Vec<String>,
     /// The sha256 of the full evidence.json, published next to release.json.
     pub evidence_sha256: Sha256Digest,
+}
+
+/// `SHA256SUMS`: a release's digests in the format `sha256sum --check`
+/// reads. The publisher writes it, readers compare it with release.json.
+pub fn sha256sums(release: &ReleaseDocument) -> String {
+    release
+        .artifacts
+        .iter()
+        .map(|a| format!("{}  {}\n", a.sha256, a.name))
+        .collect()
 }
 
 impl ReleaseDocument {
@@ -206,7 +219,6 @@ impl ReleaseDocument {
 
 /// `channels/<channel>.json`: what a channel points at.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ChannelDocument {
     pub schema: u32,
     pub channel: String,
@@ -227,7 +239,6 @@ pub struct ChannelDocument {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ChannelEntry {
     pub serial: u64,
     pub version: String,
@@ -311,7 +322,6 @@ impl ChannelDocument {
 /// `index.json`: every release and channel of the store, so an operator
 /// fetches one document instead of crawling directories.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct IndexDocument {
     pub schema: u32,
     pub serial: u64,
@@ -321,7 +331,6 @@ pub struct IndexDocument {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct IndexRelease {
     pub version: String,
     pub published_at: String,
@@ -330,7 +339,6 @@ pub struct IndexRelease {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct IndexChannel {
     pub name: String,
     pub version: String,
@@ -342,7 +350,6 @@ pub struct IndexChannel {
 /// a keyring signed by a key the reader already trusts, so installs that
 /// pinned the old key learn the new one and keep verifying.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct KeyringDocument {
     pub schema: u32,
     pub serial: u64,
@@ -351,7 +358,6 @@ pub struct KeyringDocument {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct KeyringEntry {
     pub key_id: KeyId,
     /// The public key, as the second line of its minisign file.
@@ -455,6 +461,21 @@ mod tests {
             "x"
         )
         .is_err());
+    }
+
+    #[test]
+    fn a_document_from_a_newer_writer_verifies_and_reads() {
+        let key = SecretKey::from_seed([7; 32]);
+        let trusted = TrustedKeys::new([key.public_key()]);
+        let mut value = serde_json::to_value(channel(2)).unwrap();
+        value["rollout"] = serde_json::json!({"waves": [[1, "1h"]]});
+        value["history"][0]["note"] = serde_json::json!("added by a newer writer");
+        let bytes = to_bytes(&value);
+        let signature = sign_bytes(&key, &bytes, Kind::Channel, "beta").unwrap();
+        let (doc, _): (ChannelDocument, _) =
+            verify(&bytes, &signature, &trusted, Kind::Channel, "beta", "x").unwrap();
+        assert_eq!(doc, channel(2));
+        assert!(doc.check_history().is_ok());
     }
 
     #[test]

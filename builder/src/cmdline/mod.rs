@@ -60,6 +60,7 @@ pub enum Command {
     Publish(PublishArgs),
     Promote(PromoteArgs),
     Verify(VerifyArgs),
+    Repair(RepairArgs),
     Download(DownloadArgs),
     /// Helpers that boxcar runs itself (not for people).
     #[command(hide = true)]
@@ -184,6 +185,11 @@ pub struct PromoteArgs {
 /// serial not behind the index's, consistent history, pointing at a
 /// published release) and every release (signature, SHA256SUMS, every
 /// artifact's sha256). Exits 1 if anything is wrong.
+///
+/// It never changes the store, so it can check a read-only mount or a
+/// mirror. What an interrupted writer left behind in a directory store is
+/// reported as a warning; `boxcar repair` (or the next publish or promote)
+/// cleans it up.
 #[derive(Debug, Args)]
 pub struct VerifyArgs {
     /// The store: a directory, a file:// URL or an http(s):// URL.
@@ -193,6 +199,35 @@ pub struct VerifyArgs {
     /// one of these signed are trusted too.
     #[arg(long = "key", value_name = "FILE", required = true)]
     pub keys: Vec<PathBuf>,
+    #[command(flatten)]
+    pub network: NetworkArgs,
+}
+
+/// Undo what interrupted writers left in a store.
+///
+/// Takes the writers' lock (waiting for a writer at work), then puts back
+/// any document whose replacement was cut short (with its signature, as
+/// the pair it was) and removes half-assembled releases. Every publish and
+/// promote does this first; this command does only that. It needs no key:
+/// it only restores what was signed before.
+#[derive(Debug, Args)]
+pub struct RepairArgs {
+    /// The release store (a directory).
+    #[arg(long, value_name = "DIR")]
+    pub store: PathBuf,
+}
+
+/// How patient to be with a store's server.
+#[derive(Clone, Copy, Debug, Args)]
+pub struct NetworkArgs {
+    /// Give up on a connection that sends nothing for this many seconds (a
+    /// whole document may take four times as long).
+    #[arg(long, default_value_t = 30, value_name = "SECONDS")]
+    pub timeout: u64,
+    /// How many times to retry after a transient network error (a lost
+    /// connection, a timeout, a server error).
+    #[arg(long, default_value_t = 5)]
+    pub retries: u32,
 }
 
 /// Download a verified image for a platform, from a channel or by version.
@@ -242,12 +277,8 @@ pub struct DownloadArgs {
     /// only what that channel has carried) instead of downloading.
     #[arg(long)]
     pub list: bool,
-    /// Give up on a connection that sends nothing for this many seconds.
-    #[arg(long, default_value_t = 30, value_name = "SECONDS")]
-    pub timeout: u64,
-    /// How many times to retry after a transient network error.
-    #[arg(long, default_value_t = 5)]
-    pub retries: u32,
+    #[command(flatten)]
+    pub network: NetworkArgs,
     /// Where the highest channel serials seen are kept (rollback
     /// protection). Default: $XDG_STATE_HOME/boxcar/seen-serials.json.
     #[arg(long, value_name = "FILE")]

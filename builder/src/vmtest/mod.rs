@@ -264,7 +264,7 @@ pub fn run(
 fn load_older_build(dir: &Path, build: &BuildInfo) -> Result<OlderBuild> {
     let dir = std::path::absolute(dir)?;
     let info = BuildInfo::load(&dir)?;
-    if crate::channeldoc::compare_versions(info.version.as_str(), build.version.as_str()).is_ge() {
+    if boxcar_client::version::compare(info.version.as_str(), build.version.as_str()).is_ge() {
         bail!(
             "--update-from needs an older build: {} is version {}, not older than {}",
             dir.display(),

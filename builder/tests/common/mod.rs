@@ -126,6 +126,17 @@ impl Lab {
             .success();
     }
 
+    /// Publishes a fresh build of `version` to alpha, dying on purpose at
+    /// the crash point `point` (see BOXCAR_CRASH_AT).
+    pub fn publish_crashing_at(&self, version: &str, point: &str) {
+        let crashed = self
+            .publish(&self.build(version, true), Some("alpha"))
+            .env("BOXCAR_CRASH_AT", point)
+            .output()
+            .unwrap();
+        assert!(!crashed.status.success(), "the publish was meant to die");
+    }
+
     /// `boxcar verify` must pass, reporting `finding`.
     pub fn verify_passes_with(&self, finding: &str) {
         self.verify()
@@ -140,6 +151,31 @@ impl Lab {
             .assert()
             .code(1)
             .stdout(predicate::str::contains(reason));
+    }
+
+    /// Makes a new key pair in `dir` and introduces it to the store with
+    /// `boxcar keys add`, signed by the lab's key; returns the new key's
+    /// directory.
+    pub fn rotate_key(&self, dir: &str) -> PathBuf {
+        let new = self.path(dir);
+        boxcar()
+            .args(["keys", "generate", "--out", new.to_str().unwrap()])
+            .assert()
+            .success();
+        let store = self.store().display().to_string();
+        let key = self.key();
+        let public = new.join("boxcar.pub").display().to_string();
+        self.boxcar(&["keys", "add", "--store", &store, "--key", &key])
+            .args(["--public", &public])
+            .assert()
+            .success();
+        new
+    }
+
+    /// `boxcar repair` of the lab's store.
+    pub fn repair(&self) -> Command {
+        let store = self.store().display().to_string();
+        self.boxcar(&["repair", "--store", &store])
     }
 
     pub fn verify(&self) -> Command {
@@ -398,4 +434,32 @@ pub fn write_evidence(build: &Path, version: &str, platform: &str, passed: bool)
         serde_json::to_string_pretty(&evidence).unwrap(),
     )
     .unwrap();
+}
+
+/// Reads an HTTP request's line and headers from a test server's client:
+/// the path (without its leading `/`) and the headers, names lowercased.
+pub fn read_request(
+    stream: &std::net::TcpStream,
+) -> std::io::Result<(String, Vec<(String, String)>)> {
+    use std::io::BufRead;
+    let mut reader = std::io::BufReader::new(stream.try_clone()?);
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    let path = line
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or("/")
+        .trim_start_matches('/')
+        .to_owned();
+    let mut headers = Vec::new();
+    loop {
+        let mut header = String::new();
+        if reader.read_line(&mut header)? == 0 || header.trim().is_empty() {
+            break;
+        }
+        if let Some((name, value)) = header.split_once(':') {
+            headers.push((name.trim().to_ascii_lowercase(), value.trim().to_owned()));
+        }
+    }
+    Ok((path, headers))
 }

@@ -7,26 +7,28 @@
 //! written and signed there, then the directory is renamed into place; only
 //! after that is a channel pointed at the release, and the index updated.
 
-use std::fs::{self, File};
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::fs;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
+use boxcar_client::layout::{self, SafeName};
 use boxcar_signing::documents::{self, EvidenceSummary, Kind, ReleaseArtifact, ReleaseDocument};
-use boxcar_signing::{DigestingReader, Sha256Digest, Sign};
+use boxcar_signing::{Sha256Digest, Sign};
 use time::OffsetDateTime;
 
+use super::backend::{crash_point, StoreBackend};
+use super::documents as store_documents;
 use crate::buildinfo::BuildInfo;
 use crate::channel::{ChannelConfig, EvidencePolicy};
 use crate::progress::Progress;
-use crate::store::{self, Store};
 use crate::vmtest::evidence::Evidence;
 
 /// What a publish did.
 #[derive(Debug, serde::Serialize)]
 pub struct Published {
     pub version: String,
-    pub release_dir: std::path::PathBuf,
+    /// Where the release is, for people.
+    pub release_dir: String,
     pub release_sha256: Sha256Digest,
     pub artifacts: usize,
     pub bytes: u64,
@@ -109,15 +111,14 @@ pub fn gather_evidence(
 
 /// Publishes the build at `build_dir`. The caller holds the store's lock.
 pub fn publish(
-    store: &Store,
+    store: &dyn StoreBackend,
     build_dir: &Path,
     signer: &dyn Sign,
     channel: Option<&ChannelConfig>,
     progress: &Progress,
 ) -> Result<Published> {
     let build = BuildInfo::load(build_dir)?;
-    let version = build.version.to_string();
-    store::check_version_name(&version)?;
+    let version = SafeName::new("version", build.version.as_str())?;
     let policy = channel.map_or(EvidencePolicy::NotRequired, |c| c.evidence);
     let evidence = gather_evidence(build_dir, &build, policy)?;
     if build.artifacts.is_empty() {
@@ -126,11 +127,10 @@ pub fn publish(
             build_dir.display()
         );
     }
-    let final_dir = store.release_dir(&version);
-    if final_dir.exists() {
+    let release_dir = store.reader().location(&layout::release_dir(&version));
+    if store.release_exists(&version)? {
         bail!(
-            "version {version} is already published at {}; a published version is never replaced",
-            final_dir.display()
+            "version {version} is already published at {release_dir}; a published version is never replaced"
         );
     }
     if let Some(source) = channel.and_then(|c| c.promotes_from.as_ref()) {
@@ -140,34 +140,30 @@ pub fn publish(
         );
     }
 
-    let partial = store.partial_release_dir(&version);
-    if partial.exists() {
-        fs::remove_dir_all(&partial)?;
-    }
-    fs::create_dir_all(partial.join("evidence"))?;
+    let mut draft = store.begin_release(&version)?;
     let mut phase = progress.phase("copy artifacts");
     let total: u64 = build.artifacts.iter().map(|a| a.size).sum();
     let bar = progress.bytes("copy", total);
     let mut artifacts = Vec::new();
     for artifact in &build.artifacts {
         phase.status(&artifact.file);
-        let copied = copy_verified(
-            &build_dir.join(&artifact.file),
-            &partial.join(&artifact.file),
-            &bar,
-        )
-        .with_context(|| format!("copying {}", artifact.file))?;
+        let name = SafeName::new("artifact name", &artifact.file)?;
+        let source = build_dir.join(name.as_str());
+        let start = bar.position();
+        let copied = draft
+            .copy_in(name.as_str(), &source, &|n| bar.set_position(start + n))
+            .with_context(|| format!("copying {}", artifact.file))?;
         if copied != (artifact.sha256, artifact.size) {
             bail!(
                 "{} changed since the build: build.json says {} bytes with sha256 {}, the file has {} bytes with sha256 {}",
-                build_dir.join(&artifact.file).display(),
+                source.display(),
                 artifact.size,
                 artifact.sha256,
                 copied.1,
                 copied.0
             );
         }
-        store::crash_point("publish-copying");
+        crash_point("publish-copying");
         artifacts.push(ReleaseArtifact {
             platform: artifact.platform.to_string(),
             format: artifact.format.name().to_owned(),
@@ -183,12 +179,9 @@ pub fn publish(
     bar.finish_and_clear();
     let mut summaries = Vec::new();
     for (summary, path) in evidence {
-        fs::copy(
-            &path,
-            partial
-                .join("evidence")
-                .join(format!("{}.json", summary.platform)),
-        )?;
+        let platform = SafeName::new("platform", &summary.platform)?;
+        let name = format!("{}/{platform}.json", layout::EVIDENCE_DIR);
+        draft.copy_in(&name, &path, &|_| {})?;
         summaries.push(summary);
     }
     phase.done(&format!(
@@ -201,7 +194,7 @@ pub fn publish(
     let release = ReleaseDocument {
         schema: documents::SCHEMA_VERSION,
         name: build.name.clone(),
-        version: version.clone(),
+        version: version.to_string(),
         built_for: build.channel.to_string(),
         built_at: build.built_at.clone(),
         published_at: documents::format_time(now),
@@ -210,39 +203,36 @@ pub fn publish(
         artifacts,
         evidence: summaries,
     };
-    let sums = sha256sums(&release);
-    store::write_synced(&partial.join("SHA256SUMS"), sums.as_bytes())?;
+    let sums = documents::sha256sums(&release);
     let sums_signature = documents::sign_bytes(
         signer,
         sums.as_bytes(),
         Kind::Release,
         &format!("{version} SHA256SUMS"),
     )?;
-    store::write_synced(
-        &partial.join("SHA256SUMS.minisig"),
+    draft.write(layout::SUMS, sums.as_bytes())?;
+    draft.write(
+        &layout::signature_of(layout::SUMS),
         sums_signature.as_bytes(),
     )?;
     let release_bytes = documents::to_bytes(&release);
-    let release_signature = documents::sign_bytes(signer, &release_bytes, Kind::Release, &version)?;
-    store::write_synced(&partial.join("release.json"), &release_bytes)?;
-    store::write_synced(
-        &partial.join("release.json.minisig"),
+    let release_signature =
+        documents::sign_bytes(signer, &release_bytes, Kind::Release, version.as_str())?;
+    draft.write(layout::RELEASE_DOCUMENT, &release_bytes)?;
+    draft.write(
+        &layout::signature_of(layout::RELEASE_DOCUMENT),
         release_signature.as_bytes(),
     )?;
-    store::sync_dir(&partial)?;
-    store::crash_point("publish-before-rename");
-    fs::rename(&partial, &final_dir)
-        .with_context(|| format!("renaming {} to {}", partial.display(), final_dir.display()))?;
-    store::sync_dir(&store.releases_dir())?;
+    draft.commit()?;
     let release_sha256 = boxcar_signing::sha256_reader(&release_bytes[..])?.0;
 
     let channel_update = match channel {
         Some(channel) => {
-            let serial = crate::channeldoc::point_channel(
+            let serial = store_documents::point_channel(
                 store,
                 signer,
                 channel,
-                &version,
+                version.as_str(),
                 release_sha256,
                 now,
             )?;
@@ -250,164 +240,13 @@ pub fn publish(
         }
         None => None,
     };
-    crate::channeldoc::write_index(store, signer, now)?;
+    store_documents::write_index(store, signer, now)?;
     Ok(Published {
-        version,
-        release_dir: final_dir,
+        version: version.to_string(),
+        release_dir,
         release_sha256,
         artifacts: release.artifacts.len(),
         bytes: total,
         channel: channel_update,
     })
-}
-
-/// `SHA256SUMS` in the format `sha256sum --check` reads.
-pub fn sha256sums(release: &ReleaseDocument) -> String {
-    release
-        .artifacts
-        .iter()
-        .map(|a| format!("{}  {}\n", a.sha256, a.name))
-        .collect()
-}
-
-/// Copies `from` to `to` (keeping holes as holes) and returns the digest
-/// and size of what was copied, computed in the same pass.
-fn copy_verified(
-    from: &Path,
-    to: &Path,
-    bar: &indicatif::ProgressBar,
-) -> Result<(Sha256Digest, u64)> {
-    let source = File::open(from)?;
-    let length = source.metadata()?.len();
-    let regions = boxcar_signing::data_regions(&source, length);
-    let mut reader = DigestingReader::new(HoleFilledReader::new(source, length, regions));
-    let mut target = File::create(to)?;
-    let mut buffer = vec![0u8; 1 << 20];
-    let mut position = 0u64;
-    loop {
-        let n = match reader.read(&mut buffer) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e.into()),
-        };
-        let chunk = &buffer[..n];
-        if chunk.iter().all(|&b| b == 0) {
-            // Leave a hole rather than writing zeros.
-            target.seek(SeekFrom::Current(n as i64))?;
-        } else {
-            target.write_all(chunk)?;
-        }
-        position += n as u64;
-        bar.inc(n as u64);
-    }
-    target.set_len(position)?;
-    target.sync_all()?;
-    Ok(reader.finish())
-}
-
-/// Reads a sparse file's holes from memory instead of from the disk.
-struct HoleFilledReader {
-    file: File,
-    length: u64,
-    regions: Vec<std::ops::Range<u64>>,
-    position: u64,
-}
-
-impl HoleFilledReader {
-    fn new(file: File, length: u64, regions: Vec<std::ops::Range<u64>>) -> Self {
-        Self {
-            file,
-            length,
-            regions,
-            position: 0,
-        }
-    }
-}
-
-impl Read for HoleFilledReader {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if self.position >= self.length || buf.is_empty() {
-            return Ok(0);
-        }
-        let in_region = self.regions.iter().find(|r| r.end > self.position);
-        let n = match in_region {
-            Some(region) if region.start <= self.position => {
-                let n = buf.len().min((region.end - self.position) as usize);
-                self.file.seek(SeekFrom::Start(self.position))?;
-                let n = self.file.read(&mut buf[..n])?;
-                if n == 0 {
-                    return Err(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "the file shrank while being read",
-                    ));
-                }
-                n
-            }
-            next => {
-                let hole_end = next.map_or(self.length, |r| r.start);
-                let n = buf.len().min((hole_end - self.position) as usize);
-                buf[..n].fill(0);
-                n
-            }
-        };
-        self.position += n as u64;
-        Ok(n)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::os::unix::fs::FileExt;
-
-    #[test]
-    fn copies_sparse_files_keeping_holes_and_hashing_all_bytes() {
-        let temp = tempfile::tempdir().unwrap();
-        let from = temp.path().join("disk.raw");
-        let file = File::create(&from).unwrap();
-        file.write_all_at(b"head", 0).unwrap();
-        file.write_all_at(b"tail", 20 * 1024 * 1024).unwrap();
-        drop(file);
-        let to = temp.path().join("copy.raw");
-        let (digest, size) = copy_verified(&from, &to, &indicatif::ProgressBar::hidden()).unwrap();
-        assert_eq!(fs::read(&from).unwrap(), fs::read(&to).unwrap());
-        assert_eq!((digest, size), boxcar_signing::sha256_file(&from).unwrap());
-        use std::os::unix::fs::MetadataExt;
-        assert!(
-            fs::metadata(&to).unwrap().blocks() * 512 < 4 * 1024 * 1024,
-            "holes were written out"
-        );
-    }
-
-    #[test]
-    fn sums_are_what_sha256sum_reads() {
-        let digest: Sha256Digest =
-            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
-                .parse()
-                .unwrap();
-        let release = ReleaseDocument {
-            schema: 1,
-            name: "boxcar".into(),
-            version: "1".into(),
-            built_for: "alpha".into(),
-            built_at: String::new(),
-            published_at: String::new(),
-            usr_root_hash: String::new(),
-            kernel_release: String::new(),
-            artifacts: vec![ReleaseArtifact {
-                platform: "qemu".into(),
-                format: "qcow2".into(),
-                role: "disk".into(),
-                name: "boxcar-1-qemu.qcow2".into(),
-                size: 0,
-                sha256: digest,
-            }],
-            evidence: Vec::new(),
-        };
-        assert_eq!(
-            sha256sums(&release),
-            format!("{digest}  boxcar-1-qemu.qcow2\n")
-        );
-    }
 }

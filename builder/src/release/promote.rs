@@ -4,14 +4,16 @@
 //! checked against their signed digests.
 
 use anyhow::{bail, Context, Result};
+use boxcar_client::layout::{self, SafeName};
+use boxcar_client::{Client, ErrorKind};
 use boxcar_signing::documents::{self, ChannelDocument, ReleaseDocument};
 use boxcar_signing::Sign;
 use serde::Serialize;
 use time::OffsetDateTime;
 
+use super::backend::{crash_point, StoreBackend};
+use super::documents as store_documents;
 use crate::channel::{ChannelConfig, ChannelName, Channels, EvidencePolicy};
-use crate::channeldoc::{self, compare_versions};
-use crate::store::Store;
 
 /// What the user asked for.
 #[derive(Clone, Debug)]
@@ -50,7 +52,7 @@ pub struct Promotion {
 /// Works out the promotion and checks every rule; errors say which rule
 /// refused it.
 pub fn plan(
-    store: &Store,
+    store: &dyn StoreBackend,
     channels: &Channels,
     signer: &dyn Sign,
     request: &PromoteRequest,
@@ -64,9 +66,10 @@ pub fn plan(
             channels.dir.join(format!("{}.toml", config.name)).display()
         );
     };
-    let trusted = channeldoc::writer_trust(store, signer)?;
-    let source =
-        channeldoc::read_channel(store, source_name.as_str(), &trusted)?.with_context(|| {
+    let trust = store_documents::writer_trust(store, signer)?;
+    let client = store_documents::reader(store);
+    let source = store_documents::read_channel(&client, &trust, source_name.as_str(), now)?
+        .with_context(|| {
             format!("channel {source_name} has no document yet: nothing to promote from")
         })?;
     let version = request
@@ -104,7 +107,8 @@ pub fn plan(
         ),
     });
 
-    let (release, release_sha256) = channeldoc::read_release(store, &version, &trusted)?;
+    let verified = store_documents::read_release(&client, &trust, &version)?;
+    let (release, release_sha256) = (verified.document, verified.sha256);
     if release_sha256 != entry.release_sha256 {
         bail!(
             "releases/{version}/release.json has sha256 {release_sha256}, but channel {source_name} recorded {}: the release changed after it was published",
@@ -118,7 +122,7 @@ pub fn plan(
 
     checks.push(check_evidence(&release, config)?);
 
-    let target = channeldoc::read_channel(store, config.name.as_str(), &trusted)?;
+    let target = store_documents::read_channel(&client, &trust, config.name.as_str(), now)?;
     if let Some(current) = &target {
         if current.version == version {
             return Ok(Promotion {
@@ -134,7 +138,7 @@ pub fn plan(
                 next: None,
             });
         }
-        if compare_versions(&version, &current.version).is_lt() {
+        if boxcar_client::version::compare(&version, &current.version).is_lt() {
             if !request.allow_downgrade {
                 bail!(
                     "promoting {version} to {} would downgrade it from {}; pass --allow-downgrade if that is the intent",
@@ -149,14 +153,19 @@ pub fn plan(
         }
     }
 
-    let verified = verify_artifacts(store, &release)?;
+    let verified = verify_artifacts(&client, &release)?;
     checks.push(PolicyCheck {
         name: "artifacts match their signed digests".into(),
         detail: format!("{verified} files re-hashed"),
     });
 
-    let next =
-        channeldoc::next_channel_document(config, target.as_ref(), &version, release_sha256, now);
+    let next = store_documents::next_channel_document(
+        config,
+        target.as_ref(),
+        &version,
+        release_sha256,
+        now,
+    );
     Ok(Promotion {
         from: source_name.to_string(),
         to: config.name.to_string(),
@@ -200,16 +209,19 @@ fn check_evidence(release: &ReleaseDocument, config: &ChannelConfig) -> Result<P
 }
 
 /// Re-hashes every artifact of a release in the store against release.json.
-pub fn verify_artifacts(store: &Store, release: &ReleaseDocument) -> Result<usize> {
-    let dir = store.release_dir(&release.version);
+pub fn verify_artifacts(client: &Client, release: &ReleaseDocument) -> Result<usize> {
+    let version = SafeName::new("version", &release.version)?;
     for artifact in &release.artifacts {
-        let path = dir.join(&artifact.name);
-        let (digest, size) = boxcar_signing::sha256_file(&path)
-            .with_context(|| format!("hashing {}", path.display()))?;
+        let name = SafeName::new("artifact name", &artifact.name)?;
+        let path = layout::release_file(&version, &name);
+        let location = client.location(&path);
+        let (digest, size) = match client.transport().digest(&path) {
+            Err(e) if e.kind() == ErrorKind::NotFound => bail!("{location} is missing"),
+            other => other.with_context(|| format!("hashing {location}"))?,
+        };
         if (digest, size) != (artifact.sha256, artifact.size) {
             bail!(
-                "{} does not match release.json: expected {} bytes with sha256 {}, found {size} bytes with sha256 {digest}",
-                path.display(),
+                "{location} does not match release.json: expected {} bytes with sha256 {}, found {size} bytes with sha256 {digest}",
                 artifact.size,
                 artifact.sha256
             );
@@ -221,7 +233,7 @@ pub fn verify_artifacts(store: &Store, release: &ReleaseDocument) -> Result<usiz
 /// Writes the promotion's channel document, reads it back and checks it,
 /// then updates the index. Returns the new serial.
 pub fn apply(
-    store: &Store,
+    store: &dyn StoreBackend,
     signer: &dyn Sign,
     promotion: &Promotion,
     now: OffsetDateTime,
@@ -229,17 +241,10 @@ pub fn apply(
     let Some(next) = &promotion.next else {
         return Ok(promotion.next_serial);
     };
-    channeldoc::write_channel(store, signer, next)?;
-    crate::store::crash_point("promote-before-readback");
-    let trusted = channeldoc::writer_trust(store, signer)?;
-    let written = channeldoc::read_channel(store, &promotion.to, &trusted)?
-        .context("the channel document vanished after writing it")?;
-    if &written != next {
-        bail!(
-            "channels/{}.json reads back differently from what was written",
-            promotion.to
-        );
-    }
-    channeldoc::write_index(store, signer, now)?;
+    store_documents::write_channel(store, signer, next)?;
+    crash_point("promote-before-readback");
+    let trust = store_documents::writer_trust(store, signer)?;
+    store_documents::check_written(&store_documents::reader(store), &trust, next, now)?;
+    store_documents::write_index(store, signer, now)?;
     Ok(next.serial)
 }

@@ -1,0 +1,40 @@
+//! The verbs: one function per subcommand, from parsed arguments to a
+//! printed result. The work is in the library's sides (build, vmtest,
+//! release) and the client; these files only gather a request, call it,
+//! and print what came back (text, or JSON with --json).
+//!
+//! | file | verbs |
+//! |---|---|
+//! | [`build`] | `build`, `check`, `platforms` |
+//! | [`test`] | `test`, and `internal http-serve` (run by qemu during tests) |
+//! | [`release`] | `keys`, `publish`, `promote`, `repair` |
+//! | [`read`] | `verify`, `download` (and `download --list`) |
+
+mod build;
+mod read;
+mod release;
+mod test;
+
+use anyhow::Result;
+
+use crate::cmdline::{Cli, Command};
+use crate::progress::Progress;
+
+/// Runs the parsed command line.
+pub fn run(cli: Cli) -> Result<()> {
+    crate::interrupt::install();
+    let progress = Progress::new(cli.global.quiet);
+    match cli.command {
+        Command::Build(args) => build::build(&cli.global, &args, &progress),
+        Command::Test(args) => test::test(&cli.global, &args, &progress),
+        Command::Check(args) => build::check(&cli.global, &args),
+        Command::Platforms(args) => build::platforms(&cli.global, &args),
+        Command::Internal(args) => test::internal(&args),
+        Command::Keys(args) => release::keys(&cli.global, &args),
+        Command::Publish(args) => release::publish(&cli.global, &args, &progress),
+        Command::Promote(args) => release::promote(&cli.global, &args, &progress),
+        Command::Repair(args) => release::repair(&cli.global, &args, &progress),
+        Command::Verify(args) => read::verify(&cli.global, &args, &progress),
+        Command::Download(args) => read::download(&cli.global, &args, &progress),
+    }
+}

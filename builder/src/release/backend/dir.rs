@@ -1,0 +1,466 @@
+//! A store kept in a directory, served as static files.
+//!
+//! Writers take turns through a lock file (`.lock`). A release is assembled
+//! in `releases/.<version>.partial` and renamed into place whole. A
+//! document and its signature are two files, replaced as a pair through a
+//! journal: if a writer dies between the two renames, the next writer puts
+//! the old pair back, so the store is as it was before the interrupted
+//! operation. Every file is created new (never through a symlink left in
+//! its place) and synced before it is renamed.
+
+use std::fs::{self, File};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use boxcar_client::layout::{self, pending, SafeName};
+use boxcar_client::transport::DirTransport;
+use boxcar_client::{files, Transport};
+use boxcar_signing::{DigestingReader, Sha256Digest};
+
+use super::sparse::{open_source, HoleFilledReader};
+use super::{crash_point, ReleaseDraft, StoreBackend, WriterLock};
+
+/// A store directory this process may write to.
+#[derive(Clone, Debug)]
+pub struct DirBackend {
+    root: PathBuf,
+}
+
+impl DirBackend {
+    /// The store at `root`, created if it does not exist.
+    pub fn open(root: &Path) -> Result<Self> {
+        for dir in [
+            root.to_owned(),
+            root.join(layout::RELEASES_DIR),
+            root.join(layout::CHANNELS_DIR),
+        ] {
+            fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        Ok(Self {
+            root: std::path::absolute(root)?,
+        })
+    }
+
+    /// The file of a store path.
+    fn file(&self, path: &str) -> Result<PathBuf> {
+        layout::check_path(path)?;
+        Ok(self.root.join(path))
+    }
+
+    fn releases_dir(&self) -> PathBuf {
+        self.root.join(layout::RELEASES_DIR)
+    }
+
+    /// Puts back the pair a journal in `dir` says was being replaced.
+    fn undo_journal(&self, dir: &Path, name: &str) -> Result<String> {
+        let path = dir.join(name);
+        let signature = dir.join(layout::signature_of(name));
+        let signature_name = layout::signature_of(name);
+        let old_doc = dir.join(pending::old_name(name));
+        let old_sig = dir.join(pending::old_name(&signature_name));
+        if old_doc.exists() && old_sig.exists() {
+            fs::rename(&old_sig, &signature)?;
+            fs::rename(&old_doc, &path)?;
+        } else {
+            // The document was being created: there was none before.
+            remove_if_there(&path)?;
+            remove_if_there(&signature)?;
+        }
+        for leftover in [pending::new_name(name), pending::new_name(&signature_name)] {
+            remove_if_there(&dir.join(leftover))?;
+        }
+        fs::remove_file(dir.join(pending::journal_name(name)))?;
+        sync_dir(dir)?;
+        Ok(format!(
+            "restored {} to its state before an interrupted update",
+            path.display()
+        ))
+    }
+}
+
+impl StoreBackend for DirBackend {
+    fn describe(&self) -> String {
+        self.root.display().to_string()
+    }
+
+    fn reader(&self) -> Box<dyn Transport> {
+        Box::new(DirTransport::new(&self.root))
+    }
+
+    fn lock(&self, waiting: &dyn Fn(&str)) -> Result<WriterLock> {
+        let path = self.root.join(layout::WRITER_LOCK);
+        let file = files::open_regular(&path)?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                waiting(&format!(
+                    "another boxcar is writing to {}; waiting",
+                    self.root.display()
+                ));
+                file.lock()
+                    .with_context(|| format!("locking {}", path.display()))?;
+            }
+            Err(fs::TryLockError::Error(e)) => {
+                return Err(e).with_context(|| format!("locking {}", path.display()))
+            }
+        }
+        let repaired = self.repair()?;
+        Ok(WriterLock::new(Box::new(file), repaired))
+    }
+
+    fn repair(&self) -> Result<Vec<String>> {
+        let mut repaired = Vec::new();
+        for dir in [self.root.clone(), self.root.join(layout::CHANNELS_DIR)] {
+            for entry in fs::read_dir(&dir)? {
+                let file = entry?.file_name().to_string_lossy().into_owned();
+                if let Some(name) = pending::journal_subject(&file) {
+                    repaired.push(self.undo_journal(&dir, name)?);
+                }
+            }
+        }
+        for entry in fs::read_dir(self.releases_dir())? {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') && name.ends_with(".partial") {
+                fs::remove_dir_all(entry.path())?;
+                repaired.push(format!(
+                    "removed the half-published {}",
+                    entry.path().display()
+                ));
+            }
+        }
+        Ok(repaired)
+    }
+
+    fn release_exists(&self, version: &SafeName) -> Result<bool> {
+        Ok(fs::symlink_metadata(self.file(&layout::release_dir(version))?).is_ok())
+    }
+
+    fn begin_release<'a>(&'a self, version: &SafeName) -> Result<Box<dyn ReleaseDraft + 'a>> {
+        let final_dir = self.file(&layout::release_dir(version))?;
+        if self.release_exists(version)? {
+            bail!(
+                "version {version} is already published at {}; a published version is never replaced",
+                final_dir.display()
+            );
+        }
+        let partial = self
+            .releases_dir()
+            .join(pending::partial_release_name(version.as_str()));
+        if fs::symlink_metadata(&partial).is_ok() {
+            fs::remove_dir_all(&partial)
+                .with_context(|| format!("removing {}", partial.display()))?;
+        }
+        fs::create_dir(&partial).with_context(|| format!("creating {}", partial.display()))?;
+        Ok(Box::new(DirDraft {
+            releases: self.releases_dir(),
+            partial,
+            final_dir,
+        }))
+    }
+
+    fn replace_document(&self, path: &str, bytes: &[u8], signature: &str) -> Result<()> {
+        let path = self.file(path)?;
+        let dir = path.parent().expect("store documents live in a directory");
+        let name = path
+            .file_name()
+            .expect("a file name")
+            .to_string_lossy()
+            .into_owned();
+        let signature_name = layout::signature_of(&name);
+        let signature_path = dir.join(&signature_name);
+        let new_doc = dir.join(pending::new_name(&name));
+        let new_sig = dir.join(pending::new_name(&signature_name));
+        write_new(&new_doc, bytes)?;
+        write_new(&new_sig, signature.as_bytes())?;
+        let old_doc = dir.join(pending::old_name(&name));
+        let old_sig = dir.join(pending::old_name(&signature_name));
+        let journal = dir.join(pending::journal_name(&name));
+        let had_old = fs::symlink_metadata(&path).is_ok();
+        if had_old {
+            remove_if_there(&old_doc)?;
+            remove_if_there(&old_sig)?;
+            fs::hard_link(&path, &old_doc)?;
+            fs::hard_link(&signature_path, &old_sig)?;
+        }
+        write_new(&journal, if had_old { b"replace\n" } else { b"create\n" })?;
+        sync_dir(dir)?;
+        fs::rename(&new_sig, &signature_path)?;
+        crash_point("document-half-replaced");
+        fs::rename(&new_doc, &path)?;
+        sync_dir(dir)?;
+        fs::remove_file(&journal)?;
+        remove_if_there(&old_doc)?;
+        remove_if_there(&old_sig)?;
+        sync_dir(dir)?;
+        Ok(())
+    }
+
+    fn list_releases(&self) -> Result<Vec<SafeName>> {
+        let mut versions = Vec::new();
+        for entry in fs::read_dir(self.releases_dir())? {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !name.starts_with('.') && entry.path().join(layout::RELEASE_DOCUMENT).is_file() {
+                versions.push(SafeName::new("version", &name)?);
+            }
+        }
+        Ok(versions)
+    }
+
+    fn list_channels(&self) -> Result<Vec<SafeName>> {
+        let mut names = Vec::new();
+        for entry in fs::read_dir(self.root.join(layout::CHANNELS_DIR))? {
+            let name = entry?.file_name().to_string_lossy().into_owned();
+            if let Some(channel) = name.strip_suffix(".json") {
+                if !channel.starts_with('.') {
+                    names.push(SafeName::new("channel", channel)?);
+                }
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+}
+
+/// A release assembled in `releases/.<version>.partial`.
+struct DirDraft {
+    releases: PathBuf,
+    partial: PathBuf,
+    final_dir: PathBuf,
+}
+
+impl DirDraft {
+    /// The file for `name` inside the draft, its directories created.
+    fn target(&self, name: &str) -> Result<PathBuf> {
+        let mut target = self.partial.clone();
+        for part in name.split('/') {
+            target.push(SafeName::new("file name", part)?.as_str());
+        }
+        if let Some(dir) = target.parent() {
+            fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        Ok(target)
+    }
+}
+
+impl ReleaseDraft for DirDraft {
+    fn copy_in(
+        &mut self,
+        name: &str,
+        source: &Path,
+        copied: &dyn Fn(u64),
+    ) -> Result<(Sha256Digest, u64)> {
+        let target = self.target(name)?;
+        copy_sparse(source, &target, copied)
+            .with_context(|| format!("copying {} to {}", source.display(), target.display()))
+    }
+
+    fn write(&mut self, name: &str, bytes: &[u8]) -> Result<()> {
+        let path = self.target(name)?;
+        let mut file = files::create_new(&path, 0o644)?;
+        file.write_all(bytes)
+            .and_then(|()| file.sync_all())
+            .with_context(|| format!("writing {}", path.display()))
+    }
+
+    fn commit(self: Box<Self>) -> Result<()> {
+        sync_dir(&self.partial)?;
+        crash_point("publish-before-rename");
+        fs::rename(&self.partial, &self.final_dir).with_context(|| {
+            format!(
+                "renaming {} to {}",
+                self.partial.display(),
+                self.final_dir.display()
+            )
+        })?;
+        sync_dir(&self.releases)
+    }
+}
+
+/// Copies `from` to the new file `to`, keeping holes as holes, and returns
+/// the digest and size of what was copied, computed in the same pass.
+fn copy_sparse(from: &Path, to: &Path, copied: &dyn Fn(u64)) -> Result<(Sha256Digest, u64)> {
+    let (source, length) = open_source(from)?;
+    let mut reader = DigestingReader::new(HoleFilledReader::new(source, length));
+    let mut target = files::create_new(to, 0o644)?;
+    let mut buffer = vec![0u8; 1 << 20];
+    let mut position = 0u64;
+    loop {
+        let n = match reader.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e.into()),
+        };
+        let chunk = &buffer[..n];
+        if chunk.iter().all(|&b| b == 0) {
+            // Leave a hole rather than writing zeros.
+            target.seek(SeekFrom::Current(n as i64))?;
+        } else {
+            target.write_all(chunk)?;
+        }
+        position += n as u64;
+        copied(position);
+    }
+    target.set_len(position)?;
+    target.sync_all()?;
+    Ok(reader.finish())
+}
+
+/// Creates `path` new (a stale one from a crashed writer is removed
+/// first; a symlink is removed, never followed), writes and syncs it.
+fn write_new(path: &Path, bytes: &[u8]) -> Result<()> {
+    remove_if_there(path)?;
+    let mut file = files::create_new(path, 0o644)?;
+    file.write_all(bytes)
+        .with_context(|| format!("writing {}", path.display()))?;
+    file.sync_all()
+        .with_context(|| format!("syncing {}", path.display()))?;
+    Ok(())
+}
+
+fn remove_if_there(path: &Path) -> Result<()> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => {
+            Err(e).with_context(|| format!("removing {}", path.display()))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Makes renames in `dir` durable.
+fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("syncing directory {}", dir.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::FileExt;
+
+    fn read_pair(store: &DirBackend, path: &str) -> (Vec<u8>, Vec<u8>) {
+        (
+            fs::read(store.root.join(path)).unwrap(),
+            fs::read(store.root.join(layout::signature_of(path))).unwrap(),
+        )
+    }
+
+    #[test]
+    fn a_document_pair_is_replaced_whole() {
+        let temp = tempfile::tempdir().unwrap();
+        let store = DirBackend::open(temp.path()).unwrap();
+        store
+            .replace_document("channels/beta.json", b"one", "sig one")
+            .unwrap();
+        store
+            .replace_document("channels/beta.json", b"two", "sig two")
+            .unwrap();
+        assert_eq!(
+            read_pair(&store, "channels/beta.json"),
+            (b"two".to_vec(), b"sig two".to_vec())
+        );
+        let leftovers: Vec<_> = fs::read_dir(temp.path().join("channels"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(leftovers.len(), 2, "{leftovers:?}");
+    }
+
+    #[test]
+    fn repair_puts_back_a_half_replaced_pair() {
+        let temp = tempfile::tempdir().unwrap();
+        let store = DirBackend::open(temp.path()).unwrap();
+        store
+            .replace_document("channels/beta.json", b"old", "old sig")
+            .unwrap();
+        // What a writer leaves when it dies between the two renames.
+        let dir = temp.path().join("channels");
+        let path = dir.join("beta.json");
+        fs::hard_link(&path, dir.join(".beta.json.old")).unwrap();
+        fs::hard_link(
+            dir.join("beta.json.minisig"),
+            dir.join(".beta.json.minisig.old"),
+        )
+        .unwrap();
+        fs::write(dir.join(".beta.json.new"), "new").unwrap();
+        fs::write(dir.join(".beta.json.minisig.new"), "new sig").unwrap();
+        fs::rename(
+            dir.join(".beta.json.minisig.new"),
+            dir.join("beta.json.minisig"),
+        )
+        .unwrap();
+        fs::write(dir.join(".beta.json.journal"), "replace\n").unwrap();
+        let repaired = store.repair().unwrap();
+        assert_eq!(repaired.len(), 1, "{repaired:?}");
+        assert_eq!(
+            read_pair(&store, "channels/beta.json"),
+            (b"old".to_vec(), b"old sig".to_vec())
+        );
+        assert!(!dir.join(".beta.json.new").exists() && !dir.join(".beta.json.journal").exists());
+    }
+
+    #[test]
+    fn repair_removes_half_published_releases() {
+        let temp = tempfile::tempdir().unwrap();
+        let store = DirBackend::open(temp.path()).unwrap();
+        let version = SafeName::new("version", "1.0").unwrap();
+        let mut draft = store.begin_release(&version).unwrap();
+        draft.write("evidence/qemu.json", b"{}").unwrap();
+        drop(draft);
+        assert_eq!(store.repair().unwrap().len(), 1);
+        assert!(!temp.path().join("releases/.1.0.partial").exists());
+        assert!(store.list_releases().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_committed_release_is_listed_and_never_replaced() {
+        let temp = tempfile::tempdir().unwrap();
+        let store = DirBackend::open(temp.path()).unwrap();
+        let version = SafeName::new("version", "1.0").unwrap();
+        let mut draft = store.begin_release(&version).unwrap();
+        draft.write(layout::RELEASE_DOCUMENT, b"{}").unwrap();
+        assert!(draft.write(layout::RELEASE_DOCUMENT, b"{}").is_err());
+        assert!(draft.write("../escape", b"x").is_err());
+        draft.commit().unwrap();
+        assert_eq!(
+            store.list_releases().unwrap(),
+            std::slice::from_ref(&version)
+        );
+        let err = store.begin_release(&version).err().unwrap();
+        assert!(err.to_string().contains("never replaced"), "{err}");
+    }
+
+    #[test]
+    fn copies_sparse_files_keeping_holes_and_hashing_all_bytes() {
+        let temp = tempfile::tempdir().unwrap();
+        let from = temp.path().join("disk.raw");
+        let file = File::create(&from).unwrap();
+        file.write_all_at(b"head", 0).unwrap();
+        file.write_all_at(b"tail", 20 * 1024 * 1024).unwrap();
+        drop(file);
+        let to = temp.path().join("copy.raw");
+        let (digest, size) = copy_sparse(&from, &to, &|_| {}).unwrap();
+        assert_eq!(fs::read(&from).unwrap(), fs::read(&to).unwrap());
+        assert_eq!((digest, size), boxcar_signing::sha256_file(&from).unwrap());
+        use std::os::unix::fs::MetadataExt;
+        assert!(
+            fs::metadata(&to).unwrap().blocks() * 512 < 4 * 1024 * 1024,
+            "holes were written out"
+        );
+    }
+
+    #[test]
+    fn the_lock_file_is_never_a_symlink_to_somewhere_else() {
+        let temp = tempfile::tempdir().unwrap();
+        let store = DirBackend::open(temp.path()).unwrap();
+        let victim = temp.path().join("victim");
+        fs::write(&victim, "keep").unwrap();
+        std::os::unix::fs::symlink(&victim, temp.path().join(".lock")).unwrap();
+        assert!(store.lock(&|_| {}).is_err());
+        assert_eq!(fs::read_to_string(&victim).unwrap(), "keep");
+    }
+}

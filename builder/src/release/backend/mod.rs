@@ -1,0 +1,113 @@
+//! Where a store is written: the seam between the release logic (what to
+//! publish, what a channel points at, what to sign) and the storage that
+//! keeps it. Publishing and promotion need only what this trait offers;
+//! a directory is the first implementation, object storage the next.
+//!
+//! What the release logic relies on:
+//! - one writer at a time ([`StoreBackend::lock`]), and a store repaired
+//!   of interrupted writers' leftovers before it writes;
+//! - release objects created only where nothing is ([`ReleaseDraft`]),
+//!   and a release visible whole or not at all ([`ReleaseDraft::commit`]);
+//! - a document replaced together with its signature, as one step
+//!   ([`StoreBackend::replace_document`]);
+//! - listing what is published.
+//!
+//! Reads go through the same client code operators and nodes use
+//! ([`StoreBackend::reader`]), so a writer sees exactly what they will.
+
+mod dir;
+mod sparse;
+
+use std::path::Path;
+
+use anyhow::Result;
+use boxcar_client::layout::SafeName;
+use boxcar_client::Transport;
+use boxcar_signing::Sha256Digest;
+
+pub use dir::DirBackend;
+
+/// A store this process may write to.
+pub trait StoreBackend {
+    /// Where the store is, for messages.
+    fn describe(&self) -> String;
+
+    /// The store as a client reads it.
+    fn reader(&self) -> Box<dyn Transport>;
+
+    /// Waits for the other writers, then undoes what interrupted ones left
+    /// half done. Writing is allowed while the returned lock is held.
+    fn lock(&self, waiting: &dyn Fn(&str)) -> Result<WriterLock>;
+
+    /// Undoes what interrupted writers left, under the lock the caller
+    /// holds; returns one line per repair.
+    fn repair(&self) -> Result<Vec<String>>;
+
+    /// Whether a release of `version` is published.
+    fn release_exists(&self, version: &SafeName) -> Result<bool>;
+
+    /// Starts assembling release `version`, invisible to readers until it
+    /// is committed. Refuses a version that is published.
+    fn begin_release<'a>(&'a self, version: &SafeName) -> Result<Box<dyn ReleaseDraft + 'a>>;
+
+    /// Writes a document and its detached signature as one step: a reader
+    /// sees the old pair or the new pair, never one of each, even if the
+    /// writer dies in the middle.
+    fn replace_document(&self, path: &str, bytes: &[u8], signature: &str) -> Result<()>;
+
+    /// The published versions, unsorted.
+    fn list_releases(&self) -> Result<Vec<SafeName>>;
+
+    /// The channels that have a document, sorted.
+    fn list_channels(&self) -> Result<Vec<SafeName>>;
+}
+
+/// A release being assembled.
+pub trait ReleaseDraft {
+    /// Copies the file at `source` in as `name` (a path inside the release,
+    /// such as `evidence/qemu.json`), hashing it in the same pass; calls
+    /// `copied` with the bytes copied so far. Refuses a name that exists.
+    fn copy_in(
+        &mut self,
+        name: &str,
+        source: &Path,
+        copied: &dyn Fn(u64),
+    ) -> Result<(Sha256Digest, u64)>;
+
+    /// Writes `bytes` as `name`. Refuses a name that exists.
+    fn write(&mut self, name: &str, bytes: &[u8]) -> Result<()>;
+
+    /// Makes the release visible to readers, whole.
+    fn commit(self: Box<Self>) -> Result<()>;
+}
+
+/// Held while writing. Dropping it lets the next writer in.
+pub struct WriterLock {
+    _held: Box<dyn std::any::Any>,
+    /// What taking the lock repaired.
+    pub repaired: Vec<String>,
+}
+
+impl WriterLock {
+    pub fn new(held: Box<dyn std::any::Any>, repaired: Vec<String>) -> Self {
+        Self {
+            _held: held,
+            repaired,
+        }
+    }
+}
+
+/// Opens the store at `location` for writing (a directory, created if it
+/// does not exist).
+pub fn open(location: &Path) -> Result<Box<dyn StoreBackend>> {
+    Ok(Box::new(DirBackend::open(location)?))
+}
+
+/// For crash tests: dies here, without any cleanup, when the environment
+/// variable BOXCAR_CRASH_AT names this point. Costs one environment lookup.
+pub fn crash_point(name: &str) {
+    if std::env::var_os("BOXCAR_CRASH_AT").is_some_and(|v| v == name) {
+        eprintln!("boxcar: crashing on purpose at {name} (BOXCAR_CRASH_AT)");
+        std::process::abort();
+    }
+}

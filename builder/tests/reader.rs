@@ -1,0 +1,313 @@
+//! Readers never write, never wait forever, never swallow an endless
+//! document, and read documents from newer writers: `boxcar verify` and
+//! `boxcar download` through the real binary, against a store on a
+//! read-only path and a hostile server on loopback.
+
+mod common;
+
+use std::fs;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use boxcar_signing::documents::{self, Kind};
+use common::*;
+use predicates::prelude::*;
+
+/// Every file under `dir` with its size and modification time.
+fn listing(dir: &Path) -> Vec<(PathBuf, u64, std::time::SystemTime)> {
+    let mut found = Vec::new();
+    let mut pending = vec![dir.to_owned()];
+    while let Some(dir) = pending.pop() {
+        for entry in fs::read_dir(&dir).unwrap() {
+            let entry = entry.unwrap();
+            let meta = fs::symlink_metadata(entry.path()).unwrap();
+            if meta.is_dir() {
+                pending.push(entry.path());
+            }
+            found.push((entry.path(), meta.len(), meta.modified().unwrap()));
+        }
+    }
+    found.sort();
+    found
+}
+
+fn chmod(path: &Path, mode: &str) {
+    let status = std::process::Command::new("chmod")
+        .args(["-R", mode])
+        .arg(path)
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+#[test]
+fn verify_on_a_read_only_store_reports_leftovers_and_changes_nothing() {
+    let lab = Lab::new();
+    lab.publish_to_alpha("1.0.0");
+    lab.publish_crashing_at("1.1.0", "publish-copying");
+    // The store is read-only to the user running verify. Root ignores
+    // permissions, so as root verify runs as nobody, from a copy of the
+    // binary nobody can reach.
+    let binary = lab.path("boxcar");
+    fs::copy(env!("CARGO_BIN_EXE_boxcar"), &binary).unwrap();
+    chmod(&lab.path(""), "go+rX");
+    chmod(&lab.store(), "a-w");
+    let before = listing(&lab.store());
+    let mut command = if nix_is_root() {
+        let mut command = assert_cmd::Command::new("setpriv");
+        command
+            .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups"])
+            .arg(&binary);
+        command
+    } else {
+        assert_cmd::Command::new(&binary)
+    };
+    command
+        .args(["verify", "--store"])
+        .arg(lab.store())
+        .args(["--key", &lab.public_key()])
+        .env("HOME", "/nonexistent")
+        .assert()
+        .success()
+        .stdout(
+            predicate::str::contains("warn  releases/.1.1.0.partial")
+                .and(predicate::str::contains("ok    channels/alpha.json")),
+        );
+    assert_eq!(listing(&lab.store()), before, "verify changed the store");
+    chmod(&lab.store(), "u+w");
+}
+
+fn nix_is_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    fs::metadata("/proc/self").unwrap().uid() == 0
+}
+
+/// A server that accepts connections and never answers.
+fn silent_server() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming().flatten() {
+            held.push(stream);
+        }
+    });
+    format!("http://127.0.0.1:{port}")
+}
+
+#[test]
+fn verify_gives_up_on_a_stalled_server_after_its_timeout() {
+    let lab = Lab::new();
+    boxcar()
+        .args([
+            "verify",
+            "--store",
+            &silent_server(),
+            "--key",
+            &lab.public_key(),
+        ])
+        .args(["--timeout", "1", "--retries", "1"])
+        .env("BOXCAR_RETRY_BACKOFF_MS", "10")
+        .timeout(Duration::from_secs(120))
+        .assert()
+        .code(1)
+        .stderr(
+            predicate::str::contains("keys.json: no data for 1s")
+                .and(predicate::str::contains("gave up after 1 retries")),
+        );
+}
+
+/// How the hostile server answers one path.
+#[derive(Clone, Copy)]
+enum Hostile {
+    /// Zeros without end, no length announced.
+    Endless,
+    /// A Content-Length of 1 GiB, then zeros.
+    Huge,
+}
+
+/// Serves `root`, except `path`, which it answers as `how`.
+fn hostile_server(root: PathBuf, path: &'static str, how: Hostile) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let root = root.clone();
+            std::thread::spawn(move || {
+                let _ = answer(stream, &root, path, how);
+            });
+        }
+    });
+    format!("http://127.0.0.1:{port}")
+}
+
+fn answer(mut stream: TcpStream, root: &Path, hostile: &str, how: Hostile) -> std::io::Result<()> {
+    let (path, _) = read_request(&stream)?;
+    let zeros = vec![0u8; 64 * 1024];
+    if path == hostile {
+        match how {
+            Hostile::Endless => {
+                stream.write_all(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n")?
+            }
+            Hostile::Huge => stream.write_all(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 1073741824\r\nConnection: close\r\n\r\n",
+            )?,
+        }
+        loop {
+            stream.write_all(&zeros)?;
+        }
+    }
+    let file = root.join(&path);
+    if path.contains("..") || !file.is_file() {
+        return stream.write_all(
+            b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        );
+    }
+    let mut content = Vec::new();
+    fs::File::open(&file)?.read_to_end(&mut content)?;
+    write!(
+        stream,
+        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        content.len()
+    )?;
+    stream.write_all(&content)
+}
+
+/// The largest resident set of any child this test process has waited
+/// for, in bytes.
+fn children_peak_rss() -> u64 {
+    let usage =
+        nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_CHILDREN).unwrap();
+    usage.max_rss() as u64 * 1024
+}
+
+#[test]
+fn endless_and_huge_documents_are_refused_without_reading_them_into_memory() {
+    let lab = Lab::new();
+    lab.publish_to_alpha("2.0.0");
+    lab.boxcar(&[
+        "keys",
+        "generate",
+        "--out",
+        lab.path("new").to_str().unwrap(),
+    ])
+    .assert()
+    .success();
+    lab.boxcar(&[
+        "keys",
+        "add",
+        "--store",
+        lab.store().to_str().unwrap(),
+        "--key",
+        &lab.key(),
+    ])
+    .args(["--public", lab.path("new/boxcar.pub").to_str().unwrap()])
+    .assert()
+    .success();
+    let cases = [
+        ("channels/alpha.json", Hostile::Endless, "channel document"),
+        (
+            "releases/2.0.0/release.json",
+            Hostile::Endless,
+            "release document",
+        ),
+        ("keys.json", Hostile::Huge, "keyring"),
+    ];
+    for (path, how, what) in cases {
+        let url = hostile_server(lab.store(), path, how);
+        let refused = format!("{url}/{path} is larger than");
+        boxcar()
+            .args(["download", "--store", &url, "--key", &lab.public_key()])
+            .args(["--channel", "alpha", "--platform", "qemu", "--retries", "0"])
+            .args(["--to", lab.path("out").to_str().unwrap()])
+            .args(["--state", lab.path("state.json").to_str().unwrap()])
+            .timeout(Duration::from_secs(120))
+            .assert()
+            .code(1)
+            .stderr(predicate::str::contains(&refused).and(predicate::str::contains(what)));
+        boxcar()
+            .args([
+                "verify",
+                "--store",
+                &url,
+                "--key",
+                &lab.public_key(),
+                "--retries",
+                "0",
+            ])
+            .timeout(Duration::from_secs(120))
+            .assert()
+            .code(1)
+            .stdout(predicate::str::contains(&refused).or(predicate::str::contains("index.json")));
+    }
+    let peak = children_peak_rss();
+    eprintln!("peak resident memory of the readers: {} MiB", peak >> 20);
+    assert!(
+        peak < 96 << 20,
+        "a reader held {} MiB at its peak: a document was read into memory",
+        peak >> 20
+    );
+}
+
+/// Adds a field this version does not know to a JSON document, as a newer
+/// writer would, and signs it again.
+fn rewrite(
+    lab: &Lab,
+    path: &str,
+    kind: Kind,
+    subject: &str,
+    change: impl Fn(&mut serde_json::Value),
+) -> boxcar_signing::Sha256Digest {
+    let file = lab.store().join(path);
+    let mut value: serde_json::Value = serde_json::from_slice(&fs::read(&file).unwrap()).unwrap();
+    change(&mut value);
+    let bytes = documents::to_bytes(&value);
+    let key = boxcar_signing::SecretKey::load(Path::new(&lab.key())).unwrap();
+    let signature = documents::sign_bytes(&key, &bytes, kind, subject).unwrap();
+    fs::write(&file, &bytes).unwrap();
+    fs::write(format!("{}.minisig", file.display()), signature).unwrap();
+    boxcar_signing::sha256_reader(&bytes[..]).unwrap().0
+}
+
+#[test]
+fn documents_with_fields_from_a_newer_writer_verify_and_are_read() {
+    let lab = Lab::new();
+    lab.publish_to_alpha("1.0.0");
+    let release_sha = rewrite(
+        &lab,
+        "releases/1.0.0/release.json",
+        Kind::Release,
+        "1.0.0",
+        |v| {
+            v["footprint"] = serde_json::json!({"usr_bytes": 250_000_000});
+            v["artifacts"][0]["compressed_sha256"] = serde_json::json!("0".repeat(64));
+        },
+    );
+    let sha = serde_json::json!(release_sha.to_string());
+    rewrite(&lab, "channels/alpha.json", Kind::Channel, "alpha", |v| {
+        v["rollout"] = serde_json::json!({"paused": false, "waves": [[1, "1h"]]});
+        v["release_sha256"] = sha.clone();
+        v["history"][0]["release_sha256"] = sha.clone();
+        v["history"][0]["note"] = serde_json::json!("from a newer writer");
+    });
+    rewrite(&lab, "index.json", Kind::Index, "index", |v| {
+        v["releases"][0]["release_sha256"] = sha.clone();
+        v["mirrors"] = serde_json::json!(["https://mirror.example"]);
+    });
+    lab.verify_passes_with("ok    channels/alpha.json: serial 1, points at 1.0.0");
+    lab.boxcar(&[
+        "download",
+        "--store",
+        lab.store().to_str().unwrap(),
+        "--key",
+        &lab.public_key(),
+    ])
+    .args(["--channel", "alpha", "--platform", "qemu"])
+    .args(["--to", lab.path("out").to_str().unwrap()])
+    .args(["--state", lab.path("state.json").to_str().unwrap()])
+    .assert()
+    .success()
+    .stdout(predicate::str::contains("Boxcar Linux 1.0.0 for qemu"));
+}

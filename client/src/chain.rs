@@ -1,0 +1,401 @@
+//! The signed documents of a store, each fetched within its size limit and
+//! checked against the keys trusted so far: the keyring extends the pinned
+//! keys, and those judge the index, the channels and the releases.
+//!
+//! A [`Client`] never trusts what it has not checked: a document comes
+//! back as [`Verified`] only after its signature (by a trusted key, with
+//! the trusted comment of its kind and subject), its shape, and the names
+//! in it that will become paths have passed.
+
+use std::sync::Arc;
+
+use boxcar_signing::documents::{
+    self, ChannelDocument, ExpirationEnforcement, IndexDocument, KeyringDocument, Kind,
+    ReleaseDocument,
+};
+use boxcar_signing::{KeyId, Sha256Digest, TrustedKeys};
+use serde::de::DeserializeOwned;
+use time::OffsetDateTime;
+
+use crate::error::{found, Error};
+use crate::layout::{self, SafeName};
+use crate::limits::{Limits, NetworkSettings};
+use crate::rollback::SerialState;
+use crate::transport::{self, Transport};
+use crate::Observer;
+
+/// Reads one store.
+pub struct Client {
+    transport: Box<dyn Transport>,
+    limits: Limits,
+    network: NetworkSettings,
+    observer: Arc<dyn Observer>,
+}
+
+/// The keys that judge a store's documents: the pinned ones, plus those a
+/// keyring signed by one of them introduced.
+#[derive(Clone, Debug)]
+pub struct Trust {
+    pub keys: TrustedKeys,
+    /// The keyring that extended the pinned keys, if the store has one.
+    pub keyring: Option<KeyringDocument>,
+}
+
+impl Trust {
+    /// Exactly these keys, with no keyring.
+    pub fn of(keys: TrustedKeys) -> Self {
+        Self {
+            keys,
+            keyring: None,
+        }
+    }
+}
+
+/// A document whose signature checked out.
+#[derive(Clone, Debug)]
+pub struct Verified<T> {
+    pub document: T,
+    /// The sha256 of its bytes (what channels and the index record of a
+    /// release.json).
+    pub sha256: Sha256Digest,
+    pub signed_by: KeyId,
+}
+
+/// What an operator or a node asks for.
+#[derive(Clone, Debug)]
+pub enum Selector {
+    /// What a channel points at now, or (with a version) a release the
+    /// channel has carried.
+    Channel {
+        name: SafeName,
+        version: Option<SafeName>,
+    },
+    /// A release by version, from the index.
+    Version(SafeName),
+}
+
+/// A release found through the signed chain.
+#[derive(Debug)]
+pub struct Resolved {
+    pub version: SafeName,
+    pub release: Verified<ReleaseDocument>,
+    /// The channel it came through and the channel document's serial.
+    pub channel: Option<(SafeName, u64)>,
+}
+
+impl Client {
+    pub fn new(
+        transport: Box<dyn Transport>,
+        network: NetworkSettings,
+        observer: Arc<dyn Observer>,
+    ) -> Self {
+        Self {
+            transport,
+            limits: Limits::default(),
+            network,
+            observer,
+        }
+    }
+
+    /// A client for the store at `location` (see [`transport::open_store`]).
+    pub fn open(
+        location: &str,
+        network: NetworkSettings,
+        observer: Arc<dyn Observer>,
+    ) -> Result<Self, Error> {
+        Ok(Self::new(
+            transport::open_store(location, &network)?,
+            network,
+            observer,
+        ))
+    }
+
+    /// The same client with other size limits.
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    pub fn transport(&self) -> &dyn Transport {
+        self.transport.as_ref()
+    }
+
+    pub fn observer(&self) -> &dyn Observer {
+        self.observer.as_ref()
+    }
+
+    pub fn network(&self) -> &NetworkSettings {
+        &self.network
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// The URL or path of a store path, for messages.
+    pub fn location(&self, path: &str) -> String {
+        self.transport.location(path)
+    }
+
+    /// A whole document of kind `what`, at most `limit` bytes, retried when
+    /// the failure may pass.
+    pub fn document(&self, path: &str, what: &'static str, limit: u64) -> Result<Vec<u8>, Error> {
+        self.network.retry.run(path, self.observer(), || {
+            transport::read_document(self.transport(), path, what, limit, &self.network)
+        })
+    }
+
+    /// A document and its detached signature. A document without its
+    /// signature is refused, not "not found".
+    pub fn signed_pair(
+        &self,
+        path: &str,
+        what: &'static str,
+        limit: u64,
+    ) -> Result<(Vec<u8>, String), Error> {
+        let bytes = self.document(path, what, limit)?;
+        let signature_path = layout::signature_of(path);
+        let signature = found(self.document(&signature_path, "signature", self.limits.signature))?
+            .ok_or_else(|| {
+                Error::Inconsistent(format!(
+                    "{} has no signature ({} does not exist)",
+                    self.location(path),
+                    self.location(&signature_path)
+                ))
+            })?;
+        let signature = String::from_utf8(signature).map_err(|_| {
+            Error::untrusted(
+                self.location(&signature_path),
+                boxcar_signing::Error::Malformed {
+                    what: "signature".into(),
+                    reason: "it is not text".into(),
+                },
+            )
+        })?;
+        Ok((bytes, signature))
+    }
+
+    /// Fetches and checks a signed JSON document.
+    fn verified<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        what: &'static str,
+        limit: u64,
+        trust: &Trust,
+        kind: Kind,
+        subject: &str,
+    ) -> Result<Verified<T>, Error> {
+        let (bytes, signature) = self.signed_pair(path, what, limit)?;
+        let (document, signed_by) =
+            documents::verify(&bytes, &signature, &trust.keys, kind, subject, path)
+                .map_err(|e| Error::untrusted(self.location(path), e))?;
+        Ok(Verified {
+            document,
+            sha256: sha256(&bytes),
+            signed_by,
+        })
+    }
+
+    /// The pinned keys, extended by the store's keyring if it has one: a
+    /// keyring must be signed by a pinned key.
+    pub fn trust(&self, pinned: &TrustedKeys) -> Result<Trust, Error> {
+        let mut keys = pinned.clone();
+        let Some((bytes, signature)) =
+            found(self.signed_pair(layout::KEYRING, "keyring", self.limits.keyring))?
+        else {
+            return Ok(Trust::of(keys));
+        };
+        let keyring = KeyringDocument::extend_trust(&bytes, &signature, &mut keys)
+            .map_err(|e| Error::untrusted(self.location(layout::KEYRING), e))?;
+        Ok(Trust {
+            keys,
+            keyring: Some(keyring),
+        })
+    }
+
+    /// The signed index of every release and channel.
+    pub fn index(&self, trust: &Trust) -> Result<Verified<IndexDocument>, Error> {
+        self.verified(
+            layout::INDEX,
+            "index",
+            self.limits.index,
+            trust,
+            Kind::Index,
+            "index",
+        )
+    }
+
+    /// A channel's signed document, its history checked, and its expiry
+    /// enforced unless `expiry` says otherwise (a writer may replace an
+    /// expired document; nobody may run what it says).
+    pub fn channel(
+        &self,
+        trust: &Trust,
+        name: &SafeName,
+        expiry: ExpirationEnforcement,
+        now: OffsetDateTime,
+    ) -> Result<Verified<ChannelDocument>, Error> {
+        let path = layout::channel(name);
+        let verified: Verified<ChannelDocument> = self.verified(
+            &path,
+            "channel document",
+            self.limits.channel,
+            trust,
+            Kind::Channel,
+            name.as_str(),
+        )?;
+        let doc = &verified.document;
+        if doc.channel != name.as_str() {
+            return Err(Error::Inconsistent(format!(
+                "{} is the document of channel {}",
+                self.location(&path),
+                layout::shown(&doc.channel)
+            )));
+        }
+        let untrusted = |e| Error::untrusted(self.location(&path), e);
+        doc.check_history().map_err(untrusted)?;
+        doc.check_expiry(now, expiry).map_err(untrusted)?;
+        layout::SafeName::new("version", &doc.version)?;
+        Ok(verified)
+    }
+
+    /// A release's signed release.json; every name in it that becomes a
+    /// path (artifacts, platforms) is checked.
+    pub fn release(
+        &self,
+        trust: &Trust,
+        version: &SafeName,
+    ) -> Result<Verified<ReleaseDocument>, Error> {
+        let path = layout::release_document(version);
+        let verified: Verified<ReleaseDocument> = self.verified(
+            &path,
+            "release document",
+            self.limits.release,
+            trust,
+            Kind::Release,
+            version.as_str(),
+        )?;
+        let release = &verified.document;
+        if release.version != version.as_str() {
+            return Err(Error::Inconsistent(format!(
+                "{} describes version {}",
+                self.location(&path),
+                layout::shown(&release.version)
+            )));
+        }
+        for artifact in &release.artifacts {
+            SafeName::new("artifact name", &artifact.name)?;
+            SafeName::new("platform", &artifact.platform)?;
+        }
+        for evidence in &release.evidence {
+            SafeName::new("platform", &evidence.platform)?;
+        }
+        Ok(verified)
+    }
+
+    /// Checks a release's SHA256SUMS: signed, and listing exactly the
+    /// digests of its release.json.
+    pub fn check_sums(&self, trust: &Trust, release: &ReleaseDocument) -> Result<(), Error> {
+        let version = SafeName::new("version", &release.version)?;
+        let path = layout::sums(&version);
+        let (bytes, signature) = self.signed_pair(&path, "SHA256SUMS", self.limits.sums)?;
+        documents::verify_signature(
+            &bytes,
+            &signature,
+            &trust.keys,
+            Kind::Release,
+            &format!("{version} SHA256SUMS"),
+            &path,
+        )
+        .map_err(|e| Error::untrusted(self.location(&path), e))?;
+        if bytes != documents::sha256sums(release).as_bytes() {
+            return Err(Error::Inconsistent(format!(
+                "{} does not list the digests release.json gives",
+                self.location(&path)
+            )));
+        }
+        Ok(())
+    }
+
+    /// Follows the chain to the release `selector` names: the index, then
+    /// the channel document (unexpired, its serial not below the highest
+    /// this machine accepted nor below the index's), then release.json,
+    /// whose digest must be the one the channel or the index signed.
+    /// Accepting the channel's serial is recorded in `state`.
+    pub fn resolve(
+        &self,
+        trust: &Trust,
+        selector: &Selector,
+        state: &mut SerialState,
+        now: OffsetDateTime,
+    ) -> Result<Resolved, Error> {
+        // The index, signed separately, also records each channel's
+        // serial: a channel document behind it is a rollback even on a
+        // first download.
+        let index = self.index(trust)?.document;
+        let (version, expected, channel) = match selector {
+            Selector::Channel { name, version } => {
+                let doc = self
+                    .channel(trust, name, ExpirationEnforcement::Enforce, now)?
+                    .document;
+                let identity = self.transport.identity();
+                let indexed = index
+                    .channels
+                    .iter()
+                    .find(|c| c.name == name.as_str())
+                    .map(|c| c.serial);
+                let highest = state.highest(&identity, name.as_str()).max(indexed);
+                doc.check_serial(highest)
+                    .map_err(|e| Error::untrusted(self.location(&layout::channel(name)), e))?;
+                state.accept(&identity, name.as_str(), doc.serial)?;
+                let (version, expected) = match version {
+                    None => (SafeName::new("version", &doc.version)?, doc.release_sha256),
+                    Some(version) => {
+                        let entry = doc
+                            .history
+                            .iter()
+                            .rev()
+                            .find(|e| e.version == version.as_str())
+                            .ok_or_else(|| {
+                                Error::Inconsistent(format!(
+                                    "channel {name} has never carried {version}"
+                                ))
+                            })?;
+                        (version.clone(), entry.release_sha256)
+                    }
+                };
+                (version, expected, Some((name.clone(), doc.serial)))
+            }
+            Selector::Version(version) => {
+                let entry = index
+                    .releases
+                    .iter()
+                    .find(|r| r.version == version.as_str())
+                    .ok_or_else(|| Error::NotFound {
+                        location: self.transport.describe(),
+                        detail: format!("the store has no release {version}"),
+                    })?;
+                (version.clone(), entry.release_sha256, None)
+            }
+        };
+        let release = self.release(trust, &version)?;
+        if release.sha256 != expected {
+            return Err(Error::Inconsistent(format!(
+                "{} has sha256 {}, but the signed channel or index says {expected}",
+                self.location(&layout::release_document(&version)),
+                release.sha256
+            )));
+        }
+        Ok(Resolved {
+            version,
+            release,
+            channel,
+        })
+    }
+}
+
+fn sha256(bytes: &[u8]) -> Sha256Digest {
+    let mut hasher = boxcar_signing::Hasher::new();
+    hasher.update(bytes);
+    hasher.finish().0
+}
