@@ -14,10 +14,6 @@ use base64::Engine;
 use boxcar_signing::{sha256_file, Sha256Digest};
 use time::OffsetDateTime;
 
-use crate::buildinfo::{
-    ArtifactInfo, BuildInfo, DiskInfo, FileInfo, FileKind, KernelInfo, PackageInfo, PhaseTiming,
-    SourceInfo, ToolVersion, UsrInfo, BUILD_JSON, SCHEMA_VERSION,
-};
 use crate::channel::{ChannelConfig, ChannelName, Channels};
 use crate::convert;
 use crate::hosttools::{HostTools, Requirement};
@@ -28,6 +24,10 @@ use crate::process::Step;
 use crate::progress::Progress;
 use crate::project::{Cache, Project};
 use crate::recipe::Recipe;
+use crate::records::buildinfo::{
+    ArtifactInfo, BuildInfo, DiskInfo, FileInfo, FileKind, KernelInfo, PackageInfo, PhaseTiming,
+    SourceInfo, ToolVersion, UsrInfo, BUILD_JSON, SCHEMA_VERSION,
+};
 use crate::uki;
 use crate::units::{human_bytes, now_rfc3339};
 use crate::version::Version;

@@ -89,7 +89,7 @@ fn build(global: &GlobalArgs, args: &BuildArgs, progress: &Progress) -> Result<(
         struct Output<'a> {
             dir: &'a std::path::Path,
             #[serde(flatten)]
-            info: &'a crate::buildinfo::BuildInfo,
+            info: &'a crate::records::buildinfo::BuildInfo,
         }
         out!(
             "{}",

@@ -17,7 +17,7 @@
 //! | [`build`] | `boxcar build`: plan, compose, inspect, record |
 //! | [`image`] | a disk image's partition table |
 //! | [`uki`] | a unified kernel image's embedded command line |
-//! | [`buildinfo`] | `build.json` |
+//! | [`records`] | the files one side writes and another reads: `build.json` ([`records::buildinfo`]) |
 //! | [`vmtest`] | `boxcar test`: qemu boots and their evidence |
 //! | [`progress`] | progress on stderr |
 
@@ -39,7 +39,6 @@ macro_rules! out_raw {
 }
 
 pub mod build;
-pub mod buildinfo;
 pub mod channel;
 pub mod channeldoc;
 pub mod cmdline;
@@ -61,6 +60,7 @@ pub mod project;
 pub mod promote;
 pub mod publish;
 pub mod recipe;
+pub mod records;
 pub mod store;
 pub mod storesource;
 pub mod uki;

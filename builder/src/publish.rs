@@ -16,9 +16,9 @@ use boxcar_signing::documents::{self, EvidenceSummary, Kind, ReleaseArtifact, Re
 use boxcar_signing::{DigestingReader, Sha256Digest, Sign};
 use time::OffsetDateTime;
 
-use crate::buildinfo::BuildInfo;
 use crate::channel::{ChannelConfig, EvidencePolicy};
 use crate::progress::Progress;
+use crate::records::buildinfo::BuildInfo;
 use crate::store::{self, Store};
 use crate::vmtest::evidence::Evidence;
 
