@@ -10,10 +10,9 @@ use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use time::OffsetDateTime;
 
-use crate::build::{self, BuildPlan, BuildRequest};
+use crate::build::{self, convert, BuildPlan, BuildRequest};
 use crate::channel::Channels;
 use crate::cmdline::{AccelArg, BuildArgs, CheckArgs, Cli, Command, GlobalArgs, TestArgs};
-use crate::convert;
 use crate::hosttools::{self, Locator};
 use crate::platform::{Nic, PlatformTable};
 use crate::progress::Progress;

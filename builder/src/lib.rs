@@ -13,10 +13,8 @@
 //! | [`version`] | image versions |
 //! | [`hosttools`] | the host programs a command needs, checked up front |
 //! | [`process`] | running any external program |
-//! | [`mkosi`] | the mkosi command line and its output |
-//! | [`build`] | `boxcar build`: plan, compose, inspect, record |
+//! | [`build`] | `boxcar build`: plan, compose (mkosi), inspect (partition table, verity, UKI), package ([`build::convert`]), record |
 //! | [`image`] | a disk image's partition table |
-//! | [`uki`] | a unified kernel image's embedded command line |
 //! | [`records`] | the files one side writes and another reads: `build.json` ([`records::buildinfo`]) |
 //! | [`vmtest`] | `boxcar test`: qemu boots and their evidence |
 //! | [`progress`] | progress on stderr |
@@ -44,14 +42,12 @@ pub mod channeldoc;
 pub mod cmdline;
 pub mod commands;
 pub mod config_error;
-pub mod convert;
 pub mod defaults;
 pub mod download;
 pub mod duration;
 pub mod hosttools;
 pub mod image;
 pub mod interrupt;
-pub mod mkosi;
 pub mod output;
 pub mod platform;
 pub mod process;
@@ -63,7 +59,6 @@ pub mod recipe;
 pub mod records;
 pub mod store;
 pub mod storesource;
-pub mod uki;
 pub mod units;
 pub mod verify;
 pub mod version;

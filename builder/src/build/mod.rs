@@ -5,6 +5,10 @@
 //! and renames it into place only when everything, build.json included, is
 //! written: a failed or interrupted build leaves no `build/<version>/`.
 
+pub mod convert;
+mod mkosi;
+mod uki;
+
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -15,10 +19,8 @@ use boxcar_signing::{sha256_file, Sha256Digest};
 use time::OffsetDateTime;
 
 use crate::channel::{ChannelConfig, ChannelName, Channels};
-use crate::convert;
 use crate::hosttools::{HostTools, Requirement};
 use crate::image::{self, PartitionTable, Role};
-use crate::mkosi::MkosiRun;
 use crate::platform::{Format, Platform, PlatformId, PlatformTable, IMAGE_ID};
 use crate::process::Step;
 use crate::progress::Progress;
@@ -28,9 +30,10 @@ use crate::records::buildinfo::{
     ArtifactInfo, BuildInfo, DiskInfo, FileInfo, FileKind, KernelInfo, PackageInfo, PhaseTiming,
     SourceInfo, ToolVersion, UsrInfo, BUILD_JSON, SCHEMA_VERSION,
 };
-use crate::uki;
 use crate::units::{human_bytes, now_rfc3339};
 use crate::version::Version;
+
+use mkosi::MkosiRun;
 
 /// The build's log, inside the build directory.
 pub const BUILD_LOG: &str = "build.log";
