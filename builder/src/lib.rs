@@ -13,11 +13,9 @@
 //! | [`version`] | image versions |
 //! | [`hosttools`] | the host programs a command needs, checked up front |
 //! | [`process`] | running any external program |
-//! | [`mkosi`] | the mkosi command line and its output |
-//! | [`build`] | `boxcar build`: plan, compose, inspect, record |
+//! | [`build`] | `boxcar build`: plan, compose (mkosi), inspect (partition table, verity, UKI), package ([`build::convert`]), record |
 //! | [`image`] | a disk image's partition table |
-//! | [`uki`] | a unified kernel image's embedded command line |
-//! | [`buildinfo`] | `build.json` |
+//! | [`records`] | the files one side writes and another reads: `build.json` ([`records::buildinfo`]) |
 //! | [`vmtest`] | `boxcar test`: qemu boots and their evidence |
 //! | [`progress`] | progress on stderr |
 
@@ -39,27 +37,24 @@ macro_rules! out_raw {
 }
 
 pub mod build;
-pub mod buildinfo;
 pub mod channel;
 pub mod cmdline;
 pub mod commands;
 pub mod config_error;
-pub mod convert;
 pub mod defaults;
 pub mod download;
 pub mod duration;
 pub mod hosttools;
 pub mod image;
 pub mod interrupt;
-pub mod mkosi;
 pub mod output;
 pub mod platform;
 pub mod process;
 pub mod progress;
 pub mod project;
 pub mod recipe;
+pub mod records;
 pub mod release;
-pub mod uki;
 pub mod units;
 pub mod version;
 pub mod vmtest;

@@ -47,7 +47,12 @@ fn fetch(
         version: None,
     };
     let mut state = SerialState::load(&dir.join("seen-serials.json"))?;
-    let resolved = client.resolve(&trust, &selector, &mut state, time::OffsetDateTime::now_utc())?;
+    let resolved = client.resolve(
+        &trust,
+        &selector,
+        &mut state,
+        time::OffsetDateTime::now_utc(),
+    )?;
     for artifact in &resolved.release.document.artifacts {
         if artifact.platform == platform {
             let file = client.fetch_artifact(&resolved.version, artifact, dir)?;

@@ -8,10 +8,10 @@ use anyhow::{bail, Result};
 use serde::Serialize;
 use time::OffsetDateTime;
 
+use crate::build::convert;
 use crate::build::{self, BuildPlan, BuildRequest};
 use crate::channel::Channels;
 use crate::cmdline::{BuildArgs, CheckArgs, GlobalArgs, PlatformsArgs};
-use crate::convert;
 use crate::hosttools::{self, Locator};
 use crate::platform::{Nic, PlatformTable};
 use crate::progress::Progress;
@@ -71,7 +71,7 @@ pub(super) fn build(global: &GlobalArgs, args: &BuildArgs, progress: &Progress) 
         struct Output<'a> {
             dir: &'a std::path::Path,
             #[serde(flatten)]
-            info: &'a crate::buildinfo::BuildInfo,
+            info: &'a crate::records::buildinfo::BuildInfo,
         }
         out!(
             "{}",

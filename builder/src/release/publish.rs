@@ -18,9 +18,9 @@ use time::OffsetDateTime;
 
 use super::backend::{crash_point, StoreBackend};
 use super::documents as store_documents;
-use crate::buildinfo::BuildInfo;
 use crate::channel::{ChannelConfig, EvidencePolicy};
 use crate::progress::Progress;
+use crate::records::buildinfo::BuildInfo;
 use crate::vmtest::evidence::Evidence;
 
 /// What a publish did.

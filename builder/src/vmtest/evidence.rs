@@ -9,8 +9,8 @@ use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 
-use crate::buildinfo::BuildInfo;
 use crate::platform::{Format, Platform};
+use crate::records::buildinfo::BuildInfo;
 
 pub const EVIDENCE_JSON: &str = "evidence.json";
 pub const SUMMARY_TXT: &str = "summary.txt";

@@ -21,12 +21,12 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use base64::Engine;
 
-use crate::buildinfo::BuildInfo;
 use crate::hosttools::{self, HostTools, Requirement};
 use crate::image::Role;
 use crate::platform::{ArtifactRole, DiskBus, Firmware, Format, Nic, Platform, PlatformId};
 use crate::process::{terminate, Step};
 use crate::progress::{Phase, Progress};
+use crate::records::buildinfo::BuildInfo;
 use evidence::{
     BootOutcome, Check, Evidence, Expectations, Milestone, RootExpectation, TestCase,
     UpdateExpectation,

@@ -8,9 +8,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command as Process;
 
 use assert_cmd::Command;
-use boxcar::buildinfo::*;
 use boxcar::image::PartitionTable;
 use boxcar::platform::{ArtifactRole, DiskBus, Firmware, Format, Nic, Platform};
+use boxcar::records::buildinfo::*;
 use boxcar::vmtest::evidence::{BootOutcome, Check, Evidence, TestCase};
 use predicates::prelude::*;
 

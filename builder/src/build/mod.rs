@@ -1,0 +1,126 @@
+//! `boxcar build`: from recipe to a checked build directory.
+//!
+//! The plan is worked out, and every input checked, before anything runs.
+//! The build then composes into a staging directory next to the final one
+//! and renames it into place only when everything, build.json included, is
+//! written: a failed or interrupted build leaves no `build/<version>/`.
+//!
+//! [`run`] calls the phases in order, one file each: `compose` (mkosi),
+//! `collect`, `inspect`, `package` (through [`convert`]), `digest`, then
+//! `record` writes build.json. Around them: `plan` (what to build),
+//! `requirements` (the programs it needs), `cachelock`, `staging`, `timing`
+//! and `source` (git).
+
+mod cachelock;
+mod collect;
+mod compose;
+pub mod convert;
+mod digest;
+mod inspect;
+mod mkosi;
+mod package;
+mod plan;
+mod record;
+mod requirements;
+mod source;
+mod staging;
+mod timing;
+mod uki;
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+
+use crate::hosttools::HostTools;
+use crate::progress::Progress;
+use crate::records::buildinfo::{BuildInfo, PhaseTiming};
+
+use cachelock::CacheLock;
+pub use plan::{BuildPlan, BuildRequest};
+pub use requirements::requirements;
+use staging::Staging;
+use timing::{phase_timing, timed};
+
+/// The build's log, inside the build directory.
+pub const BUILD_LOG: &str = "build.log";
+
+/// A finished build.
+#[derive(Debug)]
+pub struct BuildOutcome {
+    pub dir: PathBuf,
+    pub info: BuildInfo,
+}
+
+/// Runs the plan. On failure nothing is left at `final_dir`; the log is
+/// kept next to it and named in the error.
+pub fn run(plan: &BuildPlan, tools: &HostTools, progress: &Progress) -> Result<BuildOutcome> {
+    let started = Instant::now();
+    cachelock::create_cache_dirs(&plan.cache)?;
+    let _lock = CacheLock::acquire(&plan.cache, progress)?;
+    let staging = Staging::create(&plan.staging_dir)?;
+    let log_path = staging.path.join(BUILD_LOG);
+    let mut log =
+        File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
+
+    let mut timings = Vec::new();
+    let result = assemble(plan, tools, progress, &staging.path, &mut log, &mut timings);
+    let mut info = match result {
+        Ok(info) => info,
+        Err(error) => {
+            drop(log);
+            return Err(staging::keep_failed_log(plan, &log_path, error));
+        }
+    };
+    info.phases.push(phase_timing("total", started.elapsed()));
+    record::write_build_json(&staging.path, &info)?;
+    let dir = staging.commit(&plan.final_dir)?;
+    Ok(BuildOutcome { dir, info })
+}
+
+/// The phases of a build, in order, run inside the staging directory.
+fn assemble(
+    plan: &BuildPlan,
+    tools: &HostTools,
+    progress: &Progress,
+    staging: &Path,
+    log: &mut File,
+    timings: &mut Vec<PhaseTiming>,
+) -> Result<BuildInfo> {
+    timed(progress, timings, "compose", |phase| {
+        compose::compose(plan, tools, log, phase)?;
+        Ok(((), String::new()))
+    })?;
+    timed(progress, timings, "collect", |_| {
+        collect::collect_outputs(plan, staging)?;
+        Ok(((), format!("moved into {}", plan.final_dir.display())))
+    })?;
+    let inspected = timed(progress, timings, "inspect", |_| {
+        let inspected = inspect::inspect(plan, tools, staging)?;
+        let summary = format!("/usr verity root hash {}", inspected.usr.root_hash);
+        Ok((inspected, summary))
+    })?;
+    let selected = plan.selected();
+    let (packaged, platform_timings) = timed(progress, timings, "package", |_| {
+        let result = package::package(plan, &inspected, staging, &selected, tools, progress)?;
+        let summary = format!(
+            "{} artifacts for {} platforms",
+            result.0.len(),
+            selected.len()
+        );
+        Ok((result, summary))
+    })?;
+    for timing in &platform_timings {
+        timings.push(phase_timing(
+            format!("package {}", timing.platform),
+            timing.elapsed,
+        ));
+    }
+    let digests = timed(progress, timings, "digest", |_| {
+        let digests = digest::digest_build(plan, staging, &packaged, progress)?;
+        let summary = digest::summary(&digests);
+        Ok((digests, summary))
+    })?;
+    record::build_info(plan, tools, staging, inspected, &packaged, digests, timings)
+}

@@ -1,0 +1,340 @@
+//! The build plan: what the user asked for, checked against the checkout,
+//! and everything decided from it before anything runs (version, paths,
+//! the parts mkosi must write, the mkosi invocation).
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+use base64::Engine;
+use time::OffsetDateTime;
+
+use super::convert;
+use super::mkosi::MkosiRun;
+use super::source::{git_commit_time, git_source};
+use crate::channel::{ChannelConfig, ChannelName, Channels};
+use crate::platform::{Platform, PlatformId, PlatformTable, IMAGE_ID};
+use crate::project::{Cache, Project};
+use crate::recipe::Recipe;
+use crate::records::buildinfo::{FileKind, SourceInfo};
+use crate::version::Version;
+
+/// What the user asked for.
+#[derive(Clone, Debug)]
+pub struct BuildRequest {
+    pub channel: ChannelName,
+    /// `None`: derived from the time.
+    pub version: Option<Version>,
+    /// The parent of the build directory (`build/`).
+    pub out_dir: PathBuf,
+    /// Re-resolve packages from the mirror instead of reusing the
+    /// incremental cache.
+    pub refresh: bool,
+    /// The platforms to package; empty for all of them.
+    pub platforms: Vec<PlatformId>,
+    /// Package artifacts at all (false: compose and record the parts only).
+    pub package: bool,
+}
+
+/// Everything a build will do, decided and checked up front.
+#[derive(Debug)]
+pub struct BuildPlan {
+    pub project: Project,
+    pub cache: Cache,
+    pub recipe: Recipe,
+    pub channel: ChannelConfig,
+    pub version: Version,
+    /// `out/<version>`: where the result appears, all at once.
+    pub final_dir: PathBuf,
+    /// `out/.<version>.partial`: where it is assembled.
+    pub staging_dir: PathBuf,
+    pub source_date_epoch: i64,
+    pub source: SourceInfo,
+    pub refresh: bool,
+    /// The whole platform table: every platform's agents and command line
+    /// go into the one composed image.
+    pub platform_table: PlatformTable,
+    /// The platforms whose artifacts this build packages.
+    pub selected_platforms: Vec<PlatformId>,
+}
+
+/// A file mkosi writes that becomes a part of the build.
+#[derive(Clone, Debug)]
+pub(super) struct Part {
+    /// mkosi's name for it, after `boxcar_<version>`.
+    pub(super) mkosi_suffix: String,
+    /// Its name in the build directory.
+    pub(super) name: String,
+    pub(super) kind: FileKind,
+    /// The platform it belongs to, for per-platform parts.
+    pub(super) platform: Option<PlatformId>,
+}
+
+/// The parts every build has, besides the per-platform addons.
+const COMMON_PARTS: &[(&str, &str, FileKind)] = &[
+    (".raw", "disk.raw", FileKind::Disk),
+    (".usr.raw", "usr.raw", FileKind::Usr),
+    (".usr-verity.raw", "usr-verity.raw", FileKind::UsrVerity),
+    (".efi", "uki.efi", FileKind::Uki),
+    (".vmlinuz", "vmlinuz", FileKind::Kernel),
+    (".initrd", "initrd", FileKind::Initrd),
+    (".manifest", "manifest.json", FileKind::Manifest),
+    (".root.tar", "root.tar", FileKind::RootTree),
+];
+
+impl BuildPlan {
+    /// Checks the request against the checkout and decides every path.
+    pub fn new(
+        project: Project,
+        cache: Cache,
+        request: &BuildRequest,
+        now: OffsetDateTime,
+    ) -> Result<Self> {
+        let channels = Channels::load(&project.channels_dir())?;
+        let channel = channels.get(&request.channel)?.clone();
+        let recipe = Recipe::load(&project.recipes_dir())?;
+        let platform_table = PlatformTable::load(&project.root.join(crate::platform::TABLE_FILE))?;
+        let selected_platforms = if request.package {
+            platform_table
+                .select(&request.platforms)?
+                .into_iter()
+                .map(|p| p.id.clone())
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let version = request
+            .version
+            .clone()
+            .unwrap_or_else(|| Version::from_time(now));
+        let out_dir = std::path::absolute(&request.out_dir)?;
+        let final_dir = out_dir.join(version.as_str());
+        if final_dir.exists() {
+            bail!(
+                "{} already exists: version {version} was built before; pass another --version or remove it",
+                final_dir.display()
+            );
+        }
+        let staging_dir = out_dir.join(format!(".{version}.partial"));
+        let source = git_source(&project.root);
+        let source_date_epoch =
+            git_commit_time(&project.root).unwrap_or_else(|| now.unix_timestamp());
+        Ok(Self {
+            project,
+            cache,
+            recipe,
+            channel,
+            version,
+            final_dir,
+            staging_dir,
+            source_date_epoch,
+            source,
+            refresh: request.refresh,
+            platform_table,
+            selected_platforms,
+        })
+    }
+
+    /// The mkosi invocation.
+    pub fn mkosi_run(&self) -> MkosiRun {
+        MkosiRun {
+            recipe_dir: self.recipe.dir.clone(),
+            image_version: self.version.to_string(),
+            output_dir: self.cache.mkosi_output(),
+            cache_dir: self.cache.mkosi_cache(),
+            package_cache_dir: self.cache.packages(),
+            workspace_dir: self.cache.workspace(),
+            source_date_epoch: self.source_date_epoch,
+            refresh: self.refresh,
+            packages: self.platform_packages(),
+            extra_trees: vec![self.platform_units_dir()],
+            // mkosi splits environment values at spaces; the command lines
+            // travel base64-encoded.
+            environment: self
+                .platform_table
+                .platforms
+                .iter()
+                .map(|p| {
+                    let encoded =
+                        base64::engine::general_purpose::STANDARD.encode(p.kernel_cmdline());
+                    (format!("BOXCAR_PLATFORM_CMDLINE_{}", p.id), encoded)
+                })
+                .collect(),
+        }
+    }
+
+    /// Every platform's agent packages, once each, sorted (the list is part
+    /// of mkosi's cache key, so its order must not wobble).
+    pub fn platform_packages(&self) -> Vec<String> {
+        let packages: std::collections::BTreeSet<&String> = self
+            .platform_table
+            .platforms
+            .iter()
+            .flat_map(|p| &p.packages)
+            .collect();
+        packages.into_iter().cloned().collect()
+    }
+
+    /// The generated file tree that makes each platform's units conditional
+    /// on its platform id (inside the staging directory).
+    pub fn platform_units_dir(&self) -> PathBuf {
+        self.staging_dir.join(".platform-units")
+    }
+
+    /// The selected platforms' table entries.
+    pub fn selected(&self) -> Vec<&Platform> {
+        self.platform_table
+            .platforms
+            .iter()
+            .filter(|p| self.selected_platforms.contains(&p.id))
+            .collect()
+    }
+
+    /// The parts mkosi writes for this build.
+    pub(super) fn parts(&self) -> Vec<Part> {
+        let common = COMMON_PARTS.iter().map(|(suffix, name, kind)| Part {
+            mkosi_suffix: (*suffix).to_owned(),
+            name: (*name).to_owned(),
+            kind: *kind,
+            platform: None,
+        });
+        let addons = self.platform_table.platforms.iter().map(|p| Part {
+            mkosi_suffix: format!(".platform-{}.addon.efi", p.id),
+            name: convert::Parts::addon_name(&p.id),
+            kind: FileKind::Addon,
+            platform: Some(p.id.clone()),
+        });
+        common.chain(addons).collect()
+    }
+
+    /// mkosi's name for an output: `boxcar_<version><suffix>`.
+    pub fn mkosi_output_name(&self, suffix: &str) -> String {
+        format!("{IMAGE_ID}_{}{suffix}", self.version)
+    }
+
+    /// Where the log of a failed build is kept (the staging directory goes).
+    pub fn failed_log_path(&self) -> PathBuf {
+        self.staging_dir
+            .with_file_name(format!("{}.failed.log", self.version))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fs;
+    use std::path::Path;
+
+    use super::*;
+    use crate::process::Step;
+    use time::macros::datetime;
+
+    /// A throwaway checkout with the real recipes and channels.
+    fn project_copy() -> (tempfile::TempDir, Project) {
+        let real = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+        let temp = tempfile::tempdir().unwrap();
+        for dir in ["recipes", "channels"] {
+            Step::new("copying", "cp")
+                .arg("-r")
+                .arg(real.join(dir))
+                .arg(temp.path())
+                .run()
+                .unwrap();
+        }
+        let project = Project::at(temp.path()).unwrap();
+        (temp, project)
+    }
+
+    fn request(out: &Path) -> BuildRequest {
+        BuildRequest {
+            channel: "alpha".parse().unwrap(),
+            version: None,
+            out_dir: out.to_owned(),
+            refresh: false,
+            platforms: Vec::new(),
+            package: true,
+        }
+    }
+
+    #[test]
+    fn plan_decides_version_paths_and_mkosi_arguments() {
+        let (temp, project) = project_copy();
+        let cache = Cache::new(Some(&temp.path().join("cache"))).unwrap();
+        let out = temp.path().join("build");
+        let now = datetime!(2026-11-22 10:20:30 UTC);
+        let plan = BuildPlan::new(project, cache, &request(&out), now).unwrap();
+        assert_eq!(plan.version.as_str(), "2026.1122.102030");
+        assert_eq!(plan.final_dir, out.join("2026.1122.102030"));
+        assert_eq!(plan.staging_dir, out.join(".2026.1122.102030.partial"));
+        assert_eq!(
+            plan.failed_log_path(),
+            out.join("2026.1122.102030.failed.log")
+        );
+        assert_eq!(plan.channel.name.as_str(), "alpha");
+        // Not a git checkout: the epoch falls back to the build time.
+        assert_eq!(plan.source_date_epoch, now.unix_timestamp());
+        let args: Vec<String> = plan
+            .mkosi_run()
+            .arguments()
+            .into_iter()
+            .map(|a| a.into_string().unwrap())
+            .collect();
+        assert!(args.contains(&"--image-version=2026.1122.102030".to_owned()));
+        assert!(args.contains(&format!(
+            "--output-directory={}",
+            temp.path().join("cache/output").display()
+        )));
+        assert_eq!(
+            plan.mkosi_output_name(".raw"),
+            "boxcar_2026.1122.102030.raw"
+        );
+    }
+
+    #[test]
+    fn plan_refuses_an_existing_version() {
+        let (temp, project) = project_copy();
+        let cache = Cache::new(Some(&temp.path().join("cache"))).unwrap();
+        let out = temp.path().join("build");
+        fs::create_dir_all(out.join("1.0.0")).unwrap();
+        let mut req = request(&out);
+        req.version = Some("1.0.0".parse().unwrap());
+        let err = BuildPlan::new(project, cache, &req, OffsetDateTime::now_utc()).unwrap_err();
+        assert!(err.to_string().contains("already exists"), "{err}");
+    }
+
+    #[test]
+    fn plan_refuses_an_unknown_channel_and_lists_the_known_ones() {
+        let (temp, project) = project_copy();
+        let cache = Cache::new(Some(&temp.path().join("cache"))).unwrap();
+        let mut req = request(&temp.path().join("build"));
+        req.channel = "nightly".parse().unwrap();
+        let err = BuildPlan::new(project, cache, &req, OffsetDateTime::now_utc()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "unknown channel nightly: {} has alpha, beta, stable",
+                temp.path().join("channels").display()
+            )
+        );
+    }
+
+    #[test]
+    fn plan_refuses_a_broken_recipe_naming_file_and_line() {
+        let (temp, project) = project_copy();
+        let conf = temp.path().join("recipes/mkosi.conf.d/10-base.conf");
+        let text = fs::read_to_string(&conf).unwrap();
+        fs::write(&conf, format!("{text}\n[Content]\nPackagez=vim\n")).unwrap();
+        let cache = Cache::new(Some(&temp.path().join("cache"))).unwrap();
+        let err = BuildPlan::new(
+            project,
+            cache,
+            &request(&temp.path().join("b")),
+            OffsetDateTime::now_utc(),
+        )
+        .unwrap_err();
+        let line = text.lines().count() + 3;
+        assert!(
+            err.to_string()
+                .starts_with(&format!("{}:{line}: key `Packagez`", conf.display())),
+            "{err}"
+        );
+    }
+}

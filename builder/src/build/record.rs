@@ -1,0 +1,141 @@
+//! The record of a build: assembling build.json from what the phases
+//! found (with mkosi's package manifest, the disk's allocation, the tool
+//! versions and each artifact's kernel command line), and writing it.
+
+use std::fs;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+
+use super::convert::Packaged;
+use super::digest::Digests;
+use super::inspect::Inspected;
+use super::plan::BuildPlan;
+use crate::hosttools::HostTools;
+use crate::platform::{Format, Platform, IMAGE_ID};
+use crate::records::buildinfo::{
+    ArtifactInfo, BuildInfo, DiskInfo, PackageInfo, PhaseTiming, ToolVersion, BUILD_JSON,
+    SCHEMA_VERSION,
+};
+use crate::units::now_rfc3339;
+
+/// build.json's content, from the plan and what the phases found.
+pub(super) fn build_info(
+    plan: &BuildPlan,
+    tools: &HostTools,
+    staging: &Path,
+    inspected: Inspected,
+    packaged: &[Packaged],
+    (files, artifact_digests): Digests,
+    timings: &[PhaseTiming],
+) -> Result<BuildInfo> {
+    let artifacts = packaged
+        .iter()
+        .zip(artifact_digests)
+        .map(|(packaged, (sha256, size))| {
+            let platform = plan
+                .platform_table
+                .get(&packaged.platform)
+                .expect("packaged platforms are in the table");
+            ArtifactInfo {
+                platform: packaged.platform.clone(),
+                format: packaged.format,
+                role: packaged.role,
+                file: packaged.file.clone(),
+                size,
+                sha256,
+                kernel_cmdline: effective_cmdline(&inspected.kernel.cmdline, platform),
+            }
+        })
+        .collect();
+    let disk_path = staging.join("disk.raw");
+    let disk_meta =
+        fs::metadata(&disk_path).with_context(|| format!("reading {}", disk_path.display()))?;
+    let packages = read_manifest(&staging.join("manifest.json"))?;
+    Ok(BuildInfo {
+        schema: SCHEMA_VERSION,
+        name: IMAGE_ID.to_owned(),
+        version: plan.version.clone(),
+        channel: plan.channel.name.clone(),
+        built_at: now_rfc3339(),
+        source_date_epoch: plan.source_date_epoch,
+        source: plan.source.clone(),
+        usr: inspected.usr,
+        kernel: inspected.kernel,
+        disk: DiskInfo {
+            file: "disk.raw".to_owned(),
+            size: disk_meta.len(),
+            allocated: allocated_bytes(&disk_meta),
+            partition_table: inspected.table,
+        },
+        files,
+        artifacts,
+        platforms: plan.platform_table.platforms.clone(),
+        packages,
+        phases: timings.to_vec(),
+        tools: tool_versions(tools),
+    })
+}
+
+/// The kernel command line a platform's artifact boots with.
+fn effective_cmdline(uki_cmdline: &str, platform: &Platform) -> String {
+    match platform.format {
+        Format::Pxe => format!("{uki_cmdline} root=tmpfs {}", platform.kernel_cmdline()),
+        _ => format!("{uki_cmdline} {}", platform.kernel_cmdline()),
+    }
+}
+
+/// mkosi's JSON manifest: the installed packages.
+fn read_manifest(path: &Path) -> Result<Vec<PackageInfo>> {
+    #[derive(serde::Deserialize)]
+    struct Manifest {
+        packages: Vec<ManifestPackage>,
+    }
+    #[derive(serde::Deserialize)]
+    struct ManifestPackage {
+        name: String,
+        version: String,
+        architecture: String,
+    }
+    let text = fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let manifest: Manifest = serde_json::from_str(&text)
+        .with_context(|| format!("parsing mkosi manifest {}", path.display()))?;
+    let mut packages: Vec<PackageInfo> = manifest
+        .packages
+        .into_iter()
+        .map(|p| PackageInfo {
+            name: p.name,
+            version: p.version,
+            architecture: p.architecture,
+        })
+        .collect();
+    packages.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(packages)
+}
+
+/// Writes build.json into the build directory.
+pub(super) fn write_build_json(dir: &Path, info: &BuildInfo) -> Result<()> {
+    let path = dir.join(BUILD_JSON);
+    let mut text = serde_json::to_string_pretty(info)?;
+    text.push('\n');
+    fs::write(&path, text).with_context(|| format!("writing {}", path.display()))
+}
+
+fn tool_versions(tools: &HostTools) -> Vec<ToolVersion> {
+    let mut versions = vec![ToolVersion {
+        name: "boxcar".to_owned(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+    }];
+    versions.extend(tools.all().filter_map(|tool| {
+        Some(ToolVersion {
+            name: tool.program.clone(),
+            version: tool.version.clone()?,
+        })
+    }));
+    versions
+}
+
+fn allocated_bytes(meta: &fs::Metadata) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    meta.blocks() * 512
+}

@@ -1,0 +1,3 @@
+//! records: the files one side of the pipeline writes and another reads.
+
+pub mod buildinfo;
