@@ -7,16 +7,21 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+/// The longest duration accepted: ten years. Longer is a typo, and adding
+/// it to a date could overflow.
+const MAX_SECONDS: u64 = 10 * 366 * 86400;
+
 /// A whole number of seconds, written with units.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct HumanDuration(u64);
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error(
-    "invalid duration {0:?}: write a number and a unit (s, m, h, d), e.g. 30m, 24h, 7d or 1d12h"
-)]
-pub struct InvalidDuration(String);
+#[error("invalid duration {text:?}: {reason}")]
+pub struct InvalidDuration {
+    text: String,
+    reason: &'static str,
+}
 
 impl HumanDuration {
     pub fn from_secs(seconds: u64) -> Self {
@@ -36,7 +41,10 @@ impl FromStr for HumanDuration {
     type Err = InvalidDuration;
 
     fn from_str(text: &str) -> Result<Self, InvalidDuration> {
-        let invalid = || InvalidDuration(text.to_owned());
+        let invalid = || InvalidDuration {
+            text: text.to_owned(),
+            reason: "write a number and a unit (s, m, h, d), e.g. 30m, 24h, 7d or 1d12h",
+        };
         let mut total: u64 = 0;
         let mut number = String::new();
         let mut any = false;
@@ -62,6 +70,12 @@ impl FromStr for HumanDuration {
         }
         if !number.is_empty() || !any {
             return Err(invalid());
+        }
+        if total > MAX_SECONDS {
+            return Err(InvalidDuration {
+                text: text.to_owned(),
+                reason: "it is longer than ten years, surely a mistake",
+            });
         }
         Ok(Self(total))
     }
@@ -98,6 +112,14 @@ impl fmt::Display for HumanDuration {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn absurd_durations_are_refused_not_panicked_on() {
+        for bad in ["99999999999999d", "3661d", "18446744073709551615s"] {
+            assert!(bad.parse::<HumanDuration>().is_err(), "{bad}");
+        }
+        assert!("3650d".parse::<HumanDuration>().is_ok());
+    }
+
     use super::*;
 
     #[test]

@@ -166,6 +166,22 @@ pub fn verify(
 
 #[cfg(test)]
 mod tests {
+    /// A key and a signature made by stock minisign 0.11 (`minisign -G -W`,
+    /// then `minisign -S -t "boxcar keyring keys"` of "boxcar fixture\n"):
+    /// an operator may keep an offline root key in minisign itself.
+    const MINISIGN_PUBLIC: &str = "untrusted comment: minisign public key 8872CC162AC6AE4D\nRWRNrsYqFsxyiAc5AWpHmmJ3v9caeb8vk2klquP2eY7Yvsu15z+BeZSx\n";
+    const MINISIGN_SIGNATURE: &str = "untrusted comment: signature from minisign secret key\nRURNrsYqFsxyiPOCVClSpd2cjlYPnFCCSKyCw8Wj581TbOIjzoEKMbtQtBsQ36RkRcaE7UR94SIPTwDMg2MYQpPsswnjrHmwdw4=\ntrusted comment: boxcar keyring keys\nXQFyTz2H0+mVim5dMagvIoE9vpJCNtdqmnuQ466tDiteTuQm85Am4PAcGkPPdaz1xFmI4DCm63u/w57/6lF3DA==\n";
+
+    #[test]
+    fn keys_and_signatures_made_by_stock_minisign_are_accepted() {
+        let key = crate::PublicKey::from_file_text(MINISIGN_PUBLIC).unwrap();
+        assert_eq!(key.id().to_string(), "8872CC162AC6AE4D");
+        let trusted = TrustedKeys::new([key]);
+        let verified = verify(b"boxcar fixture\n", MINISIGN_SIGNATURE, &trusted).unwrap();
+        assert_eq!(verified.trusted_comment, "boxcar keyring keys");
+        assert!(verify(b"boxcar fixture!\n", MINISIGN_SIGNATURE, &trusted).is_err());
+    }
+
     use super::*;
     use crate::keys::SecretKey;
 
