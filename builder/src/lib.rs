@@ -18,6 +18,7 @@
 //! | [`image`] | a disk image's partition table |
 //! | [`uki`] | a unified kernel image's embedded command line |
 //! | [`buildinfo`] | `build.json` |
+//! | [`records`] | the files one side writes and another reads: boot-test evidence |
 //! | [`vmtest`] | `boxcar test`: qemu boots and their evidence |
 //! | [`progress`] | progress on stderr |
 
@@ -61,6 +62,7 @@ pub mod project;
 pub mod promote;
 pub mod publish;
 pub mod recipe;
+pub mod records;
 pub mod store;
 pub mod storesource;
 pub mod uki;

@@ -19,8 +19,8 @@ use time::OffsetDateTime;
 use crate::buildinfo::BuildInfo;
 use crate::channel::{ChannelConfig, EvidencePolicy};
 use crate::progress::Progress;
+use crate::records::evidence::{Evidence, EVIDENCE_JSON};
 use crate::store::{self, Store};
-use crate::vmtest::evidence::Evidence;
 
 /// What a publish did.
 #[derive(Debug, serde::Serialize)]
@@ -54,7 +54,7 @@ pub fn gather_evidence(
         let path = build_dir
             .join("evidence")
             .join(platform)
-            .join(crate::vmtest::evidence::EVIDENCE_JSON);
+            .join(EVIDENCE_JSON);
         let Ok(text) = fs::read_to_string(&path) else {
             problems.push(format!(
                 "{platform}: no boot-test evidence ({} is missing)",

@@ -27,10 +27,8 @@ use crate::image::Role;
 use crate::platform::{ArtifactRole, DiskBus, Firmware, Format, Nic, Platform, PlatformId};
 use crate::process::{terminate, Step};
 use crate::progress::{Phase, Progress};
-use evidence::{
-    BootOutcome, Check, Evidence, Expectations, Milestone, RootExpectation, TestCase,
-    UpdateExpectation,
-};
+use crate::records::evidence::{self as record, BootOutcome, Check, Evidence, Milestone, TestCase};
+use evidence::{Expectations, RootExpectation, UpdateExpectation};
 use qemu::{
     AccelChoice, AccelRequest, BootSource, Firmware as FirmwareFiles, FirmwareSetup, VmSpec,
 };
@@ -346,7 +344,7 @@ fn run_case(context: &TestContext, case: Case) -> Result<TestOutcome> {
         update_data: prepared.update_data,
         reboots: matches!(case, Case::UpdateFrom(_) | Case::UpdateFallback(_)),
         evidence_out: work.path.join("evidence.out"),
-        console_out: work.path.join(evidence::CONSOLE_LOG),
+        console_out: work.path.join(record::CONSOLE_LOG),
         memory_mib: context.request.memory_mib.max(prepared.min_memory_mib),
         cpus: context.request.cpus,
         smbios_strings: smbios_strings(!network_boot),
@@ -409,7 +407,7 @@ fn run_case(context: &TestContext, case: Case) -> Result<TestOutcome> {
         evidence::add_early_boot_from_console(time, &run.milestones);
     }
     let evidence = Evidence {
-        schema: evidence::SCHEMA_VERSION,
+        schema: record::SCHEMA_VERSION,
         case: match case {
             Case::Platform(_) => TestCase::Platform,
             Case::TamperUsr => TestCase::TamperUsr,
@@ -1186,7 +1184,7 @@ impl Workdir {
     fn commit(self, target: &Path, evidence: &Evidence) -> Result<PathBuf> {
         for entry in fs::read_dir(&self.path)? {
             let path = entry?.path();
-            if path.file_name().is_some_and(|n| n != evidence::CONSOLE_LOG) {
+            if path.file_name().is_some_and(|n| n != record::CONSOLE_LOG) {
                 if path.is_dir() {
                     fs::remove_dir_all(&path)?;
                 } else {
@@ -1196,9 +1194,9 @@ impl Workdir {
         }
         let mut json = serde_json::to_string_pretty(evidence)?;
         json.push('\n');
-        fs::write(self.path.join(evidence::EVIDENCE_JSON), json)?;
+        fs::write(self.path.join(record::EVIDENCE_JSON), json)?;
         fs::write(
-            self.path.join(evidence::SUMMARY_TXT),
+            self.path.join(record::SUMMARY_TXT),
             evidence::summary(evidence),
         )?;
         if target.exists() {

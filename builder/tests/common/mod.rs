@@ -11,7 +11,7 @@ use assert_cmd::Command;
 use boxcar::buildinfo::*;
 use boxcar::image::PartitionTable;
 use boxcar::platform::{ArtifactRole, DiskBus, Firmware, Format, Nic, Platform};
-use boxcar::vmtest::evidence::{BootOutcome, Check, Evidence, TestCase};
+use boxcar::records::evidence::{BootOutcome, Check, Evidence, TestCase};
 use predicates::prelude::*;
 
 pub fn boxcar() -> Command {
