@@ -10,7 +10,10 @@ use std::process::Command as Process;
 use assert_cmd::Command;
 use boxcar::buildinfo::*;
 use boxcar::image::PartitionTable;
-use boxcar::platform::{ArtifactRole, DiskBus, Firmware, Format, Nic, Platform};
+use boxcar::platform::{
+    ArtifactRole, ConfigDelivery, DiskBus, Firmware, Format, GuestAgent, HypervisorCpuid,
+    MetadataService, Nic, Platform,
+};
 use boxcar::records::evidence::{BootOutcome, Check, Evidence, TestCase};
 use predicates::prelude::*;
 
@@ -265,6 +268,12 @@ impl Lab {
                 firmware: Firmware::Uefi,
                 disk_bus: DiskBus::Virtio,
                 nic: Nic::Virtio,
+                metadata_service: MetadataService::None,
+                smbios_system: None,
+                hypervisor_cpuid: HypervisorCpuid::Visible,
+                guest_agent: GuestAgent::None,
+                hypervisor_bound_agents: vec![],
+                config_delivery: ConfigDelivery::Disk,
             });
             if evidence {
                 write_evidence(&dir, version, file.platform, true);
