@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use crate::buildinfo::BuildInfo;
-use crate::platform::{Format, Platform};
+use crate::platform::{Format, HypervisorBoundAgent, Platform};
 use crate::records::evidence::{BootOutcome, BootTime, Check, Milestone};
 /// The record a boot test makes (`records::evidence`, which the release
 /// side reads without the harness), for the callers of [`super::run`].
@@ -133,7 +133,7 @@ pub fn judge_platform(
         .platform
         .units
         .iter()
-        .map(|unit| agent_verdict(report, unit))
+        .map(|unit| agent_verdict(report, expect.platform, unit))
         .collect();
     checks.push(check(
         "the platform's agents are active",
@@ -145,7 +145,7 @@ pub fn judge_platform(
                 .platform
                 .units
                 .iter()
-                .map(|u| expected_agent_state(u))
+                .map(|u| expected_agent_state(expect.platform, u))
                 .collect::<Vec<_>>()
                 .join("; ")
         },
@@ -192,19 +192,21 @@ pub fn judge_platform(
     checks
 }
 
-/// Agents that talk to their hypervisor through an interface qemu cannot
-/// offer the guest: open-vm-tools needs VMware's backdoor I/O port, which
-/// a VMware host answers from guest user space and qemu does not. Under
-/// qemu such an agent can only be shown to start where it should (its
-/// platform condition held and systemd ran it) and to fail for that reason.
-const HYPERVISOR_BOUND_AGENTS: &[(&str, &str)] = &[("open-vm-tools.service", "vmware_checkvm")];
+/// The platform's agent `unit`, if it talks to its hypervisor through an
+/// interface qemu cannot offer the guest (the platform table's
+/// hypervisor-bound-agents). Under qemu such an agent can only be shown to
+/// start where it should (its platform condition held and systemd ran it)
+/// and to fail because its check says this is not its hypervisor.
+fn hypervisor_bound<'a>(platform: &'a Platform, unit: &str) -> Option<&'a HypervisorBoundAgent> {
+    platform
+        .hypervisor_bound_agents
+        .iter()
+        .find(|agent| agent.unit == unit)
+}
 
 /// What a platform's agent unit must show.
-fn expected_agent_state(unit: &str) -> String {
-    if HYPERVISOR_BOUND_AGENTS
-        .iter()
-        .any(|(name, _)| *name == unit)
-    {
+fn expected_agent_state(platform: &Platform, unit: &str) -> String {
+    if hypervisor_bound(platform, unit).is_some() {
         format!("{unit} active, or under qemu started where its platform condition holds")
     } else {
         format!("{unit} active")
@@ -212,7 +214,11 @@ fn expected_agent_state(unit: &str) -> String {
 }
 
 /// Whether one of the platform's agent units did its part, and what was seen.
-fn agent_verdict(report: &BTreeMap<String, String>, unit: &str) -> (bool, String) {
+fn agent_verdict(
+    report: &BTreeMap<String, String>,
+    platform: &Platform,
+    unit: &str,
+) -> (bool, String) {
     let get = |key: &str| report.get(key).map(String::as_str).unwrap_or("");
     let state = get(&format!("unit.{unit}"));
     if state == "active" {
@@ -229,16 +235,14 @@ fn agent_verdict(report: &BTreeMap<String, String>, unit: &str) -> (bool, String
             .parse::<u64>()
             .unwrap_or(0)
             > 0;
-    let not_the_hypervisor =
-        |probe: &str| get(probe).contains("must be run inside a virtual machine on a VMware");
-    match HYPERVISOR_BOUND_AGENTS.iter().find(|(name, _)| *name == unit) {
-        Some((_, probe)) if started && not_the_hypervisor(probe) => (
+    match hypervisor_bound(platform, unit) {
+        Some(agent) if started && get(&agent.report_key()).contains(&agent.check_outside) => (
             true,
             format!(
                 "{unit}: started under its platform condition, then exited with status {} because qemu is not \
                  the real hypervisor ({})",
                 property("ExecMainStatus"),
-                get(probe)
+                get(&agent.report_key())
             ),
         ),
         _ => (false, format!("{unit}: {state} ({info})")),
@@ -1009,28 +1013,89 @@ update.ukis=boxcar_1.0.efi boxcar_1.1+0-3.efi
         assert_eq!(t.early_boot_source.as_deref(), Some("host console"));
     }
 
+    /// The shipped platform table's entries.
+    fn shipped_platforms() -> Vec<Platform> {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("..")
+            .join(crate::platform::TABLE_FILE);
+        crate::platform::PlatformTable::load(&path)
+            .unwrap()
+            .platforms
+    }
+
+    fn shipped_platform(id: &str) -> Platform {
+        let id: crate::platform::PlatformId = id.parse().unwrap();
+        shipped_platforms()
+            .into_iter()
+            .find(|p| p.id == id)
+            .unwrap()
+    }
+
+    /// open-vm-tools, started under its platform condition and failed
+    /// because vmware-checkvm says this is not VMware.
+    const STARTED_OUTSIDE_VMWARE: &str = "unit.open-vm-tools.service=failed\n\
+        unitinfo.open-vm-tools.service=ConditionResult=yes ExecMainStartTimestampMonotonic=30200000 \
+        ExecMainStatus=1\nvmware_checkvm=Error: vmware-checkvm must be run inside a virtual machine on a \
+        VMware hypervisor product.\n";
+
     #[test]
     fn agents_must_be_active_unless_bound_to_a_hypervisor_qemu_cannot_be() {
+        let (qemu, vmware, aws) = (
+            shipped_platform("qemu"),
+            shipped_platform("vmware"),
+            shipped_platform("aws"),
+        );
         let active = parse_report("unit.qemu-guest-agent.service=active\n");
-        assert!(agent_verdict(&active, "qemu-guest-agent.service").0);
+        assert!(agent_verdict(&active, &qemu, "qemu-guest-agent.service").0);
         let never_started = parse_report(
             "unit.open-vm-tools.service=inactive\nunitinfo.open-vm-tools.service=ConditionResult=no \
              ExecMainStartTimestampMonotonic=0 ExecMainStatus=0\n",
         );
-        assert!(!agent_verdict(&never_started, "open-vm-tools.service").0);
-        let started_outside_vmware = parse_report(
-            "unit.open-vm-tools.service=failed\nunitinfo.open-vm-tools.service=ConditionResult=yes \
-             ExecMainStartTimestampMonotonic=30200000 ExecMainStatus=1\nvmware_checkvm=Error: vmware-checkvm \
-             must be run inside a virtual machine on a VMware hypervisor product.\n",
-        );
-        let (ok, seen) = agent_verdict(&started_outside_vmware, "open-vm-tools.service");
+        assert!(!agent_verdict(&never_started, &vmware, "open-vm-tools.service").0);
+        let started_outside_vmware = parse_report(STARTED_OUTSIDE_VMWARE);
+        let (ok, seen) = agent_verdict(&started_outside_vmware, &vmware, "open-vm-tools.service");
         assert!(ok, "{seen}");
         assert!(seen.contains("status 1"), "{seen}");
+        assert_eq!(
+            expected_agent_state(&vmware, "open-vm-tools.service"),
+            "open-vm-tools.service active, or under qemu started where its platform condition holds"
+        );
         let failed_agent = parse_report(
             "unit.boxcar-ec2-hostname.service=failed\nunitinfo.boxcar-ec2-hostname.service=ConditionResult=yes \
              ExecMainStartTimestampMonotonic=30200000 ExecMainStatus=1\n",
         );
-        assert!(!agent_verdict(&failed_agent, "boxcar-ec2-hostname.service").0);
+        assert!(!agent_verdict(&failed_agent, &aws, "boxcar-ec2-hostname.service").0);
+        assert_eq!(
+            expected_agent_state(&aws, "boxcar-ec2-hostname.service"),
+            "boxcar-ec2-hostname.service active"
+        );
+    }
+
+    #[test]
+    fn only_the_table_makes_an_agent_hypervisor_bound() {
+        let report = parse_report(STARTED_OUTSIDE_VMWARE);
+        // The same facts, but the table does not list the agent as bound to
+        // its hypervisor: a failed agent is a failed agent.
+        let mut unbound = shipped_platform("vmware");
+        unbound.hypervisor_bound_agents.clear();
+        assert!(!agent_verdict(&report, &unbound, "open-vm-tools.service").0);
+        // Bound, but the check printed something else: not proven.
+        let vmware = shipped_platform("vmware");
+        let other = parse_report(&STARTED_OUTSIDE_VMWARE.replace(
+            "must be run inside a virtual machine on a \
+        VMware hypervisor product.",
+            "command not found",
+        ));
+        assert!(!agent_verdict(&other, &vmware, "open-vm-tools.service").0);
+        // A check of another name, reported under its own key.
+        let mut renamed = vmware.clone();
+        renamed.hypervisor_bound_agents[0].check = "vm-probe".into();
+        renamed.hypervisor_bound_agents[0].check_outside = "not here".into();
+        let probed = parse_report(&format!(
+            "{STARTED_OUTSIDE_VMWARE}vm_probe=qemu is not here\n"
+        ));
+        assert!(agent_verdict(&probed, &renamed, "open-vm-tools.service").0);
+        assert!(!agent_verdict(&report, &renamed, "open-vm-tools.service").0);
     }
 
     #[test]
