@@ -15,7 +15,7 @@
 //! | [`process`] | running any external program |
 //! | [`build`] | `boxcar build`: plan, compose (mkosi), inspect (partition table, verity, UKI), package ([`build::convert`]), record |
 //! | [`image`] | a disk image's partition table |
-//! | [`records`] | the files one side writes and another reads: `build.json` ([`records::buildinfo`]) |
+//! | [`records`] | the files one side writes and another reads: `build.json` ([`records::buildinfo`]), boot-test evidence ([`records::evidence`]) |
 //! | [`vmtest`] | `boxcar test`: qemu boots and their evidence |
 //! | [`progress`] | progress on stderr |
 

@@ -1,7 +1,10 @@
 //! The platform table, `recipes/platforms.toml`: every platform Boxcar
 //! ships for, its artifact format, kernel command line additions, agents,
-//! and the hardware it presents (firmware, disk bus, NIC). The build, its
-//! record, the boot tests and `boxcar platforms` all read this one table.
+//! the hardware it presents (firmware, disk bus, NIC), what else its
+//! hypervisor offers the guest (a metadata service, an SMBIOS identity, a
+//! guest agent channel) and how it delivers first-boot configuration. The
+//! build, its record, the boot tests and `boxcar platforms` all read this
+//! one table; no code asks for a platform by its id.
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -173,6 +176,116 @@ impl Nic {
     }
 }
 
+/// The instance metadata service a platform offers: where the guest reads
+/// its identity (its hostname) from, and what the boot test imitates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MetadataService {
+    /// None: the hostname is the image's own.
+    None,
+    /// Amazon EC2's instance metadata service (IMDSv2: a session token,
+    /// then GETs) at 169.254.169.254.
+    Ec2Imds,
+}
+
+/// The SMBIOS system (type 1) identity the platform's hypervisor presents,
+/// which the guest (systemd-detect-virt, the agents) reads.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct SmbiosSystem {
+    pub manufacturer: String,
+    pub product: String,
+}
+
+impl SmbiosSystem {
+    /// The vendor, for people: the manufacturer without its legal suffix
+    /// ("VMware, Inc." is VMware).
+    pub fn vendor(&self) -> &str {
+        self.manufacturer
+            .split(',')
+            .next()
+            .unwrap_or_default()
+            .trim()
+    }
+}
+
+/// Whether the boot test shows the guest the CPUID hypervisor bit (and
+/// with it qemu's CPUID signature).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HypervisorCpuid {
+    Visible,
+    /// Hidden, so the guest identifies the hypervisor by its SMBIOS
+    /// identity (as it does on VMware) instead of by qemu's signature,
+    /// which no other hypervisor shows.
+    Hidden,
+}
+
+/// The guest agent channel the platform's hypervisor offers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum GuestAgent {
+    None,
+    /// The qemu guest agent's virtio-serial port
+    /// (`org.qemu.guest_agent.0`).
+    QemuGa,
+}
+
+/// How the platform delivers first-boot provisioning configuration
+/// (Ignition) to the machine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ConfigDelivery {
+    /// qemu's firmware configuration device (fw_cfg).
+    FwCfg,
+    /// The EC2 instance's user data, from the metadata service.
+    Ec2UserData,
+    /// VMware's guestinfo variables (the VM's extra configuration).
+    VmwareGuestinfo,
+    /// A URL on the kernel command line, fetched at boot.
+    KernelCmdlineUrl,
+    /// A file written onto the disk along with the image.
+    Disk,
+}
+
+impl ConfigDelivery {
+    pub fn name(self) -> &'static str {
+        match self {
+            ConfigDelivery::FwCfg => "qemu fw_cfg",
+            ConfigDelivery::Ec2UserData => "EC2 user data",
+            ConfigDelivery::VmwareGuestinfo => "VMware guestinfo",
+            ConfigDelivery::KernelCmdlineUrl => "a URL on the kernel command line",
+            ConfigDelivery::Disk => "a file on the disk",
+        }
+    }
+}
+
+/// A platform agent that talks to its hypervisor through an interface qemu
+/// cannot offer the guest (open-vm-tools needs VMware's backdoor I/O port,
+/// which VMware answers from guest user space and qemu does not). Under
+/// qemu the boot test can only show that systemd starts it where its
+/// platform condition holds, and that the agent's own check says this is
+/// not its hypervisor.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct HypervisorBoundAgent {
+    /// The agent's unit: one of the platform's `units`.
+    pub unit: String,
+    /// A program in the image, run without arguments, that tells whether
+    /// the hypervisor is the real one (`vmware-checkvm`).
+    pub check: String,
+    /// What the check prints when it runs outside the real hypervisor.
+    pub check_outside: String,
+}
+
+impl HypervisorBoundAgent {
+    /// The key the guest reports the check's output under: the program's
+    /// name with `_` for `-` (`vmware_checkvm`).
+    pub fn report_key(&self) -> String {
+        self.check.replace('-', "_")
+    }
+}
+
 /// One `[[platform]]` entry.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -190,6 +303,17 @@ pub struct Platform {
     pub firmware: Firmware,
     pub disk_bus: DiskBus,
     pub nic: Nic,
+    /// The metadata service the platform offers the guest.
+    pub metadata_service: MetadataService,
+    /// The SMBIOS system identity the hypervisor presents; none for qemu's
+    /// own.
+    pub smbios_system: Option<SmbiosSystem>,
+    pub hypervisor_cpuid: HypervisorCpuid,
+    pub guest_agent: GuestAgent,
+    /// Agents among `units` that need the real hypervisor to run.
+    pub hypervisor_bound_agents: Vec<HypervisorBoundAgent>,
+    /// How first-boot configuration reaches the machine.
+    pub config_delivery: ConfigDelivery,
 }
 
 /// What one artifact file of a platform is.
@@ -248,7 +372,7 @@ impl Platform {
 pub fn markdown_table(platforms: &[Platform]) -> String {
     let version: Version = "0".parse().expect("a valid version");
     let mut text = String::from(
-        "| platform | artifact | kernel command line adds | agents | boot test presents |\n|---|---|---|---|---|\n",
+        "| platform | artifact | kernel command line adds | agents | first-boot config from | boot test presents |\n|---|---|---|---|---|---|\n",
     );
     for p in platforms {
         let files: Vec<String> = p
@@ -262,12 +386,13 @@ pub fn markdown_table(platforms: &[Platform]) -> String {
             p.packages.join(", ")
         };
         text.push_str(&format!(
-            "| **{}**: {} | {} | `{}` | {} | {} |\n",
+            "| **{}**: {} | {} | `{}` | {} | {} | {} |\n",
             p.id,
             p.description,
             files.join("<br>"),
             p.kernel_cmdline(),
             agents,
+            p.config_delivery.name(),
             Nic::hardware(p.firmware, p.disk_bus, p.nic)
         ));
     }
@@ -411,6 +536,45 @@ fn check_platform(platform: &Platform) -> Result<(), (&'static str, String)> {
             ));
         }
     }
+    for agent in &platform.hypervisor_bound_agents {
+        if !platform.units.contains(&agent.unit) {
+            return Err((
+                "hypervisor-bound-agents",
+                format!("{:?} is not one of the platform's units", agent.unit),
+            ));
+        }
+        let valid_check = agent.check.starts_with(|c: char| c.is_ascii_lowercase())
+            && agent
+                .check
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+        if !valid_check {
+            return Err((
+                "hypervisor-bound-agents",
+                format!(
+                    "check {:?} is not a program name (lowercase letters, digits and -)",
+                    agent.check
+                ),
+            ));
+        }
+        if agent.check_outside.trim().is_empty() {
+            return Err((
+                "hypervisor-bound-agents",
+                format!(
+                    "check-outside for {} is empty; it must be what {} prints outside the real hypervisor",
+                    agent.unit, agent.check
+                ),
+            ));
+        }
+    }
+    if let Some(smbios) = &platform.smbios_system {
+        if smbios.manufacturer.trim().is_empty() || smbios.product.trim().is_empty() {
+            return Err((
+                "smbios-system",
+                "give both a manufacturer and a product".to_owned(),
+            ));
+        }
+    }
     let network_boot = platform.format == Format::Pxe;
     if network_boot != (platform.disk_bus == DiskBus::None) {
         return Err((
@@ -422,6 +586,12 @@ fn check_platform(platform: &Platform) -> Result<(), (&'static str, String)> {
         return Err((
             "firmware",
             "disk images boot through systemd-boot and need UEFI firmware".to_owned(),
+        ));
+    }
+    if network_boot && platform.config_delivery == ConfigDelivery::Disk {
+        return Err((
+            "config-delivery",
+            "a diskless platform cannot deliver configuration on a disk".to_owned(),
         ));
     }
     Ok(())
@@ -442,6 +612,11 @@ units = ["qemu-guest-agent.service"]
 firmware = "uefi"
 disk-bus = "virtio"
 nic = "virtio"
+metadata-service = "none"
+hypervisor-cpuid = "visible"
+guest-agent = "qemu-ga"
+hypervisor-bound-agents = []
+config-delivery = "fw-cfg"
 "#;
 
     fn parse(text: &str) -> Result<PlatformTable, ConfigError> {
@@ -468,6 +643,12 @@ nic = "virtio"
         let text = ENTRY.replace("nic = \"virtio\"", "nic = \"virtio\"\nnics = 2");
         let err = parse(&text).unwrap_err();
         assert_eq!((err.line, err.key.as_deref()), (Some(12), Some("nics")));
+        let text = ENTRY.replace(
+            "hypervisor-bound-agents = []",
+            "hypervisor-bound-agents = [{ unit = \"qemu-guest-agent.service\", check = \"x\", check-outside = \"y\", probe = 1 }]",
+        );
+        let err = parse(&text).unwrap_err();
+        assert_eq!((err.line, err.key.as_deref()), (Some(15), Some("probe")));
     }
 
     #[test]
@@ -488,7 +669,7 @@ nic = "virtio"
         let err = parse(&two).unwrap_err();
         assert_eq!(
             (err.line, err.key.as_deref()),
-            (Some(14), Some("kernel-args"))
+            (Some(19), Some("kernel-args"))
         );
         assert!(err.message.contains("platform vmware"), "{err}");
         let dup = format!("{ENTRY}{ENTRY}");
@@ -510,6 +691,131 @@ nic = "virtio"
         );
         let bad_unit = ENTRY.replace("qemu-guest-agent.service", "qemu-guest-agent");
         assert_eq!(parse(&bad_unit).unwrap_err().key.as_deref(), Some("units"));
+    }
+
+    /// An entry with a VMware-like SMBIOS identity and a hypervisor-bound
+    /// agent, in place of ENTRY's qemu-like lines.
+    fn vmware_like(bound_agents: &str) -> String {
+        ENTRY
+            .replace(
+                "hypervisor-cpuid = \"visible\"",
+                "smbios-system = { manufacturer = \"VMware, Inc.\", product = \"VMware Virtual Platform\" }\nhypervisor-cpuid = \"hidden\"",
+            )
+            .replace("guest-agent = \"qemu-ga\"", "guest-agent = \"none\"")
+            .replace(
+                "hypervisor-bound-agents = []",
+                &format!("hypervisor-bound-agents = [{bound_agents}]"),
+            )
+            .replace("\"fw-cfg\"", "\"vmware-guestinfo\"")
+    }
+
+    const BOUND_AGENT: &str = "{ unit = \"qemu-guest-agent.service\", check = \"vmware-checkvm\", check-outside = \"not VMware\" }";
+
+    #[test]
+    fn parses_what_the_hypervisor_offers_and_how_config_arrives() {
+        let qemu = parse(ENTRY).unwrap().platforms.remove(0);
+        assert_eq!(qemu.metadata_service, MetadataService::None);
+        assert_eq!(qemu.smbios_system, None);
+        assert_eq!(qemu.hypervisor_cpuid, HypervisorCpuid::Visible);
+        assert_eq!(qemu.guest_agent, GuestAgent::QemuGa);
+        assert_eq!(qemu.config_delivery, ConfigDelivery::FwCfg);
+        assert!(qemu.hypervisor_bound_agents.is_empty());
+
+        let vmware = parse(&vmware_like(BOUND_AGENT))
+            .unwrap()
+            .platforms
+            .remove(0);
+        let smbios = vmware.smbios_system.as_ref().unwrap();
+        assert_eq!(
+            (smbios.manufacturer.as_str(), smbios.product.as_str()),
+            ("VMware, Inc.", "VMware Virtual Platform")
+        );
+        assert_eq!(smbios.vendor(), "VMware");
+        assert_eq!(vmware.hypervisor_cpuid, HypervisorCpuid::Hidden);
+        assert_eq!(vmware.guest_agent, GuestAgent::None);
+        assert_eq!(vmware.config_delivery, ConfigDelivery::VmwareGuestinfo);
+        assert_eq!(
+            vmware.hypervisor_bound_agents,
+            [HypervisorBoundAgent {
+                unit: "qemu-guest-agent.service".into(),
+                check: "vmware-checkvm".into(),
+                check_outside: "not VMware".into(),
+            }]
+        );
+        assert_eq!(
+            vmware.hypervisor_bound_agents[0].report_key(),
+            "vmware_checkvm"
+        );
+
+        let aws = ENTRY
+            .replace("\"none\"", "\"ec2-imds\"")
+            .replace("\"fw-cfg\"", "\"ec2-user-data\"");
+        let aws = parse(&aws).unwrap().platforms.remove(0);
+        assert_eq!(aws.metadata_service, MetadataService::Ec2Imds);
+        assert_eq!(aws.config_delivery, ConfigDelivery::Ec2UserData);
+    }
+
+    #[test]
+    fn new_fields_are_required_and_their_values_checked() {
+        for key in [
+            "metadata-service",
+            "hypervisor-cpuid",
+            "guest-agent",
+            "hypervisor-bound-agents",
+            "config-delivery",
+        ] {
+            let text: String = ENTRY
+                .lines()
+                .filter(|line| !line.starts_with(key))
+                .map(|line| format!("{line}\n"))
+                .collect();
+            let err = parse(&text).unwrap_err();
+            assert!(err.message.contains(key), "{key}: {err}");
+        }
+        for (from, to, line, key) in [
+            ("\"none\"", "\"gce-metadata\"", 12, "metadata-service"),
+            ("\"visible\"", "\"off\"", 13, "hypervisor-cpuid"),
+            ("\"qemu-ga\"", "\"vmtoolsd\"", 14, "guest-agent"),
+            ("\"fw-cfg\"", "\"floppy\"", 16, "config-delivery"),
+        ] {
+            let err = parse(&ENTRY.replace(from, to)).unwrap_err();
+            assert_eq!(err.line, Some(line), "{key}: {err}");
+            assert!(err.message.contains(&to[1..to.len() - 1]), "{key}: {err}");
+        }
+        let smbios_typo = vmware_like("").replace("product =", "model =");
+        let err = parse(&smbios_typo).unwrap_err();
+        assert_eq!(err.key.as_deref(), Some("model"), "{err}");
+    }
+
+    #[test]
+    fn semantic_errors_in_the_new_fields_name_their_key() {
+        let key_of = |text: &str| parse(text).unwrap_err().key;
+        let not_a_unit = vmware_like(&BOUND_AGENT.replace("qemu-guest-agent", "open-vm-tools"));
+        let err = parse(&not_a_unit).unwrap_err();
+        assert_eq!(err.key.as_deref(), Some("hypervisor-bound-agents"));
+        assert!(
+            err.message.contains("not one of the platform's units"),
+            "{err}"
+        );
+        let bad_check = vmware_like(&BOUND_AGENT.replace("vmware-checkvm", "/bin/sh -c x"));
+        assert_eq!(
+            key_of(&bad_check).as_deref(),
+            Some("hypervisor-bound-agents")
+        );
+        let no_text = vmware_like(&BOUND_AGENT.replace("not VMware", " "));
+        assert_eq!(key_of(&no_text).as_deref(), Some("hypervisor-bound-agents"));
+        let no_product = vmware_like("").replace("VMware Virtual Platform", "");
+        assert_eq!(key_of(&no_product).as_deref(), Some("smbios-system"));
+        let diskless_disk_config = ENTRY
+            .replace("\"qcow2\"", "\"pxe\"")
+            .replace("\"uefi\"", "\"bios\"")
+            .replace("disk-bus = \"virtio\"", "disk-bus = \"none\"")
+            .replace("\"fw-cfg\"", "\"disk\"");
+        let err = parse(&diskless_disk_config).unwrap_err();
+        assert_eq!(
+            (err.line, err.key.as_deref()),
+            (Some(3), Some("config-delivery"))
+        );
     }
 
     #[test]
@@ -558,5 +864,34 @@ nic = "virtio"
         let table = PlatformTable::load(&path).unwrap();
         let ids: Vec<&str> = table.platforms.iter().map(|p| p.id.as_str()).collect();
         assert_eq!(ids, ["qemu", "vmware", "aws", "metal", "pxe"]);
+        let by_id = |id: &str| table.get(&id.parse().unwrap()).unwrap().clone();
+        let (qemu, vmware, aws) = (by_id("qemu"), by_id("vmware"), by_id("aws"));
+        assert_eq!(aws.metadata_service, MetadataService::Ec2Imds);
+        assert_eq!(qemu.guest_agent, GuestAgent::QemuGa);
+        assert_eq!(
+            vmware.smbios_system.as_ref().map(SmbiosSystem::vendor),
+            Some("VMware")
+        );
+        assert_eq!(vmware.hypervisor_cpuid, HypervisorCpuid::Hidden);
+        assert_eq!(
+            vmware.hypervisor_bound_agents[0].unit,
+            "open-vm-tools.service"
+        );
+        assert_eq!(
+            vmware.hypervisor_bound_agents[0].report_key(),
+            "vmware_checkvm"
+        );
+        let delivery: Vec<ConfigDelivery> =
+            table.platforms.iter().map(|p| p.config_delivery).collect();
+        assert_eq!(
+            delivery,
+            [
+                ConfigDelivery::FwCfg,
+                ConfigDelivery::VmwareGuestinfo,
+                ConfigDelivery::Ec2UserData,
+                ConfigDelivery::Disk,
+                ConfigDelivery::KernelCmdlineUrl,
+            ]
+        );
     }
 }

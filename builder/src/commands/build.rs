@@ -149,6 +149,7 @@ pub(super) fn platforms(global: &GlobalArgs, args: &PlatformsArgs) -> Result<()>
             "  boots with   {}",
             Nic::hardware(platform.firmware, platform.disk_bus, platform.nic)
         );
+        out!("  config from  {}", platform.config_delivery.name());
     }
     Ok(())
 }

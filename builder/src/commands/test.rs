@@ -34,7 +34,8 @@ pub(super) fn test(global: &GlobalArgs, args: &TestArgs, progress: &Progress) ->
     };
     let outcomes = vmtest::run(&request, &tools, progress)?;
     if global.json {
-        let all: Vec<&vmtest::evidence::Evidence> = outcomes.iter().map(|o| &o.evidence).collect();
+        let all: Vec<&crate::records::evidence::Evidence> =
+            outcomes.iter().map(|o| &o.evidence).collect();
         out!("{}", serde_json::to_string_pretty(&all)?);
     } else {
         for outcome in &outcomes {
@@ -57,7 +58,9 @@ pub(super) fn test(global: &GlobalArgs, args: &TestArgs, progress: &Progress) ->
                 "{} ({}; console log {})",
                 o.evidence.platform,
                 checks.join(", "),
-                o.evidence_dir.join(vmtest::evidence::CONSOLE_LOG).display()
+                o.evidence_dir
+                    .join(crate::records::evidence::CONSOLE_LOG)
+                    .display()
             )
         })
         .collect();

@@ -21,7 +21,7 @@ use super::documents as store_documents;
 use crate::channel::{ChannelConfig, EvidencePolicy};
 use crate::progress::Progress;
 use crate::records::buildinfo::BuildInfo;
-use crate::vmtest::evidence::Evidence;
+use crate::records::evidence::{Evidence, EVIDENCE_JSON};
 
 /// What a publish did.
 #[derive(Debug, serde::Serialize)]
@@ -56,7 +56,7 @@ pub fn gather_evidence(
         let path = build_dir
             .join("evidence")
             .join(platform)
-            .join(crate::vmtest::evidence::EVIDENCE_JSON);
+            .join(EVIDENCE_JSON);
         let Ok(text) = fs::read_to_string(&path) else {
             problems.push(format!(
                 "{platform}: no boot-test evidence ({} is missing)",

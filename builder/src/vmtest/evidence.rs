@@ -7,144 +7,12 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use serde::{Deserialize, Serialize};
-
-use crate::platform::{Format, Platform};
+use crate::platform::{Format, HypervisorBoundAgent, Platform};
 use crate::records::buildinfo::BuildInfo;
-
-pub const EVIDENCE_JSON: &str = "evidence.json";
-pub const SUMMARY_TXT: &str = "summary.txt";
-pub const CONSOLE_LOG: &str = "console.log";
-pub const SCHEMA_VERSION: u32 = 1;
+use crate::records::evidence::{BootOutcome, BootTime, Check, Evidence, Milestone};
 
 /// What the container in the guest prints when it runs.
 pub const CONTAINER_GREETING: &str = "boxcar-container-ok";
-
-/// Which test was run.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum TestCase {
-    /// Boot a platform's artifact the way the platform presents it;
-    /// everything must work.
-    Platform,
-    /// Boot a copy of the disk image with one byte of /usr slot A flipped;
-    /// the tampered data must not be used.
-    TamperUsr,
-    /// Boot an older build, install this build over it as an A/B update,
-    /// reboot: this build must run from the other slot.
-    Update,
-    /// Install a copy of this build with one byte of its /usr flipped over
-    /// an older build: every boot of it must fail, and once its tries are
-    /// used up the older build must boot again.
-    UpdateFallback,
-}
-
-impl TestCase {
-    pub fn name(self) -> &'static str {
-        match self {
-            TestCase::Platform => "platform",
-            TestCase::TamperUsr => "tamper-usr",
-            TestCase::Update => "update",
-            TestCase::UpdateFallback => "update-fallback",
-        }
-    }
-}
-
-/// How the VM's run ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum BootOutcome {
-    /// The guest powered itself off (after reporting, in a normal boot).
-    PoweredOff,
-    /// The guest rebooted where qemu was told to stop at a reboot (a
-    /// failed boot reboots rather than wait at an emergency shell).
-    Rebooted,
-    /// systemd gave up and entered emergency mode.
-    EmergencyMode,
-    KernelPanic,
-    /// Nothing decisive happened before the time limit.
-    TimedOut,
-    /// qemu itself failed (bad arguments, missing firmware, ...).
-    QemuFailed,
-    /// The user interrupted the test.
-    Interrupted,
-}
-
-/// One judged fact.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Check {
-    pub name: String,
-    pub passed: bool,
-    pub expected: String,
-    pub observed: String,
-}
-
-/// Boot time, in seconds, the way systemd-analyze splits it.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct BootTime {
-    pub firmware: Option<f64>,
-    pub loader: Option<f64>,
-    pub kernel: f64,
-    pub initrd: Option<f64>,
-    pub userspace: f64,
-    /// From power-on (or kernel start, without firmware figures) to the end
-    /// of the boot transaction.
-    pub total: f64,
-    /// From the start of userspace to multi-user.target.
-    pub multi_user_after_userspace: Option<f64>,
-    /// The first line of `systemd-analyze time`, as the guest printed it.
-    pub systemd_analyze: String,
-    /// Where the firmware and loader figures come from: "guest" (the boot
-    /// loader's EFI variables) or "host console" (when the console showed
-    /// the firmware start the loader and the kernel start, seen from the
-    /// host; under emulation the loader cannot time itself).
-    pub early_boot_source: Option<String>,
-}
-
-/// A console event, timed from qemu's start on the host's clock. The
-/// earliest ones (firmware, boot loader) are the only boot times the guest
-/// cannot measure itself under emulation.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Milestone {
-    pub event: String,
-    pub seconds: f64,
-}
-
-/// The record of one boot test: `evidence.json`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Evidence {
-    pub schema: u32,
-    pub case: TestCase,
-    /// The build's version.
-    pub version: String,
-    /// The platform the artifact was booted as.
-    pub platform: String,
-    /// The files that were booted, relative to the build directory.
-    pub artifact: String,
-    /// How the VM presented the artifact (firmware, bus, NIC).
-    pub hardware: String,
-    /// What was done to the artifact before booting it.
-    pub tampering: Option<String>,
-    pub started_at: String,
-    /// "kvm" or "tcg".
-    pub accelerator: String,
-    /// Why that accelerator was chosen.
-    pub accelerator_reason: String,
-    pub qemu_command: String,
-    pub outcome: BootOutcome,
-    /// Wall-clock seconds from qemu's start to its end.
-    pub wall_seconds: f64,
-    pub boot_time: Option<BootTime>,
-    /// What the console showed, and when.
-    pub milestones: Vec<Milestone>,
-    /// Kernel lines from the console that report verity corruption.
-    pub verity_errors: Vec<String>,
-    /// Everything the guest reported, raw.
-    pub guest: BTreeMap<String, String>,
-    pub checks: Vec<Check>,
-    /// True when every check passed.
-    pub passed: bool,
-}
 
 /// Parses the guest's key=value report. Lines that are not key=value
 /// (noise on the port) are skipped.
@@ -262,7 +130,7 @@ pub fn judge_platform(
         .platform
         .units
         .iter()
-        .map(|unit| agent_verdict(report, unit))
+        .map(|unit| agent_verdict(report, expect.platform, unit))
         .collect();
     checks.push(check(
         "the platform's agents are active",
@@ -274,7 +142,7 @@ pub fn judge_platform(
                 .platform
                 .units
                 .iter()
-                .map(|u| expected_agent_state(u))
+                .map(|u| expected_agent_state(expect.platform, u))
                 .collect::<Vec<_>>()
                 .join("; ")
         },
@@ -321,19 +189,21 @@ pub fn judge_platform(
     checks
 }
 
-/// Agents that talk to their hypervisor through an interface qemu cannot
-/// offer the guest: open-vm-tools needs VMware's backdoor I/O port, which
-/// a VMware host answers from guest user space and qemu does not. Under
-/// qemu such an agent can only be shown to start where it should (its
-/// platform condition held and systemd ran it) and to fail for that reason.
-const HYPERVISOR_BOUND_AGENTS: &[(&str, &str)] = &[("open-vm-tools.service", "vmware_checkvm")];
+/// The platform's agent `unit`, if it talks to its hypervisor through an
+/// interface qemu cannot offer the guest (the platform table's
+/// hypervisor-bound-agents). Under qemu such an agent can only be shown to
+/// start where it should (its platform condition held and systemd ran it)
+/// and to fail because its check says this is not its hypervisor.
+fn hypervisor_bound<'a>(platform: &'a Platform, unit: &str) -> Option<&'a HypervisorBoundAgent> {
+    platform
+        .hypervisor_bound_agents
+        .iter()
+        .find(|agent| agent.unit == unit)
+}
 
 /// What a platform's agent unit must show.
-fn expected_agent_state(unit: &str) -> String {
-    if HYPERVISOR_BOUND_AGENTS
-        .iter()
-        .any(|(name, _)| *name == unit)
-    {
+fn expected_agent_state(platform: &Platform, unit: &str) -> String {
+    if hypervisor_bound(platform, unit).is_some() {
         format!("{unit} active, or under qemu started where its platform condition holds")
     } else {
         format!("{unit} active")
@@ -341,7 +211,11 @@ fn expected_agent_state(unit: &str) -> String {
 }
 
 /// Whether one of the platform's agent units did its part, and what was seen.
-fn agent_verdict(report: &BTreeMap<String, String>, unit: &str) -> (bool, String) {
+fn agent_verdict(
+    report: &BTreeMap<String, String>,
+    platform: &Platform,
+    unit: &str,
+) -> (bool, String) {
     let get = |key: &str| report.get(key).map(String::as_str).unwrap_or("");
     let state = get(&format!("unit.{unit}"));
     if state == "active" {
@@ -358,16 +232,14 @@ fn agent_verdict(report: &BTreeMap<String, String>, unit: &str) -> (bool, String
             .parse::<u64>()
             .unwrap_or(0)
             > 0;
-    let not_the_hypervisor =
-        |probe: &str| get(probe).contains("must be run inside a virtual machine on a VMware");
-    match HYPERVISOR_BOUND_AGENTS.iter().find(|(name, _)| *name == unit) {
-        Some((_, probe)) if started && not_the_hypervisor(probe) => (
+    match hypervisor_bound(platform, unit) {
+        Some(agent) if started && get(&agent.report_key()).contains(&agent.check_outside) => (
             true,
             format!(
                 "{unit}: started under its platform condition, then exited with status {} because qemu is not \
                  the real hypervisor ({})",
                 property("ExecMainStatus"),
-                get(probe)
+                get(&agent.report_key())
             ),
         ),
         _ => (false, format!("{unit}: {state} ({info})")),
@@ -1138,28 +1010,89 @@ update.ukis=boxcar_1.0.efi boxcar_1.1+0-3.efi
         assert_eq!(t.early_boot_source.as_deref(), Some("host console"));
     }
 
+    /// The shipped platform table's entries.
+    fn shipped_platforms() -> Vec<Platform> {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("..")
+            .join(crate::platform::TABLE_FILE);
+        crate::platform::PlatformTable::load(&path)
+            .unwrap()
+            .platforms
+    }
+
+    fn shipped_platform(id: &str) -> Platform {
+        let id: crate::platform::PlatformId = id.parse().unwrap();
+        shipped_platforms()
+            .into_iter()
+            .find(|p| p.id == id)
+            .unwrap()
+    }
+
+    /// open-vm-tools, started under its platform condition and failed
+    /// because vmware-checkvm says this is not VMware.
+    const STARTED_OUTSIDE_VMWARE: &str = "unit.open-vm-tools.service=failed\n\
+        unitinfo.open-vm-tools.service=ConditionResult=yes ExecMainStartTimestampMonotonic=30200000 \
+        ExecMainStatus=1\nvmware_checkvm=Error: vmware-checkvm must be run inside a virtual machine on a \
+        VMware hypervisor product.\n";
+
     #[test]
     fn agents_must_be_active_unless_bound_to_a_hypervisor_qemu_cannot_be() {
+        let (qemu, vmware, aws) = (
+            shipped_platform("qemu"),
+            shipped_platform("vmware"),
+            shipped_platform("aws"),
+        );
         let active = parse_report("unit.qemu-guest-agent.service=active\n");
-        assert!(agent_verdict(&active, "qemu-guest-agent.service").0);
+        assert!(agent_verdict(&active, &qemu, "qemu-guest-agent.service").0);
         let never_started = parse_report(
             "unit.open-vm-tools.service=inactive\nunitinfo.open-vm-tools.service=ConditionResult=no \
              ExecMainStartTimestampMonotonic=0 ExecMainStatus=0\n",
         );
-        assert!(!agent_verdict(&never_started, "open-vm-tools.service").0);
-        let started_outside_vmware = parse_report(
-            "unit.open-vm-tools.service=failed\nunitinfo.open-vm-tools.service=ConditionResult=yes \
-             ExecMainStartTimestampMonotonic=30200000 ExecMainStatus=1\nvmware_checkvm=Error: vmware-checkvm \
-             must be run inside a virtual machine on a VMware hypervisor product.\n",
-        );
-        let (ok, seen) = agent_verdict(&started_outside_vmware, "open-vm-tools.service");
+        assert!(!agent_verdict(&never_started, &vmware, "open-vm-tools.service").0);
+        let started_outside_vmware = parse_report(STARTED_OUTSIDE_VMWARE);
+        let (ok, seen) = agent_verdict(&started_outside_vmware, &vmware, "open-vm-tools.service");
         assert!(ok, "{seen}");
         assert!(seen.contains("status 1"), "{seen}");
+        assert_eq!(
+            expected_agent_state(&vmware, "open-vm-tools.service"),
+            "open-vm-tools.service active, or under qemu started where its platform condition holds"
+        );
         let failed_agent = parse_report(
             "unit.boxcar-ec2-hostname.service=failed\nunitinfo.boxcar-ec2-hostname.service=ConditionResult=yes \
              ExecMainStartTimestampMonotonic=30200000 ExecMainStatus=1\n",
         );
-        assert!(!agent_verdict(&failed_agent, "boxcar-ec2-hostname.service").0);
+        assert!(!agent_verdict(&failed_agent, &aws, "boxcar-ec2-hostname.service").0);
+        assert_eq!(
+            expected_agent_state(&aws, "boxcar-ec2-hostname.service"),
+            "boxcar-ec2-hostname.service active"
+        );
+    }
+
+    #[test]
+    fn only_the_table_makes_an_agent_hypervisor_bound() {
+        let report = parse_report(STARTED_OUTSIDE_VMWARE);
+        // The same facts, but the table does not list the agent as bound to
+        // its hypervisor: a failed agent is a failed agent.
+        let mut unbound = shipped_platform("vmware");
+        unbound.hypervisor_bound_agents.clear();
+        assert!(!agent_verdict(&report, &unbound, "open-vm-tools.service").0);
+        // Bound, but the check printed something else: not proven.
+        let vmware = shipped_platform("vmware");
+        let other = parse_report(&STARTED_OUTSIDE_VMWARE.replace(
+            "must be run inside a virtual machine on a \
+        VMware hypervisor product.",
+            "command not found",
+        ));
+        assert!(!agent_verdict(&other, &vmware, "open-vm-tools.service").0);
+        // A check of another name, reported under its own key.
+        let mut renamed = vmware.clone();
+        renamed.hypervisor_bound_agents[0].check = "vm-probe".into();
+        renamed.hypervisor_bound_agents[0].check_outside = "not here".into();
+        let probed = parse_report(&format!(
+            "{STARTED_OUTSIDE_VMWARE}vm_probe=qemu is not here\n"
+        ));
+        assert!(agent_verdict(&probed, &renamed, "open-vm-tools.service").0);
+        assert!(!agent_verdict(&report, &renamed, "open-vm-tools.service").0);
     }
 
     #[test]

@@ -23,14 +23,15 @@ use base64::Engine;
 
 use crate::hosttools::{self, HostTools, Requirement};
 use crate::image::Role;
-use crate::platform::{ArtifactRole, DiskBus, Firmware, Format, Nic, Platform, PlatformId};
+use crate::platform::{
+    ArtifactRole, DiskBus, Firmware, Format, GuestAgent, HypervisorCpuid, MetadataService, Nic,
+    Platform, PlatformId, SmbiosSystem,
+};
 use crate::process::{terminate, Step};
 use crate::progress::{Phase, Progress};
 use crate::records::buildinfo::BuildInfo;
-use evidence::{
-    BootOutcome, Check, Evidence, Expectations, Milestone, RootExpectation, TestCase,
-    UpdateExpectation,
-};
+use crate::records::evidence::{self as record, BootOutcome, Check, Evidence, Milestone, TestCase};
+use evidence::{Expectations, RootExpectation, UpdateExpectation};
 use qemu::{
     AccelChoice, AccelRequest, BootSource, Firmware as FirmwareFiles, FirmwareSetup, VmSpec,
 };
@@ -63,8 +64,31 @@ const IMDS_HOSTNAME: &str = "ip-169-254-0-15.boxcar-test.internal";
 /// qemu forwards only addresses inside the guest's network, so a guest that
 /// needs the link-local metadata address lives in the link-local range.
 const IMDS_NETWORK: &str = "169.254.0.0/16";
+
 /// Where the PXE guest finds the HTTP server with the boot files.
 const PXE_HTTP_ADDRESS: &str = "10.0.2.100:80";
+
+/// How the harness imitates a platform's metadata service.
+struct MetadataImitation {
+    /// Where the guest connects (forwarded to `boxcar internal http-serve`).
+    address: &'static str,
+    /// The guest's network, which must contain the address.
+    network: &'static str,
+    /// The hostname the service hands out, which the guest must take.
+    hostname: &'static str,
+}
+
+/// The imitation of `service`; none where the platform has no service.
+fn metadata_imitation(service: MetadataService) -> Option<MetadataImitation> {
+    match service {
+        MetadataService::None => None,
+        MetadataService::Ec2Imds => Some(MetadataImitation {
+            address: IMDS_ADDRESS,
+            network: IMDS_NETWORK,
+            hostname: IMDS_HOSTNAME,
+        }),
+    }
+}
 
 /// The programs `boxcar test` runs.
 pub fn requirements() -> Vec<Requirement> {
@@ -136,13 +160,20 @@ pub struct TestOutcome {
 enum Case<'a> {
     /// A platform's artifact, booted the way the platform presents it.
     Platform(&'a Platform),
-    /// The disk image with one byte of USR-A flipped.
-    TamperUsr,
+    /// The disk image with one byte of USR-A flipped, booted on the
+    /// hardware of `like` (see [`composed_disk_platform`]).
+    TamperUsr { like: &'a Platform },
     /// An older build's disk image, updated to this build inside the VM.
-    UpdateFrom(&'a OlderBuild),
+    UpdateFrom {
+        older: &'a OlderBuild,
+        like: &'a Platform,
+    },
     /// An older build's disk image, updated to a copy of this build with
     /// one byte of /usr flipped: the older build must come back.
-    UpdateFallback(&'a OlderBuild),
+    UpdateFallback {
+        older: &'a OlderBuild,
+        like: &'a Platform,
+    },
 }
 
 /// The build an update test starts from.
@@ -151,25 +182,35 @@ struct OlderBuild {
     info: BuildInfo,
 }
 
-impl Case<'_> {
+impl<'a> Case<'a> {
     /// The evidence directory's name.
     fn name(self) -> String {
         match self {
             Case::Platform(platform) => platform.id.to_string(),
-            Case::TamperUsr => "tamper-usr".to_owned(),
-            Case::UpdateFrom(older) => format!("update-from-{}", older.info.version),
-            Case::UpdateFallback(older) => {
+            Case::TamperUsr { .. } => "tamper-usr".to_owned(),
+            Case::UpdateFrom { older, .. } => format!("update-from-{}", older.info.version),
+            Case::UpdateFallback { older, .. } => {
                 format!("update-fallback-from-{}", older.info.version)
             }
+        }
+    }
+
+    /// The platform the boot presents itself as, for the record.
+    fn platform(self) -> &'a Platform {
+        match self {
+            Case::Platform(platform) => platform,
+            Case::TamperUsr { like }
+            | Case::UpdateFrom { like, .. }
+            | Case::UpdateFallback { like, .. } => like,
         }
     }
 
     /// What the boot must come to, and whether a sign of failure ends it.
     fn expectation(self) -> BootExpectation {
         match self {
-            Case::Platform(_) | Case::UpdateFrom(_) => BootExpectation::Success,
-            Case::TamperUsr => BootExpectation::Failure,
-            Case::UpdateFallback(_) => BootExpectation::SuccessAfterFailures,
+            Case::Platform(_) | Case::UpdateFrom { .. } => BootExpectation::Success,
+            Case::TamperUsr { .. } => BootExpectation::Failure,
+            Case::UpdateFallback { .. } => BootExpectation::SuccessAfterFailures,
         }
     }
 }
@@ -243,14 +284,16 @@ pub fn run(
     };
     let mut outcomes = Vec::new();
     if let Some(older) = &older {
+        let like = composed_disk_platform(&build.platforms)?;
         let case = if request.tamper_usr {
-            Case::UpdateFallback(older)
+            Case::UpdateFallback { older, like }
         } else {
-            Case::UpdateFrom(older)
+            Case::UpdateFrom { older, like }
         };
         outcomes.push(run_case(&context, case)?);
     } else if request.tamper_usr {
-        outcomes.push(run_case(&context, Case::TamperUsr)?);
+        let like = composed_disk_platform(&build.platforms)?;
+        outcomes.push(run_case(&context, Case::TamperUsr { like })?);
     } else {
         for platform in platforms {
             outcomes.push(run_case(&context, Case::Platform(platform))?);
@@ -273,6 +316,27 @@ fn load_older_build(dir: &Path, build: &BuildInfo) -> Result<OlderBuild> {
         );
     }
     Ok(OlderBuild { dir, info })
+}
+
+/// The platform whose hardware the tamper and update cases boot the
+/// composed disk image on: the first of the build's table with UEFI
+/// firmware and a virtio disk, the plainest way to boot a disk in qemu.
+/// Only its hardware is borrowed, none of its extras (metadata service,
+/// SMBIOS identity, guest agent): the disk image is no platform's artifact.
+fn composed_disk_platform(platforms: &[Platform]) -> Result<&Platform> {
+    platforms
+        .iter()
+        .find(|p| p.firmware == Firmware::Uefi && p.disk_bus == DiskBus::Virtio)
+        .with_context(|| {
+            format!(
+                "the tamper and update tests boot the disk image like a platform with UEFI firmware and a virtio disk, and the build's platform table ({}) has none",
+                platforms
+                    .iter()
+                    .map(|p| p.id.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        })
 }
 
 /// The build's platforms named in `ids` (all of them when empty).
@@ -304,19 +368,19 @@ fn select_platforms<'a>(build: &'a BuildInfo, ids: &[PlatformId]) -> Result<Vec<
 fn run_case(context: &TestContext, case: Case) -> Result<TestOutcome> {
     let build = context.build;
     let case_name = case.name();
-    let platform = match case {
-        Case::Platform(platform) => Some(platform),
-        Case::TamperUsr | Case::UpdateFrom(_) | Case::UpdateFallback(_) => None,
-    };
     let evidence_root = context.request.build_dir.join("evidence");
     let work = Workdir::create(&evidence_root.join(format!(".{case_name}.partial")))?;
 
     let phase = context.progress.phase(&format!("prepare {case_name}"));
     let prepared = match case {
         Case::Platform(platform) => prepare_platform(context, platform, &work.path)?,
-        Case::TamperUsr => prepare_tamper(context, &work.path)?,
-        Case::UpdateFrom(older) => prepare_update(context, older, false, &work.path)?,
-        Case::UpdateFallback(older) => prepare_update(context, older, true, &work.path)?,
+        Case::TamperUsr { like } => prepare_tamper(context, like, &work.path)?,
+        Case::UpdateFrom { older, like } => {
+            prepare_update(context, older, like, false, &work.path)?
+        }
+        Case::UpdateFallback { older, like } => {
+            prepare_update(context, older, like, true, &work.path)?
+        }
     };
     let test_data = work.path.join("testdata.tar");
     write_test_data(context.tools, build, &work.path, &test_data)?;
@@ -338,15 +402,18 @@ fn run_case(context: &TestContext, case: Case) -> Result<TestOutcome> {
         boot: prepared.boot,
         nic: prepared.nic,
         guest_forwards: prepared.guest_forwards,
-        hide_hypervisor_cpuid: prepared.smbios_system.is_some(),
         smbios_system: prepared.smbios_system,
-        guest_agent_socket: prepared.guest_agent.then(|| work.path.join("qga.sock")),
+        hypervisor_cpuid: prepared.hypervisor_cpuid,
+        guest_agent_socket: match prepared.guest_agent {
+            GuestAgent::None => None,
+            GuestAgent::QemuGa => Some(work.path.join("qga.sock")),
+        },
         network: prepared.network,
         test_data,
         update_data: prepared.update_data,
-        reboots: matches!(case, Case::UpdateFrom(_) | Case::UpdateFallback(_)),
+        reboots: matches!(case, Case::UpdateFrom { .. } | Case::UpdateFallback { .. }),
         evidence_out: work.path.join("evidence.out"),
-        console_out: work.path.join(evidence::CONSOLE_LOG),
+        console_out: work.path.join(record::CONSOLE_LOG),
         memory_mib: context.request.memory_mib.max(prepared.min_memory_mib),
         cpus: context.request.cpus,
         smbios_strings: smbios_strings(!network_boot),
@@ -383,18 +450,19 @@ fn run_case(context: &TestContext, case: Case) -> Result<TestOutcome> {
                         built_bytes: build.disk.partition_table.require(Role::Root)?.size,
                     }
                 },
-                hostname: (platform.id.as_str() == "aws").then(|| IMDS_HOSTNAME.to_owned()),
+                hostname: metadata_imitation(platform.metadata_service)
+                    .map(|imitation| imitation.hostname.to_owned()),
             };
             evidence::judge_platform(&report, build, run.outcome, &expectations)
         }
-        Case::TamperUsr => evidence::judge_tamper(&report, &run.verity_errors, run.outcome),
-        Case::UpdateFrom(older) => evidence::judge_update(
+        Case::TamperUsr { .. } => evidence::judge_tamper(&report, &run.verity_errors, run.outcome),
+        Case::UpdateFrom { older, .. } => evidence::judge_update(
             &report,
             build,
             run.outcome,
             &update_expectation(build, &older.info)?,
         ),
-        Case::UpdateFallback(older) => evidence::judge_fallback(
+        Case::UpdateFallback { older, .. } => evidence::judge_fallback(
             &report,
             &older.info,
             run.outcome,
@@ -409,15 +477,15 @@ fn run_case(context: &TestContext, case: Case) -> Result<TestOutcome> {
         evidence::add_early_boot_from_console(time, &run.milestones);
     }
     let evidence = Evidence {
-        schema: evidence::SCHEMA_VERSION,
+        schema: record::SCHEMA_VERSION,
         case: match case {
             Case::Platform(_) => TestCase::Platform,
-            Case::TamperUsr => TestCase::TamperUsr,
-            Case::UpdateFrom(_) => TestCase::Update,
-            Case::UpdateFallback(_) => TestCase::UpdateFallback,
+            Case::TamperUsr { .. } => TestCase::TamperUsr,
+            Case::UpdateFrom { .. } => TestCase::Update,
+            Case::UpdateFallback { .. } => TestCase::UpdateFallback,
         },
         version: build.version.to_string(),
-        platform: platform.map_or("qemu".to_owned(), |p| p.id.to_string()),
+        platform: case.platform().id.to_string(),
         artifact: prepared.artifact,
         hardware: prepared.hardware,
         tampering: prepared.tampering,
@@ -454,8 +522,9 @@ struct Prepared {
     boot: BootSource,
     nic: Nic,
     guest_forwards: Vec<(String, String)>,
-    smbios_system: Option<(String, String)>,
-    guest_agent: bool,
+    smbios_system: Option<SmbiosSystem>,
+    hypervisor_cpuid: HypervisorCpuid,
+    guest_agent: GuestAgent,
     network: Option<String>,
     min_memory_mib: u32,
     /// Checks of the artifact made before booting it (the OVA's layout).
@@ -553,46 +622,54 @@ fn prepare_platform(context: &TestContext, platform: &Platform, work: &Path) -> 
             }
         }
     };
-    if platform.id.as_str() == "aws" {
-        guest_forwards.push((
-            IMDS_ADDRESS.to_owned(),
-            http_serve_command(build_dir, &[], Some(IMDS_HOSTNAME))?,
-        ));
-    }
-    let smbios_system = (platform.id.as_str() == "vmware").then(|| {
-        (
-            "VMware, Inc.".to_owned(),
-            "VMware Virtual Platform".to_owned(),
-        )
-    });
-    let hardware = format!(
-        "{}{}",
-        Nic::hardware(platform.firmware, platform.disk_bus, platform.nic),
-        if smbios_system.is_some() {
-            ", VMware SMBIOS identity"
-        } else {
-            ""
-        }
-    );
     Ok(Prepared {
-        boot,
-        nic: platform.nic,
-        guest_forwards,
-        smbios_system,
-        guest_agent: platform.id.as_str() == "qemu",
-        network: (platform.id.as_str() == "aws").then(|| IMDS_NETWORK.to_owned()),
-        min_memory_mib: if platform.format == Format::Pxe {
-            PXE_MIN_MEMORY_MIB
-        } else {
-            0
-        },
         package_checks,
-        update_data: None,
         artifact: files
             .iter()
             .map(|a| a.file.as_str())
             .collect::<Vec<_>>()
             .join(", "),
+        ..present(platform, boot, guest_forwards, build_dir)?
+    })
+}
+
+/// How `platform` presents `boot`: its NIC, and what else its hypervisor
+/// offers the guest, as the harness imitates it (a metadata service behind
+/// a forwarded address, an SMBIOS identity, the CPUID hypervisor bit, a
+/// guest agent channel). `guest_forwards` are the boot's own (PXE's HTTP).
+fn present(
+    platform: &Platform,
+    boot: BootSource,
+    mut guest_forwards: Vec<(String, String)>,
+    build_dir: &Path,
+) -> Result<Prepared> {
+    let metadata = metadata_imitation(platform.metadata_service);
+    if let Some(metadata) = &metadata {
+        guest_forwards.push((
+            metadata.address.to_owned(),
+            http_serve_command(build_dir, &[], Some(metadata.hostname))?,
+        ));
+    }
+    let mut hardware = Nic::hardware(platform.firmware, platform.disk_bus, platform.nic);
+    if let Some(smbios) = &platform.smbios_system {
+        hardware.push_str(&format!(", {} SMBIOS identity", smbios.vendor()));
+    }
+    Ok(Prepared {
+        boot,
+        nic: platform.nic,
+        guest_forwards,
+        smbios_system: platform.smbios_system.clone(),
+        hypervisor_cpuid: platform.hypervisor_cpuid,
+        guest_agent: platform.guest_agent,
+        network: metadata.map(|metadata| metadata.network.to_owned()),
+        min_memory_mib: if platform.format == Format::Pxe {
+            PXE_MIN_MEMORY_MIB
+        } else {
+            0
+        },
+        package_checks: Vec::new(),
+        update_data: None,
+        artifact: String::new(),
         tampering: None,
         hardware,
     })
@@ -624,8 +701,8 @@ fn overlay_disk(
 }
 
 /// The tamper case: a copy of the disk image with one byte of USR-A
-/// flipped, booted like the qemu platform.
-fn prepare_tamper(context: &TestContext, work: &Path) -> Result<Prepared> {
+/// flipped, booted on `like`'s hardware.
+fn prepare_tamper(context: &TestContext, like: &Platform, work: &Path) -> Result<Prepared> {
     let copy = work.join("tampered.raw");
     let tampering = tampered_copy(
         context.tools,
@@ -633,39 +710,47 @@ fn prepare_tamper(context: &TestContext, work: &Path) -> Result<Prepared> {
         &context.request.build_dir,
         &copy,
     )?;
-    let boot = overlay_disk(context, &copy, "raw", DiskBus::Virtio, work)?;
-    Ok(plain_virtio_boot(
+    let boot = overlay_disk(context, &copy, "raw", like.disk_bus, work)?;
+    Ok(plain_boot(
+        like,
         boot,
         format!("{} (tampered copy)", context.build.disk.file),
         Some(tampering),
     ))
 }
 
-/// A disk image (not a platform's artifact) booted the simplest way: UEFI,
-/// virtio disk and NIC, no platform extras.
-fn plain_virtio_boot(boot: BootSource, artifact: String, tampering: Option<String>) -> Prepared {
+/// A disk image (not a platform's artifact) booted on `like`'s firmware,
+/// disk bus and NIC, with no platform extras.
+fn plain_boot(
+    like: &Platform,
+    boot: BootSource,
+    artifact: String,
+    tampering: Option<String>,
+) -> Prepared {
     Prepared {
         boot,
-        nic: Nic::Virtio,
+        nic: like.nic,
         guest_forwards: Vec::new(),
         smbios_system: None,
-        guest_agent: false,
+        hypervisor_cpuid: HypervisorCpuid::Visible,
+        guest_agent: GuestAgent::None,
         network: None,
         min_memory_mib: 0,
         package_checks: Vec::new(),
         update_data: None,
         artifact,
         tampering,
-        hardware: Nic::hardware(Firmware::Uefi, DiskBus::Virtio, Nic::Virtio),
+        hardware: Nic::hardware(like.firmware, like.disk_bus, like.nic),
     }
 }
 
-/// The update cases: the older build's disk image, booted like the qemu
-/// platform, with this build's update files on a second disk (with one
+/// The update cases: the older build's disk image, booted on `like`'s
+/// hardware, with this build's update files on a second disk (with one
 /// byte of the /usr image flipped, when `tamper`).
 fn prepare_update(
     context: &TestContext,
     older: &OlderBuild,
+    like: &Platform,
     tamper: bool,
     work: &Path,
 ) -> Result<Prepared> {
@@ -673,7 +758,7 @@ fn prepare_update(
         context,
         &older.dir.join(&older.info.disk.file),
         "raw",
-        DiskBus::Virtio,
+        like.disk_bus,
         work,
     )?;
     let update_data = work.join("update.tar");
@@ -688,7 +773,7 @@ fn prepare_update(
     );
     Ok(Prepared {
         update_data: Some(update_data),
-        ..plain_virtio_boot(boot, artifact, tampering)
+        ..plain_boot(like, boot, artifact, tampering)
     })
 }
 
@@ -870,8 +955,9 @@ fn flip_byte(path: &Path, offset: u64) -> Result<(u8, u8)> {
 }
 
 /// The test data disk: a tar archive with the guest script, the list of
-/// every platform's agent units, and a one-binary container root file
-/// system (static busybox) for `docker import`.
+/// every platform's agent units, the checks of the agents bound to their
+/// hypervisor, and a one-binary container root file system (static
+/// busybox) for `docker import`.
 fn write_test_data(tools: &HostTools, build: &BuildInfo, work: &Path, out: &Path) -> Result<()> {
     let staging = work.join("testdata");
     let rootfs = staging.join("rootfs");
@@ -885,6 +971,10 @@ fn write_test_data(tools: &HostTools, build: &BuildInfo, work: &Path, out: &Path
         .flat_map(|p| p.units.iter().map(move |u| format!("{} {u}\n", p.id)))
         .collect();
     fs::write(staging.join("platform-units"), units)?;
+    fs::write(
+        staging.join("hypervisor-checks"),
+        hypervisor_checks(&build.platforms)?,
+    )?;
     Step::new("packing the container root file system", tools.path("tar"))
         .arg("-C")
         .arg(&rootfs)
@@ -897,10 +987,39 @@ fn write_test_data(tools: &HostTools, build: &BuildInfo, work: &Path, out: &Path
         .arg(&staging)
         .args(["--owner=0", "--group=0", "-cf"])
         .arg(out)
-        .args(["guest-evidence.sh", "platform-units", "rootfs.tar"])
+        .args([
+            "guest-evidence.sh",
+            "platform-units",
+            "hypervisor-checks",
+            "rootfs.tar",
+        ])
         .run()?;
     fs::remove_dir_all(&staging)?;
     Ok(())
+}
+
+/// The guest's list of checks that show a hypervisor-bound agent it is
+/// not on its hypervisor: one "report-key program" pair per line, for every
+/// platform (the guest runs those the image has, so every boot reports
+/// them). A key the guest script reports itself is refused, as the check
+/// would overwrite that fact.
+fn hypervisor_checks(platforms: &[Platform]) -> Result<String> {
+    let mut lines = Vec::new();
+    for agent in platforms.iter().flat_map(|p| &p.hypervisor_bound_agents) {
+        let key = agent.report_key();
+        if GUEST_SCRIPT.contains(&format!("say {key} ")) {
+            bail!(
+                "the check {} of {} would be reported as {key}, which the guest already reports; rename it in the platform table",
+                agent.check,
+                agent.unit
+            );
+        }
+        let line = format!("{key} {}\n", agent.check);
+        if !lines.contains(&line) {
+            lines.push(line);
+        }
+    }
+    Ok(lines.concat())
 }
 
 /// How a VM run went, as seen from outside.
@@ -1186,7 +1305,7 @@ impl Workdir {
     fn commit(self, target: &Path, evidence: &Evidence) -> Result<PathBuf> {
         for entry in fs::read_dir(&self.path)? {
             let path = entry?.path();
-            if path.file_name().is_some_and(|n| n != evidence::CONSOLE_LOG) {
+            if path.file_name().is_some_and(|n| n != record::CONSOLE_LOG) {
                 if path.is_dir() {
                     fs::remove_dir_all(&path)?;
                 } else {
@@ -1196,9 +1315,9 @@ impl Workdir {
         }
         let mut json = serde_json::to_string_pretty(evidence)?;
         json.push('\n');
-        fs::write(self.path.join(evidence::EVIDENCE_JSON), json)?;
+        fs::write(self.path.join(record::EVIDENCE_JSON), json)?;
         fs::write(
-            self.path.join(evidence::SUMMARY_TXT),
+            self.path.join(record::SUMMARY_TXT),
             evidence::summary(evidence),
         )?;
         if target.exists() {
@@ -1272,6 +1391,103 @@ mod tests {
             1,
             "a network boot gets its arguments from iPXE"
         );
+    }
+
+    fn shipped_platforms() -> Vec<Platform> {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("..")
+            .join(crate::platform::TABLE_FILE);
+        crate::platform::PlatformTable::load(&path)
+            .unwrap()
+            .platforms
+    }
+
+    /// What each shipped platform's VM gets besides its disk: the table's
+    /// fields, not its id, decide.
+    #[test]
+    fn each_platform_is_presented_as_its_table_entry_says() {
+        let disk = BootSource::Disk {
+            path: "/w/disk.qcow2".into(),
+            format: "qcow2",
+            bus: DiskBus::Virtio,
+        };
+        let mut seen = Vec::new();
+        for platform in shipped_platforms() {
+            let prepared = present(&platform, disk.clone(), Vec::new(), Path::new("/b")).unwrap();
+            let forwards: Vec<&str> = prepared
+                .guest_forwards
+                .iter()
+                .map(|(address, _)| address.as_str())
+                .collect();
+            seen.push(format!(
+                "{}: {} | forwards {forwards:?} | network {:?} | cpuid {:?} | agent {:?}",
+                platform.id,
+                prepared.hardware,
+                prepared.network,
+                prepared.hypervisor_cpuid,
+                prepared.guest_agent
+            ));
+            if let Some((_, command)) = prepared.guest_forwards.first() {
+                assert!(
+                    command.ends_with(&format!("--imds-hostname {IMDS_HOSTNAME}")),
+                    "{command}"
+                );
+            }
+        }
+        assert_eq!(
+            seen,
+            [
+                "qemu: UEFI firmware, virtio disk, virtio-net NIC | forwards [] | network None | cpuid Visible | agent QemuGa",
+                "vmware: UEFI firmware, SATA disk, VMXNET3 NIC, VMware SMBIOS identity | forwards [] | network None | cpuid Hidden | agent None",
+                "aws: UEFI firmware, NVMe disk, virtio-net NIC | forwards [\"169.254.169.254:80\"] | network Some(\"169.254.0.0/16\") | cpuid Visible | agent None",
+                "metal: UEFI firmware, SATA disk, e1000e NIC | forwards [] | network None | cpuid Visible | agent None",
+                "pxe: BIOS (iPXE) firmware, no disk (network boot), virtio-net NIC | forwards [] | network None | cpuid Visible | agent None",
+            ]
+        );
+    }
+
+    #[test]
+    fn the_composed_disk_boots_like_the_first_uefi_virtio_platform() {
+        let mut platforms = shipped_platforms();
+        let pick = |platforms: &[Platform]| -> Result<String> {
+            composed_disk_platform(platforms).map(|p| p.id.to_string())
+        };
+        assert_eq!(pick(&platforms).unwrap(), platforms[0].id.to_string());
+        // Moved to the end of the table, it is still the one found.
+        platforms.rotate_left(1);
+        assert_eq!(pick(&platforms).unwrap(), platforms[4].id.to_string());
+        // A table without one is an error that says what is needed.
+        for p in &mut platforms {
+            if p.disk_bus == DiskBus::Virtio {
+                p.disk_bus = DiskBus::Sata;
+            }
+        }
+        let err = pick(&platforms).unwrap_err().to_string();
+        assert!(err.contains("UEFI firmware and a virtio disk"), "{err}");
+    }
+
+    #[test]
+    fn hypervisor_checks_list_every_platforms_check_once() {
+        let mut platforms = shipped_platforms();
+        assert_eq!(
+            hypervisor_checks(&platforms).unwrap(),
+            "vmware_checkvm vmware-checkvm\n"
+        );
+        let vmware = platforms
+            .iter()
+            .find(|p| !p.hypervisor_bound_agents.is_empty())
+            .unwrap()
+            .clone();
+        platforms.push(vmware.clone());
+        assert_eq!(
+            hypervisor_checks(&platforms).unwrap(),
+            "vmware_checkvm vmware-checkvm\n"
+        );
+        // A check whose key the guest already reports would overwrite it.
+        let mut clash = vmware;
+        clash.hypervisor_bound_agents[0].check = "hostname".into();
+        let err = hypervisor_checks(&[clash]).unwrap_err().to_string();
+        assert!(err.contains("already reports"), "{err}");
     }
 
     #[test]

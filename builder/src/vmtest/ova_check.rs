@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use boxcar_signing::sha256_file;
 
-use super::evidence::Check;
 use crate::hosttools::HostTools;
 use crate::process::Step;
+use crate::records::evidence::Check;
 
 const OVF_NAMESPACE: &str = "http://schemas.dmtf.org/ovf/envelope/1";
 

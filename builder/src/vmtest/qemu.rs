@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::platform::{DiskBus, Nic};
+use crate::platform::{DiskBus, HypervisorCpuid, Nic, SmbiosSystem};
 use crate::process::{terminate, Step};
 
 /// UEFI firmware: the code (read-only) and a template of its variable
@@ -241,11 +241,11 @@ pub struct VmSpec {
     pub guest_forwards: Vec<(String, String)>,
     /// SMBIOS system manufacturer and product (what the platform's
     /// hypervisor would present).
-    pub smbios_system: Option<(String, String)>,
-    /// Hide the CPUID hypervisor bit, so the guest identifies the
-    /// hypervisor by its SMBIOS identity (as it does on VMware) instead of
-    /// qemu's CPUID signature.
-    pub hide_hypervisor_cpuid: bool,
+    pub smbios_system: Option<SmbiosSystem>,
+    /// Whether the guest sees the CPUID hypervisor bit; hidden, it
+    /// identifies the hypervisor by its SMBIOS identity (as it does on
+    /// VMware) instead of qemu's CPUID signature.
+    pub hypervisor_cpuid: HypervisorCpuid,
     /// A socket for the qemu guest agent's virtio-serial port.
     pub guest_agent_socket: Option<PathBuf>,
     /// The user network's address range, when not qemu's 10.0.2.0/24 (a
@@ -273,10 +273,9 @@ impl VmSpec {
     /// qemu's arguments for this VM under `accel`.
     pub fn arguments(&self, accel: Accel) -> Vec<OsString> {
         let mut args = Arguments::default();
-        let hide = if self.hide_hypervisor_cpuid {
-            ",-hypervisor"
-        } else {
-            ""
+        let hide = match self.hypervisor_cpuid {
+            HypervisorCpuid::Visible => "",
+            HypervisorCpuid::Hidden => ",-hypervisor",
         };
         match accel {
             Accel::Kvm => args.push(&["-accel", "kvm", "-cpu", &format!("host{hide}")]),
@@ -361,13 +360,13 @@ impl VmSpec {
             format!("{},netdev=net0", nic_device(self.nic)).into(),
         );
 
-        if let Some((manufacturer, product)) = &self.smbios_system {
+        if let Some(system) = &self.smbios_system {
             args.pair(
                 "-smbios",
                 format!(
                     "type=1,manufacturer={},product={}",
-                    manufacturer.replace(',', ",,"),
-                    product.replace(',', ",,")
+                    system.manufacturer.replace(',', ",,"),
+                    system.product.replace(',', ",,")
                 )
                 .into(),
             );
@@ -472,7 +471,7 @@ mod tests {
             nic: Nic::Virtio,
             guest_forwards: Vec::new(),
             smbios_system: None,
-            hide_hypervisor_cpuid: false,
+            hypervisor_cpuid: HypervisorCpuid::Visible,
             guest_agent_socket: None,
             network: None,
             test_data: "/w/testdata.tar".into(),
@@ -504,8 +503,11 @@ mod tests {
     #[test]
     fn commas_in_paths_and_smbios_values_are_escaped() {
         let mut vmware = spec();
-        vmware.smbios_system = Some(("VMware, Inc.".into(), "VMware Virtual Platform".into()));
-        vmware.hide_hypervisor_cpuid = true;
+        vmware.smbios_system = Some(SmbiosSystem {
+            manufacturer: "VMware, Inc.".into(),
+            product: "VMware Virtual Platform".into(),
+        });
+        vmware.hypervisor_cpuid = HypervisorCpuid::Hidden;
         let args = joined(&vmware, Accel::Tcg);
         assert!(args.contains("-cpu max,-hypervisor"), "{args}");
         assert!(

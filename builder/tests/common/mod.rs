@@ -9,9 +9,12 @@ use std::process::Command as Process;
 
 use assert_cmd::Command;
 use boxcar::image::PartitionTable;
-use boxcar::platform::{ArtifactRole, DiskBus, Firmware, Format, Nic, Platform};
+use boxcar::platform::{
+    ArtifactRole, ConfigDelivery, DiskBus, Firmware, Format, GuestAgent, HypervisorCpuid,
+    MetadataService, Nic, Platform,
+};
 use boxcar::records::buildinfo::*;
-use boxcar::vmtest::evidence::{BootOutcome, Check, Evidence, TestCase};
+use boxcar::records::evidence::{BootOutcome, Check, Evidence, TestCase};
 use predicates::prelude::*;
 
 pub fn boxcar() -> Command {
@@ -301,6 +304,12 @@ impl Lab {
                 firmware: Firmware::Uefi,
                 disk_bus: DiskBus::Virtio,
                 nic: Nic::Virtio,
+                metadata_service: MetadataService::None,
+                smbios_system: None,
+                hypervisor_cpuid: HypervisorCpuid::Visible,
+                guest_agent: GuestAgent::None,
+                hypervisor_bound_agents: vec![],
+                config_delivery: ConfigDelivery::Disk,
             });
             if evidence {
                 write_evidence(&dir, version, file.platform, true);
