@@ -24,6 +24,9 @@ impl HttpTransport {
             reason,
         };
         reqwest::Url::parse(base).map_err(|e| refused(format!("not a URL: {e}")))?;
+        // The process's TLS provider: ring. Installing it twice is harmless
+        // (the second attempt reports that one is there).
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let client = reqwest::Client::builder()
             .connect_timeout(settings.connect_timeout)
             .read_timeout(settings.read_timeout)
