@@ -64,7 +64,14 @@ pub fn client(store: &str, network: NetworkSettings, progress: &Progress) -> Res
 /// Downloads and verifies one platform's artifact.
 pub fn download(request: &DownloadRequest, progress: &Progress) -> Result<Downloaded> {
     let client = client(&request.store, request.network, progress)?;
-    let trust = client.trust(&request.trusted)?;
+    let mut state = SerialState::load(&request.state_file)?;
+    let now = OffsetDateTime::now_utc();
+    let trust = client.trust(
+        &request.trusted,
+        ExpirationEnforcement::Enforce,
+        now,
+        Some(&mut state),
+    )?;
     let selector = match (&request.channel, &request.version) {
         (Some(channel), version) => Selector::Channel {
             name: SafeName::new("channel", channel)?,
@@ -76,9 +83,8 @@ pub fn download(request: &DownloadRequest, progress: &Progress) -> Result<Downlo
         (None, Some(version)) => Selector::Version(boxcar_client::version::parse(version)?),
         (None, None) => bail!("name a --channel (its current release) or a --version"),
     };
-    let mut state = SerialState::load(&request.state_file)?;
     let resolved = client
-        .resolve(&trust, &selector, &mut state, OffsetDateTime::now_utc())
+        .resolve(&trust, &selector, &mut state, now)
         .map_err(|e| with_hint(e, &selector))?;
     let release = &resolved.release.document;
     let artifacts: Vec<_> = release
@@ -161,7 +167,12 @@ pub fn list(
     progress: &Progress,
 ) -> Result<Listing> {
     let client = client(store, network, progress)?;
-    let trust = client.trust(trusted)?;
+    let trust = client.trust(
+        trusted,
+        ExpirationEnforcement::Enforce,
+        OffsetDateTime::now_utc(),
+        None,
+    )?;
     let index = client.index(&trust)?.document;
     let mut releases = index.releases;
     if let Some(channel) = channel {

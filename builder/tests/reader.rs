@@ -187,25 +187,9 @@ fn children_peak_rss() -> u64 {
 fn endless_and_huge_documents_are_refused_without_reading_them_into_memory() {
     let lab = Lab::new();
     lab.publish_to_alpha("2.0.0");
-    lab.boxcar(&[
-        "keys",
-        "generate",
-        "--out",
-        lab.path("new").to_str().unwrap(),
-    ])
-    .assert()
-    .success();
-    lab.boxcar(&[
-        "keys",
-        "add",
-        "--store",
-        lab.store().to_str().unwrap(),
-        "--key",
-        &lab.key(),
-    ])
-    .args(["--public", lab.path("new/boxcar.pub").to_str().unwrap()])
-    .assert()
-    .success();
+    let root = lab.new_key("root");
+    lab.init_keyring(&root);
+    let root_public = root.join("boxcar.pub").display().to_string();
     let cases = [
         ("channels/alpha.json", Hostile::Endless, "channel document"),
         (
@@ -219,7 +203,7 @@ fn endless_and_huge_documents_are_refused_without_reading_them_into_memory() {
         let url = hostile_server(lab.store(), path, how);
         let refused = format!("{url}/{path} is larger than");
         boxcar()
-            .args(["download", "--store", &url, "--key", &lab.public_key()])
+            .args(["download", "--store", &url, "--key", &root_public])
             .args(["--channel", "alpha", "--platform", "qemu", "--retries", "0"])
             .args(["--to", lab.path("out").to_str().unwrap()])
             .args(["--state", lab.path("state.json").to_str().unwrap()])
@@ -233,7 +217,7 @@ fn endless_and_huge_documents_are_refused_without_reading_them_into_memory() {
                 "--store",
                 &url,
                 "--key",
-                &lab.public_key(),
+                &root_public,
                 "--retries",
                 "0",
             ])

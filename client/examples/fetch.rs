@@ -15,6 +15,7 @@ use boxcar_client::chain::Selector;
 use boxcar_client::layout::SafeName;
 use boxcar_client::rollback::SerialState;
 use boxcar_client::{Client, NetworkSettings, Silent};
+use boxcar_signing::documents::ExpirationEnforcement;
 use boxcar_signing::{PublicKey, TrustedKeys};
 
 fn main() -> ExitCode {
@@ -41,7 +42,14 @@ fn fetch(
 ) -> Result<(), Box<dyn std::error::Error>> {
     let pinned = TrustedKeys::new([PublicKey::load(Path::new(key))?]);
     let client = Client::open(store, NetworkSettings::default(), Arc::new(Silent))?;
-    let trust = client.trust(&pinned)?;
+    let mut state = SerialState::load(&dir.join("seen-serials.json"))?;
+    let now = time::OffsetDateTime::now_utc();
+    let trust = client.trust(
+        &pinned,
+        ExpirationEnforcement::Enforce,
+        now,
+        Some(&mut state),
+    )?;
     let selector = Selector::Channel {
         name: SafeName::new("channel", channel)?,
         version: None,

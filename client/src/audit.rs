@@ -58,6 +58,32 @@ impl Report {
         self.add(Status::Ok, subject, detail);
     }
 
+    /// A document that checked out: a warning when less than a quarter of
+    /// its validity is left (someone should renew it), else ok.
+    fn expiring(
+        &mut self,
+        subject: &str,
+        detail: String,
+        issued_at: &str,
+        expires_at: &str,
+        now: OffsetDateTime,
+    ) {
+        let parse = |t| boxcar_signing::documents::parse_time(t, subject).ok();
+        let soon = match (parse(issued_at), parse(expires_at)) {
+            (Some(issued), Some(expires)) => (expires - now) * 4 < (expires - issued),
+            _ => false,
+        };
+        if soon {
+            self.add(
+                Status::Warning,
+                subject,
+                format!("{detail}: expires soon; renew it (boxcar renew, or boxcar keys renew for keys.json)"),
+            );
+        } else {
+            self.ok(subject, detail);
+        }
+    }
+
     fn fail(&mut self, subject: impl Into<String>, detail: impl Into<String>) {
         self.add(Status::Fail, subject, detail);
     }
@@ -82,16 +108,23 @@ pub fn audit(client: &Client, pinned: &TrustedKeys, now: OffsetDateTime) -> Resu
             "left by an interrupted writer; the next publish or promote cleans it up",
         );
     }
-    let trust = match client.trust(pinned) {
+    let trust = match client.trust(pinned, ExpirationEnforcement::Enforce, now, None) {
         Ok(trust) => {
             if let Some(keyring) = &trust.keyring {
-                report.ok(
+                let detail = format!(
+                    "serial {}, root threshold {} of {}, {} signing keys, expires {}",
+                    keyring.serial,
+                    keyring.root.threshold,
+                    keyring.root.keys.len(),
+                    keyring.signing.keys.len(),
+                    keyring.expires_at
+                );
+                report.expiring(
                     layout::KEYRING,
-                    format!(
-                        "serial {}, {} keys now trusted",
-                        keyring.serial,
-                        trust.keys.ids().len()
-                    ),
+                    detail,
+                    &keyring.issued_at,
+                    &keyring.expires_at,
+                    now,
                 );
             }
             trust
@@ -179,24 +212,26 @@ fn check_channel(
         );
         return Ok(());
     }
-    if !index.releases.iter().any(|r| r.version == channel.version) {
-        report.fail(
-            &path,
-            format!(
-                "points at {}, which the index does not list as published",
-                channel.version
-            ),
-        );
-        return Ok(());
-    }
+    let indexed = index.releases.iter().any(|r| r.version == channel.version);
     let version = SafeName::new("version", &channel.version)?;
     match client.release(trust, &version) {
-        Ok(release) if release.sha256 == channel.release_sha256 => report.ok(
+        Ok(release) if release.sha256 == channel.release_sha256 && !indexed => report.add(
+            Status::Warning,
+            &path,
+            format!(
+                "serial {}, points at {}, which the index does not list yet (a writer was interrupted); the next publish, promote or renew rewrites the index",
+                channel.serial, channel.version
+            ),
+        ),
+        Ok(release) if release.sha256 == channel.release_sha256 => report.expiring(
             &path,
             format!(
                 "serial {}, points at {}, expires {}",
                 channel.serial, channel.version, channel.expires_at
             ),
+            &channel.issued_at,
+            &channel.expires_at,
+            now,
         ),
         Ok(release) => report.fail(
             &path,

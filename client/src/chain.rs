@@ -10,9 +10,9 @@
 use std::sync::Arc;
 
 use boxcar_signing::documents::{
-    self, ChannelDocument, ExpirationEnforcement, IndexDocument, KeyringDocument, Kind,
-    ReleaseDocument,
+    self, ChannelDocument, ExpirationEnforcement, IndexDocument, Kind, ReleaseDocument,
 };
+use boxcar_signing::keyring::{Authority, KeyringDocument};
 use boxcar_signing::{KeyId, Sha256Digest, TrustedKeys};
 use serde::de::DeserializeOwned;
 use time::OffsetDateTime;
@@ -32,13 +32,26 @@ pub struct Client {
     observer: Arc<dyn Observer>,
 }
 
-/// The keys that judge a store's documents: the pinned ones, plus those a
-/// keyring signed by one of them introduced.
+/// The keys that judge a store's documents: the signing keys of the
+/// store's current keyring, reached from the pinned root keys; or, in a
+/// store without a keyring, the pinned keys themselves.
 #[derive(Clone, Debug)]
 pub struct Trust {
+    /// The keys whose signatures on releases, channels and the index count.
     pub keys: TrustedKeys,
-    /// The keyring that extended the pinned keys, if the store has one.
+    /// The current keyring, if the store has one.
     pub keyring: Option<KeyringDocument>,
+}
+
+/// Walking back further than this many keyring versions to find one the
+/// pinned keys signed is refused: a store does not rotate keys that often,
+/// and a hostile one must not make a reader fetch forever.
+const MAX_KEYRING_VERSIONS: u64 = 10_000;
+
+/// Just the serial of a keyring not yet trusted: how far back to look.
+#[derive(serde::Deserialize)]
+struct SerialOnly {
+    serial: u64,
 }
 
 impl Trust {
@@ -196,21 +209,105 @@ impl Client {
         })
     }
 
-    /// The pinned keys, extended by the store's keyring if it has one: a
-    /// keyring must be signed by a pinned key.
-    pub fn trust(&self, pinned: &TrustedKeys) -> Result<Trust, Error> {
-        let mut keys = pinned.clone();
-        let Some((bytes, signature)) =
-            found(self.signed_pair(layout::KEYRING, "keyring", self.limits.keyring))?
-        else {
-            return Ok(Trust::of(keys));
+    /// The keys to judge the store's documents by, reached from the keys
+    /// the caller pinned: the store's keyring is followed from the newest
+    /// version those keys signed, through every rotation since, to the
+    /// current one (see [`boxcar_signing::keyring`]). Its expiry is
+    /// enforced unless `expiry` says otherwise, and with `state` its serial
+    /// must not be below one this machine accepted (and is remembered).
+    pub fn trust(
+        &self,
+        pinned: &TrustedKeys,
+        expiry: ExpirationEnforcement,
+        now: OffsetDateTime,
+        state: Option<&mut SerialState>,
+    ) -> Result<Trust, Error> {
+        let identity = self.transport.identity();
+        let location = self.location(layout::KEYRING);
+        let seen = state.as_ref().and_then(|s| s.highest_keyring(&identity));
+        let Some(keyring) = self.keyring_chain(pinned)? else {
+            if let Some(seen) = seen {
+                return Err(Error::Inconsistent(format!(
+                    "{location} is gone, but this machine has accepted its serial {seen}: refusing a store that dropped its keyring"
+                )));
+            }
+            return Ok(Trust::of(pinned.clone()));
         };
-        let keyring = KeyringDocument::extend_trust(&bytes, &signature, &mut keys)
-            .map_err(|e| Error::untrusted(self.location(layout::KEYRING), e))?;
+        let untrusted = |e| Error::untrusted(location.clone(), e);
+        keyring.check_expiry(now, expiry).map_err(untrusted)?;
+        keyring.check_serial(seen).map_err(untrusted)?;
+        if let Some(state) = state {
+            state.accept_keyring(&identity, keyring.serial)?;
+        }
         Ok(Trust {
-            keys,
+            keys: keyring.signing_keys().map_err(untrusted)?,
             keyring: Some(keyring),
         })
+    }
+
+    /// The store's current keyring, verified from `pinned`; `None` if the
+    /// store has none.
+    fn keyring_chain(&self, pinned: &TrustedKeys) -> Result<Option<KeyringDocument>, Error> {
+        let limit = self.limits.keyring;
+        let Some(latest) = found(self.signed_pair(layout::KEYRING, "keyring", limit))? else {
+            return Ok(None);
+        };
+        let location = self.location(layout::KEYRING);
+        let latest_serial = serde_json::from_slice::<SerialOnly>(&latest.0)
+            .map_err(|e| {
+                Error::untrusted(
+                    &location,
+                    boxcar_signing::Error::Malformed {
+                        what: "keys.json".into(),
+                        reason: e.to_string(),
+                    },
+                )
+            })?
+            .serial;
+        let version = |serial: u64| -> Result<Option<(Vec<u8>, String)>, Error> {
+            if serial == latest_serial {
+                return Ok(Some(latest.clone()));
+            }
+            found(self.signed_pair(&layout::keyring_version(serial), "keyring", limit))
+        };
+        // The newest version the pinned keys vouch for...
+        let mut anchor = None;
+        let mut why_not_latest = None;
+        let oldest = latest_serial.saturating_sub(MAX_KEYRING_VERSIONS).max(1);
+        for serial in (oldest..=latest_serial).rev() {
+            let Some((bytes, signatures)) = version(serial)? else {
+                break;
+            };
+            match KeyringDocument::verify(&bytes, &signatures, Authority::Pinned(pinned)) {
+                Ok(keyring) if keyring.serial == serial => {
+                    anchor = Some(keyring);
+                    break;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    why_not_latest.get_or_insert(e);
+                }
+            }
+        }
+        let Some(mut current) = anchor else {
+            let why = why_not_latest.map_or_else(String::new, |e| format!(" ({e})"));
+            return Err(Error::Inconsistent(format!(
+                "{location}: no version of the keyring is signed by the keys you pinned{why}; pin the store's root key"
+            )));
+        };
+        // ...then every rotation since, each signed by the root before it.
+        while current.serial < latest_serial {
+            let serial = current.serial + 1;
+            let path = layout::keyring_version(serial);
+            let (bytes, signatures) = version(serial)?.ok_or_else(|| Error::NotFound {
+                location: self.location(&path),
+                detail: "a keyring version between the pinned one and the current one is missing"
+                    .into(),
+            })?;
+            current = KeyringDocument::verify(&bytes, &signatures, Authority::Successor(&current))
+                .map_err(|e| Error::untrusted(self.location(&path), e))?;
+        }
+        Ok(Some(current))
     }
 
     /// The signed index of every release and channel.

@@ -2,7 +2,8 @@
 //! passes before it becomes part of a path.
 //!
 //! ```text
-//! keys.json                                 the keyring
+//! keys.json                                 the keyring (its latest version)
+//! keys/<serial>.json                        every version of the keyring
 //! index.json                                every release and channel
 //! channels/<channel>.json                   what a channel points at
 //! releases/<version>/release.json           a release's artifacts and digests
@@ -19,6 +20,8 @@
 use std::fmt;
 
 pub const KEYRING: &str = "keys.json";
+/// Every version of the keyring, `keys/<serial>.json`.
+pub const KEYRINGS_DIR: &str = "keys";
 pub const INDEX: &str = "index.json";
 pub const CHANNELS_DIR: &str = "channels";
 pub const RELEASES_DIR: &str = "releases";
@@ -111,6 +114,11 @@ pub fn shown(text: &str) -> String {
         escaped.push_str("...");
     }
     format!("\"{escaped}\"")
+}
+
+/// `keys/<serial>.json`: one version of the keyring.
+pub fn keyring_version(serial: u64) -> String {
+    format!("{KEYRINGS_DIR}/{serial}.json")
 }
 
 /// `channels/<channel>.json`

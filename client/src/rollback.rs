@@ -59,6 +59,16 @@ impl SerialState {
         self.seen.channels.get(&key(store, channel)).copied()
     }
 
+    /// The highest keyring serial accepted from `store`.
+    pub fn highest_keyring(&self, store: &str) -> Option<u64> {
+        self.highest(store, KEYRING_ENTRY)
+    }
+
+    /// Remembers that keyring `serial` of `store` was accepted, and saves.
+    pub fn accept_keyring(&mut self, store: &str, serial: u64) -> Result<(), Error> {
+        self.accept(store, KEYRING_ENTRY, serial)
+    }
+
     /// Remembers that `serial` of `channel` was accepted, and saves.
     pub fn accept(&mut self, store: &str, channel: &str, serial: u64) -> Result<(), Error> {
         let entry = self.seen.channels.entry(key(store, channel)).or_default();
@@ -78,6 +88,9 @@ impl SerialState {
 fn key(store: &str, channel: &str) -> String {
     format!("{store} {channel}")
 }
+
+/// The entry of a store's keyring: no channel is named with a `#`.
+const KEYRING_ENTRY: &str = "#keyring";
 
 /// Where a user's tools keep the state unless told otherwise:
 /// `$XDG_STATE_HOME/boxcar`, else `~/.local/state/boxcar`, else

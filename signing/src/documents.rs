@@ -11,7 +11,7 @@
 //! reading the fields they know, with every check on them.
 //!
 //! ```text
-//! keys.json                      which keys sign (rotation: signed by an older key)
+//! keys.json                      which keys sign (see the keyring module)
 //! index.json                     every release and channel, in one fetch
 //! channels/<channel>.json        what a channel points at, with its history
 //! releases/<version>/release.json  the artifacts of a release and their digests
@@ -23,7 +23,7 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
 use crate::digest::Sha256Digest;
-use crate::keys::{KeyId, PublicKey, Sign};
+use crate::keys::{KeyId, Sign};
 use crate::minisig::{self, TrustedKeys};
 use crate::Error;
 
@@ -346,55 +346,6 @@ pub struct IndexChannel {
     pub expires_at: String,
 }
 
-/// `keys.json`: the keys that sign this store. A new key is introduced by
-/// a keyring signed by a key the reader already trusts, so installs that
-/// pinned the old key learn the new one and keep verifying.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct KeyringDocument {
-    pub schema: u32,
-    pub serial: u64,
-    pub issued_at: String,
-    pub keys: Vec<KeyringEntry>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct KeyringEntry {
-    pub key_id: KeyId,
-    /// The public key, as the second line of its minisign file.
-    pub public_key: String,
-    pub added_at: String,
-    pub note: String,
-}
-
-impl KeyringDocument {
-    /// Extends `trusted` with the keys of a keyring that one of them signed.
-    pub fn extend_trust(
-        bytes: &[u8],
-        signature: &str,
-        trusted: &mut TrustedKeys,
-    ) -> Result<KeyringDocument, Error> {
-        let (keyring, _): (KeyringDocument, _) = verify(
-            bytes,
-            signature,
-            trusted,
-            Kind::Keyring,
-            "keys",
-            "keys.json",
-        )?;
-        for entry in &keyring.keys {
-            let key = PublicKey::from_base64(&entry.public_key)?;
-            if key.id() != entry.key_id {
-                return Err(Error::Malformed {
-                    what: "keys.json".into(),
-                    reason: format!("entry {} holds the key {}", entry.key_id, key.id()),
-                });
-            }
-            trusted.add(key);
-        }
-        Ok(keyring)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -519,31 +470,5 @@ mod tests {
         bad.version = "1.0".into();
         assert!(bad.check_history().is_err());
         assert_eq!(doc.since("1.0"), Some("2026-11-20T00:00:00Z"));
-    }
-
-    #[test]
-    fn keyring_signed_by_old_key_brings_in_the_new_one() {
-        let old = SecretKey::from_seed([1; 32]);
-        let new = SecretKey::from_seed([2; 32]);
-        let keyring = KeyringDocument {
-            schema: SCHEMA_VERSION,
-            serial: 2,
-            issued_at: "2026-11-22T00:00:00Z".into(),
-            keys: vec![KeyringEntry {
-                key_id: new.key_id(),
-                public_key: new.public_key().to_base64(),
-                added_at: "2026-11-22T00:00:00Z".into(),
-                note: "rotation".into(),
-            }],
-        };
-        let bytes = to_bytes(&keyring);
-        let signature = sign_bytes(&old, &bytes, Kind::Keyring, "keys").unwrap();
-        let mut trusted = TrustedKeys::new([old.public_key()]);
-        KeyringDocument::extend_trust(&bytes, &signature, &mut trusted).unwrap();
-        assert!(trusted.get(new.key_id()).is_some());
-        // A keyring signed only by the new key is not trusted by old installs.
-        let self_signed = sign_bytes(&new, &bytes, Kind::Keyring, "keys").unwrap();
-        let mut only_old = TrustedKeys::new([old.public_key()]);
-        assert!(KeyringDocument::extend_trust(&bytes, &self_signed, &mut only_old).is_err());
     }
 }

@@ -7,6 +7,7 @@
 
 pub mod digest;
 pub mod documents;
+pub mod keyring;
 pub mod keys;
 pub mod minisig;
 
@@ -94,6 +95,13 @@ pub enum Error {
     /// chains do not print it twice.)
     #[error("{what}: {cause}")]
     Document { what: String, cause: Box<Error> },
+    /// Fewer distinct trusted keys signed than a threshold requires.
+    #[error("{what}: needs {needed} signatures, has {} ({})", found.len(), list_keys(found))]
+    Threshold {
+        what: String,
+        needed: u32,
+        found: Vec<KeyId>,
+    },
     /// Data did not hash to the digest it was expected to have.
     #[error("digest mismatch for {what}: expected sha256 {expected}, calculated {calculated}")]
     DigestMismatch {

@@ -127,6 +127,37 @@ fn parse(text: &str) -> Result<Parsed, Error> {
     })
 }
 
+/// The signatures in a signature file that holds several, one after
+/// another (a keyring signed by several root keys). Each is four lines,
+/// from its "untrusted comment:" line; stock minisign reads the first.
+pub fn split(signatures: &str) -> Vec<String> {
+    let mut each: Vec<String> = Vec::new();
+    for line in signatures.lines() {
+        if line.starts_with("untrusted comment:") || each.is_empty() {
+            each.push(String::new());
+        }
+        let current = each.last_mut().expect("one started");
+        current.push_str(line);
+        current.push('\n');
+    }
+    each
+}
+
+/// The distinct trusted keys whose signatures of `message` in the file
+/// `signatures` hold. Signatures by other keys, bad ones and malformed
+/// ones are ignored: the caller counts what is left against a threshold.
+pub fn valid_signers(message: &[u8], signatures: &str, trusted: &TrustedKeys) -> Vec<Verified> {
+    let mut found: Vec<Verified> = Vec::new();
+    for text in split(signatures) {
+        if let Ok(verified) = verify(message, &text, trusted) {
+            if !found.iter().any(|f| f.key_id == verified.key_id) {
+                found.push(verified);
+            }
+        }
+    }
+    found
+}
+
 /// Checks a signature of `message` against the trusted keys: the key must
 /// be trusted, and both the signature and the global signature (over the
 /// trusted comment) must hold.
@@ -166,6 +197,24 @@ pub fn verify(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn several_signatures_in_one_file_count_once_per_key() {
+        let (a, b, c) = (key(1), key(2), key(3));
+        let message = b"keyring";
+        let mut text = sign(&a, message, "boxcar keyring keys").unwrap();
+        text.push_str(&sign(&b, message, "boxcar keyring keys").unwrap());
+        text.push_str(&sign(&a, message, "boxcar keyring keys").unwrap());
+        text.push_str(&sign(&c, b"something else", "boxcar keyring keys").unwrap());
+        let trusted = TrustedKeys::new([a.public_key(), b.public_key(), c.public_key()]);
+        let signers: Vec<KeyId> = valid_signers(message, &text, &trusted)
+            .into_iter()
+            .map(|v| v.key_id)
+            .collect();
+        assert_eq!(signers, [a.key_id(), b.key_id()]);
+        // The first signature alone is what stock minisign reads.
+        assert_eq!(verify(message, &text, &trusted).unwrap().key_id, a.key_id());
+    }
+
     /// A key and a signature made by stock minisign 0.11 (`minisign -G -W`,
     /// then `minisign -S -t "boxcar keyring keys"` of "boxcar fixture\n"):
     /// an operator may keep an offline root key in minisign itself.

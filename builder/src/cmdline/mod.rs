@@ -61,13 +61,23 @@ pub enum Command {
     Promote(PromoteArgs),
     Verify(VerifyArgs),
     Repair(RepairArgs),
+    Renew(RenewArgs),
     Download(DownloadArgs),
     /// Helpers that boxcar runs itself (not for people).
     #[command(hide = true)]
     Internal(InternalArgs),
 }
 
-/// Signing keys: make one, or introduce a new one to a store.
+/// Signing keys and the store's keyring.
+///
+/// A store's keyring (keys.json) names its root keys, which sign only the
+/// keyring and are kept offline, and its signing keys, which sign
+/// releases, channel documents and the index. Readers pin a root key and
+/// follow every keyring change from there; a key removed from the keyring
+/// signs nothing they accept. Each change makes a new keyring (serial + 1)
+/// that must be signed by enough of the current root keys (the threshold)
+/// and, when the root changes, enough of the new ones: pass each root
+/// secret key that signs with --root.
 #[derive(Debug, Args)]
 pub struct KeysArgs {
     #[command(subcommand)]
@@ -77,10 +87,13 @@ pub struct KeysArgs {
 #[derive(Debug, Subcommand)]
 pub enum KeysCommand {
     Generate(KeysGenerateArgs),
+    Init(KeysInitArgs),
     Add(KeysAddArgs),
+    Remove(KeysRemoveArgs),
+    Renew(KeysRenewArgs),
 }
 
-/// Make an Ed25519 signing key pair.
+/// Make an Ed25519 key pair.
 ///
 /// Writes DIR/NAME.key (the secret key, mode 0600: keep it out of the
 /// repository and out of logs) and DIR/NAME.pub (the public key, in
@@ -95,26 +108,126 @@ pub struct KeysGenerateArgs {
     pub name: String,
 }
 
-/// Introduce a new signing key to a store (key rotation).
-///
-/// Writes STORE/keys.json, listing the store's keys, signed by --key (a key
-/// readers already trust). A reader that pinned the old key learns the new
-/// one from it, so it keeps verifying once the new key signs.
+/// Where a keyring change is written and who signs it.
 #[derive(Debug, Args)]
-pub struct KeysAddArgs {
+pub struct KeyringArgs {
     /// The release store (a directory).
     #[arg(long, value_name = "DIR")]
     pub store: PathBuf,
-    /// The secret key that signs the keyring (a trusted, current key).
-    /// Default: $BOXCAR_SIGNING_KEY_FILE, or the key in $BOXCAR_SIGNING_KEY.
-    #[arg(long, value_name = "FILE")]
-    pub key: Option<PathBuf>,
-    /// The public key file to introduce.
+    /// A root secret key that signs the new keyring (repeatable: as many as
+    /// the threshold asks, of the current root and of the new one).
+    #[arg(long = "root", value_name = "FILE", required = true)]
+    pub roots: Vec<PathBuf>,
+    /// Other root public keys to trust while reading the current keyring.
+    /// Default: $BOXCAR_TRUSTED_KEYS.
+    #[arg(long = "trust", value_name = "FILE")]
+    pub trust: Vec<PathBuf>,
+    /// How many root keys must sign the next keyring. Default: unchanged
+    /// (1 for the first keyring).
+    #[arg(long)]
+    pub threshold: Option<u32>,
+    /// How long the new keyring is valid; readers refuse the store after
+    /// that, so renew it in time (`boxcar keys renew`).
+    #[arg(long, default_value = "365d", value_name = "DURATION")]
+    pub valid_for: crate::duration::HumanDuration,
+}
+
+/// Make a store's first keyring.
+///
+/// Its root keys are the --root keys (make the first root the key readers
+/// already pinned, if the store was signed by one key until now); its
+/// signing keys are the --signing public keys.
+#[derive(Debug, Args)]
+pub struct KeysInitArgs {
+    #[command(flatten)]
+    pub keyring: KeyringArgs,
+    /// A public key that signs releases, channel documents and the index
+    /// (repeatable).
+    #[arg(long = "signing", value_name = "FILE", required = true)]
+    pub signing: Vec<PathBuf>,
+}
+
+/// Add a key to the store's keyring, as a signing key or a root key.
+///
+/// A new root key must sign the keyring that adds it, along with the
+/// current root's threshold: pass both with --root.
+#[derive(Debug, Args)]
+pub struct KeysAddArgs {
+    #[command(flatten)]
+    pub keyring: KeyringArgs,
+    /// The public key file to add.
     #[arg(long, value_name = "FILE")]
     pub public: PathBuf,
-    /// Why the key is added, for the record.
+    /// Which keys it joins.
+    #[arg(long, value_enum, default_value_t = RoleArg::Signing)]
+    pub role: RoleArg,
+    /// Who holds it, or why it is added, for the record.
     #[arg(long, default_value = "key rotation")]
     pub note: String,
+}
+
+/// Remove a key from the store's keyring (rotation done, or a key lost).
+///
+/// Readers that follow the keyring refuse anything the key signs from now
+/// on, old documents included: re-sign them first (`boxcar renew --all`
+/// with a key that stays).
+#[derive(Debug, Args)]
+pub struct KeysRemoveArgs {
+    #[command(flatten)]
+    pub keyring: KeyringArgs,
+    /// The id of the key to remove (16 hex digits, as `boxcar keys
+    /// generate` and `minisign` print it).
+    #[arg(long)]
+    pub key_id: String,
+}
+
+/// Renew the store's keyring: the same keys, a new expiry.
+#[derive(Debug, Args)]
+pub struct KeysRenewArgs {
+    #[command(flatten)]
+    pub keyring: KeyringArgs,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum RoleArg {
+    /// Signs keyrings only; keep it offline.
+    Root,
+    /// Signs releases, channel documents and the index.
+    Signing,
+}
+
+/// The keys a writer trusts besides its own.
+#[derive(Debug, Args)]
+pub struct TrustArgs {
+    /// A root public key of the store (repeatable): the writer follows the
+    /// store's keyring from it, as readers do. Default: $BOXCAR_TRUSTED_KEYS.
+    /// Not needed while the store has no keyring.
+    #[arg(long = "trust", value_name = "FILE")]
+    pub trust: Vec<PathBuf>,
+}
+
+/// Re-sign documents before they expire.
+///
+/// Renews every channel document with less than half of its validity left:
+/// same content, serial + 1, a new expiry (the channel's valid-for). With
+/// --all, renews every channel document, and signs every release's
+/// release.json and SHA256SUMS again with this key (their bytes do not
+/// change): the step before removing an old key from the keyring. The
+/// index is rewritten when anything was renewed. Run it daily from CI.
+#[derive(Debug, Args)]
+pub struct RenewArgs {
+    /// The release store (a directory).
+    #[arg(long, value_name = "DIR")]
+    pub store: PathBuf,
+    /// The signing key. Default: $BOXCAR_SIGNING_KEY_FILE, or the key in
+    /// $BOXCAR_SIGNING_KEY.
+    #[arg(long, value_name = "FILE")]
+    pub key: Option<PathBuf>,
+    #[command(flatten)]
+    pub trust: TrustArgs,
+    /// Renew everything, due or not, and re-sign every release.
+    #[arg(long)]
+    pub all: bool,
 }
 
 /// Publish a tested build to the release store.
@@ -139,6 +252,8 @@ pub struct PublishArgs {
     /// itself in $BOXCAR_SIGNING_KEY. The key is never printed.
     #[arg(long, value_name = "FILE")]
     pub key: Option<PathBuf>,
+    #[command(flatten)]
+    pub trust: TrustArgs,
     /// Point this channel at the release (one CI publishes to, not one
     /// filled by promotion). Its evidence policy applies.
     #[arg(long)]
@@ -164,6 +279,8 @@ pub struct PromoteArgs {
     /// The secret signing key (as for `boxcar publish`).
     #[arg(long, value_name = "FILE")]
     pub key: Option<PathBuf>,
+    #[command(flatten)]
+    pub trust: TrustArgs,
     /// The channel to promote into.
     #[arg(long)]
     pub to: ChannelName,

@@ -7,7 +7,7 @@
 //! |---|---|
 //! | [`build`] | `build`, `check`, `platforms` |
 //! | [`test`] | `test`, and `internal http-serve` (run by qemu during tests) |
-//! | [`release`] | `keys`, `publish`, `promote`, `repair` |
+//! | [`release`] | `keys`, `publish`, `promote`, `renew`, `repair` |
 //! | [`read`] | `verify`, `download` (and `download --list`) |
 
 mod build;
@@ -30,10 +30,11 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Check(args) => build::check(&cli.global, &args),
         Command::Platforms(args) => build::platforms(&cli.global, &args),
         Command::Internal(args) => test::internal(&args),
-        Command::Keys(args) => release::keys(&cli.global, &args),
+        Command::Keys(args) => release::keys(&cli.global, &args, &progress),
         Command::Publish(args) => release::publish(&cli.global, &args, &progress),
         Command::Promote(args) => release::promote(&cli.global, &args, &progress),
         Command::Repair(args) => release::repair(&cli.global, &args, &progress),
+        Command::Renew(args) => release::renew(&cli.global, &args, &progress),
         Command::Verify(args) => read::verify(&cli.global, &args, &progress),
         Command::Download(args) => read::download(&cli.global, &args, &progress),
     }

@@ -1,16 +1,23 @@
-//! The writers' verbs: `boxcar keys`, `boxcar publish`, `boxcar promote`
-//! and `boxcar repair`.
+//! The writers' verbs: `boxcar keys`, `boxcar publish`, `boxcar promote`,
+//! `boxcar renew` and `boxcar repair`.
 
-use anyhow::Result;
-use boxcar_signing::Sign;
+use anyhow::{Context, Result};
+use boxcar_signing::{PublicKey, Sign};
 use serde::Serialize;
 use time::OffsetDateTime;
 
 use crate::channel::Channels;
-use crate::cmdline::{GlobalArgs, KeysArgs, KeysCommand, PromoteArgs, PublishArgs, RepairArgs};
+use crate::cmdline::{
+    GlobalArgs, KeysArgs, KeysCommand, PromoteArgs, PublishArgs, RenewArgs, RepairArgs, RoleArg,
+};
+use crate::defaults;
 use crate::progress::Progress;
 use crate::project::Project;
-use crate::release::{backend, documents, keys, promote as promotion, publish as publishing};
+use crate::release::documents::Writer;
+use crate::release::keyring::{self, Change, KeyRole};
+use crate::release::{
+    backend, keys, promote as promotion, publish as publishing, renew as renewal,
+};
 use crate::units::human_bytes;
 
 /// Opens a store for writing and takes the writers' lock, reporting what
@@ -27,58 +34,101 @@ fn locked(
     Ok((store, lock))
 }
 
-pub(super) fn keys(global: &GlobalArgs, args: &KeysArgs) -> Result<()> {
-    match &args.command {
-        KeysCommand::Generate(generate) => {
-            let made = keys::generate(&generate.out, &generate.name)?;
-            if global.json {
-                out!(
-                    "{}",
-                    serde_json::json!({
-                        "key_id": made.key.key_id().to_string(),
-                        "secret_key": made.secret_path,
-                        "public_key": made.public_path,
-                        "public_key_line": made.key.public_key().to_base64(),
+pub(super) fn keys(global: &GlobalArgs, args: &KeysArgs, progress: &Progress) -> Result<()> {
+    let (keyring_args, change) = match &args.command {
+        KeysCommand::Generate(generate) => return generate_key(global, generate),
+        KeysCommand::Init(init) => (
+            &init.keyring,
+            Change::Init {
+                signing: init
+                    .signing
+                    .iter()
+                    .map(|path| {
+                        PublicKey::load(path)
+                            .with_context(|| format!("loading public key {}", path.display()))
                     })
-                );
-            } else {
-                out!("key {}", made.key.key_id());
-                out!(
-                    "  secret  {} (keep private: never commit it, never print it)",
-                    made.secret_path.display()
-                );
-                out!(
-                    "  public  {} (pin this; `minisign -V -p` reads it)",
-                    made.public_path.display()
-                );
-            }
-            Ok(())
-        }
-        KeysCommand::Add(add) => {
-            let signer = keys::load_signer(add.key.as_deref())?;
-            let new_key = boxcar_signing::PublicKey::load(&add.public)?;
-            let (store, _lock) = locked(&add.store, &Progress::new(global.quiet))?;
-            let keyring = documents::add_key(
-                store.as_ref(),
-                &signer,
-                &new_key,
-                &add.note,
-                OffsetDateTime::now_utc(),
-            )?;
-            if global.json {
-                out!("{}", serde_json::to_string_pretty(&keyring)?);
-            } else {
-                out!(
-                    "{} now lists {} keys (serial {}), signed by {}",
-                    store.reader().location(boxcar_client::layout::KEYRING),
-                    keyring.keys.len(),
-                    keyring.serial,
-                    signer.key_id()
-                );
-            }
-            Ok(())
-        }
+                    .collect::<Result<_>>()?,
+            },
+        ),
+        KeysCommand::Add(add) => (
+            &add.keyring,
+            Change::Add {
+                key: Box::new(
+                    PublicKey::load(&add.public)
+                        .with_context(|| format!("loading public key {}", add.public.display()))?,
+                ),
+                role: match add.role {
+                    RoleArg::Root => KeyRole::Root,
+                    RoleArg::Signing => KeyRole::Signing,
+                },
+                note: add.note.clone(),
+            },
+        ),
+        KeysCommand::Remove(remove) => (
+            &remove.keyring,
+            Change::Remove {
+                key_id: remove.key_id.parse()?,
+            },
+        ),
+        KeysCommand::Renew(renew) => (&renew.keyring, Change::Renew),
+    };
+    let request = keyring::KeyringRequest {
+        roots: keyring::load_roots(&keyring_args.roots)?,
+        change,
+        threshold: keyring_args.threshold,
+        valid_for: keyring_args.valid_for,
+    };
+    let pinned = defaults::trusted_keys(&keyring_args.trust)?;
+    let (store, _lock) = locked(&keyring_args.store, progress)?;
+    let keyring = keyring::change(store.as_ref(), &pinned, &request, OffsetDateTime::now_utc())?;
+    if global.json {
+        out!("{}", serde_json::to_string_pretty(&keyring)?);
+        return Ok(());
     }
+    out!(
+        "{} is now serial {}, expires {}",
+        store.reader().location(boxcar_client::layout::KEYRING),
+        keyring.serial,
+        keyring.expires_at
+    );
+    for (role, keys) in [("root", &keyring.root), ("signing", &keyring.signing)] {
+        out!(
+            "  {role} keys (threshold {}): {}",
+            keys.threshold,
+            keys.keys
+                .iter()
+                .map(|k| k.key_id.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    Ok(())
+}
+
+fn generate_key(global: &GlobalArgs, generate: &crate::cmdline::KeysGenerateArgs) -> Result<()> {
+    let made = keys::generate(&generate.out, &generate.name)?;
+    if global.json {
+        out!(
+            "{}",
+            serde_json::json!({
+                "key_id": made.key.key_id().to_string(),
+                "secret_key": made.secret_path,
+                "public_key": made.public_path,
+                "public_key_line": made.key.public_key().to_base64(),
+            })
+        );
+    } else {
+        out!("key {}", made.key.key_id());
+        out!(
+            "  secret  {} (keep private: never commit it, never print it)",
+            made.secret_path.display()
+        );
+        out!(
+            "  public  {} (pin this; `minisign -V -p` reads it)",
+            made.public_path.display()
+        );
+    }
+    Ok(())
 }
 
 pub(super) fn publish(global: &GlobalArgs, args: &PublishArgs, progress: &Progress) -> Result<()> {
@@ -90,8 +140,10 @@ pub(super) fn publish(global: &GlobalArgs, args: &PublishArgs, progress: &Progre
         .map(|name| channels.get(name))
         .transpose()?;
     let signer = keys::load_signer(args.key.as_deref())?;
+    let pinned = defaults::trusted_keys(&args.trust.trust)?;
     let (store, _lock) = locked(&args.store, progress)?;
-    let published = publishing::publish(store.as_ref(), &args.build, &signer, channel, progress)?;
+    let writer = Writer::new(store.as_ref(), &signer, &pinned, OffsetDateTime::now_utc())?;
+    let published = publishing::publish(&writer, &args.build, channel, progress)?;
     if global.json {
         out!("{}", serde_json::to_string_pretty(&published)?);
     } else {
@@ -117,14 +169,15 @@ pub(super) fn promote(global: &GlobalArgs, args: &PromoteArgs, progress: &Progre
     let project = Project::discover(global.project.as_deref())?;
     let channels = Channels::load(&project.channels_dir())?;
     let signer = keys::load_signer(args.key.as_deref())?;
+    let pinned = defaults::trusted_keys(&args.trust.trust)?;
     let (store, _lock) = locked(&args.store, progress)?;
-    let now = OffsetDateTime::now_utc();
+    let writer = Writer::new(store.as_ref(), &signer, &pinned, OffsetDateTime::now_utc())?;
     let request = promotion::PromoteRequest {
         to: args.to.clone(),
         version: args.version.clone(),
         allow_downgrade: args.allow_downgrade,
     };
-    let planned = promotion::plan(store.as_ref(), &channels, &signer, &request, now)?;
+    let planned = promotion::plan(&writer, &channels, &request)?;
     let change = describe_change(&planned);
     progress.note(&change);
     for check in &planned.checks {
@@ -132,7 +185,7 @@ pub(super) fn promote(global: &GlobalArgs, args: &PromoteArgs, progress: &Progre
     }
     let applied = !planned.unchanged && !args.dry_run;
     if applied {
-        promotion::apply(store.as_ref(), &signer, &planned, now)?;
+        promotion::apply(&writer, &planned)?;
     }
     if global.json {
         out!(
@@ -144,7 +197,7 @@ pub(super) fn promote(global: &GlobalArgs, args: &PromoteArgs, progress: &Progre
             })
         );
     } else if planned.unchanged {
-        out!("{change}");
+        out!("{change} (to re-sign its document before it expires, run `boxcar renew`)");
     } else if args.dry_run {
         out!("dry run: would promote {change}");
     } else {
@@ -152,6 +205,33 @@ pub(super) fn promote(global: &GlobalArgs, args: &PromoteArgs, progress: &Progre
             "promoted {change}; channel document expires {}",
             planned.expires_at
         );
+    }
+    Ok(())
+}
+
+pub(super) fn renew(global: &GlobalArgs, args: &RenewArgs, progress: &Progress) -> Result<()> {
+    let project = Project::discover(global.project.as_deref())?;
+    let channels = Channels::load(&project.channels_dir())?;
+    let signer = keys::load_signer(args.key.as_deref())?;
+    let pinned = defaults::trusted_keys(&args.trust.trust)?;
+    let (store, _lock) = locked(&args.store, progress)?;
+    let writer = Writer::new(store.as_ref(), &signer, &pinned, OffsetDateTime::now_utc())?;
+    let renewed = renewal::renew(&writer, &channels, args.all)?;
+    if global.json {
+        out!("{}", serde_json::to_string_pretty(&renewed)?);
+    } else if renewed.is_empty() {
+        out!("nothing is due for renewal (pass --all to renew everything)");
+    } else {
+        for document in &renewed {
+            let serials = document
+                .serials
+                .map_or(String::new(), |(a, b)| format!(": serial {a} -> {b}"));
+            let expires = document
+                .expires_at
+                .as_ref()
+                .map_or(String::new(), |e| format!(", expires {e}"));
+            out!("renewed {}{serials}{expires}", document.path);
+        }
     }
     Ok(())
 }

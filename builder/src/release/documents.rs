@@ -1,8 +1,13 @@
-//! The store's signed metadata, as writers make it: channel documents, the
-//! index and the keyring. A writer reads what is there through the same
-//! client code readers use (checking every signature against the trust it
-//! starts from), works out the next document, signs it, replaces it
-//! together with its signature, and reads it back.
+//! The store's signed metadata, as writers make it: channel documents and
+//! the index (the keyring has its own module).
+//!
+//! A [`Writer`] starts from the same trust a reader has: the keys it is
+//! configured to pin (the store's root keys) and its own, followed through
+//! the store's keyring exactly as a client follows it. It never builds on
+//! a document that does not verify against that trust (a channel document
+//! or index planted by someone who can write files into the store is an
+//! error, not a base for the next serial), and it refuses to sign with a
+//! key the keyring does not list: readers would refuse what it signs.
 
 use std::sync::Arc;
 
@@ -12,16 +17,16 @@ use boxcar_client::layout::{self, SafeName};
 use boxcar_client::{Client, NetworkSettings, Trust, Verified};
 use boxcar_signing::documents::{
     self, ChannelDocument, ChannelEntry, ExpirationEnforcement, IndexChannel, IndexDocument,
-    IndexRelease, KeyringDocument, KeyringEntry, Kind, ReleaseDocument,
+    IndexRelease, Kind, ReleaseDocument,
 };
-use boxcar_signing::{PublicKey, Sha256Digest, Sign, TrustedKeys};
+use boxcar_signing::{Sha256Digest, Sign, TrustedKeys};
 use time::OffsetDateTime;
 
 use super::backend::StoreBackend;
 use crate::channel::ChannelConfig;
 
 /// A client reading the store a writer is about to change. The store is
-/// local to the writer or its own backend: no retries are needed.
+/// the writer's own backend: no retries are needed.
 pub fn reader(store: &dyn StoreBackend) -> Client {
     Client::new(
         store.reader(),
@@ -30,81 +35,209 @@ pub fn reader(store: &dyn StoreBackend) -> Client {
     )
 }
 
-/// The keys a writer (holding `signer`) trusts in `store`: its own and,
-/// when the store has a keyring, the keys it lists. The keyring must be
-/// signed by one of its own keys and list the writer's key.
-pub fn writer_trust(store: &dyn StoreBackend, signer: &dyn Sign) -> Result<Trust> {
-    let mut trusted = TrustedKeys::new([signer.public_key()]);
-    let client = reader(store);
-    let location = client.location(layout::KEYRING);
-    let Some((bytes, signature)) =
-        found(client.signed_pair(layout::KEYRING, "keyring", client.limits().keyring))?
-    else {
-        return Ok(Trust::of(trusted));
-    };
-    let listed: KeyringDocument =
-        serde_json::from_slice(&bytes).with_context(|| format!("parsing {location}"))?;
-    let mut own = TrustedKeys::default();
-    for entry in &listed.keys {
-        own.add(PublicKey::from_base64(&entry.public_key)?);
-    }
-    KeyringDocument::extend_trust(&bytes, &signature, &mut own)
-        .with_context(|| format!("checking {location}"))?;
-    if own.get(signer.key_id()).is_none() {
-        bail!(
-            "key {} is not listed in {location}; introduce it with `boxcar keys add`, signed by a key readers trust",
-            signer.key_id(),
-        );
-    }
-    for id in own.ids() {
-        trusted.add(own.get(id).expect("listed").clone());
-    }
-    Ok(Trust {
-        keys: trusted,
-        keyring: Some(listed),
-    })
+/// A writer at work on a store, holding its lock.
+pub struct Writer<'a> {
+    pub store: &'a dyn StoreBackend,
+    pub signer: &'a dyn Sign,
+    pub trust: Trust,
+    pub client: Client,
+    pub now: OffsetDateTime,
 }
 
-/// A channel's current document, checked; `None` if the channel has none
-/// yet. Expiry is not enforced: a writer may replace an expired document.
-pub fn read_channel(
-    client: &Client,
-    trust: &Trust,
-    name: &str,
-    now: OffsetDateTime,
-) -> Result<Option<ChannelDocument>> {
-    let name = SafeName::new("channel", name)?;
-    Ok(
-        found(client.channel(trust, &name, ExpirationEnforcement::Unsafe, now))?
-            .map(|verified| verified.document),
-    )
-}
+impl<'a> Writer<'a> {
+    /// A writer signing with `signer`, trusting what `pinned` (the store's
+    /// root keys, as configured) and its own key lead to. Refuses an
+    /// expired keyring and a signer the keyring does not list.
+    pub fn new(
+        store: &'a dyn StoreBackend,
+        signer: &'a dyn Sign,
+        pinned: &TrustedKeys,
+        now: OffsetDateTime,
+    ) -> Result<Self> {
+        let client = reader(store);
+        let mut anchors = pinned.clone();
+        anchors.add(signer.public_key());
+        let trust = client
+            .trust(&anchors, ExpirationEnforcement::Unsafe, now, None)
+            .context(
+                "following the store's keyring from the keys this writer trusts \
+                 (pass the store's root public key with --trust, or set BOXCAR_TRUSTED_KEYS)",
+            )?;
+        if let Some(keyring) = &trust.keyring {
+            keyring.check_expiry(now, ExpirationEnforcement::Enforce).context(
+                "readers refuse the store until its keyring is renewed: run `boxcar keys renew` with the root keys",
+            )?;
+            if trust.keys.get(signer.key_id()).is_none() {
+                bail!(
+                    "key {} is not a signing key in {} (serial {}): readers would refuse what it signs; add it with `boxcar keys add --role signing`",
+                    signer.key_id(),
+                    client.location(layout::KEYRING),
+                    keyring.serial
+                );
+            }
+        }
+        Ok(Self {
+            store,
+            signer,
+            trust,
+            client,
+            now,
+        })
+    }
 
-/// A published release's release.json, checked.
-pub fn read_release(
-    client: &Client,
-    trust: &Trust,
-    version: &str,
-) -> Result<Verified<ReleaseDocument>> {
-    let version = SafeName::new("version", version)?;
-    found(client.release(trust, &version))?.with_context(|| {
-        format!(
-            "release {version} is not published in {}",
-            client.transport().describe()
+    /// A channel's current document, checked; `None` if the channel has
+    /// none yet. Expiry is not enforced: a writer may replace an expired
+    /// document.
+    pub fn read_channel(&self, name: &str) -> Result<Option<ChannelDocument>> {
+        let name = SafeName::new("channel", name)?;
+        let path = layout::channel(&name);
+        Ok(found(
+            self.client
+                .channel(&self.trust, &name, ExpirationEnforcement::Unsafe, self.now),
         )
-    })
+        .map_err(|e| self.not_building_on(&path, e))?
+        .map(|verified| verified.document))
+    }
+
+    /// The signed index; `None` if the store has none yet.
+    pub fn read_index(&self) -> Result<Option<IndexDocument>> {
+        Ok(found(self.client.index(&self.trust))
+            .map_err(|e| self.not_building_on(layout::INDEX, e))?
+            .map(|verified| verified.document))
+    }
+
+    /// Why a writer stops at a document it cannot verify.
+    fn not_building_on(&self, path: &str, error: boxcar_client::Error) -> anyhow::Error {
+        anyhow::anyhow!(
+            "{error}\n{} does not verify against the store's keys, so no writer builds on it: \
+             it may have been planted by someone who can write to the store. Investigate, \
+             then restore it from a backup or remove it (the next document continues from \
+             the serial the index records)",
+            self.client.location(path)
+        )
+    }
+
+    /// A published release's release.json, checked.
+    pub fn read_release(&self, version: &str) -> Result<Verified<ReleaseDocument>> {
+        let version = SafeName::new("version", version)?;
+        found(self.client.release(&self.trust, &version))?.with_context(|| {
+            format!(
+                "release {version} is not published in {}",
+                self.client.transport().describe()
+            )
+        })
+    }
+
+    /// The serial the next document of channel `name` gets: one above both
+    /// its current document's and what the index records, so a removed or
+    /// restored document never makes a serial go back.
+    pub fn next_serial(&self, name: &str, previous: Option<&ChannelDocument>) -> Result<u64> {
+        let indexed = self
+            .read_index()?
+            .and_then(|index| index.channels.into_iter().find(|c| c.name == name))
+            .map_or(0, |c| c.serial);
+        Ok(previous.map_or(0, |p| p.serial).max(indexed) + 1)
+    }
+
+    /// Points a channel at a published release: writes the next channel
+    /// document, then reads it back and checks it. Returns the new serial.
+    pub fn point_channel(
+        &self,
+        config: &ChannelConfig,
+        version: &str,
+        release_sha256: Sha256Digest,
+    ) -> Result<u64> {
+        let previous = self.read_channel(config.name.as_str())?;
+        let serial = self.next_serial(config.name.as_str(), previous.as_ref())?;
+        let document = next_channel_document(
+            config,
+            previous.as_ref(),
+            serial,
+            version,
+            release_sha256,
+            self.now,
+        );
+        self.write_channel(&document)?;
+        self.check_written(&document)?;
+        Ok(document.serial)
+    }
+
+    /// Reads a channel document back after writing it: it must be what was
+    /// written, signed.
+    pub fn check_written(&self, written: &ChannelDocument) -> Result<()> {
+        let read = self
+            .read_channel(&written.channel)?
+            .context("the channel document vanished after writing it")?;
+        if &read != written {
+            bail!(
+                "channels/{}.json reads back differently from what was written",
+                written.channel
+            );
+        }
+        Ok(())
+    }
+
+    /// Signs and writes a channel document.
+    pub fn write_channel(&self, document: &ChannelDocument) -> Result<()> {
+        let name = SafeName::new("channel", &document.channel)?;
+        let bytes = documents::to_bytes(document);
+        let signature =
+            documents::sign_bytes(self.signer, &bytes, Kind::Channel, &document.channel)?;
+        self.store
+            .replace_document(&layout::channel(&name), &bytes, &signature)
+    }
+
+    /// Rewrites index.json from the store's releases and channels.
+    pub fn write_index(&self) -> Result<IndexDocument> {
+        let previous_serial = self.read_index()?.map_or(0, |index| index.serial);
+        let mut versions = self.store.list_releases()?;
+        versions.sort_by(|a, b| boxcar_client::version::compare(a.as_str(), b.as_str()));
+        let mut releases = Vec::new();
+        for version in versions {
+            let release = self.read_release(version.as_str())?;
+            releases.push(IndexRelease {
+                version: version.to_string(),
+                published_at: release.document.published_at,
+                release_sha256: release.sha256,
+                artifacts: release.document.artifacts,
+            });
+        }
+        let mut channels = Vec::new();
+        for name in self.store.list_channels()? {
+            if let Some(doc) = self.read_channel(name.as_str())? {
+                channels.push(IndexChannel {
+                    name: name.to_string(),
+                    version: doc.version,
+                    serial: doc.serial,
+                    expires_at: doc.expires_at,
+                });
+            }
+        }
+        let index = IndexDocument {
+            schema: documents::SCHEMA_VERSION,
+            serial: previous_serial + 1,
+            issued_at: documents::format_time(self.now),
+            releases,
+            channels,
+        };
+        let bytes = documents::to_bytes(&index);
+        let signature = documents::sign_bytes(self.signer, &bytes, Kind::Index, "index")?;
+        self.store
+            .replace_document(layout::INDEX, &bytes, &signature)?;
+        Ok(index)
+    }
 }
 
-/// The channel document that points `config`'s channel at `version`, after
-/// `previous`.
+/// The channel document that points `config`'s channel at `version` with
+/// `serial`, after `previous`.
 pub fn next_channel_document(
     config: &ChannelConfig,
     previous: Option<&ChannelDocument>,
+    serial: u64,
     version: &str,
     release_sha256: Sha256Digest,
     now: OffsetDateTime,
 ) -> ChannelDocument {
-    let serial = previous.map_or(1, |p| p.serial + 1);
     let mut history = previous.map(|p| p.history.clone()).unwrap_or_default();
     history.push(ChannelEntry {
         serial,
@@ -122,148 +255,4 @@ pub fn next_channel_document(
         release_sha256,
         history,
     }
-}
-
-/// Points a channel at a published release: writes the next channel
-/// document, then reads it back and checks it. Returns the new serial.
-pub fn point_channel(
-    store: &dyn StoreBackend,
-    signer: &dyn Sign,
-    config: &ChannelConfig,
-    version: &str,
-    release_sha256: Sha256Digest,
-    now: OffsetDateTime,
-) -> Result<u64> {
-    let trust = writer_trust(store, signer)?;
-    let client = reader(store);
-    let previous = read_channel(&client, &trust, config.name.as_str(), now)?;
-    let document = next_channel_document(config, previous.as_ref(), version, release_sha256, now);
-    write_channel(store, signer, &document)?;
-    check_written(&client, &trust, &document, now)?;
-    Ok(document.serial)
-}
-
-/// Reads a channel document back after writing it: it must be what was
-/// written, signed.
-pub fn check_written(
-    client: &Client,
-    trust: &Trust,
-    written: &ChannelDocument,
-    now: OffsetDateTime,
-) -> Result<()> {
-    let read = read_channel(client, trust, &written.channel, now)?
-        .context("the channel document vanished after writing it")?;
-    if &read != written {
-        bail!(
-            "channels/{}.json reads back differently from what was written",
-            written.channel
-        );
-    }
-    Ok(())
-}
-
-/// Signs and writes a channel document.
-pub fn write_channel(
-    store: &dyn StoreBackend,
-    signer: &dyn Sign,
-    document: &ChannelDocument,
-) -> Result<()> {
-    let name = SafeName::new("channel", &document.channel)?;
-    let bytes = documents::to_bytes(document);
-    let signature = documents::sign_bytes(signer, &bytes, Kind::Channel, &document.channel)?;
-    store.replace_document(&layout::channel(&name), &bytes, &signature)
-}
-
-/// Rewrites index.json from the store's releases and channels.
-pub fn write_index(
-    store: &dyn StoreBackend,
-    signer: &dyn Sign,
-    now: OffsetDateTime,
-) -> Result<IndexDocument> {
-    let trust = writer_trust(store, signer)?;
-    let client = reader(store);
-    let previous_serial = found(client.index(&trust))?.map_or(0, |index| index.document.serial);
-    let mut versions = store.list_releases()?;
-    versions.sort_by(|a, b| boxcar_client::version::compare(a.as_str(), b.as_str()));
-    let mut releases = Vec::new();
-    for version in versions {
-        let release = read_release(&client, &trust, version.as_str())?;
-        releases.push(IndexRelease {
-            version: version.to_string(),
-            published_at: release.document.published_at,
-            release_sha256: release.sha256,
-            artifacts: release.document.artifacts,
-        });
-    }
-    let mut channels = Vec::new();
-    for name in store.list_channels()? {
-        if let Some(doc) = read_channel(&client, &trust, name.as_str(), now)? {
-            channels.push(IndexChannel {
-                name: name.to_string(),
-                version: doc.version,
-                serial: doc.serial,
-                expires_at: doc.expires_at,
-            });
-        }
-    }
-    let index = IndexDocument {
-        schema: documents::SCHEMA_VERSION,
-        serial: previous_serial + 1,
-        issued_at: documents::format_time(now),
-        releases,
-        channels,
-    };
-    let bytes = documents::to_bytes(&index);
-    let signature = documents::sign_bytes(signer, &bytes, Kind::Index, "index")?;
-    store.replace_document(layout::INDEX, &bytes, &signature)?;
-    Ok(index)
-}
-
-/// Adds `new_key` to the store's keyring, signed by `signer` (a key the
-/// readers already trust), so installs that pinned `signer`'s key learn it.
-pub fn add_key(
-    store: &dyn StoreBackend,
-    signer: &dyn Sign,
-    new_key: &PublicKey,
-    note: &str,
-    now: OffsetDateTime,
-) -> Result<KeyringDocument> {
-    let client = reader(store);
-    let trust = client.trust(&TrustedKeys::new([signer.public_key()]))?;
-    let mut keys = trust
-        .keyring
-        .as_ref()
-        .map(|k| k.keys.clone())
-        .unwrap_or_default();
-    if keys.iter().any(|k| k.key_id == new_key.id()) {
-        bail!(
-            "key {} is already in {}",
-            new_key.id(),
-            client.location(layout::KEYRING)
-        );
-    }
-    if keys.is_empty() {
-        keys.push(KeyringEntry {
-            key_id: signer.key_id(),
-            public_key: signer.public_key().to_base64(),
-            added_at: documents::format_time(now),
-            note: "the key that signed this keyring first".to_owned(),
-        });
-    }
-    keys.push(KeyringEntry {
-        key_id: new_key.id(),
-        public_key: new_key.to_base64(),
-        added_at: documents::format_time(now),
-        note: note.to_owned(),
-    });
-    let keyring = KeyringDocument {
-        schema: documents::SCHEMA_VERSION,
-        serial: trust.keyring.as_ref().map_or(1, |p| p.serial + 1),
-        issued_at: documents::format_time(now),
-        keys,
-    };
-    let bytes = documents::to_bytes(&keyring);
-    let signature = documents::sign_bytes(signer, &bytes, Kind::Keyring, "keys")?;
-    store.replace_document(layout::KEYRING, &bytes, &signature)?;
-    Ok(keyring)
 }

@@ -7,12 +7,10 @@ use anyhow::{bail, Context, Result};
 use boxcar_client::layout::{self, SafeName};
 use boxcar_client::{Client, ErrorKind};
 use boxcar_signing::documents::{self, ChannelDocument, ReleaseDocument};
-use boxcar_signing::Sign;
 use serde::Serialize;
-use time::OffsetDateTime;
 
-use super::backend::{crash_point, StoreBackend};
-use super::documents as store_documents;
+use super::backend::crash_point;
+use super::documents::{next_channel_document, Writer};
 use crate::channel::{ChannelConfig, ChannelName, Channels, EvidencePolicy};
 
 /// What the user asked for.
@@ -51,13 +49,8 @@ pub struct Promotion {
 
 /// Works out the promotion and checks every rule; errors say which rule
 /// refused it.
-pub fn plan(
-    store: &dyn StoreBackend,
-    channels: &Channels,
-    signer: &dyn Sign,
-    request: &PromoteRequest,
-    now: OffsetDateTime,
-) -> Result<Promotion> {
+pub fn plan(writer: &Writer, channels: &Channels, request: &PromoteRequest) -> Result<Promotion> {
+    let now = writer.now;
     let config = channels.get(&request.to)?;
     let Some(source_name) = &config.promotes_from else {
         bail!(
@@ -66,9 +59,8 @@ pub fn plan(
             channels.dir.join(format!("{}.toml", config.name)).display()
         );
     };
-    let trust = store_documents::writer_trust(store, signer)?;
-    let client = store_documents::reader(store);
-    let source = store_documents::read_channel(&client, &trust, source_name.as_str(), now)?
+    let source = writer
+        .read_channel(source_name.as_str())?
         .with_context(|| {
             format!("channel {source_name} has no document yet: nothing to promote from")
         })?;
@@ -107,7 +99,7 @@ pub fn plan(
         ),
     });
 
-    let verified = store_documents::read_release(&client, &trust, &version)?;
+    let verified = writer.read_release(&version)?;
     let (release, release_sha256) = (verified.document, verified.sha256);
     if release_sha256 != entry.release_sha256 {
         bail!(
@@ -122,7 +114,7 @@ pub fn plan(
 
     checks.push(check_evidence(&release, config)?);
 
-    let target = store_documents::read_channel(&client, &trust, config.name.as_str(), now)?;
+    let target = writer.read_channel(config.name.as_str())?;
     if let Some(current) = &target {
         if current.version == version {
             return Ok(Promotion {
@@ -153,15 +145,17 @@ pub fn plan(
         }
     }
 
-    let verified = verify_artifacts(&client, &release)?;
+    let verified = verify_artifacts(&writer.client, &release)?;
     checks.push(PolicyCheck {
         name: "artifacts match their signed digests".into(),
         detail: format!("{verified} files re-hashed"),
     });
 
-    let next = store_documents::next_channel_document(
+    let serial = writer.next_serial(config.name.as_str(), target.as_ref())?;
+    let next = next_channel_document(
         config,
         target.as_ref(),
+        serial,
         &version,
         release_sha256,
         now,
@@ -232,19 +226,13 @@ pub fn verify_artifacts(client: &Client, release: &ReleaseDocument) -> Result<us
 
 /// Writes the promotion's channel document, reads it back and checks it,
 /// then updates the index. Returns the new serial.
-pub fn apply(
-    store: &dyn StoreBackend,
-    signer: &dyn Sign,
-    promotion: &Promotion,
-    now: OffsetDateTime,
-) -> Result<u64> {
+pub fn apply(writer: &Writer, promotion: &Promotion) -> Result<u64> {
     let Some(next) = &promotion.next else {
         return Ok(promotion.next_serial);
     };
-    store_documents::write_channel(store, signer, next)?;
+    writer.write_channel(next)?;
     crash_point("promote-before-readback");
-    let trust = store_documents::writer_trust(store, signer)?;
-    store_documents::check_written(&store_documents::reader(store), &trust, next, now)?;
-    store_documents::write_index(store, signer, now)?;
+    writer.check_written(next)?;
+    writer.write_index()?;
     Ok(next.serial)
 }

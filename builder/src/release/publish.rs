@@ -6,6 +6,12 @@
 //! `releases/.<version>.partial`, then SHA256SUMS and release.json are
 //! written and signed there, then the directory is renamed into place; only
 //! after that is a channel pointed at the release, and the index updated.
+//!
+//! Publishing the same build again finishes what an interrupted publish
+//! left: a release already in the store with exactly this build's artifacts
+//! is not copied again, the channel is pointed at it if it is not yet, and
+//! the index is rewritten. A different build of a published version is
+//! refused: a published version is never replaced.
 
 use std::fs;
 use std::path::Path;
@@ -13,11 +19,10 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use boxcar_client::layout::{self, SafeName};
 use boxcar_signing::documents::{self, EvidenceSummary, Kind, ReleaseArtifact, ReleaseDocument};
-use boxcar_signing::{Sha256Digest, Sign};
-use time::OffsetDateTime;
+use boxcar_signing::Sha256Digest;
 
-use super::backend::{crash_point, StoreBackend};
-use super::documents as store_documents;
+use super::backend::crash_point;
+use super::documents::Writer;
 use crate::channel::{ChannelConfig, EvidencePolicy};
 use crate::progress::Progress;
 use crate::records::buildinfo::BuildInfo;
@@ -53,10 +58,15 @@ pub fn gather_evidence(
         }
     }
     for platform in platforms {
+        let platform = SafeName::new("platform", platform)?;
         let path = build_dir
             .join("evidence")
-            .join(platform)
+            .join(platform.as_str())
             .join(EVIDENCE_JSON);
+        let platform = platform.as_str();
+        if path.exists() {
+            check_inside(build_dir, &path)?;
+        }
         let Ok(text) = fs::read_to_string(&path) else {
             problems.push(format!(
                 "{platform}: no boot-test evidence ({} is missing)",
@@ -109,29 +119,40 @@ pub fn gather_evidence(
     Ok(gathered)
 }
 
+/// Refuses a file of the build that is not inside the build directory (a
+/// symlinked evidence directory pointing elsewhere, say).
+fn check_inside(build_dir: &Path, path: &Path) -> Result<()> {
+    let dir =
+        fs::canonicalize(build_dir).with_context(|| format!("reading {}", build_dir.display()))?;
+    let file = fs::canonicalize(path).with_context(|| format!("reading {}", path.display()))?;
+    if !file.starts_with(&dir) {
+        bail!(
+            "{} leads outside the build directory (to {}); publish reads only the build's own files",
+            path.display(),
+            file.display()
+        );
+    }
+    Ok(())
+}
+
 /// Publishes the build at `build_dir`. The caller holds the store's lock.
 pub fn publish(
-    store: &dyn StoreBackend,
+    writer: &Writer,
     build_dir: &Path,
-    signer: &dyn Sign,
     channel: Option<&ChannelConfig>,
     progress: &Progress,
 ) -> Result<Published> {
     let build = BuildInfo::load(build_dir)?;
     let version = SafeName::new("version", build.version.as_str())?;
-    let policy = channel.map_or(EvidencePolicy::NotRequired, |c| c.evidence);
-    let evidence = gather_evidence(build_dir, &build, policy)?;
     if build.artifacts.is_empty() {
         bail!(
             "the build at {} has no artifacts to publish (was it built with --no-artifacts?)",
             build_dir.display()
         );
     }
-    let release_dir = store.reader().location(&layout::release_dir(&version));
-    if store.release_exists(&version)? {
-        bail!(
-            "version {version} is already published at {release_dir}; a published version is never replaced"
-        );
+    for artifact in &build.artifacts {
+        SafeName::new("artifact name", &artifact.file)?;
+        SafeName::new("platform", artifact.platform.as_str())?;
     }
     if let Some(source) = channel.and_then(|c| c.promotes_from.as_ref()) {
         bail!(
@@ -139,8 +160,110 @@ pub fn publish(
             channel.expect("a channel has a source").name
         );
     }
+    let policy = channel.map_or(EvidencePolicy::NotRequired, |c| c.evidence);
+    let evidence = gather_evidence(build_dir, &build, policy)?;
+    let release_dir = writer.client.location(&layout::release_dir(&version));
+    let (release, release_sha256) = if writer.store.release_exists(&version)? {
+        let existing = already_there(writer, &build, &version, &release_dir)?;
+        progress.note(&format!(
+            "{version} is already in the store with this build's artifacts (an earlier publish of this build); finishing that publish"
+        ));
+        existing
+    } else {
+        assemble(writer, build_dir, &build, &version, evidence, progress)?
+    };
+    crash_point("publish-before-channel");
+    let channel_update = match channel {
+        Some(channel) => Some(point(writer, channel, &version, release_sha256, progress)?),
+        None => None,
+    };
+    crash_point("publish-before-index");
+    writer.write_index()?;
+    Ok(Published {
+        version: version.to_string(),
+        release_dir,
+        release_sha256,
+        artifacts: release.artifacts.len(),
+        bytes: release.artifacts.iter().map(|a| a.size).sum(),
+        channel: channel_update,
+    })
+}
 
-    let mut draft = store.begin_release(&version)?;
+/// A release of `version` is in the store: it is this build's (an earlier
+/// publish of it was interrupted after its release was in place), or
+/// publishing is refused.
+fn already_there(
+    writer: &Writer,
+    build: &BuildInfo,
+    version: &SafeName,
+    release_dir: &str,
+) -> Result<(ReleaseDocument, Sha256Digest)> {
+    let refuse = || {
+        anyhow::anyhow!(
+            "version {version} is already published at {release_dir}; a published version is never replaced"
+        )
+    };
+    let existing = writer
+        .read_release(version.as_str())
+        .map_err(|e| refuse().context(e))?;
+    let published: Vec<(&str, u64, Sha256Digest)> = existing
+        .document
+        .artifacts
+        .iter()
+        .map(|a| (a.name.as_str(), a.size, a.sha256))
+        .collect();
+    let built: Vec<(&str, u64, Sha256Digest)> = build
+        .artifacts
+        .iter()
+        .map(|a| (a.file.as_str(), a.size, a.sha256))
+        .collect();
+    if published != built || existing.document.usr_root_hash != build.usr.root_hash {
+        return Err(refuse());
+    }
+    Ok((existing.document, existing.sha256))
+}
+
+/// Points `channel` at the release, unless it points there already or has
+/// moved on past it since an interrupted publish.
+fn point(
+    writer: &Writer,
+    channel: &ChannelConfig,
+    version: &SafeName,
+    release_sha256: Sha256Digest,
+    progress: &Progress,
+) -> Result<(String, u64)> {
+    let name = channel.name.to_string();
+    if let Some(current) = writer.read_channel(&name)? {
+        if current.version == version.as_str() {
+            return Ok((name, current.serial));
+        }
+        if current
+            .history
+            .iter()
+            .any(|e| e.version == version.as_str())
+        {
+            progress.note(&format!(
+                "channel {name} carried {version} before and has moved on to {}; not pointing it back",
+                current.version
+            ));
+            return Ok((name, current.serial));
+        }
+    }
+    let serial = writer.point_channel(channel, version.as_str(), release_sha256)?;
+    Ok((name, serial))
+}
+
+/// Copies the build into a new release, writes and signs its SHA256SUMS
+/// and release.json, and commits it.
+fn assemble(
+    writer: &Writer,
+    build_dir: &Path,
+    build: &BuildInfo,
+    version: &SafeName,
+    evidence: Vec<(EvidenceSummary, std::path::PathBuf)>,
+    progress: &Progress,
+) -> Result<(ReleaseDocument, Sha256Digest)> {
+    let mut draft = writer.store.begin_release(version)?;
     let mut phase = progress.phase("copy artifacts");
     let total: u64 = build.artifacts.iter().map(|a| a.size).sum();
     let bar = progress.bytes("copy", total);
@@ -190,19 +313,19 @@ pub fn publish(
         crate::units::human_bytes(total)
     ));
 
-    let now = OffsetDateTime::now_utc();
     let release = ReleaseDocument {
         schema: documents::SCHEMA_VERSION,
         name: build.name.clone(),
         version: version.to_string(),
         built_for: build.channel.to_string(),
         built_at: build.built_at.clone(),
-        published_at: documents::format_time(now),
+        published_at: documents::format_time(writer.now),
         usr_root_hash: build.usr.root_hash.clone(),
         kernel_release: build.kernel.release.clone(),
         artifacts,
         evidence: summaries,
     };
+    let signer = writer.signer;
     let sums = documents::sha256sums(&release);
     let sums_signature = documents::sign_bytes(
         signer,
@@ -225,28 +348,5 @@ pub fn publish(
     )?;
     draft.commit()?;
     let release_sha256 = boxcar_signing::sha256_reader(&release_bytes[..])?.0;
-
-    let channel_update = match channel {
-        Some(channel) => {
-            let serial = store_documents::point_channel(
-                store,
-                signer,
-                channel,
-                version.as_str(),
-                release_sha256,
-                now,
-            )?;
-            Some((channel.name.to_string(), serial))
-        }
-        None => None,
-    };
-    store_documents::write_index(store, signer, now)?;
-    Ok(Published {
-        version: version.to_string(),
-        release_dir,
-        release_sha256,
-        artifacts: release.artifacts.len(),
-        bytes: total,
-        channel: channel_update,
-    })
+    Ok((release, release_sha256))
 }

@@ -156,23 +156,36 @@ impl Lab {
             .stdout(predicate::str::contains(reason));
     }
 
-    /// Makes a new key pair in `dir` and introduces it to the store with
-    /// `boxcar keys add`, signed by the lab's key; returns the new key's
-    /// directory.
-    pub fn rotate_key(&self, dir: &str) -> PathBuf {
-        let new = self.path(dir);
+    /// Makes a key pair in lab/NAME/ (`boxcar.key`, `boxcar.pub`); returns
+    /// the directory.
+    pub fn new_key(&self, name: &str) -> PathBuf {
+        let dir = self.path(name);
         boxcar()
-            .args(["keys", "generate", "--out", new.to_str().unwrap()])
+            .args(["keys", "generate", "--out", dir.to_str().unwrap()])
             .assert()
             .success();
-        let store = self.store().display().to_string();
-        let key = self.key();
-        let public = new.join("boxcar.pub").display().to_string();
-        self.boxcar(&["keys", "add", "--store", &store, "--key", &key])
-            .args(["--public", &public])
+        dir
+    }
+
+    /// `boxcar keys SUBCOMMAND --store STORE --root DIR/boxcar.key...` with
+    /// `args`.
+    pub fn keys(&self, subcommand: &str, roots: &[&Path], args: &[&str]) -> Command {
+        let mut command = self.boxcar(&["keys", subcommand]);
+        command.args(["--store", self.store().to_str().unwrap()]);
+        for root in roots {
+            command.arg("--root").arg(root.join("boxcar.key"));
+        }
+        command.args(args);
+        command
+    }
+
+    /// Gives the store its first keyring: root `root` (a lab key
+    /// directory), the lab's key the signing key.
+    pub fn init_keyring(&self, root: &Path) {
+        let public = self.public_key();
+        self.keys("init", &[root], &["--signing", &public])
             .assert()
             .success();
-        new
     }
 
     /// `boxcar repair` of the lab's store.

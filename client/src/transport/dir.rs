@@ -88,7 +88,12 @@ impl Transport for DirTransport {
 
     fn leftovers(&self) -> Result<Vec<String>, Error> {
         let mut found = Vec::new();
-        for dir in ["", layout::CHANNELS_DIR, layout::RELEASES_DIR] {
+        for dir in [
+            "",
+            layout::CHANNELS_DIR,
+            layout::RELEASES_DIR,
+            layout::KEYRINGS_DIR,
+        ] {
             let path = self.root.join(dir);
             let entries = match std::fs::read_dir(&path) {
                 Ok(entries) => entries,

@@ -111,7 +111,14 @@ impl StoreBackend for DirBackend {
 
     fn repair(&self) -> Result<Vec<String>> {
         let mut repaired = Vec::new();
-        for dir in [self.root.clone(), self.root.join(layout::CHANNELS_DIR)] {
+        for dir in [
+            self.root.clone(),
+            self.root.join(layout::CHANNELS_DIR),
+            self.root.join(layout::KEYRINGS_DIR),
+        ] {
+            if !dir.is_dir() {
+                continue;
+            }
             for entry in fs::read_dir(&dir)? {
                 let file = entry?.file_name().to_string_lossy().into_owned();
                 if let Some(name) = pending::journal_subject(&file) {
@@ -163,6 +170,7 @@ impl StoreBackend for DirBackend {
     fn replace_document(&self, path: &str, bytes: &[u8], signature: &str) -> Result<()> {
         let path = self.file(path)?;
         let dir = path.parent().expect("store documents live in a directory");
+        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let name = path
             .file_name()
             .expect("a file name")
@@ -195,6 +203,17 @@ impl StoreBackend for DirBackend {
         remove_if_there(&old_sig)?;
         sync_dir(dir)?;
         Ok(())
+    }
+
+    fn replace_signature(&self, path: &str, signature: &str) -> Result<()> {
+        let path = self.file(&layout::signature_of(path))?;
+        let dir = path.parent().expect("store files live in a directory");
+        let name = path.file_name().expect("a file name").to_string_lossy();
+        let new = dir.join(pending::new_name(&name));
+        write_new(&new, signature.as_bytes())?;
+        fs::rename(&new, &path)
+            .with_context(|| format!("renaming {} to {}", new.display(), path.display()))?;
+        sync_dir(dir)
     }
 
     fn list_releases(&self) -> Result<Vec<SafeName>> {

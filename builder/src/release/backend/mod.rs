@@ -55,6 +55,10 @@ pub trait StoreBackend {
     /// writer dies in the middle.
     fn replace_document(&self, path: &str, bytes: &[u8], signature: &str) -> Result<()>;
 
+    /// Replaces only the detached signature of the file at `path` (its
+    /// bytes stay as they are): a release re-signed after a key rotation.
+    fn replace_signature(&self, path: &str, signature: &str) -> Result<()>;
+
     /// The published versions, unsorted.
     fn list_releases(&self) -> Result<Vec<SafeName>>;
 
