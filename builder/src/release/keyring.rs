@@ -84,6 +84,20 @@ pub fn change(
         .context("following the store's keyring from the root keys given")?
         .keyring;
     let next = next_keyring(current.as_ref(), request, now)?;
+    // Proof of possession: a key that becomes a root signs the keyring
+    // that makes it one (a mistyped key would lock the store out later).
+    if let Change::Add {
+        key,
+        role: KeyRole::Root,
+        ..
+    } = &request.change
+    {
+        if !request.roots.iter().any(|r| r.key_id() == key.id()) {
+            bail!(
+                "a new root key must sign the keyring that adds it: pass its secret key with --root too"
+            );
+        }
+    }
     let bytes = documents::to_bytes(&next);
     let signers: Vec<&dyn Sign> = request.roots.iter().map(|k| k as &dyn Sign).collect();
     let signatures = sign_keyring(&bytes, &signers)?;
