@@ -561,3 +561,47 @@ fn a_replayed_old_channel_document_fails_even_on_a_first_download() {
             "has serial 1, older than serial 2 already seen: a rollback",
         ));
 }
+
+#[test]
+fn rollback_state_does_not_depend_on_how_the_store_url_is_spelled() {
+    let (lab, server) = published(1000);
+    let key = format!("{} alpha", server.url());
+    fs::write(
+        lab.path("state.json"),
+        serde_json::json!({ "channels": { key: 7 } }).to_string(),
+    )
+    .unwrap();
+    let spelled = format!("{}/", server.url().replace("http://", "HTTP://"));
+    boxcar()
+        .args(["download", "--store", &spelled, "--key", &lab.public_key()])
+        .args(["--channel", "alpha", "--platform", "qemu"])
+        .args(["--to", lab.path("out").to_str().unwrap()])
+        .args(["--state", lab.path("state.json").to_str().unwrap()])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("older than serial 7 already seen"));
+}
+
+#[test]
+fn a_symlinked_part_file_is_never_followed() {
+    let (lab, server) = published(1000);
+    let victim = lab.path("victim");
+    fs::write(&victim, "keep").unwrap();
+    fs::create_dir_all(lab.path("out")).unwrap();
+    std::os::unix::fs::symlink(&victim, out(&lab, &format!("{QCOW2}.part"))).unwrap();
+    download(&lab, &server, &["--channel", "alpha", "--platform", "qemu"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("symlink"));
+    assert_eq!(fs::read_to_string(&victim).unwrap(), "keep");
+    assert!(!out(&lab, QCOW2).exists());
+}
+
+#[test]
+fn an_empty_state_file_is_a_machine_that_has_seen_nothing() {
+    let (lab, server) = published(1000);
+    fs::write(lab.path("state.json"), "").unwrap();
+    download(&lab, &server, &["--channel", "alpha", "--platform", "qemu"])
+        .assert()
+        .success();
+}

@@ -295,3 +295,51 @@ fn documents_with_fields_from_a_newer_writer_verify_and_are_read() {
     .success()
     .stdout(predicate::str::contains("Boxcar Linux 1.0.0 for qemu"));
 }
+
+#[test]
+fn names_in_signed_documents_that_could_fool_a_terminal_or_leave_a_directory_are_refused() {
+    for bad in ["evil\u{1b}]0;owned\u{7}.qcow2", "../../.bashrc"] {
+        let lab = Lab::new();
+        lab.publish_to_alpha("1.0.0");
+        // Signed with the store's own key: a compromised or buggy writer.
+        let release_sha = rewrite(
+            &lab,
+            "releases/1.0.0/release.json",
+            Kind::Release,
+            "1.0.0",
+            |v| {
+                v["artifacts"][0]["name"] = serde_json::json!(bad);
+            },
+        );
+        let sha = serde_json::json!(release_sha.to_string());
+        rewrite(&lab, "channels/alpha.json", Kind::Channel, "alpha", |v| {
+            v["release_sha256"] = sha.clone();
+            v["history"][0]["release_sha256"] = sha.clone();
+        });
+        let output = lab
+            .boxcar(&["download", "--store", lab.store().to_str().unwrap()])
+            .args([
+                "--key",
+                &lab.public_key(),
+                "--channel",
+                "alpha",
+                "--platform",
+                "qemu",
+            ])
+            .args(["--to", lab.path("out").to_str().unwrap()])
+            .args(["--state", lab.path("state.json").to_str().unwrap()])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains("is not allowed as a name"), "{stderr}");
+        assert!(!stderr.contains(['\u{1b}', '\u{7}']), "{stderr}");
+        assert!(!lab.path(".bashrc").exists());
+        let verified = lab.verify().output().unwrap();
+        let stdout = String::from_utf8_lossy(&verified.stdout);
+        assert!(
+            !verified.status.success() && !stdout.contains('\u{1b}'),
+            "{stdout}"
+        );
+    }
+}

@@ -497,3 +497,85 @@ fn a_promotion_and_a_publish_at_the_same_time_both_land() {
     );
     lab.verify().assert().success();
 }
+
+#[test]
+fn a_crash_at_any_point_of_publish_is_repaired_and_the_same_build_publishes_again() {
+    for point in [
+        "publish-copying",
+        "publish-before-rename",
+        "publish-before-channel",
+        "document-half-replaced",
+        "publish-before-index",
+    ] {
+        let lab = Lab::new();
+        lab.publish_to_alpha("1.0.0");
+        lab.publish_crashing_at("1.1.0", point);
+        lab.repair().assert().success();
+        // The store is whole: alpha points at 1.0.0, or at 1.1.0 if the
+        // crash came after the channel moved.
+        let verified = lab.verify().output().unwrap();
+        let report = String::from_utf8_lossy(&verified.stdout).into_owned();
+        assert!(verified.status.success(), "{point}: {report}");
+        // The same build publishes again (or finishes its publish).
+        lab.publish_to_alpha("1.1.0");
+        lab.verify().assert().success().stdout(
+            predicate::str::contains("channels/alpha.json: serial 2, points at 1.1.0")
+                .and(predicate::str::contains("warn").not()),
+        );
+    }
+}
+
+#[test]
+fn names_in_build_json_that_would_leave_the_store_or_fool_a_terminal_are_refused() {
+    let escape = std::env::temp_dir().join(format!("boxcar-escape-{}", std::process::id()));
+    for bad in [
+        "../../escaped.raw".to_owned(),
+        escape.display().to_string(),
+        "evil\u{1b}[2J.raw".to_owned(),
+    ] {
+        let lab = Lab::new();
+        let build = lab.build("1.0.0", true);
+        let path = build.join("build.json");
+        let mut info: serde_json::Value =
+            serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+        info["artifacts"][0]["file"] = serde_json::json!(bad);
+        fs::write(&path, serde_json::to_vec(&info).unwrap()).unwrap();
+        let output = lab.publish(&build, Some("alpha")).output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{bad}: {stderr}");
+        assert!(stderr.contains("is not allowed as a name"), "{stderr}");
+        assert!(
+            !stderr.contains('\u{1b}'),
+            "an escape reached the terminal: {stderr}"
+        );
+        assert!(!lab.path("escaped.raw").exists() && !escape.exists());
+        assert!(!lab.store().join("releases/1.0.0").exists());
+    }
+}
+
+#[test]
+fn writers_never_write_through_a_symlink_left_in_the_store() {
+    let lab = Lab::new();
+    lab.publish_to_alpha("1.0.0");
+    let victim = lab.path("victim");
+    fs::write(&victim, "keep").unwrap();
+    for planted in [
+        "channels/.alpha.json.new",
+        ".index.json.new",
+        ".index.json.journal",
+    ] {
+        std::os::unix::fs::symlink(&victim, lab.store().join(planted)).unwrap();
+    }
+    // A journal left behind is repaired first; the symlinks are replaced,
+    // never followed.
+    lab.publish_to_alpha("1.1.0");
+    assert_eq!(fs::read_to_string(&victim).unwrap(), "keep");
+    lab.verify_passes_with("channels/alpha.json: serial 2, points at 1.1.0");
+    fs::remove_file(lab.store().join(".lock")).unwrap();
+    std::os::unix::fs::symlink(&victim, lab.store().join(".lock")).unwrap();
+    lab.publish(&lab.build("1.2.0", true), Some("alpha"))
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("symlink"));
+    assert_eq!(fs::read_to_string(&victim).unwrap(), "keep");
+}

@@ -312,14 +312,36 @@ impl Client {
 
     /// The signed index of every release and channel.
     pub fn index(&self, trust: &Trust) -> Result<Verified<IndexDocument>, Error> {
-        self.verified(
+        let verified: Verified<IndexDocument> = self.verified(
             layout::INDEX,
             "index",
             self.limits.index,
             trust,
             Kind::Index,
             "index",
-        )
+        )?;
+        // Everything in it is shown to people or becomes a path: names must
+        // be names and times must be times.
+        let index = &verified.document;
+        let time = |text: &str| {
+            documents::parse_time(text, "index.json")
+                .map_err(|e| Error::untrusted(self.location(layout::INDEX), e))
+        };
+        for release in &index.releases {
+            SafeName::new("version", &release.version)?;
+            time(&release.published_at)?;
+            for artifact in &release.artifacts {
+                SafeName::new("artifact name", &artifact.name)?;
+                SafeName::new("platform", &artifact.platform)?;
+                SafeName::new("format", &artifact.format)?;
+            }
+        }
+        for channel in &index.channels {
+            SafeName::new("channel", &channel.name)?;
+            SafeName::new("version", &channel.version)?;
+            time(&channel.expires_at)?;
+        }
+        Ok(verified)
     }
 
     /// A channel's signed document, its history checked, and its expiry
@@ -352,7 +374,11 @@ impl Client {
         let untrusted = |e| Error::untrusted(self.location(&path), e);
         doc.check_history().map_err(untrusted)?;
         doc.check_expiry(now, expiry).map_err(untrusted)?;
-        layout::SafeName::new("version", &doc.version)?;
+        documents::parse_time(&doc.issued_at, &path).map_err(untrusted)?;
+        for entry in &doc.history {
+            SafeName::new("version", &entry.version)?;
+            documents::parse_time(&entry.since, &path).map_err(untrusted)?;
+        }
         Ok(verified)
     }
 
