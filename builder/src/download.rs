@@ -103,7 +103,9 @@ pub fn download(request: &DownloadRequest, progress: &Progress) -> Result<Downlo
     fs::create_dir_all(&request.to)
         .with_context(|| format!("creating {}", request.to.display()))?;
     let mut files = Vec::new();
+    let mut limit = None;
     for artifact in artifacts {
+        limit = limit.or(artifact.uncompressed_size);
         let started = Instant::now();
         let file = client.fetch_artifact(&resolved.version, artifact, &request.to)?;
         if !file.already_present {
@@ -118,7 +120,7 @@ pub fn download(request: &DownloadRequest, progress: &Progress) -> Result<Downlo
         files.push(file);
     }
     let decompressed = if request.decompress {
-        decompress_if_compressed(&files, progress)?
+        decompress_if_compressed(&files, limit, progress)?
     } else {
         None
     };
@@ -205,9 +207,19 @@ pub fn list(
     })
 }
 
+/// The most --decompress writes when the release does not say how large
+/// the image is (releases published before it did).
+const UNSIGNED_DECOMPRESS_LIMIT: u64 = 64 << 30;
+
 /// With --decompress: a verified `.zst` becomes the raw image next to it
-/// (written sparsely), and the compressed file goes.
-fn decompress_if_compressed(files: &[FetchedFile], progress: &Progress) -> Result<Option<PathBuf>> {
+/// (written sparsely), and the compressed file goes. It writes no more than
+/// the size release.json signs (a compression bomb stops there), and on
+/// any failure (a full disk) leaves no partial file behind.
+fn decompress_if_compressed(
+    files: &[FetchedFile],
+    signed_size: Option<u64>,
+    progress: &Progress,
+) -> Result<Option<PathBuf>> {
     let Some(file) = files
         .iter()
         .find(|f| f.path.extension().is_some_and(|e| e == "zst"))
@@ -218,9 +230,18 @@ fn decompress_if_compressed(files: &[FetchedFile], progress: &Progress) -> Resul
     let target = file.path.with_extension("");
     let part = target.with_extension("raw.part");
     let started = Instant::now();
-    let written = decompress_sparse(&file.path, &part).inspect_err(|_| {
-        let _ = fs::remove_file(&part);
-    })?;
+    let limit = signed_size.unwrap_or(UNSIGNED_DECOMPRESS_LIMIT);
+    let written = decompress_sparse(&file.path, &part, limit)
+        .and_then(|written| match signed_size {
+            Some(expected) if written != expected => bail!(
+                "{} decompresses to {written} bytes, but the signed release says {expected}",
+                file.path.display()
+            ),
+            _ => Ok(written),
+        })
+        .inspect_err(|_| {
+            let _ = fs::remove_file(&part);
+        })?;
     fs::rename(&part, &target)?;
     fs::remove_file(&file.path)?;
     progress.note(&format!(
@@ -232,8 +253,9 @@ fn decompress_if_compressed(files: &[FetchedFile], progress: &Progress) -> Resul
     Ok(Some(target))
 }
 
-/// Decompresses `from` into the new file `to`, leaving holes for zeros.
-fn decompress_sparse(from: &Path, to: &Path) -> Result<u64> {
+/// Decompresses `from` into the new file `to`, leaving holes for zeros,
+/// refusing to write more than `limit` bytes.
+fn decompress_sparse(from: &Path, to: &Path, limit: u64) -> Result<u64> {
     let source = File::open(from)?;
     let mut decoder = zstd::stream::read::Decoder::new(source)
         .with_context(|| format!("reading {}", from.display()))?;
@@ -247,6 +269,12 @@ fn decompress_sparse(from: &Path, to: &Path) -> Result<u64> {
             .with_context(|| format!("decompressing {}", from.display()))?;
         if n == 0 {
             break;
+        }
+        if written + n as u64 > limit {
+            bail!(
+                "{} decompresses to more than {limit} bytes; stopped there",
+                from.display()
+            );
         }
         if buffer[..n].iter().all(|&b| b == 0) {
             out.seek(SeekFrom::Current(n as i64))?;

@@ -605,3 +605,33 @@ fn an_empty_state_file_is_a_machine_that_has_seen_nothing() {
         .assert()
         .success();
 }
+
+#[test]
+fn decompress_writes_no_more_than_the_signed_size_and_leaves_nothing_on_failure() {
+    let lab = Lab::new();
+    let build = lab.full_build("2.0.0", 1_000_000);
+    // A release that signs a smaller raw size than its image decompresses
+    // to, as a compression bomb would.
+    let path = build.join("build.json");
+    let mut info: serde_json::Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+    for artifact in info["artifacts"].as_array_mut().unwrap() {
+        if artifact["platform"] == "metal" {
+            artifact["uncompressed_size"] = serde_json::json!(65536);
+        }
+    }
+    fs::write(&path, serde_json::to_vec(&info).unwrap()).unwrap();
+    lab.publish(&build, Some("alpha")).assert().success();
+    let server = Server::start(lab.store());
+    download(
+        &lab,
+        &server,
+        &["--channel", "alpha", "--platform", "metal", "--decompress"],
+    )
+    .assert()
+    .code(1)
+    .stderr(predicate::str::contains(
+        "decompresses to more than 65536 bytes",
+    ));
+    assert!(!out(&lab, "boxcar-2.0.0-metal.raw").exists());
+    assert!(!out(&lab, "boxcar-2.0.0-metal.raw.part").exists());
+}

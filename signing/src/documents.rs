@@ -171,6 +171,10 @@ pub struct ReleaseArtifact {
     pub name: String,
     pub size: u64,
     pub sha256: Sha256Digest,
+    /// For a compressed image, its size decompressed: a reader that
+    /// decompresses it writes no more than this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uncompressed_size: Option<u64>,
 }
 
 /// The outcome of one platform's boot test.

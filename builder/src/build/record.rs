@@ -29,6 +29,9 @@ pub(super) fn build_info(
     (files, artifact_digests): Digests,
     timings: &[PhaseTiming],
 ) -> Result<BuildInfo> {
+    let disk_path = staging.join("disk.raw");
+    let disk_meta =
+        fs::metadata(&disk_path).with_context(|| format!("reading {}", disk_path.display()))?;
     let artifacts = packaged
         .iter()
         .zip(artifact_digests)
@@ -45,12 +48,11 @@ pub(super) fn build_info(
                 size,
                 sha256,
                 kernel_cmdline: effective_cmdline(&inspected.kernel.cmdline, platform),
+                // A compressed disk holds the composed disk, whole.
+                uncompressed_size: (packaged.format == Format::RawZstd).then(|| disk_meta.len()),
             }
         })
         .collect();
-    let disk_path = staging.join("disk.raw");
-    let disk_meta =
-        fs::metadata(&disk_path).with_context(|| format!("reading {}", disk_path.display()))?;
     let packages = read_manifest(&staging.join("manifest.json"))?;
     Ok(BuildInfo {
         schema: SCHEMA_VERSION,

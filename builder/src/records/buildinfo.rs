@@ -142,6 +142,10 @@ pub struct ArtifactInfo {
     pub sha256: Sha256Digest,
     /// The kernel command line the artifact boots with.
     pub kernel_cmdline: String,
+    /// For a compressed image, its size decompressed (what `boxcar download
+    /// --decompress` may write, and no more).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uncompressed_size: Option<u64>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -297,6 +297,7 @@ fn assemble(
             name: artifact.file.clone(),
             size: artifact.size,
             sha256: artifact.sha256,
+            uncompressed_size: artifact.uncompressed_size,
         });
     }
     bar.finish_and_clear();

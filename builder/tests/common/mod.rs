@@ -303,6 +303,10 @@ impl Lab {
                 size,
                 sha256,
                 kernel_cmdline: format!("usrhash=00 boxcar.platform={}", file.platform),
+                // What a real zstd stream decompresses to, as a build records it.
+                uncompressed_size: zstd::stream::decode_all(&file.content[..])
+                    .ok()
+                    .map(|raw| raw.len() as u64),
             });
             if platforms.iter().any(|p| p.id.as_str() == file.platform) {
                 continue;
