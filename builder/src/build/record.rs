@@ -49,7 +49,7 @@ pub(super) fn build_info(
                 sha256,
                 kernel_cmdline: effective_cmdline(&inspected.kernel.cmdline, platform),
                 // A compressed disk holds the composed disk, whole.
-                uncompressed_size: (packaged.format == Format::RawZstd).then(|| disk_meta.len()),
+                uncompressed_size: (packaged.format == Format::RawZstd).then_some(disk_meta.len()),
             }
         })
         .collect();
