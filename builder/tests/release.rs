@@ -503,6 +503,7 @@ fn a_crash_at_any_point_of_publish_is_repaired_and_the_same_build_publishes_agai
     for point in [
         "publish-copying",
         "publish-before-rename",
+        "publish-before-listing",
         "publish-before-channel",
         "document-half-replaced",
         "publish-before-index",

@@ -4,8 +4,9 @@
 //! Order matters and is what makes an interrupted publish harmless: the
 //! artifacts are copied (and hashed while copying) into
 //! `releases/.<version>.partial`, then SHA256SUMS and release.json are
-//! written and signed there, then the directory is renamed into place; only
-//! after that is a channel pointed at the release, and the index updated.
+//! written and signed there, then the directory is renamed into place; then
+//! the index lists it; only after that is a channel pointed at the release,
+//! and the index updated again with the channel's new serial.
 //!
 //! Publishing the same build again finishes what an interrupted publish
 //! left: a release already in the store with exactly this build's artifacts
@@ -172,6 +173,10 @@ pub fn publish(
     } else {
         assemble(writer, build_dir, &build, &version, evidence, progress)?
     };
+    // The index lists the release before any channel names it, so a
+    // reader never follows a channel to a release the index lacks.
+    crash_point("publish-before-listing");
+    writer.write_index()?;
     crash_point("publish-before-channel");
     let channel_update = match channel {
         Some(channel) => Some(point(writer, channel, &version, release_sha256, progress)?),
