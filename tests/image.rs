@@ -425,9 +425,10 @@ fn every_platform_artifact_boots_and_proves_itself() {
         .contains("no disk (network boot)"));
 }
 
-/// The real, boot-tested build goes through the release pipeline: signed
-/// into a store and published to alpha, promoted to beta (the same bits),
-/// and verified, by `boxcar verify` and by the stock `minisign` and
+/// The real, boot-tested build goes through the release pipeline: into a
+/// store with a keyring (an offline root key, a CI signing key), published
+/// to alpha, promoted to beta (the same bits), and verified from the root
+/// key readers pin, by `boxcar verify` and by the stock `minisign` and
 /// `sha256sum`.
 #[test]
 fn published_release_promotes_to_beta_and_verifies() {
@@ -466,9 +467,23 @@ fn published_release_promotes_to_beta_and_verifies() {
     );
     let key = format!("{keys_arg}/boxcar.key");
     let public = format!("{keys_arg}/boxcar.pub");
-    assert!(boxcar(&["keys", "generate", "--out", keys_arg])
-        .status
-        .success());
+    let root_dir = lab.path().join("root");
+    let root_key = format!("{}/boxcar.key", root_dir.display());
+    let root = format!("{}/boxcar.pub", root_dir.display());
+    for dir in [keys_arg, root_dir.to_str().unwrap()] {
+        assert!(boxcar(&["keys", "generate", "--out", dir]).status.success());
+    }
+    let keyring = boxcar(&[
+        "keys",
+        "init",
+        "--store",
+        store_arg,
+        "--root",
+        &root_key,
+        "--signing",
+        &public,
+    ]);
+    assert!(keyring.status.success(), "keys init failed");
     let published = boxcar(&[
         "--project",
         project,
@@ -479,6 +494,8 @@ fn published_release_promotes_to_beta_and_verifies() {
         store_arg,
         "--key",
         &key,
+        "--trust",
+        &root,
         "--channel",
         "alpha",
         "--json",
@@ -492,12 +509,14 @@ fn published_release_promotes_to_beta_and_verifies() {
         store_arg,
         "--key",
         &key,
+        "--trust",
+        &root,
         "--to",
         "beta",
         "--json",
     ]);
     assert!(promoted.status.success(), "promote failed");
-    let verified = boxcar(&["verify", "--store", store_arg, "--key", &public]);
+    let verified = boxcar(&["verify", "--store", store_arg, "--key", &root]);
     assert!(
         verified.status.success(),
         "verify failed: {}",
