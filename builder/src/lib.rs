@@ -9,6 +9,7 @@
 //! | build | [`build`] | `boxcar build`: plan, compose (mkosi), inspect (partition table, verity, UKI), package ([`build::convert`]), record |
 //! | boot tests | [`vmtest`] | `boxcar test`: qemu boots and their evidence |
 //! | release | [`release`] | `boxcar publish`, `promote`, `keys`, `repair`: the store's writers and its storage backends |
+//! | plumbing | [`provision`] | an Ignition config written onto a disk before its first boot (`boxcar provision`, and the boot tests' metal case) |
 //! | readers | [`download`] | `boxcar download`: the operator's side of the client library (`boxcar-client`) |
 //! | records | [`records`] | the files one side writes and another reads: `build.json` ([`records::buildinfo`]), boot-test evidence ([`records::evidence`]) |
 //! | config | [`project`] | where the checkout and the cache directory are |
@@ -61,6 +62,7 @@ pub mod platform;
 pub mod process;
 pub mod progress;
 pub mod project;
+pub mod provision;
 pub mod recipe;
 pub mod records;
 pub mod release;
@@ -78,6 +80,7 @@ mod architecture {
     const SIDES: &[&str] = &["build", "vmtest", "release", "download"];
     const SHARED: &[&str] = &[
         "records",
+        "provision",
         "project",
         "recipe",
         "channel",

@@ -249,6 +249,26 @@ pub enum ConfigDelivery {
 }
 
 impl ConfigDelivery {
+    /// The platform id Ignition reads its config with
+    /// (`ignition.platform.id=`): qemu's fw_cfg, EC2's user data, VMware's
+    /// guestinfo; on bare metal a URL on the kernel command line
+    /// (`ignition.config.url=`) or, without one, the config written onto the
+    /// disk.
+    pub fn ignition_platform(self) -> &'static str {
+        match self {
+            ConfigDelivery::FwCfg => "qemu",
+            ConfigDelivery::Ec2UserData => "aws",
+            ConfigDelivery::VmwareGuestinfo => "vmware",
+            ConfigDelivery::KernelCmdlineUrl | ConfigDelivery::Disk => "metal",
+        }
+    }
+
+    /// Whether a boot test can deliver a config this way under qemu:
+    /// VMware's guestinfo goes through a backdoor port only VMware answers.
+    pub fn testable_under_qemu(self) -> bool {
+        self != ConfigDelivery::VmwareGuestinfo
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             ConfigDelivery::FwCfg => "qemu fw_cfg",
@@ -333,10 +353,17 @@ pub enum ArtifactRole {
 impl Platform {
     /// The kernel command line additions: the platform id first.
     pub fn kernel_cmdline(&self) -> String {
-        std::iter::once(format!("boxcar.platform={}", self.id))
-            .chain(self.kernel_args.iter().cloned())
-            .collect::<Vec<_>>()
-            .join(" ")
+        [
+            format!("boxcar.platform={}", self.id),
+            format!(
+                "ignition.platform.id={}",
+                self.config_delivery.ignition_platform()
+            ),
+        ]
+        .into_iter()
+        .chain(self.kernel_args.iter().cloned())
+        .collect::<Vec<_>>()
+        .join(" ")
     }
 
     /// The files of this platform's artifact, by role.
@@ -629,7 +656,7 @@ config-delivery = "fw-cfg"
         let qemu = &table.platforms[0];
         assert_eq!(
             qemu.kernel_cmdline(),
-            "boxcar.platform=qemu console=ttyS0,115200n8"
+            "boxcar.platform=qemu ignition.platform.id=qemu console=ttyS0,115200n8"
         );
         let version: Version = "1.2.3".parse().unwrap();
         assert_eq!(

@@ -1,5 +1,6 @@
 //! The compose phase: mkosi builds the one image from the recipe, with a
-//! generated tree that ties each platform's units to its platform.
+//! generated tree that ties each platform's units to its platform, and the
+//! initrd's own package.
 
 use std::fs::{self, File};
 use std::path::Path;
@@ -21,8 +22,15 @@ pub(super) fn compose(
 ) -> Result<()> {
     remove_stale_outputs(&plan.cache.mkosi_output())?;
     write_platform_units(&plan.platform_table, &plan.platform_units_dir())?;
+    super::initrd_package::write(
+        tools,
+        &plan.recipe.dir,
+        plan.version.as_str(),
+        &plan.initrd_package_dir(),
+    )?;
     plan.mkosi_run().run(tools.path("mkosi"), log, phase)?;
     fs::remove_dir_all(plan.platform_units_dir())?;
+    fs::remove_dir_all(plan.initrd_package_dir())?;
     Ok(())
 }
 

@@ -29,6 +29,8 @@ pub struct MkosiRun {
     pub packages: Vec<String>,
     /// File trees merged into the image beyond the recipe's own.
     pub extra_trees: Vec<PathBuf>,
+    /// Directories of packages built for this build (never cached).
+    pub volatile_package_dirs: Vec<PathBuf>,
     /// Variables for the recipe's scripts.
     pub environment: Vec<(String, String)>,
 }
@@ -56,6 +58,9 @@ impl MkosiRun {
         }
         for tree in &self.extra_trees {
             option("extra-tree", tree.clone().into());
+        }
+        for dir in &self.volatile_package_dirs {
+            option("volatile-package-directory", dir.clone().into());
         }
         for (key, value) in &self.environment {
             option("environment", format!("{key}={value}").into());
@@ -106,6 +111,7 @@ mod tests {
             refresh,
             packages: vec!["open-vm-tools".into()],
             extra_trees: vec!["/b/.platform-units".into()],
+            volatile_package_dirs: vec!["/b/.initrd-package".into()],
             environment: vec![(
                 "BOXCAR_PLATFORM_CMDLINE_qemu".into(),
                 "boxcar.platform=qemu console=ttyS0".into(),

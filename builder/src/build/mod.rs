@@ -16,6 +16,7 @@ mod collect;
 mod compose;
 pub mod convert;
 mod digest;
+mod initrd_package;
 mod inspect;
 mod mkosi;
 mod package;

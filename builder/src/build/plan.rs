@@ -147,6 +147,7 @@ impl BuildPlan {
             refresh: self.refresh,
             packages: self.platform_packages(),
             extra_trees: vec![self.platform_units_dir()],
+            volatile_package_dirs: vec![self.initrd_package_dir()],
             // mkosi splits environment values at spaces; the command lines
             // travel base64-encoded.
             environment: self
@@ -178,6 +179,12 @@ impl BuildPlan {
     /// on its platform id (inside the staging directory).
     pub fn platform_units_dir(&self) -> PathBuf {
         self.staging_dir.join(".platform-units")
+    }
+
+    /// Where the boxcar-initrd package is packed for mkosi (inside the
+    /// staging directory).
+    pub fn initrd_package_dir(&self) -> PathBuf {
+        self.staging_dir.join(".initrd-package")
     }
 
     /// The selected platforms' table entries.

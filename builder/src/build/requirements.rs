@@ -28,6 +28,20 @@ pub fn requirements() -> Vec<Requirement> {
             package: "fdisk",
         },
         Requirement {
+            program: "dpkg-deb",
+            purpose: "packs the initrd's provisioning units as a package",
+            min_version: None,
+            version_args: &["--version"],
+            package: "dpkg",
+        },
+        Requirement {
+            program: "cp",
+            purpose: "copies the initrd's files",
+            min_version: None,
+            version_args: &["--version"],
+            package: "coreutils",
+        },
+        Requirement {
             program: "veritysetup",
             purpose: "checks /usr against its verity root hash",
             min_version: Some("2.3"),

@@ -62,6 +62,7 @@ pub enum Command {
     Verify(VerifyArgs),
     Repair(RepairArgs),
     Renew(RenewArgs),
+    Provision(ProvisionArgs),
     Download(DownloadArgs),
     /// Helpers that boxcar runs itself (not for people).
     #[command(hide = true)]
@@ -334,6 +335,27 @@ pub struct RepairArgs {
     pub store: PathBuf,
 }
 
+/// Write an Ignition config onto a Boxcar disk before its first boot.
+///
+/// For machines whose platform cannot hand them a config (bare metal): run
+/// it on the downloaded image (the metal artifact, decompressed with
+/// `boxcar download --decompress`) before writing it to the machine's disk,
+/// or on that disk afterwards (/dev/sdX: the whole disk). The config is
+/// checked with ignition-validate first (this image's Ignition 2.14 reads
+/// Ignition specs 3.0 to 3.3; Butane's flatcar 1.0.0 variant gives 3.3.0),
+/// and written only onto a disk whose partitions are Boxcar's and that has
+/// never booted: into ROOT, where the first boot applies it and then
+/// removes it. Must run as root.
+#[derive(Debug, Args)]
+pub struct ProvisionArgs {
+    /// The disk: an image file or a block device.
+    #[arg(long, value_name = "PATH")]
+    pub disk: PathBuf,
+    /// The Ignition config (JSON; convert Butane YAML with `butane` first).
+    #[arg(long, value_name = "FILE")]
+    pub config: PathBuf,
+}
+
 /// How patient to be with a store's server.
 #[derive(Clone, Copy, Debug, Args)]
 pub struct NetworkArgs {
@@ -426,6 +448,9 @@ pub struct HttpServeArgs {
     /// Imitate the EC2 instance metadata service, handing out this hostname.
     #[arg(long)]
     pub imds_hostname: Option<String>,
+    /// With --imds-hostname: the instance's user data, from this file.
+    #[arg(long)]
+    pub imds_user_data: Option<PathBuf>,
 }
 
 /// List the platforms Boxcar ships for (recipes/platforms.toml).
@@ -578,6 +603,18 @@ pub struct TestArgs {
     /// The VM's CPU count.
     #[arg(long, default_value_t = 2)]
     pub cpus: u32,
+
+    /// Boot every platform without an Ignition config (as a machine nobody
+    /// provisioned: no SSH, every account locked). By default each
+    /// platform whose way of delivering a config qemu can imitate gets one.
+    #[arg(long)]
+    pub no_provision: bool,
+
+    /// Instead of the platforms, boot three configs Ignition must refuse (a
+    /// malformed one, Ignition spec 3.4.0, one whose URL answers 404):
+    /// each first boot must stop with the error on the console.
+    #[arg(long, conflicts_with_all = ["tamper_usr", "update_from"])]
+    pub bad_configs: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

@@ -9,8 +9,10 @@
 //! | [`test`] | `test`, and `internal http-serve` (run by qemu during tests) |
 //! | [`release`] | `keys`, `publish`, `promote`, `renew`, `repair` |
 //! | [`read`] | `verify`, `download` (and `download --list`) |
+//! | [`provision`] | `provision` |
 
 mod build;
+mod provision;
 mod read;
 mod release;
 mod test;
@@ -35,6 +37,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Promote(args) => release::promote(&cli.global, &args, &progress),
         Command::Repair(args) => release::repair(&cli.global, &args, &progress),
         Command::Renew(args) => release::renew(&cli.global, &args, &progress),
+        Command::Provision(args) => provision::provision(&cli.global, &args),
         Command::Verify(args) => read::verify(&cli.global, &args, &progress),
         Command::Download(args) => read::download(&cli.global, &args, &progress),
     }

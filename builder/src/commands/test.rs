@@ -31,6 +31,8 @@ pub(super) fn test(global: &GlobalArgs, args: &TestArgs, progress: &Progress) ->
         timeout: args.timeout.map(Duration::from_secs),
         memory_mib: args.memory,
         cpus: args.cpus,
+        provision: !args.no_provision,
+        bad_configs: args.bad_configs,
     };
     let outcomes = vmtest::run(&request, &tools, progress)?;
     if global.json {
@@ -79,6 +81,7 @@ pub(super) fn internal(args: &InternalArgs) -> Result<()> {
                 dir: serve.dir.clone(),
                 files: serve.files.clone(),
                 imds_hostname: serve.imds_hostname.clone(),
+                imds_user_data: serve.imds_user_data.clone(),
             };
             let stdin = std::io::stdin();
             let mut input = stdin.lock();

@@ -34,6 +34,9 @@ pub enum TestCase {
     /// an older build: every boot of it must fail, and once its tries are
     /// used up the older build must boot again.
     UpdateFallback,
+    /// Boot a platform's artifact with a config Ignition must refuse: the
+    /// first boot must stop, its error on the console, without rebooting.
+    BadConfig,
 }
 
 impl TestCase {
@@ -43,6 +46,7 @@ impl TestCase {
             TestCase::TamperUsr => "tamper-usr",
             TestCase::Update => "update",
             TestCase::UpdateFallback => "update-fallback",
+            TestCase::BadConfig => "bad-config",
         }
     }
 }

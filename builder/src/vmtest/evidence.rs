@@ -80,8 +80,30 @@ pub struct Expectations<'a> {
     pub all_platforms: &'a [Platform],
     pub root: RootExpectation,
     /// The hostname the platform's metadata service hands out, when the
-    /// test imitates one.
+    /// test imitates one (and no config sets another).
     pub hostname: Option<String>,
+    /// Whether sshd should listen: only a provisioned machine gives an
+    /// account a key.
+    pub ssh: bool,
+}
+
+/// The reports of each boot of one VM run, in order (a guest that reboots
+/// reports once a boot).
+pub fn split_boots(text: &str) -> Vec<BTreeMap<String, String>> {
+    let mut boots = Vec::new();
+    let mut current = String::new();
+    for line in text.lines() {
+        if line.trim() == "begin=1" && !current.is_empty() {
+            boots.push(parse_report(&current));
+            current.clear();
+        }
+        current.push_str(line);
+        current.push('\n');
+    }
+    if !current.is_empty() {
+        boots.push(parse_report(&current));
+    }
+    boots
 }
 
 /// Judges a boot of a platform's artifact against the build.
@@ -115,6 +137,32 @@ pub fn judge_platform(
         get("failed_units"),
         &expect.platform.units,
     ));
+    checks.push(check(
+        "no account can log in with a password",
+        report.contains_key("password_accounts") && get("password_accounts").is_empty(),
+        "every password locked",
+        if get("password_accounts").is_empty() {
+            "none".to_owned()
+        } else {
+            format!("usable passwords: {}", get("password_accounts"))
+        },
+    ));
+    let listeners = get("ssh_listeners").parse::<u32>().unwrap_or(0);
+    checks.push(if expect.ssh {
+        check(
+            "sshd listens once an account has a key",
+            listeners > 0,
+            "a listener on port 22",
+            format!("{listeners} listeners"),
+        )
+    } else {
+        check(
+            "an unprovisioned host exposes no SSH",
+            report.contains_key("ssh_listeners") && listeners == 0,
+            "nothing listening on port 22",
+            format!("{} listeners", get("ssh_listeners")),
+        )
+    });
     checks.push(update_service_check(
         get("sysupdate_service"),
         expect.platform.format == Format::Pxe,
@@ -618,6 +666,42 @@ pub fn judge_tamper(
             format!(
                 "{outcome:?}, multi-user {}",
                 if reached { "reached" } else { "not reached" }
+            ),
+        ),
+    ]
+}
+
+/// Judges a boot with a config Ignition must refuse.
+pub fn judge_bad_config(
+    report: &BTreeMap<String, String>,
+    ignition_errors: &[String],
+    halted: bool,
+    kernel_starts: usize,
+    outcome: BootOutcome,
+) -> Vec<Check> {
+    vec![
+        check(
+            "Ignition's error is on the console",
+            !ignition_errors.is_empty(),
+            "an Ignition error line",
+            ignition_errors
+                .last()
+                .cloned()
+                .unwrap_or_else(|| "none".to_owned()),
+        ),
+        check(
+            "the first boot stopped before the system came up",
+            report.get("multi_user").is_none() && !report.contains_key("begin"),
+            "no multi-user, no report",
+            format!("{outcome:?}"),
+        ),
+        check(
+            "it stopped instead of rebooting",
+            halted && kernel_starts == 1,
+            "one kernel start, then a halt",
+            format!(
+                "{kernel_starts} kernel starts, {}",
+                if halted { "halted" } else { "not halted" }
             ),
         ),
     ]

@@ -183,6 +183,25 @@ if [ -e "$update_disk" ]; then
     say update.ukis "$(esp_ukis)"
 fi
 
+# Provisioning: what the first boot's Ignition left, whether this boot ran
+# it, whether anything listens for SSH, and which accounts could log in
+# with a password (none may).
+boot_count=/var/lib/boxcar-test/boots
+mkdir -p "${boot_count%/*}"
+boots=$(( $(cat "$boot_count" 2>/dev/null || echo 0) + 1 ))
+echo "$boots" >"$boot_count"
+say boot_number "$boots"
+say provisioned "$(tr '\n' ' ' </var/lib/boxcar/provisioned 2>&1)"
+say ignition_messages "$(journalctl -b -q -t ignition 2>/dev/null | wc -l)"
+say ssh_listeners "$(ss -ltnH 'sport = :22' 2>&1 | wc -l)"
+say password_accounts "$(awk -F: '$2 !~ /^[!*]/ { print $1 }' /etc/shadow | tr '\n' ' ')"
+
 say end 1
 exec 3>&-
+# A provisioning test logs in over SSH now, then reboots or powers the
+# machine off itself.
+if [ -e "$testdata/login-wait" ]; then
+    echo "boxcar-evidence: login.ready=$boots" >/dev/console
+    exit 0
+fi
 systemctl poweroff --no-block

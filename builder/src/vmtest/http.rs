@@ -23,6 +23,8 @@ pub struct Content {
     pub files: Vec<String>,
     /// The EC2 local-hostname to serve, when imitating IMDS.
     pub imds_hostname: Option<String>,
+    /// The instance's user data (an Ignition config), when imitating IMDS.
+    pub imds_user_data: Option<PathBuf>,
 }
 
 struct Request {
@@ -118,6 +120,16 @@ fn respond(request: &Request, output: &mut impl Write, content: &Content) -> io:
                     reply(output, request, 401, b"missing or wrong token")
                 };
             }
+            ("GET", "/latest/user-data") => {
+                if request.header("X-aws-ec2-metadata-token") != Some(IMDS_TOKEN) {
+                    return reply(output, request, 401, b"missing or wrong token");
+                }
+                // EC2 answers 404 for an instance launched without user data.
+                return match &content.imds_user_data {
+                    Some(path) => reply(output, request, 200, &std::fs::read(path)?),
+                    None => reply(output, request, 404, b"not found"),
+                };
+            }
             _ => {}
         }
     }
@@ -176,6 +188,7 @@ mod tests {
     fn imds_needs_the_token() {
         let content = Content {
             imds_hostname: Some("ip-10-0-2-15.test".into()),
+            imds_user_data: None,
             ..Content::default()
         };
         let out = exchange(
@@ -199,6 +212,7 @@ mod tests {
             dir: Some(dir.path().to_owned()),
             files: vec!["kernel".into()],
             imds_hostname: None,
+            imds_user_data: None,
         };
         let out = exchange("GET /kernel HTTP/1.1\r\n\r\nGET /secret HTTP/1.1\r\n\r\nGET /../kernel HTTP/1.0\r\n\r\n", &content);
         assert!(

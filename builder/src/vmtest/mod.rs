@@ -10,6 +10,7 @@
 pub mod evidence;
 pub mod http;
 mod ova_check;
+mod provisioning;
 pub mod qemu;
 
 use std::fs::{self, File};
@@ -24,8 +25,8 @@ use base64::Engine;
 use crate::hosttools::{self, HostTools, Requirement};
 use crate::image::Role;
 use crate::platform::{
-    ArtifactRole, DiskBus, Firmware, Format, GuestAgent, HypervisorCpuid, MetadataService, Nic,
-    Platform, PlatformId, SmbiosSystem,
+    ArtifactRole, ConfigDelivery, DiskBus, Firmware, Format, GuestAgent, HypervisorCpuid,
+    MetadataService, Nic, Platform, PlatformId, SmbiosSystem,
 };
 use crate::process::{terminate, Step};
 use crate::progress::{Phase, Progress};
@@ -67,6 +68,13 @@ const IMDS_NETWORK: &str = "169.254.0.0/16";
 
 /// Where the PXE guest finds the HTTP server with the boot files.
 const PXE_HTTP_ADDRESS: &str = "10.0.2.100:80";
+
+/// Where a guest finds the HTTP server with a provisioning config (a PXE
+/// boot's `ignition.config.url=`, a config's URL that answers 404).
+const CONFIG_HTTP_ADDRESS: &str = "10.0.2.101:80";
+
+/// The fw_cfg name Ignition reads its config from on qemu.
+const FW_CFG_IGNITION: &str = "opt/com.coreos/config";
 
 /// How the harness imitates a platform's metadata service.
 struct MetadataImitation {
@@ -128,7 +136,25 @@ pub fn requirements() -> Vec<Requirement> {
             version_args: &["--version"],
             package: "zstd",
         },
+        Requirement {
+            program: "ssh",
+            purpose: "logs in to provisioned guests",
+            min_version: None,
+            version_args: &["-V"],
+            package: "openssh-client",
+        },
+        Requirement {
+            program: "ssh-keygen",
+            purpose: "makes the key a provisioned guest is given",
+            min_version: None,
+            version_args: &[],
+            package: "openssh-client",
+        },
     ]
+    .into_iter()
+    // The metal case writes its config onto the disk as `boxcar provision` does.
+    .chain(crate::provision::requirements())
+    .collect()
 }
 
 /// What the user asked for.
@@ -146,6 +172,12 @@ pub struct TestRequest {
     pub timeout: Option<Duration>,
     pub memory_mib: u32,
     pub cpus: u32,
+    /// Boot each platform provisioned: with an Ignition config delivered
+    /// the platform's way (where it can be here), logged in to over SSH,
+    /// and rebooted once.
+    pub provision: bool,
+    /// Boot the three configs that must stop a first boot instead.
+    pub bad_configs: bool,
 }
 
 /// One test's result: where the evidence is, and what it says.
@@ -174,6 +206,54 @@ enum Case<'a> {
         older: &'a OlderBuild,
         like: &'a Platform,
     },
+    /// `like`'s artifact with a config that must stop the first boot.
+    BadConfig {
+        like: &'a Platform,
+        config: BadConfig,
+    },
+}
+
+/// A config that Ignition must refuse, stopping the first boot.
+#[derive(Clone, Copy, Debug)]
+enum BadConfig {
+    /// Not JSON at all.
+    Malformed,
+    /// A spec newer than this Ignition (2.14) reads.
+    UnsupportedSpec,
+    /// A config that points at a URL which answers 404.
+    MissingUrl,
+}
+
+impl BadConfig {
+    const ALL: [BadConfig; 3] = [
+        BadConfig::Malformed,
+        BadConfig::UnsupportedSpec,
+        BadConfig::MissingUrl,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            BadConfig::Malformed => "malformed",
+            BadConfig::UnsupportedSpec => "spec-3.4.0",
+            BadConfig::MissingUrl => "url-404",
+        }
+    }
+
+    fn content(self) -> String {
+        match self {
+            BadConfig::Malformed => "{\"ignition\": {\"version\": \"3.3.0\"".to_owned(),
+            BadConfig::UnsupportedSpec => {
+                serde_json::json!({ "ignition": { "version": "3.4.0" } }).to_string()
+            }
+            BadConfig::MissingUrl => serde_json::json!({
+                "ignition": {
+                    "version": "3.3.0",
+                    "config": { "replace": { "source": format!("http://{CONFIG_HTTP_ADDRESS}/missing.ign") } }
+                }
+            })
+            .to_string(),
+        }
+    }
 }
 
 /// The build an update test starts from.
@@ -192,6 +272,7 @@ impl<'a> Case<'a> {
             Case::UpdateFallback { older, .. } => {
                 format!("update-fallback-from-{}", older.info.version)
             }
+            Case::BadConfig { config, .. } => format!("bad-config-{}", config.name()),
         }
     }
 
@@ -201,7 +282,8 @@ impl<'a> Case<'a> {
             Case::Platform(platform) => platform,
             Case::TamperUsr { like }
             | Case::UpdateFrom { like, .. }
-            | Case::UpdateFallback { like, .. } => like,
+            | Case::UpdateFallback { like, .. }
+            | Case::BadConfig { like, .. } => like,
         }
     }
 
@@ -209,7 +291,7 @@ impl<'a> Case<'a> {
     fn expectation(self) -> BootExpectation {
         match self {
             Case::Platform(_) | Case::UpdateFrom { .. } => BootExpectation::Success,
-            Case::TamperUsr { .. } => BootExpectation::Failure,
+            Case::TamperUsr { .. } | Case::BadConfig { .. } => BootExpectation::Failure,
             Case::UpdateFallback { .. } => BootExpectation::SuccessAfterFailures,
         }
     }
@@ -294,6 +376,11 @@ pub fn run(
     } else if request.tamper_usr {
         let like = composed_disk_platform(&build.platforms)?;
         outcomes.push(run_case(&context, Case::TamperUsr { like })?);
+    } else if request.bad_configs {
+        let like = fw_cfg_platform(&platforms)?;
+        for config in BadConfig::ALL {
+            outcomes.push(run_case(&context, Case::BadConfig { like, config })?);
+        }
     } else {
         for platform in platforms {
             outcomes.push(run_case(&context, Case::Platform(platform))?);
@@ -339,6 +426,16 @@ fn composed_disk_platform(platforms: &[Platform]) -> Result<&Platform> {
         })
 }
 
+/// The platform the bad-config cases boot: one whose configs arrive through
+/// qemu's fw_cfg, so the harness can hand it any config.
+fn fw_cfg_platform<'a>(platforms: &[&'a Platform]) -> Result<&'a Platform> {
+    platforms
+        .iter()
+        .copied()
+        .find(|p| p.config_delivery == ConfigDelivery::FwCfg)
+        .context("the bad-config cases boot a platform that takes its config through qemu's fw_cfg, and none is selected")
+}
+
 /// The build's platforms named in `ids` (all of them when empty).
 fn select_platforms<'a>(build: &'a BuildInfo, ids: &[PlatformId]) -> Result<Vec<&'a Platform>> {
     let packaged: Vec<&Platform> = build
@@ -372,8 +469,37 @@ fn run_case(context: &TestContext, case: Case) -> Result<TestOutcome> {
     let work = Workdir::create(&evidence_root.join(format!(".{case_name}.partial")))?;
 
     let phase = context.progress.phase(&format!("prepare {case_name}"));
-    let prepared = match case {
-        Case::Platform(platform) => prepare_platform(context, platform, &work.path)?,
+    let provisioning = match case {
+        Case::Platform(platform)
+            if context.request.provision && platform.config_delivery.testable_under_qemu() =>
+        {
+            Some(provisioning::prepare(
+                context.tools,
+                &work.path,
+                platform.id.as_str(),
+            )?)
+        }
+        _ => None,
+    };
+    let mut prepared = match case {
+        Case::Platform(platform) => {
+            prepare_platform(context, platform, &work.path, provisioning.as_ref())?
+        }
+        Case::BadConfig { like, config } => {
+            let mut prepared = prepare_platform(context, like, &work.path, None)?;
+            let file = work.path.join("bad-config.ign");
+            fs::write(&file, config.content())?;
+            prepared.fw_cfg.push((FW_CFG_IGNITION.to_owned(), file));
+            // Answers 404 to what the config points at.
+            prepared.guest_forwards.push((
+                CONFIG_HTTP_ADDRESS.to_owned(),
+                http_serve_command(&http::Content {
+                    dir: Some(work.path.clone()),
+                    ..Default::default()
+                })?,
+            ));
+            prepared
+        }
         Case::TamperUsr { like } => prepare_tamper(context, like, &work.path)?,
         Case::UpdateFrom { older, like } => {
             prepare_update(context, older, like, false, &work.path)?
@@ -383,7 +509,13 @@ fn run_case(context: &TestContext, case: Case) -> Result<TestOutcome> {
         }
     };
     let test_data = work.path.join("testdata.tar");
-    write_test_data(context.tools, build, &work.path, &test_data)?;
+    write_test_data(
+        context.tools,
+        build,
+        &work.path,
+        &test_data,
+        provisioning.is_some(),
+    )?;
     phase.done(&prepared.hardware);
 
     let network_boot = matches!(prepared.boot, BootSource::Network { .. });
@@ -411,12 +543,15 @@ fn run_case(context: &TestContext, case: Case) -> Result<TestOutcome> {
         network: prepared.network,
         test_data,
         update_data: prepared.update_data,
-        reboots: matches!(case, Case::UpdateFrom { .. } | Case::UpdateFallback { .. }),
+        reboots: matches!(case, Case::UpdateFrom { .. } | Case::UpdateFallback { .. })
+            || (provisioning.is_some() && case.platform().format != Format::Pxe),
         evidence_out: work.path.join("evidence.out"),
         console_out: work.path.join(record::CONSOLE_LOG),
         memory_mib: context.request.memory_mib.max(prepared.min_memory_mib),
         cpus: context.request.cpus,
         smbios_strings: smbios_strings(!network_boot),
+        fw_cfg: std::mem::take(&mut prepared.fw_cfg),
+        host_forwards: provisioning.iter().map(|p| (p.ssh_port, 22)).collect(),
     };
     let timeout = context
         .request
@@ -427,6 +562,20 @@ fn run_case(context: &TestContext, case: Case) -> Result<TestOutcome> {
         });
     let started_at = crate::units::now_rfc3339();
     let mut phase = context.progress.phase(&format!("boot {case_name}"));
+    let mut logins: Vec<Result<provisioning::Login, String>> = Vec::new();
+    let mut on_ready = |boot_number: u32, phase: &mut Phase| {
+        let Some(provisioning) = &provisioning else {
+            return;
+        };
+        phase.milestone(&format!("logging in over SSH after boot {boot_number}"));
+        logins.push(provisioning::login(context.tools, provisioning).map_err(|e| format!("{e:#}")));
+        let again = boot_number == 1 && spec.reboots;
+        let _ = provisioning::send(
+            context.tools,
+            provisioning,
+            if again { "reboot" } else { "poweroff" },
+        );
+    };
     let run = boot(
         context.tools,
         &spec,
@@ -434,9 +583,11 @@ fn run_case(context: &TestContext, case: Case) -> Result<TestOutcome> {
         case.expectation(),
         timeout,
         &mut phase,
+        &mut on_ready,
     )?;
     let report_text = fs::read_to_string(&spec.evidence_out).unwrap_or_default();
     let report = evidence::parse_report(&report_text);
+    let boots = evidence::split_boots(&report_text);
     let mut checks = prepared.package_checks;
     checks.extend(match case {
         Case::Platform(platform) => {
@@ -451,10 +602,28 @@ fn run_case(context: &TestContext, case: Case) -> Result<TestOutcome> {
                     }
                 },
                 hostname: metadata_imitation(platform.metadata_service)
+                    .filter(|_| provisioning.is_none())
                     .map(|imitation| imitation.hostname.to_owned()),
+                ssh: provisioning.is_some(),
             };
-            evidence::judge_platform(&report, build, run.outcome, &expectations)
+            let mut checks = evidence::judge_platform(&report, build, run.outcome, &expectations);
+            if let Some(provisioning) = &provisioning {
+                checks.extend(judge_provisioning(
+                    provisioning,
+                    &logins,
+                    &boots,
+                    spec.reboots,
+                ));
+            }
+            checks
         }
+        Case::BadConfig { .. } => evidence::judge_bad_config(
+            &report,
+            &run.ignition_errors,
+            run.halted,
+            run.kernel_starts,
+            run.outcome,
+        ),
         Case::TamperUsr { .. } => evidence::judge_tamper(&report, &run.verity_errors, run.outcome),
         Case::UpdateFrom { older, .. } => evidence::judge_update(
             &report,
@@ -483,6 +652,7 @@ fn run_case(context: &TestContext, case: Case) -> Result<TestOutcome> {
             Case::TamperUsr { .. } => TestCase::TamperUsr,
             Case::UpdateFrom { .. } => TestCase::Update,
             Case::UpdateFallback { .. } => TestCase::UpdateFallback,
+            Case::BadConfig { .. } => TestCase::BadConfig,
         },
         version: build.version.to_string(),
         platform: case.platform().id.to_string(),
@@ -531,6 +701,8 @@ struct Prepared {
     package_checks: Vec<Check>,
     /// A second read-only disk with the update to install (a tar archive).
     update_data: Option<PathBuf>,
+    /// Files for qemu's fw_cfg device.
+    fw_cfg: Vec<(String, PathBuf)>,
     /// The files booted, for the record.
     artifact: String,
     tampering: Option<String>,
@@ -540,7 +712,14 @@ struct Prepared {
 
 /// Turns a platform's artifact into a bootable medium, the way the
 /// platform would present it.
-fn prepare_platform(context: &TestContext, platform: &Platform, work: &Path) -> Result<Prepared> {
+fn prepare_platform(
+    context: &TestContext,
+    platform: &Platform,
+    work: &Path,
+    provisioning: Option<&provisioning::Provisioning>,
+) -> Result<Prepared> {
+    // The config goes the platform's way (recipes/platforms.toml).
+    let delivery = provisioning.map(|p| (platform.config_delivery, p));
     let build_dir = &context.request.build_dir;
     let files = context.build.artifact_files(&platform.id);
     let file_of = |role: ArtifactRole| -> Result<PathBuf> {
@@ -600,6 +779,15 @@ fn prepare_platform(context: &TestContext, platform: &Platform, work: &Path) -> 
                 .write(true)
                 .open(&raw)?
                 .set_len(METAL_DISK_BYTES)?;
+            if let Some((ConfigDelivery::Disk, provisioning)) = delivery {
+                crate::provision::provision(
+                    &crate::provision::ProvisionRequest {
+                        disk: raw.clone(),
+                        config: provisioning.config.clone(),
+                    },
+                    context.tools,
+                )?;
+            }
             BootSource::Disk {
                 path: raw,
                 format: "raw",
@@ -611,10 +799,35 @@ fn prepare_platform(context: &TestContext, platform: &Platform, work: &Path) -> 
             let names: Vec<String> = files.iter().map(|a| a.file.clone()).collect();
             let tftp_dir = work.join("tftp");
             fs::create_dir_all(&tftp_dir)?;
-            fs::write(tftp_dir.join("boot.ipxe"), pxe_chain_script(&script))?;
+            let mut extra = String::new();
+            if let Some((ConfigDelivery::KernelCmdlineUrl, provisioning)) = delivery {
+                let name = provisioning
+                    .config
+                    .file_name()
+                    .unwrap_or_default()
+                    .to_string_lossy()
+                    .into_owned();
+                extra = format!(" ignition.config.url=http://{CONFIG_HTTP_ADDRESS}/{name}");
+                guest_forwards.push((
+                    CONFIG_HTTP_ADDRESS.to_owned(),
+                    http_serve_command(&http::Content {
+                        dir: provisioning.config.parent().map(Path::to_owned),
+                        files: vec![name],
+                        ..Default::default()
+                    })?,
+                ));
+            }
+            fs::write(
+                tftp_dir.join("boot.ipxe"),
+                pxe_chain_script(&script, &extra),
+            )?;
             guest_forwards.push((
                 PXE_HTTP_ADDRESS.to_owned(),
-                http_serve_command(build_dir, &names, None)?,
+                http_serve_command(&http::Content {
+                    dir: Some(build_dir.clone()),
+                    files: names,
+                    ..Default::default()
+                })?,
             ));
             BootSource::Network {
                 tftp_dir,
@@ -622,14 +835,25 @@ fn prepare_platform(context: &TestContext, platform: &Platform, work: &Path) -> 
             }
         }
     };
+    let user_data = match delivery {
+        Some((ConfigDelivery::Ec2UserData, provisioning)) => Some(provisioning.config.clone()),
+        _ => None,
+    };
+    let fw_cfg = match delivery {
+        Some((ConfigDelivery::FwCfg, provisioning)) => {
+            vec![(FW_CFG_IGNITION.to_owned(), provisioning.config.clone())]
+        }
+        _ => Vec::new(),
+    };
     Ok(Prepared {
         package_checks,
+        fw_cfg,
         artifact: files
             .iter()
             .map(|a| a.file.as_str())
             .collect::<Vec<_>>()
             .join(", "),
-        ..present(platform, boot, guest_forwards, build_dir)?
+        ..present(platform, boot, guest_forwards, user_data)?
     })
 }
 
@@ -641,13 +865,17 @@ fn present(
     platform: &Platform,
     boot: BootSource,
     mut guest_forwards: Vec<(String, String)>,
-    build_dir: &Path,
+    user_data: Option<PathBuf>,
 ) -> Result<Prepared> {
     let metadata = metadata_imitation(platform.metadata_service);
     if let Some(metadata) = &metadata {
         guest_forwards.push((
             metadata.address.to_owned(),
-            http_serve_command(build_dir, &[], Some(metadata.hostname))?,
+            http_serve_command(&http::Content {
+                imds_hostname: Some(metadata.hostname.to_owned()),
+                imds_user_data: user_data,
+                ..Default::default()
+            })?,
         ));
     }
     let mut hardware = Nic::hardware(platform.firmware, platform.disk_bus, platform.nic);
@@ -669,6 +897,7 @@ fn present(
         },
         package_checks: Vec::new(),
         update_data: None,
+        fw_cfg: Vec::new(),
         artifact: String::new(),
         tampering: None,
         hardware,
@@ -738,6 +967,7 @@ fn plain_boot(
         min_memory_mib: 0,
         package_checks: Vec::new(),
         update_data: None,
+        fw_cfg: Vec::new(),
         artifact,
         tampering,
         hardware: Nic::hardware(like.firmware, like.disk_bus, like.nic),
@@ -864,7 +1094,7 @@ fn update_expectation(build: &BuildInfo, older: &BuildInfo) -> Result<UpdateExpe
 
 /// The script the firmware's iPXE fetches over TFTP: add the test's kernel
 /// arguments, then chain the artifact's own script over HTTP.
-fn pxe_chain_script(artifact_script: &Path) -> String {
+fn pxe_chain_script(artifact_script: &Path, extra_args: &str) -> String {
     let name = artifact_script
         .file_name()
         .unwrap_or_default()
@@ -872,7 +1102,7 @@ fn pxe_chain_script(artifact_script: &Path) -> String {
     format!(
         "#!ipxe
          # boxcar test: the console on the serial port, and the evidence unit.
-         set boxcar-extra-args console=ttyS0 systemd.wants={GUEST_UNIT_NAME}
+         set boxcar-extra-args console=ttyS0 systemd.wants={GUEST_UNIT_NAME}{extra_args}
          chain http://{}/{name}
 ",
         PXE_HTTP_ADDRESS.trim_end_matches(":80")
@@ -881,19 +1111,27 @@ fn pxe_chain_script(artifact_script: &Path) -> String {
 
 /// The command qemu runs for each forwarded guest connection: this binary,
 /// answering HTTP on stdin and stdout.
-fn http_serve_command(dir: &Path, files: &[String], imds_hostname: Option<&str>) -> Result<String> {
+fn http_serve_command(content: &http::Content) -> Result<String> {
     let exe = std::env::current_exe().context("finding the boxcar binary")?;
     let mut words = vec![
         exe.to_string_lossy().into_owned(),
         "internal".into(),
         "http-serve".into(),
     ];
-    words.extend(["--dir".into(), dir.to_string_lossy().into_owned()]);
-    for file in files {
+    if let Some(dir) = &content.dir {
+        words.extend(["--dir".into(), dir.to_string_lossy().into_owned()]);
+    }
+    for file in &content.files {
         words.extend(["--file".into(), file.clone()]);
     }
-    if let Some(hostname) = imds_hostname {
-        words.extend(["--imds-hostname".into(), hostname.to_owned()]);
+    if let Some(hostname) = &content.imds_hostname {
+        words.extend(["--imds-hostname".into(), hostname.clone()]);
+    }
+    if let Some(user_data) = &content.imds_user_data {
+        words.extend([
+            "--imds-user-data".into(),
+            user_data.to_string_lossy().into_owned(),
+        ]);
     }
     // qemu hands the command to /bin/sh.
     Ok(crate::process::quote_all(&words))
@@ -958,7 +1196,13 @@ fn flip_byte(path: &Path, offset: u64) -> Result<(u8, u8)> {
 /// every platform's agent units, the checks of the agents bound to their
 /// hypervisor, and a one-binary container root file system (static
 /// busybox) for `docker import`.
-fn write_test_data(tools: &HostTools, build: &BuildInfo, work: &Path, out: &Path) -> Result<()> {
+fn write_test_data(
+    tools: &HostTools,
+    build: &BuildInfo,
+    work: &Path,
+    out: &Path,
+    login_wait: bool,
+) -> Result<()> {
     let staging = work.join("testdata");
     let rootfs = staging.join("rootfs");
     fs::create_dir_all(rootfs.join("bin"))?;
@@ -982,17 +1226,23 @@ fn write_test_data(tools: &HostTools, build: &BuildInfo, work: &Path, out: &Path
         .arg(staging.join("rootfs.tar"))
         .arg(".")
         .run()?;
+    let mut members = vec![
+        "guest-evidence.sh",
+        "platform-units",
+        "hypervisor-checks",
+        "rootfs.tar",
+    ];
+    if login_wait {
+        // The guest waits for the host to log in instead of powering off.
+        fs::write(staging.join("login-wait"), "")?;
+        members.push("login-wait");
+    }
     Step::new("packing the test data disk", tools.path("tar"))
         .arg("-C")
         .arg(&staging)
         .args(["--owner=0", "--group=0", "-cf"])
         .arg(out)
-        .args([
-            "guest-evidence.sh",
-            "platform-units",
-            "hypervisor-checks",
-            "rootfs.tar",
-        ])
+        .args(members)
         .run()?;
     fs::remove_dir_all(&staging)?;
     Ok(())
@@ -1029,9 +1279,16 @@ struct BootRun {
     command: String,
     milestones: Vec<Milestone>,
     verity_errors: Vec<String>,
+    /// Ignition's error lines on the console.
+    ignition_errors: Vec<String>,
+    /// The machine halted (a failed boot that is no update's trial).
+    halted: bool,
     /// How many times the console saw a kernel start.
     kernel_starts: usize,
 }
+
+/// What the guest script prints when it waits for the host to log in.
+const LOGIN_READY: &str = "boxcar-evidence: login.ready=";
 
 /// Console milestones, in boot order: the text that marks them and what
 /// to call them.
@@ -1070,6 +1327,7 @@ fn boot(
     expectation: BootExpectation,
     timeout: Duration,
     phase: &mut Phase,
+    on_ready: &mut dyn FnMut(u32, &mut Phase),
 ) -> Result<BootRun> {
     let step = Step::new(
         "booting the image in qemu",
@@ -1084,6 +1342,8 @@ fn boot(
     let mut seen = [false; MILESTONES.len()];
     let mut milestones = Vec::new();
     let mut failure_seen: Option<(Instant, BootOutcome)> = None;
+    // How many times the guest said it waits for a login (once a boot).
+    let mut logins_offered = 0;
     let outcome = loop {
         if let Some(status) = child.try_wait()? {
             let stderr = stderr_reader.join().unwrap_or_default();
@@ -1109,6 +1369,13 @@ fn boot(
                     seconds: (started.elapsed().as_secs_f64() * 10.0).round() / 10.0,
                 });
             }
+        }
+        let offered = console.text.matches(LOGIN_READY).count();
+        if offered > logins_offered {
+            logins_offered = offered;
+            on_ready(offered as u32, phase);
+            // The logins take a while; that is not the guest's time.
+            continue;
         }
         // After failures that are part of the plan, only the end counts.
         if failure_seen.is_none() && expectation != BootExpectation::SuccessAfterFailures {
@@ -1146,6 +1413,13 @@ fn boot(
         command,
         milestones,
         verity_errors: verity_errors(&console.text),
+        ignition_errors: console
+            .text
+            .lines()
+            .filter(|l| l.contains("CRITICAL") || l.contains("Ignition failed"))
+            .map(|l| l.trim().to_owned())
+            .collect(),
+        halted: console.text.contains("reboot: System halted"),
         kernel_starts: console.text.matches("Linux version ").count(),
     })
 }
@@ -1167,9 +1441,11 @@ fn exit_outcome(console: &str) -> BootOutcome {
 fn fatal_sign(console: &str) -> Option<BootOutcome> {
     if console.contains("You are in emergency mode")
         || console.contains("Entering emergency mode")
-        // recipes/emergency-reboot.conf's description: the image reboots
-        // where it would have started an emergency shell.
-        || console.contains("Reboot instead of an emergency shell")
+        // recipes/emergency-reboot.conf: the image reboots a failed trial
+        // boot, and stops any other failed boot, where it would have
+        // started an emergency shell.
+        || console.contains("Reboot a failed trial boot, else stop")
+        || console.contains("boxcar: the boot failed")
         || console.contains("Cannot open access to console, the root account is locked")
     {
         Some(BootOutcome::EmergencyMode)
@@ -1337,6 +1613,66 @@ impl Drop for Workdir {
     }
 }
 
+/// The provisioning checks of a platform's boot: the logins after each
+/// boot, and what the guest reported of Ignition and SSH each time.
+fn judge_provisioning(
+    provisioning: &provisioning::Provisioning,
+    logins: &[Result<provisioning::Login, String>],
+    boots: &[std::collections::BTreeMap<String, String>],
+    rebooted: bool,
+) -> Vec<Check> {
+    let Some(first) = logins.first() else {
+        return vec![Check {
+            name: "core logs in over SSH with the configured key".to_owned(),
+            passed: false,
+            expected: "the guest waiting for a login".to_owned(),
+            observed: "it never said it was ready".to_owned(),
+        }];
+    };
+    let first = match first {
+        Ok(login) => login,
+        Err(e) => {
+            return vec![Check {
+                name: "core logs in over SSH with the configured key".to_owned(),
+                passed: false,
+                expected: "a shell as core".to_owned(),
+                observed: e.clone(),
+            }]
+        }
+    };
+    let mut checks = provisioning::judge_first(provisioning, first);
+    let ran_first = boots
+        .first()
+        .and_then(|b| b.get("ignition_messages"))
+        .cloned()
+        .unwrap_or_default();
+    checks.push(Check {
+        name: "Ignition ran on the first boot".to_owned(),
+        passed: ran_first.parse::<u32>().unwrap_or(0) > 0,
+        expected: "Ignition's messages in the first boot's journal".to_owned(),
+        observed: format!("{ran_first} messages"),
+    });
+    if rebooted {
+        match (logins.get(1), boots.get(1)) {
+            (Some(Ok(second)), Some(report)) => checks.extend(provisioning::judge_second(
+                first,
+                second,
+                report.get("ignition_messages").map_or("", String::as_str),
+            )),
+            (second, _) => checks.push(Check {
+                name: "everything provisioned persisted across the reboot".to_owned(),
+                passed: false,
+                expected: "a second boot, reported and logged in to".to_owned(),
+                observed: match second {
+                    Some(Err(e)) => e.clone(),
+                    _ => format!("{} boots reported", boots.len()),
+                },
+            }),
+        }
+    }
+    checks
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1413,7 +1749,7 @@ mod tests {
         };
         let mut seen = Vec::new();
         for platform in shipped_platforms() {
-            let prepared = present(&platform, disk.clone(), Vec::new(), Path::new("/b")).unwrap();
+            let prepared = present(&platform, disk.clone(), Vec::new(), None).unwrap();
             let forwards: Vec<&str> = prepared
                 .guest_forwards
                 .iter()
@@ -1492,10 +1828,17 @@ mod tests {
 
     #[test]
     fn pxe_chain_adds_test_arguments_then_chains_over_http() {
-        let script = pxe_chain_script(Path::new("/b/boxcar-1-pxe.ipxe"));
+        let script = pxe_chain_script(Path::new("/b/boxcar-1-pxe.ipxe"), "");
         assert!(script.starts_with("#!ipxe\n"));
         assert!(script.contains(
             "set boxcar-extra-args console=ttyS0 systemd.wants=boxcar-evidence.service\n"
+        ));
+        let provisioned = pxe_chain_script(
+            Path::new("/b/boxcar-1-pxe.ipxe"),
+            " ignition.config.url=http://10.0.2.101/config.ign",
+        );
+        assert!(provisioned.contains(
+            "systemd.wants=boxcar-evidence.service ignition.config.url=http://10.0.2.101/config.ign\n"
         ));
         assert!(
             script.ends_with("chain http://10.0.2.100/boxcar-1-pxe.ipxe\n"),

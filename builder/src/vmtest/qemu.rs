@@ -267,6 +267,11 @@ pub struct VmSpec {
     pub cpus: u32,
     /// SMBIOS type 11 strings (systemd credentials, stub options).
     pub smbios_strings: Vec<String>,
+    /// Files handed to the guest through qemu's firmware configuration
+    /// device (fw_cfg), by name (`opt/com.coreos/config`).
+    pub fw_cfg: Vec<(String, PathBuf)>,
+    /// Host ports on loopback forwarded to guest ports (SSH).
+    pub host_forwards: Vec<(u16, u16)>,
 }
 
 impl VmSpec {
@@ -348,6 +353,9 @@ impl VmSpec {
                 bootfile.replace(',', ",,")
             ));
         }
+        for (host, guest) in &self.host_forwards {
+            netdev.push_str(&format!(",hostfwd=tcp:127.0.0.1:{host}-:{guest}"));
+        }
         for (address, command) in &self.guest_forwards {
             netdev.push_str(&format!(
                 ",guestfwd=tcp:{address}-cmd:{}",
@@ -370,6 +378,11 @@ impl VmSpec {
                 )
                 .into(),
             );
+        }
+        for (name, file) in &self.fw_cfg {
+            let mut value = OsString::from(format!("name={name},file="));
+            value.push(escape_commas(file));
+            args.pair("-fw_cfg", value);
         }
         for value in &self.smbios_strings {
             args.pair(
@@ -482,6 +495,8 @@ mod tests {
             memory_mib: 2048,
             cpus: 2,
             smbios_strings: vec!["io.systemd.stub.kernel-cmdline-extra=console=ttyS0,115200".into()],
+            fw_cfg: Vec::new(),
+            host_forwards: Vec::new(),
         }
     }
 
@@ -491,6 +506,19 @@ mod tests {
             .map(|a| a.to_string_lossy().into_owned())
             .collect::<Vec<_>>()
             .join(" ")
+    }
+
+    #[test]
+    fn provisioning_hands_the_config_through_fw_cfg_and_forwards_ssh() {
+        let mut provisioned = spec();
+        provisioned.fw_cfg = vec![("opt/com.coreos/config".into(), "/w/config,1.ign".into())];
+        provisioned.host_forwards = vec![(2222, 22)];
+        let args = joined(&provisioned, Accel::Tcg);
+        assert!(
+            args.contains("-fw_cfg name=opt/com.coreos/config,file=/w/config,,1.ign"),
+            "{args}"
+        );
+        assert!(args.contains("hostfwd=tcp:127.0.0.1:2222-:22"), "{args}");
     }
 
     #[test]
