@@ -508,6 +508,11 @@ fn run_case(context: &TestContext, case: Case) -> Result<TestOutcome> {
             prepare_update(context, older, like, true, &work.path)?
         }
     };
+    if !ignition_stand_in(case.platform()).is_empty() {
+        prepared
+            .hardware
+            .push_str(", Ignition reading qemu's fw_cfg (VMware's guestinfo cannot be emulated)");
+    }
     let test_data = work.path.join("testdata.tar");
     write_test_data(
         context.tools,
@@ -549,7 +554,13 @@ fn run_case(context: &TestContext, case: Case) -> Result<TestOutcome> {
         console_out: work.path.join(record::CONSOLE_LOG),
         memory_mib: context.request.memory_mib.max(prepared.min_memory_mib),
         cpus: context.request.cpus,
-        smbios_strings: smbios_strings(!network_boot),
+        smbios_strings: {
+            let mut strings = smbios_strings(!network_boot, &ignition_stand_in(case.platform()));
+            if let Some(provisioning) = &provisioning {
+                strings.push(provisioning::root_key_credential(provisioning)?);
+            }
+            strings
+        },
         fw_cfg: std::mem::take(&mut prepared.fw_cfg),
         host_forwards: provisioning.iter().map(|p| (p.ssh_port, 22)).collect(),
     };
@@ -1137,18 +1148,34 @@ fn http_serve_command(content: &http::Content) -> Result<String> {
     Ok(crate::process::quote_all(&words))
 }
 
+/// A platform whose config delivery qemu cannot imitate (VMware's
+/// guestinfo, behind a backdoor only VMware answers) has Ignition's
+/// provider for it refuse to run anywhere else, which would stop every
+/// boot. Its boot test reads the (absent) config through qemu's fw_cfg
+/// instead: a later `ignition.platform.id=` on the command line wins.
+fn ignition_stand_in(platform: &Platform) -> String {
+    if platform.config_delivery.testable_under_qemu() {
+        String::new()
+    } else {
+        format!(
+            " ignition.platform.id={}",
+            ConfigDelivery::FwCfg.ignition_platform()
+        )
+    }
+}
+
 /// The SMBIOS strings that turn the image into a test subject for one
 /// boot: the evidence unit as a credential and, where systemd-stub boots
 /// the kernel, command line additions (console on the serial port, start
 /// the unit). A network boot gets those from its iPXE script instead.
-fn smbios_strings(through_stub: bool) -> Vec<String> {
+fn smbios_strings(through_stub: bool, extra_cmdline: &str) -> Vec<String> {
     let unit = base64::engine::general_purpose::STANDARD.encode(GUEST_UNIT);
     let mut strings = vec![format!(
         "io.systemd.credential.binary:systemd.extra-unit.{GUEST_UNIT_NAME}={unit}"
     )];
     if through_stub {
         strings.push(format!(
-            "io.systemd.stub.kernel-cmdline-extra=console=ttyS0 systemd.wants={GUEST_UNIT_NAME}"
+            "io.systemd.stub.kernel-cmdline-extra=console=ttyS0 systemd.wants={GUEST_UNIT_NAME}{extra_cmdline}"
         ));
     }
     strings
@@ -1711,7 +1738,7 @@ mod tests {
 
     #[test]
     fn smbios_carries_the_unit_and_the_command_line() {
-        let strings = smbios_strings(true);
+        let strings = smbios_strings(true, "");
         assert!(strings[0].starts_with(
             "io.systemd.credential.binary:systemd.extra-unit.boxcar-evidence.service="
         ));
@@ -1723,7 +1750,7 @@ mod tests {
         assert!(strings[1].contains("systemd.wants=boxcar-evidence.service"));
         assert!(!strings.iter().any(|s| s.contains(',')));
         assert_eq!(
-            smbios_strings(false).len(),
+            smbios_strings(false, "").len(),
             1,
             "a network boot gets its arguments from iPXE"
         );

@@ -125,6 +125,9 @@ pub struct Login {
     pub provisioned: String,
     /// The ssh client's last words when it tried a password instead.
     pub password_attempt: String,
+    /// What root's login with the key from the `ssh.authorized_keys.root`
+    /// systemd credential printed.
+    pub root_by_credential: String,
 }
 
 /// The command the host runs over SSH, printing one `key=value` per line.
@@ -137,6 +140,22 @@ const REMOTE: &str = "printf 'file=%s\\n' \"$(cat /etc/boxcar-test/hello 2>&1)\"
 
 /// The stock OpenSSH client, as `core`, with the test's key.
 fn ssh(tools: &HostTools, provisioning: &Provisioning) -> Step {
+    ssh_as(tools, provisioning, "core")
+}
+
+/// The SMBIOS string that hands root the test's key as a systemd credential
+/// (`ssh.authorized_keys.root`, which systemd's tmpfiles write to
+/// /root/.ssh/authorized_keys): provisioning without Ignition.
+pub fn root_key_credential(provisioning: &Provisioning) -> Result<String> {
+    let public = std::fs::read_to_string(provisioning.key.with_extension("pub"))?;
+    Ok(format!(
+        "io.systemd.credential:ssh.authorized_keys.root={}",
+        public.trim()
+    ))
+}
+
+/// The stock OpenSSH client, as `user`, with the test's key.
+fn ssh_as(tools: &HostTools, provisioning: &Provisioning, user: &str) -> Step {
     Step::new("logging in with OpenSSH", tools.path("ssh"))
         .args([
             "-o",
@@ -154,7 +173,8 @@ fn ssh(tools: &HostTools, provisioning: &Provisioning) -> Step {
             "-i",
         ])
         .arg(&provisioning.key)
-        .args(["-p", &provisioning.ssh_port.to_string(), "core@127.0.0.1"])
+        .args(["-p", &provisioning.ssh_port.to_string()])
+        .arg(format!("{user}@127.0.0.1"))
 }
 
 /// Logs in and reads what provisioning left. The unit's container may
@@ -197,6 +217,13 @@ pub fn login(tools: &HostTools, provisioning: &Provisioning) -> Result<Login> {
             "true",
         ])
         .run();
+    found.root_by_credential = match ssh_as(tools, provisioning, "root")
+        .arg("id -un")
+        .output_text()
+    {
+        Ok(text) => text.trim().to_owned(),
+        Err(e) => e.to_string(),
+    };
     found.password_attempt = match attempt {
         Ok(()) => "logged in without a key".to_owned(),
         Err(e) => e.to_string(),
@@ -220,6 +247,7 @@ fn parse(text: &str) -> Login {
         sudo: get("sudo"),
         provisioned: get("provisioned"),
         password_attempt: String::new(),
+        root_by_credential: String::new(),
     }
 }
 
@@ -277,6 +305,12 @@ pub fn judge_first(provisioning: &Provisioning, login: &Login) -> Vec<Check> {
             login.sudo == "ok",
             "sudo -n true succeeds",
             login.sudo.clone(),
+        ),
+        check(
+            "root logs in with the key from a systemd credential",
+            login.root_by_credential == "root",
+            "root",
+            login.root_by_credential.clone(),
         ),
         check(
             "a password login is refused",
