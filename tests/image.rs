@@ -397,9 +397,14 @@ fn every_platform_artifact_boots_and_proves_itself() {
         vmware_checks.contains(&"the manifest's SHA256 digests match the files"),
         "{vmware_checks:?}"
     );
+    // The EC2 agent read the metadata's name; the config's hostname won.
+    assert_eq!(
+        by_platform("aws")["guest"]["metadata_hostname"],
+        "ip-169-254-0-15.boxcar-test.internal"
+    );
     assert_eq!(
         by_platform("aws")["guest"]["hostname"],
-        "ip-169-254-0-15.boxcar-test.internal"
+        "boxcar-aws-provisioned"
     );
     assert_eq!(
         by_platform("aws")["guest"]["unit.boxcar-ec2-hostname.service"],
@@ -418,6 +423,41 @@ fn every_platform_artifact_boots_and_proves_itself() {
             .unwrap()
             > 8 * 1024 * 1024 * 1024
     );
+    // Every platform was provisioned by Ignition, its config delivered the
+    // platform's way, and the harness logged in with OpenSSH; disk platforms
+    // were rebooted and Ignition did not run again.
+    let check_names = |id: &str| -> Vec<String> {
+        by_platform(id)["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    for id in ["qemu", "vmware", "aws", "metal", "pxe"] {
+        let names = check_names(id);
+        for expected in [
+            "core logs in over SSH with the configured key",
+            "Ignition wrote the configured file",
+            "the hostname is the configured one",
+            "the configured unit runs its container",
+            "core may use sudo without a password",
+            "a password login is refused",
+            "no account can log in with a password",
+            "sshd listens once an account has a key",
+        ] {
+            assert!(names.iter().any(|n| n == expected), "{id}: {expected}");
+        }
+        let rebooted = names.iter().any(|n| n == "Ignition did not run again");
+        assert_eq!(rebooted, id != "pxe", "{id}: reboot checks in {names:?}");
+    }
+    assert!(check_names("vmware")
+        .iter()
+        .any(|n| n == "the OVF offers the Ignition config as user-settable guestinfo properties"));
+    assert!(by_platform("vmware")["hardware"]
+        .as_str()
+        .unwrap()
+        .contains("VMware's guestinfo cannot be emulated"));
     assert_eq!(by_platform("pxe")["guest"]["root_fstype"], "tmpfs");
     assert!(by_platform("pxe")["hardware"]
         .as_str()
@@ -558,6 +598,43 @@ fn published_release_promotes_to_beta_and_verifies() {
     let evidence = document["evidence"].as_array().unwrap();
     assert_eq!(evidence.len(), 5);
     assert!(evidence.iter().all(|e| e["passed"] == true), "{evidence:?}");
+}
+
+/// First boots with configs Ignition must refuse: each stops in the initrd
+/// with Ignition's error on the console, never reaches multi-user, and
+/// halts instead of rebooting.
+#[test]
+fn bad_ignition_configs_stop_the_first_boot() {
+    if !can_run("bad_ignition_configs_stop_the_first_boot") {
+        return;
+    }
+    let dir = shared_build();
+    let output = boxcar(&[
+        "test",
+        "--build",
+        dir.to_str().unwrap(),
+        "--bad-configs",
+        "--json",
+    ]);
+    let all: Vec<serde_json::Value> =
+        serde_json::from_slice(&output.stdout).expect("test --json prints JSON");
+    assert!(output.status.success(), "bad-config tests failed: {all:#?}");
+    let cases: Vec<&str> = all.iter().map(|e| e["case"].as_str().unwrap()).collect();
+    assert_eq!(cases, ["bad-config"; 3]);
+    for (evidence, name) in all.iter().zip(["malformed", "spec-3.4.0", "url-404"]) {
+        assert!(
+            evidence["tampering"].as_str().unwrap().contains(name),
+            "{evidence:#}"
+        );
+        assert_ne!(evidence["outcome"], "powered-off", "{name}");
+        assert!(evidence["guest"].get("multi_user").is_none(), "{name}");
+        let console =
+            std::fs::read_to_string(dir.join(format!("evidence/bad-config-{name}/console.log")))
+                .unwrap();
+        assert!(console.contains("Ignition failed"), "{name}");
+        assert!(console.contains("boxcar: the boot failed"), "{name}");
+        assert_eq!(console.matches("Linux version ").count(), 1, "{name}");
+    }
 }
 
 /// One flipped byte in USR-A: dm-verity refuses the data and the system

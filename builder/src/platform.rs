@@ -248,6 +248,13 @@ pub enum ConfigDelivery {
     Disk,
 }
 
+/// The guestinfo keys Ignition's vmware provider reads: the OVA's descriptor
+/// offers them as user-settable properties, and its boot test checks it does.
+pub const VMWARE_IGNITION_GUESTINFO: [&str; 2] = [
+    "guestinfo.ignition.config.data",
+    "guestinfo.ignition.config.data.encoding",
+];
+
 impl ConfigDelivery {
     /// The platform id Ignition reads its config with
     /// (`ignition.platform.id=`): qemu's fw_cfg, EC2's user data, VMware's

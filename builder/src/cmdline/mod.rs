@@ -540,6 +540,18 @@ pub struct BuildArgs {
 /// diskless boot; containerd and docker are active; docker runs a container
 /// imported from a local file (no registry); and the boot time.
 ///
+/// Each artifact is provisioned on its first boot by an Ignition config
+/// delivered the platform's way (qemu's fw_cfg, EC2 user data from the
+/// imitation metadata service, a config URL in the iPXE script, and for
+/// metal `boxcar provision` on a copy of the disk; VMware's guestinfo
+/// cannot be emulated, so its boot reads fw_cfg): it gives `core` a key,
+/// writes a file, sets the hostname and enables a unit running a container.
+/// The host then logs in with OpenSSH through a loopback port forward and
+/// checks all of it, sudo, and that passwords are refused; disk platforms
+/// are rebooted and checked again: Ignition must not run twice and
+/// everything must persist. --no-provision boots them unprovisioned: no SSH
+/// port may be open.
+///
 /// Nothing for the test is built into the image: a small extra disk brings
 /// the test script and container, and a systemd unit is passed in as a
 /// credential through SMBIOS.
@@ -564,6 +576,11 @@ pub struct BuildArgs {
 /// systemd-boot then falls back to the older build, which boots from its
 /// own slot with every check of a normal boot.
 /// Evidence: BUILD/evidence/update-fallback-from-OLDVERSION/.
+///
+/// With --bad-configs, the qemu artifact boots three times with configs
+/// Ignition must refuse: each first boot must stop in the initrd with
+/// Ignition's error on the console, and halt rather than reboot.
+/// Evidence: BUILD/evidence/bad-config-NAME/.
 #[derive(Debug, Args)]
 pub struct TestArgs {
     /// The build directory (OUT/VERSION from `boxcar build`).
@@ -606,7 +623,8 @@ pub struct TestArgs {
 
     /// Boot every platform without an Ignition config (as a machine nobody
     /// provisioned: no SSH, every account locked). By default each
-    /// platform whose way of delivering a config qemu can imitate gets one.
+    /// platform gets one its way (VMware's through qemu's fw_cfg, since its
+    /// guestinfo cannot be emulated).
     #[arg(long)]
     pub no_provision: bool,
 

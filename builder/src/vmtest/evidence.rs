@@ -106,6 +106,47 @@ pub fn split_boots(text: &str) -> Vec<BTreeMap<String, String>> {
     boots
 }
 
+/// Who can get in: never anyone with a password, and over SSH only once
+/// provisioning gave an account a key (`ssh`); an unprovisioned host must
+/// refuse a connection to port 22 outright.
+fn access_checks(report: &BTreeMap<String, String>, ssh: bool) -> Vec<Check> {
+    let get = |key: &str| report.get(key).map(String::as_str).unwrap_or("");
+    let listeners = get("ssh_listeners").parse::<u32>().unwrap_or(0);
+    vec![
+        check(
+            "no account can log in with a password",
+            report.contains_key("password_accounts") && get("password_accounts").is_empty(),
+            "every password locked",
+            if get("password_accounts").is_empty() {
+                "none".to_owned()
+            } else {
+                format!("usable passwords: {}", get("password_accounts"))
+            },
+        ),
+        if ssh {
+            check(
+                "sshd listens once an account has a key",
+                listeners > 0,
+                "a listener on port 22",
+                format!("{listeners} listeners"),
+            )
+        } else {
+            check(
+                "an unprovisioned host exposes no SSH",
+                report.contains_key("ssh_listeners")
+                    && listeners == 0
+                    && get("ssh_connect").contains("Connection refused"),
+                "nothing listening on port 22; a connection is refused",
+                format!(
+                    "{} listeners; connecting: {}",
+                    get("ssh_listeners"),
+                    get("ssh_connect")
+                ),
+            )
+        },
+    ]
+}
+
 /// Judges a boot of a platform's artifact against the build.
 pub fn judge_platform(
     report: &BTreeMap<String, String>,
@@ -137,32 +178,7 @@ pub fn judge_platform(
         get("failed_units"),
         &expect.platform.units,
     ));
-    checks.push(check(
-        "no account can log in with a password",
-        report.contains_key("password_accounts") && get("password_accounts").is_empty(),
-        "every password locked",
-        if get("password_accounts").is_empty() {
-            "none".to_owned()
-        } else {
-            format!("usable passwords: {}", get("password_accounts"))
-        },
-    ));
-    let listeners = get("ssh_listeners").parse::<u32>().unwrap_or(0);
-    checks.push(if expect.ssh {
-        check(
-            "sshd listens once an account has a key",
-            listeners > 0,
-            "a listener on port 22",
-            format!("{listeners} listeners"),
-        )
-    } else {
-        check(
-            "an unprovisioned host exposes no SSH",
-            report.contains_key("ssh_listeners") && listeners == 0,
-            "nothing listening on port 22",
-            format!("{} listeners", get("ssh_listeners")),
-        )
-    });
+    checks.extend(access_checks(report, expect.ssh));
     checks.push(update_service_check(
         get("sysupdate_service"),
         expect.platform.format == Format::Pxe,
@@ -227,12 +243,27 @@ pub fn judge_platform(
         },
     ));
     if let Some(hostname) = &expect.hostname {
-        checks.push(check(
-            "the hostname came from the platform's metadata service",
-            get("hostname") == hostname,
-            hostname.clone(),
-            get("hostname"),
-        ));
+        // A configured hostname (provisioning writes /etc/hostname) wins over
+        // the metadata's, which the platform's agent still reads.
+        checks.push(if expect.ssh {
+            check(
+                "the metadata service's hostname was read, the configured one kept",
+                get("metadata_hostname") == hostname && get("hostname") != hostname,
+                format!("metadata said {hostname}; the host kept its configured name"),
+                format!(
+                    "metadata said {:?}; hostname {}",
+                    get("metadata_hostname"),
+                    get("hostname")
+                ),
+            )
+        } else {
+            check(
+                "the hostname came from the platform's metadata service",
+                get("hostname") == hostname && get("metadata_hostname") == hostname,
+                hostname.clone(),
+                get("hostname"),
+            )
+        });
     }
     checks
 }
@@ -433,6 +464,8 @@ pub fn judge_update(
 ) -> Vec<Check> {
     let mut checks = update_checks(report, expect);
     checks.extend(judge_common(report, build, outcome));
+    // The older build's disk image booted as downloaded: nobody provisioned it.
+    checks.extend(access_checks(report, false));
     checks
 }
 
@@ -884,6 +917,46 @@ update.partitions=1:esp 2:boxcar_1.0 3:boxcar_1.0_verity 4:boxcar_1.1 5:boxcar_1
             .filter(|c| !c.passed)
             .map(|c| c.name)
             .collect()
+    }
+
+    #[test]
+    fn an_unprovisioned_host_must_refuse_ssh_and_passwords() {
+        let failed = |report: &str, ssh: bool| -> Vec<String> {
+            access_checks(&parse_report(report), ssh)
+                .into_iter()
+                .filter(|c| !c.passed)
+                .map(|c| c.name)
+                .collect()
+        };
+        let closed =
+            "ssh_listeners=0\nssh_connect=bash: connect: Connection refused\npassword_accounts=\n";
+        assert!(failed(closed, false).is_empty());
+        assert_eq!(
+            failed(
+                "ssh_listeners=1\nssh_connect=connected\npassword_accounts=\n",
+                false
+            ),
+            ["an unprovisioned host exposes no SSH"]
+        );
+        // A report that never said is not a pass.
+        assert_eq!(
+            failed("", false),
+            [
+                "no account can log in with a password",
+                "an unprovisioned host exposes no SSH"
+            ]
+        );
+        assert_eq!(
+            failed(
+                &closed.replace("password_accounts=", "password_accounts=core"),
+                false
+            ),
+            ["no account can log in with a password"]
+        );
+        assert_eq!(
+            failed(closed, true),
+            ["sshd listens once an account has a key"]
+        );
     }
 
     #[test]

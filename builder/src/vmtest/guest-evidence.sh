@@ -121,6 +121,7 @@ fi
 say platform "$(sed -n 's/.*boxcar\.platform=\([a-z0-9]*\).*/\1/p' /proc/cmdline)"
 say virtualization "$(systemd-detect-virt 2>&1)"
 say hostname "$(hostname)"
+say metadata_hostname "$(cat /run/boxcar/metadata-hostname 2>/dev/null)"
 if [ -f "$testdata/platform-units" ]; then
     while read -r owner unit; do
         [ -n "$unit" ] || continue
@@ -194,6 +195,7 @@ say boot_number "$boots"
 say provisioned "$(tr '\n' ' ' </var/lib/boxcar/provisioned 2>&1)"
 say ignition_messages "$(journalctl -b -q -t ignition 2>/dev/null | wc -l)"
 say ssh_listeners "$(ss -ltnH 'sport = :22' 2>&1 | wc -l)"
+say ssh_connect "$(timeout 5 bash -c 'exec 3<>/dev/tcp/127.0.0.1/22 && echo connected' 2>&1 | tr '\n' ' ')"
 say password_accounts "$(awk -F: '$2 !~ /^[!*]/ { print $1 }' /etc/shadow | tr '\n' ' ')"
 
 say end 1

@@ -470,15 +470,11 @@ fn run_case(context: &TestContext, case: Case) -> Result<TestOutcome> {
 
     let phase = context.progress.phase(&format!("prepare {case_name}"));
     let provisioning = match case {
-        Case::Platform(platform)
-            if context.request.provision && platform.config_delivery.testable_under_qemu() =>
-        {
-            Some(provisioning::prepare(
-                context.tools,
-                &work.path,
-                platform.id.as_str(),
-            )?)
-        }
+        Case::Platform(platform) if context.request.provision => Some(provisioning::prepare(
+            context.tools,
+            &work.path,
+            platform.id.as_str(),
+        )?),
         _ => None,
     };
     let mut prepared = match case {
@@ -487,6 +483,11 @@ fn run_case(context: &TestContext, case: Case) -> Result<TestOutcome> {
         }
         Case::BadConfig { like, config } => {
             let mut prepared = prepare_platform(context, like, &work.path, None)?;
+            prepared.tampering = Some(format!(
+                "Ignition config {} through fw_cfg: {}",
+                config.name(),
+                config.content()
+            ));
             let file = work.path.join("bad-config.ign");
             fs::write(&file, config.content())?;
             prepared.fw_cfg.push((FW_CFG_IGNITION.to_owned(), file));
@@ -613,7 +614,6 @@ fn run_case(context: &TestContext, case: Case) -> Result<TestOutcome> {
                     }
                 },
                 hostname: metadata_imitation(platform.metadata_service)
-                    .filter(|_| provisioning.is_none())
                     .map(|imitation| imitation.hostname.to_owned()),
                 ssh: provisioning.is_some(),
             };
@@ -652,7 +652,12 @@ fn run_case(context: &TestContext, case: Case) -> Result<TestOutcome> {
         ),
     });
     let passed = checks.iter().all(|c| c.passed);
-    let mut boot_time = evidence::boot_time(&report);
+    // A platform's boot time is its first boot's: the one that provisions.
+    let timed_boot = match case {
+        Case::Platform(_) => boots.first().unwrap_or(&report),
+        _ => &report,
+    };
+    let mut boot_time = evidence::boot_time(timed_boot);
     if let Some(time) = boot_time.as_mut() {
         evidence::add_early_boot_from_console(time, &run.milestones);
     }
@@ -729,8 +734,9 @@ fn prepare_platform(
     work: &Path,
     provisioning: Option<&provisioning::Provisioning>,
 ) -> Result<Prepared> {
-    // The config goes the platform's way (recipes/platforms.toml).
-    let delivery = provisioning.map(|p| (platform.config_delivery, p));
+    // The config goes the platform's way (recipes/platforms.toml), or through
+    // the stand-in where qemu cannot imitate that way.
+    let delivery = provisioning.map(|p| (delivery_under_test(platform), p));
     let build_dir = &context.request.build_dir;
     let files = context.build.artifact_files(&platform.id);
     let file_of = |role: ArtifactRole| -> Result<PathBuf> {
@@ -1148,19 +1154,27 @@ fn http_serve_command(content: &http::Content) -> Result<String> {
     Ok(crate::process::quote_all(&words))
 }
 
-/// A platform whose config delivery qemu cannot imitate (VMware's
-/// guestinfo, behind a backdoor only VMware answers) has Ignition's
-/// provider for it refuse to run anywhere else, which would stop every
-/// boot. Its boot test reads the (absent) config through qemu's fw_cfg
-/// instead: a later `ignition.platform.id=` on the command line wins.
-fn ignition_stand_in(platform: &Platform) -> String {
+/// How the boot test hands `platform` its config. A platform whose way qemu
+/// cannot imitate (VMware's guestinfo, behind a backdoor only VMware
+/// answers, whose Ignition provider refuses to run anywhere else and would
+/// stop every boot) gets it through qemu's fw_cfg instead; see
+/// `ignition_stand_in`.
+fn delivery_under_test(platform: &Platform) -> ConfigDelivery {
     if platform.config_delivery.testable_under_qemu() {
+        platform.config_delivery
+    } else {
+        ConfigDelivery::FwCfg
+    }
+}
+
+/// The kernel command line addition that points Ignition at the stand-in
+/// delivery: a later `ignition.platform.id=` wins over the platform's own.
+fn ignition_stand_in(platform: &Platform) -> String {
+    let delivery = delivery_under_test(platform);
+    if delivery == platform.config_delivery {
         String::new()
     } else {
-        format!(
-            " ignition.platform.id={}",
-            ConfigDelivery::FwCfg.ignition_platform()
-        )
+        format!(" ignition.platform.id={}", delivery.ignition_platform())
     }
 }
 

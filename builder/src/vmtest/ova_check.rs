@@ -8,6 +8,7 @@ use anyhow::{bail, Context, Result};
 use boxcar_signing::sha256_file;
 
 use crate::hosttools::HostTools;
+use crate::platform::VMWARE_IGNITION_GUESTINFO;
 use crate::process::Step;
 use crate::records::evidence::Check;
 
@@ -53,6 +54,7 @@ pub fn unpack_and_check(
     checks.push(check_manifest(&dir, mf_name, &members)?);
     let (vmdk, size_check) = check_descriptor(tools, &dir, ovf_name)?;
     checks.push(size_check);
+    checks.push(check_ignition_properties(&dir, ovf_name)?);
     Ok((vmdk, checks))
 }
 
@@ -90,6 +92,36 @@ fn check_manifest(dir: &Path, mf_name: &str, members: &[&str]) -> Result<Check> 
         } else {
             problems.join("; ")
         },
+    ))
+}
+
+/// The deploy wizard offers the Ignition config: the properties are
+/// user-settable and travel by the guestinfo transport.
+fn check_ignition_properties(dir: &Path, ovf_name: &str) -> Result<Check> {
+    let text = fs::read_to_string(dir.join(ovf_name))?;
+    let doc = roxmltree::Document::parse(&text).with_context(|| format!("parsing {ovf_name}"))?;
+    let transport = doc
+        .descendants()
+        .find(|n| n.has_tag_name((OVF_NAMESPACE, "VirtualHardwareSection")))
+        .and_then(|n| n.attribute((OVF_NAMESPACE, "transport")))
+        .unwrap_or("none");
+    let offered: Vec<&str> = doc
+        .descendants()
+        .filter(|n| n.has_tag_name((OVF_NAMESPACE, "Property")))
+        .filter(|n| n.attribute((OVF_NAMESPACE, "userConfigurable")) == Some("true"))
+        .filter_map(|n| n.attribute((OVF_NAMESPACE, "key")))
+        .collect();
+    let all_offered = VMWARE_IGNITION_GUESTINFO
+        .iter()
+        .all(|k| offered.contains(k));
+    Ok(check(
+        "the OVF offers the Ignition config as user-settable guestinfo properties",
+        all_offered && transport == "com.vmware.guestInfo",
+        format!(
+            "{} by com.vmware.guestInfo",
+            VMWARE_IGNITION_GUESTINFO.join(", ")
+        ),
+        format!("{} by {transport}", offered.join(", ")),
     ))
 }
 

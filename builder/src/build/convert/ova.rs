@@ -31,7 +31,9 @@ pub const DEFAULT_CPUS: u32 = 2;
 pub const DEFAULT_MEMORY_MIB: u32 = 2048;
 
 /// The OVF 1.0 descriptor: UEFI firmware, a SATA (AHCI) controller with the
-/// disk, and a VMXNET3 NIC. `rasd` elements are in alphabetical
+/// disk, a VMXNET3 NIC, and the Ignition config as user-settable properties
+/// passed through VMware's guestinfo transport (Ignition's vmware provider
+/// reads them from the OVF environment vSphere puts there). `rasd` elements are in alphabetical
 /// order, as the CIM schema (and strict importers) require.
 pub fn descriptor(spec: &OvfSpec) -> String {
     let mut x = String::new();
@@ -58,7 +60,7 @@ pub fn descriptor(spec: &OvfSpec) -> String {
     <OperatingSystemSection ovf:id="101" vmw:osType="other5xLinux64Guest">
       <Info>The kind of installed guest operating system</Info>
     </OperatingSystemSection>
-    <VirtualHardwareSection>
+    <VirtualHardwareSection ovf:transport="com.vmware.guestInfo">
       <Info>Virtual hardware requirements</Info>
       <System>
         <vssd:ElementName>Virtual Hardware Family</vssd:ElementName>
@@ -110,6 +112,19 @@ pub fn descriptor(spec: &OvfSpec) -> String {
       </Item>
       <vmw:Config ovf:required="false" vmw:key="firmware" vmw:value="efi"/>
     </VirtualHardwareSection>
+    <ProductSection>
+      <Info>First-boot provisioning, offered by the deploy wizard</Info>
+      <Product>Boxcar Linux</Product>
+      <Category>Ignition</Category>
+      <Property ovf:key="guestinfo.ignition.config.data" ovf:type="string" ovf:userConfigurable="true" ovf:value="">
+        <Label>Ignition config data</Label>
+        <Description>The Ignition config (JSON, spec 3.0 to 3.3) applied on the first boot, encoded as the next property says</Description>
+      </Property>
+      <Property ovf:key="guestinfo.ignition.config.data.encoding" ovf:type="string" ovf:userConfigurable="true" ovf:value="base64" ovf:qualifiers="ValueMap{{&quot;base64&quot;,&quot;gzip+base64&quot;}}">
+        <Label>Ignition config data encoding</Label>
+        <Description>How the config data is encoded: base64 or gzip+base64</Description>
+      </Property>
+    </ProductSection>
   </VirtualSystem>
 </Envelope>
 "#,
@@ -196,6 +211,7 @@ pub fn write_ova(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::platform::VMWARE_IGNITION_GUESTINFO;
 
     #[test]
     fn descriptor_declares_file_size_capacity_efi_sata_and_vmxnet3() {
@@ -226,6 +242,46 @@ mod tests {
         assert!(xml.contains(r#"vmw:key="firmware" vmw:value="efi""#));
         assert!(xml.contains("<rasd:ResourceSubType>vmware.sata.ahci</rasd:ResourceSubType>"));
         assert!(xml.contains("<rasd:ResourceSubType>VmxNet3</rasd:ResourceSubType>"));
+    }
+
+    #[test]
+    fn deploy_wizard_offers_the_ignition_config_through_guestinfo() {
+        let xml = descriptor(&OvfSpec {
+            name: "boxcar-1.0",
+            disk_file: "d.vmdk",
+            disk_file_size: 1,
+            capacity: 512,
+            cpus: 1,
+            memory_mib: 512,
+        });
+        let doc = roxmltree::Document::parse(&xml).unwrap();
+        let ovf = "http://schemas.dmtf.org/ovf/envelope/1";
+        let hardware = doc
+            .descendants()
+            .find(|n| n.has_tag_name((ovf, "VirtualHardwareSection")))
+            .unwrap();
+        assert_eq!(
+            hardware.attribute((ovf, "transport")),
+            Some("com.vmware.guestInfo")
+        );
+        let property = |key: &str| {
+            doc.descendants()
+                .filter(|n| n.has_tag_name((ovf, "Property")))
+                .find(|n| n.attribute((ovf, "key")) == Some(key))
+                .unwrap_or_else(|| panic!("no property {key}"))
+        };
+        for key in VMWARE_IGNITION_GUESTINFO {
+            let p = property(key);
+            assert_eq!(p.attribute((ovf, "userConfigurable")), Some("true"));
+            assert_eq!(p.attribute((ovf, "type")), Some("string"));
+            assert!(p.parent().unwrap().has_tag_name((ovf, "ProductSection")));
+        }
+        let encoding = property("guestinfo.ignition.config.data.encoding");
+        assert_eq!(encoding.attribute((ovf, "value")), Some("base64"));
+        assert_eq!(
+            encoding.attribute((ovf, "qualifiers")),
+            Some(r#"ValueMap{"base64","gzip+base64"}"#)
+        );
     }
 
     #[test]
