@@ -14,6 +14,9 @@ use std::path::PathBuf;
 /// The token the imitation IMDS hands out and then requires.
 pub const IMDS_TOKEN: &str = "boxcar-test-imds-token";
 
+/// The region the imitation instance says it runs in.
+const IMDS_REGION: &str = "us-east-1";
+
 /// What the responder serves.
 #[derive(Clone, Debug, Default)]
 pub struct Content {
@@ -109,28 +112,8 @@ fn read_request(input: &mut impl BufRead) -> io::Result<Option<Request>> {
 
 fn respond(request: &Request, output: &mut impl Write, content: &Content) -> io::Result<()> {
     if let Some(hostname) = &content.imds_hostname {
-        match (request.method.as_str(), request.path.as_str()) {
-            ("PUT", "/latest/api/token") => {
-                return reply(output, request, 200, IMDS_TOKEN.as_bytes())
-            }
-            ("GET", "/latest/meta-data/local-hostname") => {
-                return if request.header("X-aws-ec2-metadata-token") == Some(IMDS_TOKEN) {
-                    reply(output, request, 200, hostname.as_bytes())
-                } else {
-                    reply(output, request, 401, b"missing or wrong token")
-                };
-            }
-            ("GET", "/latest/user-data") => {
-                if request.header("X-aws-ec2-metadata-token") != Some(IMDS_TOKEN) {
-                    return reply(output, request, 401, b"missing or wrong token");
-                }
-                // EC2 answers 404 for an instance launched without user data.
-                return match &content.imds_user_data {
-                    Some(path) => reply(output, request, 200, &std::fs::read(path)?),
-                    None => reply(output, request, 404, b"not found"),
-                };
-            }
-            _ => {}
+        if let Some(path) = imds_path(&request.path) {
+            return respond_imds(request, path, output, hostname, content);
         }
     }
     let name = request.path.trim_start_matches('/');
@@ -145,6 +128,59 @@ fn respond(request: &Request, output: &mut impl Write, content: &Content) -> io:
         return Ok(());
     }
     reply(output, request, 404, b"not found")
+}
+
+/// The path under an IMDS API version: EC2 serves `/latest/...` and the same
+/// under each dated version (`/2019-10-01/...`, which Ignition asks for).
+fn imds_path(path: &str) -> Option<&str> {
+    let (version, rest) = path.strip_prefix('/')?.split_once('/')?;
+    let dated = version.len() == 10
+        && version.bytes().enumerate().all(|(i, b)| {
+            if i == 4 || i == 7 {
+                b == b'-'
+            } else {
+                b.is_ascii_digit()
+            }
+        });
+    (version == "latest" || dated).then_some(rest)
+}
+
+/// The instance metadata service, IMDSv2 only: a session token from a PUT,
+/// then every GET must carry it.
+fn respond_imds(
+    request: &Request,
+    path: &str,
+    output: &mut impl Write,
+    hostname: &str,
+    content: &Content,
+) -> io::Result<()> {
+    if (request.method.as_str(), path) == ("PUT", "api/token") {
+        return reply(output, request, 200, IMDS_TOKEN.as_bytes());
+    }
+    if request.method != "GET" {
+        return reply(output, request, 405, b"method not allowed");
+    }
+    if request.header("X-aws-ec2-metadata-token") != Some(IMDS_TOKEN) {
+        return reply(output, request, 401, b"missing or wrong token");
+    }
+    match path {
+        "meta-data/local-hostname" => reply(output, request, 200, hostname.as_bytes()),
+        "dynamic/instance-identity/document" => {
+            let document = serde_json::json!({
+                "region": IMDS_REGION,
+                "availabilityZone": format!("{IMDS_REGION}a"),
+                "instanceId": "i-0b0c0a0r0t0e0s0t0",
+                "architecture": "x86_64",
+            });
+            reply(output, request, 200, document.to_string().as_bytes())
+        }
+        // EC2 answers 404 for an instance launched without user data.
+        "user-data" => match &content.imds_user_data {
+            Some(path) => reply(output, request, 200, &std::fs::read(path)?),
+            None => reply(output, request, 404, b"not found"),
+        },
+        _ => reply(output, request, 404, b"not found"),
+    }
 }
 
 fn reply(output: &mut impl Write, request: &Request, status: u16, body: &[u8]) -> io::Result<()> {
@@ -201,6 +237,36 @@ mod tests {
         assert!(out.contains(IMDS_TOKEN));
         assert!(out.contains("HTTP/1.1 401 Unauthorized"));
         assert!(out.ends_with("\r\n\r\nip-10-0-2-15.test"), "{out}");
+    }
+
+    #[test]
+    fn imds_serves_user_data_and_identity_under_dated_versions() {
+        let dir = tempfile::tempdir().unwrap();
+        let user_data = dir.path().join("config.ign");
+        std::fs::write(&user_data, b"{\"ignition\":{}}").unwrap();
+        let content = Content {
+            imds_hostname: Some("ip-10-0-2-15.test".into()),
+            imds_user_data: Some(user_data),
+            ..Content::default()
+        };
+        let token = "X-aws-ec2-metadata-token: boxcar-test-imds-token";
+        let out = exchange(
+            &format!(
+                "GET /2019-10-01/user-data HTTP/1.1\r\n{token}\r\n\r\n\
+                 GET /latest/dynamic/instance-identity/document HTTP/1.1\r\n{token}\r\n\r\n\
+                 GET /2019-10-01/user-data HTTP/1.1\r\n\r\n\
+                 GET /1.0-x/user-data HTTP/1.1\r\n{token}\r\nConnection: close\r\n\r\n"
+            ),
+            &content,
+        );
+        assert!(out.contains("\r\n\r\n{\"ignition\":{}}"), "{out}");
+        assert!(out.contains("\"region\":\"us-east-1\""), "{out}");
+        assert!(out.contains("HTTP/1.1 401 Unauthorized"), "{out}");
+        assert!(out.ends_with("\r\n\r\nnot found"), "{out}");
+        assert_eq!(imds_path("/2019-10-01/user-data"), Some("user-data"));
+        assert_eq!(imds_path("/latest/api/token"), Some("api/token"));
+        assert_eq!(imds_path("/config.ign"), None);
+        assert_eq!(imds_path("/2019-1-001/user-data"), None);
     }
 
     #[test]
