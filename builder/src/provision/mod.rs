@@ -81,16 +81,26 @@ pub fn requirements() -> Vec<Requirement> {
 
 /// Validates the config and writes it onto the disk.
 pub fn provision(request: &ProvisionRequest, tools: &HostTools) -> Result<Provisioned> {
+    // One copy of the config is validated and written, so that what was
+    // checked is what lands even if the file changes meanwhile.
     let bytes = read_config(&request.config)?;
-    validate(tools, &request.config)?;
-    let table = image::read_partition_table(tools.path("sfdisk"), &request.disk)
-        .with_context(|| format!("reading the partition table of {}", request.disk.display()))?;
-    check_boxcar_table(&table).with_context(|| {
+    let config = tempfile::NamedTempFile::new()?;
+    std::fs::write(config.path(), &bytes)?;
+    validate(tools, config.path()).with_context(|| {
         format!(
-            "{} is not a Boxcar disk; nothing was written",
-            request.disk.display()
+            "{} is not a config this image's Ignition (2.14: specs 3.0 to 3.3) accepts",
+            request.config.display()
         )
     })?;
+    let not_boxcar = || {
+        format!(
+            "{} is not a Boxcar disk; nothing was written (it takes a raw image or a block device: decompress a .zst first)",
+            request.disk.display()
+        )
+    };
+    let table = image::read_partition_table(tools.path("sfdisk"), &request.disk)
+        .with_context(not_boxcar)?;
+    check_boxcar_table(&table).with_context(not_boxcar)?;
     let root = table.require(Role::Root)?;
     let device = LoopDevice::attach(tools, &request.disk, root.offset, root.size)?;
     if exists(tools, &device.path, STAMP_PATH)? {
@@ -99,7 +109,7 @@ pub fn provision(request: &ProvisionRequest, tools: &HostTools) -> Result<Provis
             request.disk.display()
         );
     }
-    write_file(tools, &device.path, &request.config, CONFIG_PATH)?;
+    write_file(tools, &device.path, config.path(), CONFIG_PATH)?;
     let read_back = read_file(tools, &device.path, CONFIG_PATH)?;
     if read_back != bytes {
         bail!("{CONFIG_PATH} reads back differently from what was written");
@@ -131,13 +141,7 @@ fn validate(tools: &HostTools, config: &Path) -> Result<()> {
         tools.path("ignition-validate"),
     )
     .arg(config)
-    .run()
-    .with_context(|| {
-        format!(
-            "{} is not a config this image's Ignition (2.14: specs 3.0 to 3.3) accepts",
-            config.display()
-        )
-    })?;
+    .run()?;
     Ok(())
 }
 
