@@ -441,6 +441,7 @@ fn every_platform_artifact_boots_and_proves_itself() {
             "Ignition wrote the configured file",
             "the hostname is the configured one",
             "the configured unit runs its container",
+            "Ignition made the new user and group, the directory, the link, the drop-in and the mask",
             "core may use sudo without a password",
             "a password login is refused",
             "no account can log in with a password",

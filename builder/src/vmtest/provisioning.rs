@@ -5,7 +5,8 @@
 //!
 //! The config does what an operator's first config does: an SSH key for
 //! `core`, a file, the hostname, and a unit (enabled) that runs a container
-//! from a locally imported image. After the first boot the host logs in,
+//! from a locally imported image; and the rest of what Ignition applies: a
+//! new user in a new group, a directory, a link, a drop-in and a masked unit. After the first boot the host logs in,
 //! checks all of it (and that `sudo` works for core, and that a password
 //! login is refused), reboots the machine, and checks again: Ignition must
 //! not have run a second time, and everything it did must still be there.
@@ -27,6 +28,14 @@ pub const CONTAINER: &str = "boxcar-hello";
 /// The file the config writes, and what it holds.
 pub const FILE: &str = "/etc/boxcar-test/hello";
 pub const FILE_CONTENT: &str = "written by Ignition";
+/// The rest of the config: a user and group it creates, a directory, a
+/// link, a drop-in on UNIT setting an environment variable, a masked unit.
+const NEW_USER: &str = "operator";
+const NEW_GROUP: &str = "boxcar-ops";
+const DIRECTORY: &str = "/etc/boxcar-test/dir";
+const LINK: &str = "/etc/boxcar-test/link";
+const DROP_IN_ENVIRONMENT: &str = "BOXCAR_GREETING=from-a-drop-in";
+const MASKED_UNIT: &str = "boxcar-masked.service";
 
 /// A machine the test provisions.
 pub struct Provisioning {
@@ -84,7 +93,11 @@ pub fn config_json(public_key: &str, hostname: &str) -> serde_json::Value {
     json!({
         "ignition": { "version": "3.3.0" },
         "passwd": {
-            "users": [{ "name": "core", "sshAuthorizedKeys": [public_key] }]
+            "users": [
+                { "name": "core", "sshAuthorizedKeys": [public_key] },
+                { "name": NEW_USER, "groups": [NEW_GROUP, "docker"] }
+            ],
+            "groups": [{ "name": NEW_GROUP }]
         },
         "storage": {
             "files": [
@@ -99,10 +112,23 @@ pub fn config_json(public_key: &str, hostname: &str) -> serde_json::Value {
                     "mode": 420,
                     "contents": { "source": format!("data:,{}", FILE_CONTENT.replace(' ', "%20")) }
                 }
-            ]
+            ],
+            "directories": [{ "path": DIRECTORY, "mode": 0o750 }],
+            "links": [{ "path": LINK, "target": FILE }]
         },
         "systemd": {
-            "units": [{ "name": UNIT, "enabled": true, "contents": unit }]
+            "units": [
+                {
+                    "name": UNIT,
+                    "enabled": true,
+                    "contents": unit,
+                    "dropins": [{
+                        "name": "10-greeting.conf",
+                        "contents": format!("[Service]\nEnvironment={DROP_IN_ENVIRONMENT}\n")
+                    }]
+                },
+                { "name": MASKED_UNIT, "mask": true }
+            ]
         }
     })
 }
@@ -128,6 +154,13 @@ pub struct Login {
     /// What root's login with the key from the `ssh.authorized_keys.root`
     /// systemd credential printed.
     pub root_by_credential: String,
+    /// The new user's groups, the directory's mode, the link's target,
+    /// the unit's environment, the masked unit's state.
+    pub user_groups: String,
+    pub directory_mode: String,
+    pub link_target: String,
+    pub unit_environment: String,
+    pub masked: String,
 }
 
 /// The command the host runs over SSH, printing one `key=value` per line.
@@ -136,7 +169,12 @@ const REMOTE: &str = "printf 'file=%s\\n' \"$(cat /etc/boxcar-test/hello 2>&1)\"
     printf 'unit=%s\\n' \"$(systemctl is-active boxcar-hello.service)\"; \
     printf 'container=%s\\n' \"$(docker ps --filter name=boxcar-hello --format '{{.Names}}' 2>&1)\"; \
     printf 'sudo=%s\\n' \"$(sudo -n true 2>&1 && echo ok)\"; \
-    printf 'provisioned=%s\\n' \"$(tr '\\n' ' ' </var/lib/boxcar/provisioned 2>&1)\"";
+    printf 'provisioned=%s\\n' \"$(tr '\\n' ' ' </var/lib/boxcar/provisioned 2>&1)\"; \
+    printf 'user_groups=%s\\n' \"$(id -nG operator 2>&1)\"; \
+    printf 'directory_mode=%s\\n' \"$(stat -c %a /etc/boxcar-test/dir 2>&1)\"; \
+    printf 'link_target=%s\\n' \"$(readlink /etc/boxcar-test/link 2>&1)\"; \
+    printf 'unit_environment=%s\\n' \"$(systemctl show -P Environment boxcar-hello.service)\"; \
+    printf 'masked=%s\\n' \"$(systemctl is-enabled boxcar-masked.service 2>&1)\"";
 
 /// The stock OpenSSH client, as `core`, with the test's key.
 fn ssh(tools: &HostTools, provisioning: &Provisioning) -> Step {
@@ -248,6 +286,11 @@ fn parse(text: &str) -> Login {
         provisioned: get("provisioned"),
         password_attempt: String::new(),
         root_by_credential: String::new(),
+        user_groups: get("user_groups"),
+        directory_mode: get("directory_mode"),
+        link_target: get("link_target"),
+        unit_environment: get("unit_environment"),
+        masked: get("masked"),
     }
 }
 
@@ -301,6 +344,22 @@ pub fn judge_first(provisioning: &Provisioning, login: &Login) -> Vec<Check> {
             format!("{}, containers: {}", login.unit, login.container),
         ),
         check(
+            "Ignition made the new user and group, the directory, the link, the drop-in and the mask",
+            made_the_rest(login),
+            &format!(
+                "{NEW_USER} in {NEW_GROUP} and docker; {DIRECTORY} mode 750; {LINK} -> {FILE}; \
+                 {UNIT} has {DROP_IN_ENVIRONMENT}; {MASKED_UNIT} masked"
+            ),
+            format!(
+                "groups {:?}; mode {:?}; link {:?}; environment {:?}; {:?}",
+                login.user_groups,
+                login.directory_mode,
+                login.link_target,
+                login.unit_environment,
+                login.masked
+            ),
+        ),
+        check(
             "core may use sudo without a password",
             login.sudo == "ok",
             "sudo -n true succeeds",
@@ -323,6 +382,19 @@ pub fn judge_first(provisioning: &Provisioning, login: &Login) -> Vec<Check> {
     ]
 }
 
+fn made_the_rest(login: &Login) -> bool {
+    let groups: Vec<&str> = login.user_groups.split_whitespace().collect();
+    groups.contains(&NEW_GROUP)
+        && groups.contains(&"docker")
+        && login.directory_mode == "750"
+        && login.link_target == FILE
+        && login
+            .unit_environment
+            .split_whitespace()
+            .any(|e| e == DROP_IN_ENVIRONMENT)
+        && login.masked == "masked"
+}
+
 /// Judges the login after the reboot against the first one.
 pub fn judge_second(first: &Login, second: &Login, ignition_lines: &str) -> Vec<Check> {
     vec![
@@ -343,12 +415,67 @@ pub fn judge_second(first: &Login, second: &Login, ignition_lines: &str) -> Vec<
                 && second.hostname == first.hostname
                 && second.unit == "active"
                 && second.container == CONTAINER
-                && second.sudo == "ok",
-            "the same file, hostname, running unit and sudo",
+                && second.sudo == "ok"
+                && made_the_rest(second),
+            "the same file, hostname, running unit, sudo, user, directory, link, drop-in and mask",
             format!(
                 "file {:?}, hostname {}, unit {}, container {}, sudo {}",
                 second.file, second.hostname, second.unit, second.container, second.sudo
             ),
         ),
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The test's config is one Ignition 2.14 accepts (ignition-validate
+    /// comes with the host setup).
+    #[test]
+    fn the_config_is_valid_for_ignition() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("config.ign");
+        let config = config_json("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB0x test", "h");
+        std::fs::write(&file, config.to_string()).unwrap();
+        let status = std::process::Command::new("ignition-validate")
+            .arg(&file)
+            .status()
+            .expect("ignition-validate (ci/setup-host installs it)");
+        assert!(status.success());
+        assert_eq!(config["ignition"]["version"], "3.3.0");
+    }
+
+    #[test]
+    fn everything_else_the_config_makes_is_checked() {
+        let made = Login {
+            user_groups: format!("{NEW_USER} {NEW_GROUP} docker"),
+            directory_mode: "750".into(),
+            link_target: FILE.into(),
+            unit_environment: DROP_IN_ENVIRONMENT.into(),
+            masked: "masked".into(),
+            ..Login::default()
+        };
+        assert!(made_the_rest(&made));
+        for broken in [
+            Login {
+                user_groups: "id: 'operator': no such user".into(),
+                ..made.clone()
+            },
+            Login {
+                directory_mode: "755".into(),
+                ..made.clone()
+            },
+            Login {
+                masked: "static".into(),
+                ..made.clone()
+            },
+            Login {
+                unit_environment: String::new(),
+                ..made.clone()
+            },
+        ] {
+            assert!(!made_the_rest(&broken), "{broken:?}");
+        }
+    }
 }
