@@ -548,8 +548,8 @@ pub struct BuildArgs {
 /// writes a file, sets the hostname and enables a unit running a container.
 /// The host then logs in with OpenSSH through a loopback port forward and
 /// checks all of it, sudo, and that passwords are refused; disk platforms
-/// are rebooted and checked again: Ignition must not run twice and
-/// everything must persist. --no-provision boots them unprovisioned: no SSH
+/// with their own delivery are rebooted and checked again: Ignition must
+/// not run twice and everything must persist. --no-provision boots them unprovisioned: no SSH
 /// port may be open.
 ///
 /// Nothing for the test is built into the image: a small extra disk brings

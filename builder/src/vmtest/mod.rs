@@ -550,7 +550,7 @@ fn run_case(context: &TestContext, case: Case) -> Result<TestOutcome> {
         test_data,
         update_data: prepared.update_data,
         reboots: matches!(case, Case::UpdateFrom { .. } | Case::UpdateFallback { .. })
-            || (provisioning.is_some() && case.platform().format != Format::Pxe),
+            || (provisioning.is_some() && reboots_after_provisioning(case.platform())),
         evidence_out: work.path.join("evidence.out"),
         console_out: work.path.join(record::CONSOLE_LOG),
         memory_mib: context.request.memory_mib.max(prepared.min_memory_mib),
@@ -1152,6 +1152,14 @@ fn http_serve_command(content: &http::Content) -> Result<String> {
     }
     // qemu hands the command to /bin/sh.
     Ok(crate::process::quote_all(&words))
+}
+
+/// Whether a provisioned boot of `platform` is rebooted to check that
+/// Ignition does not run again and its work persisted: not a diskless boot
+/// (nothing persists by design), and not one provisioned through the
+/// stand-in (that is qemu's delivery, whose reboot the qemu boot checks).
+fn reboots_after_provisioning(platform: &Platform) -> bool {
+    platform.format != Format::Pxe && delivery_under_test(platform) == platform.config_delivery
 }
 
 /// How the boot test hands `platform` its config. A platform whose way qemu
