@@ -624,8 +624,9 @@ fn bad_ignition_configs_stop_the_first_boot() {
         serde_json::from_slice(&output.stdout).expect("test --json prints JSON");
     assert!(output.status.success(), "bad-config tests failed: {all:#?}");
     let cases: Vec<&str> = all.iter().map(|e| e["case"].as_str().unwrap()).collect();
-    assert_eq!(cases, ["bad-config"; 3]);
-    for (evidence, name) in all.iter().zip(["malformed", "spec-3.4.0", "url-404"]) {
+    assert_eq!(cases, ["bad-config"; 4]);
+    let names = ["malformed", "spec-3.4.0", "url-404", "unwritable-file"];
+    for (evidence, name) in all.iter().zip(names) {
         assert!(
             evidence["tampering"].as_str().unwrap().contains(name),
             "{evidence:#}"

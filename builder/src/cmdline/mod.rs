@@ -577,7 +577,7 @@ pub struct BuildArgs {
 /// own slot with every check of a normal boot.
 /// Evidence: BUILD/evidence/update-fallback-from-OLDVERSION/.
 ///
-/// With --bad-configs, the qemu artifact boots three times with configs
+/// With --bad-configs, the qemu artifact boots four times with configs
 /// Ignition must refuse: each first boot must stop in the initrd with
 /// Ignition's error on the console, and halt rather than reboot.
 /// Evidence: BUILD/evidence/bad-config-NAME/.
@@ -628,8 +628,9 @@ pub struct TestArgs {
     #[arg(long)]
     pub no_provision: bool,
 
-    /// Instead of the platforms, boot three configs Ignition must refuse (a
-    /// malformed one, Ignition spec 3.4.0, one whose URL answers 404):
+    /// Instead of the platforms, boot four configs Ignition must refuse (a
+    /// malformed one, Ignition spec 3.4.0, one whose URL answers 404, one
+    /// with a file that cannot be written):
     /// each first boot must stop with the error on the console.
     #[arg(long, conflicts_with_all = ["tamper_usr", "update_from"])]
     pub bad_configs: bool,

@@ -222,13 +222,17 @@ enum BadConfig {
     UnsupportedSpec,
     /// A config that points at a URL which answers 404.
     MissingUrl,
+    /// A valid config with a file that cannot be written (its parent is a
+    /// regular file).
+    UnwritableFile,
 }
 
 impl BadConfig {
-    const ALL: [BadConfig; 3] = [
+    const ALL: [BadConfig; 4] = [
         BadConfig::Malformed,
         BadConfig::UnsupportedSpec,
         BadConfig::MissingUrl,
+        BadConfig::UnwritableFile,
     ];
 
     fn name(self) -> &'static str {
@@ -236,6 +240,7 @@ impl BadConfig {
             BadConfig::Malformed => "malformed",
             BadConfig::UnsupportedSpec => "spec-3.4.0",
             BadConfig::MissingUrl => "url-404",
+            BadConfig::UnwritableFile => "unwritable-file",
         }
     }
 
@@ -250,6 +255,11 @@ impl BadConfig {
                     "version": "3.3.0",
                     "config": { "replace": { "source": format!("http://{CONFIG_HTTP_ADDRESS}/missing.ign") } }
                 }
+            })
+            .to_string(),
+            BadConfig::UnwritableFile => serde_json::json!({
+                "ignition": { "version": "3.3.0" },
+                "storage": { "files": [{ "path": "/etc/passwd/cannot-be-written", "contents": { "source": "data:,x" } }] }
             })
             .to_string(),
         }

@@ -30,7 +30,7 @@ pub const FILE: &str = "/etc/boxcar-test/hello";
 pub const FILE_CONTENT: &str = "written by Ignition";
 /// The rest of the config: a user and group it creates, a directory, a
 /// link, a drop-in on UNIT setting an environment variable, a masked unit.
-const NEW_USER: &str = "operator";
+const NEW_USER: &str = "deployer";
 const NEW_GROUP: &str = "boxcar-ops";
 const DIRECTORY: &str = "/etc/boxcar-test/dir";
 const LINK: &str = "/etc/boxcar-test/link";
@@ -170,7 +170,7 @@ const REMOTE: &str = "printf 'file=%s\\n' \"$(cat /etc/boxcar-test/hello 2>&1)\"
     printf 'container=%s\\n' \"$(docker ps --filter name=boxcar-hello --format '{{.Names}}' 2>&1)\"; \
     printf 'sudo=%s\\n' \"$(sudo -n true 2>&1 && echo ok)\"; \
     printf 'provisioned=%s\\n' \"$(tr '\\n' ' ' </var/lib/boxcar/provisioned 2>&1)\"; \
-    printf 'user_groups=%s\\n' \"$(id -nG operator 2>&1)\"; \
+    printf 'user_groups=%s\\n' \"$(id -nG deployer 2>&1)\"; \
     printf 'directory_mode=%s\\n' \"$(stat -c %a /etc/boxcar-test/dir 2>&1)\"; \
     printf 'link_target=%s\\n' \"$(readlink /etc/boxcar-test/link 2>&1)\"; \
     printf 'unit_environment=%s\\n' \"$(systemctl show -P Environment boxcar-hello.service)\"; \
@@ -459,7 +459,7 @@ mod tests {
         assert!(made_the_rest(&made));
         for broken in [
             Login {
-                user_groups: "id: 'operator': no such user".into(),
+                user_groups: "id: 'deployer': no such user".into(),
                 ..made.clone()
             },
             Login {
