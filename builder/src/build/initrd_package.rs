@@ -16,6 +16,9 @@ use crate::process::Step;
 /// The package's name, as the recipe lists it.
 pub const PACKAGE: &str = "boxcar-initrd";
 
+/// Where Ignition reads a user config from (`user.ign`), relative to /.
+const IGNITION_CONFIG_DIR: &str = "usr/lib/ignition";
+
 /// The tree under the recipe directory that becomes the package.
 pub const TREE: &str = "initrd";
 
@@ -42,6 +45,10 @@ pub fn write(
         .arg(source.join("usr"))
         .arg(&root)
         .run()?;
+    // The initrd's / is read-only once systemd runs, so the directory where
+    // Ignition looks for a user config must exist in the package: the
+    // config a disk carries is put there on a tmpfs mounted over it.
+    fs::create_dir_all(root.join(IGNITION_CONFIG_DIR))?;
     fs::write(root.join("DEBIAN/control"), control(version))?;
     let deb = out_dir.join(format!("{PACKAGE}_{}_all.deb", debian_version(version)));
     Step::new("packing the initrd's files", tools.path("dpkg-deb"))
