@@ -625,8 +625,13 @@ fn bad_ignition_configs_stop_the_first_boot() {
     assert!(output.status.success(), "bad-config tests failed: {all:#?}");
     let cases: Vec<&str> = all.iter().map(|e| e["case"].as_str().unwrap()).collect();
     assert_eq!(cases, ["bad-config"; 4]);
-    let names = ["malformed", "spec-3.4.0", "url-404", "unwritable-file"];
-    for (evidence, name) in all.iter().zip(names) {
+    let expected = [
+        ("malformed", "config is not valid"),
+        ("spec-3.4.0", "unsupported config version"),
+        ("url-404", "resource not found"),
+        ("unwritable-file", "not a directory"),
+    ];
+    for (evidence, (name, error)) in all.iter().zip(expected) {
         assert!(
             evidence["tampering"].as_str().unwrap().contains(name),
             "{evidence:#}"
@@ -636,7 +641,12 @@ fn bad_ignition_configs_stop_the_first_boot() {
         let console =
             std::fs::read_to_string(dir.join(format!("evidence/bad-config-{name}/console.log")))
                 .unwrap();
-        assert!(console.contains("Ignition failed"), "{name}");
+        assert!(
+            console
+                .lines()
+                .any(|l| l.contains("Ignition failed") && l.contains(error)),
+            "{name}: no \"Ignition failed: ...{error}\" on the console"
+        );
         assert!(console.contains("boxcar: the boot failed"), "{name}");
         assert_eq!(console.matches("Linux version ").count(), 1, "{name}");
     }

@@ -708,6 +708,7 @@ pub fn judge_tamper(
 pub fn judge_bad_config(
     report: &BTreeMap<String, String>,
     ignition_errors: &[String],
+    expected_error: &str,
     halted: bool,
     kernel_starts: usize,
     outcome: BootOutcome,
@@ -715,8 +716,10 @@ pub fn judge_bad_config(
     vec![
         check(
             "Ignition's error is on the console",
-            !ignition_errors.is_empty(),
-            "an Ignition error line",
+            ignition_errors
+                .iter()
+                .any(|line| line.contains("Ignition failed") && line.contains(expected_error)),
+            format!("Ignition failed: ...{expected_error}"),
             ignition_errors
                 .last()
                 .cloned()
@@ -917,6 +920,46 @@ update.partitions=1:esp 2:boxcar_1.0 3:boxcar_1.0_verity 4:boxcar_1.1 5:boxcar_1
             .filter(|c| !c.passed)
             .map(|c| c.name)
             .collect()
+    }
+
+    #[test]
+    fn a_bad_config_must_stop_with_its_own_error_and_halt() {
+        let errors =
+            ["[ 26.5] ignition[372]: CRITICAL : Ignition failed: resource not found".to_owned()];
+        let failed =
+            |errors: &[String], expected: &str, report: &str, halted: bool, starts: usize| {
+                judge_bad_config(
+                    &parse_report(report),
+                    errors,
+                    expected,
+                    halted,
+                    starts,
+                    BootOutcome::EmergencyMode,
+                )
+                .into_iter()
+                .filter(|c| !c.passed)
+                .map(|c| c.name)
+                .collect::<Vec<_>>()
+            };
+        assert!(failed(&errors, "resource not found", "", true, 1).is_empty());
+        assert_eq!(
+            failed(&errors, "config is not valid", "", true, 1),
+            ["Ignition's error is on the console"]
+        );
+        assert_eq!(
+            failed(
+                &errors,
+                "resource not found",
+                "begin=1\nmulti_user=active\n",
+                true,
+                1
+            ),
+            ["the first boot stopped before the system came up"]
+        );
+        assert_eq!(
+            failed(&errors, "resource not found", "", false, 3),
+            ["it stopped instead of rebooting"]
+        );
     }
 
     #[test]

@@ -244,6 +244,16 @@ impl BadConfig {
         }
     }
 
+    /// What Ignition 2.14 says when it refuses this config.
+    fn expected_error(self) -> &'static str {
+        match self {
+            BadConfig::Malformed => "config is not valid",
+            BadConfig::UnsupportedSpec => "unsupported config version",
+            BadConfig::MissingUrl => "resource not found",
+            BadConfig::UnwritableFile => "not a directory",
+        }
+    }
+
     fn content(self) -> String {
         match self {
             BadConfig::Malformed => "{\"ignition\": {\"version\": \"3.3.0\"".to_owned(),
@@ -638,9 +648,10 @@ fn run_case(context: &TestContext, case: Case) -> Result<TestOutcome> {
             }
             checks
         }
-        Case::BadConfig { .. } => evidence::judge_bad_config(
+        Case::BadConfig { config, .. } => evidence::judge_bad_config(
             &report,
             &run.ignition_errors,
+            config.expected_error(),
             run.halted,
             run.kernel_starts,
             run.outcome,
