@@ -88,6 +88,73 @@ pub struct ChannelConfig {
     /// nodes on an old release unnoticed; re-sign before it runs out.
     #[serde(default = "default_validity")]
     pub valid_for: HumanDuration,
+    /// How a release the channel moves to reaches the fleet: its waves.
+    #[serde(default, rename = "waves")]
+    pub rollout: RolloutConfig,
+}
+
+/// `waves = [...]`: the waves a channel's new release opens in, each a
+/// share of the fleet from some time after the channel moved.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct RolloutConfig {
+    pub waves: Vec<WaveConfig>,
+}
+
+/// One wave: from `after` past the move, `percent` of the fleet (in all).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WaveConfig {
+    pub percent: u8,
+    pub after: HumanDuration,
+}
+
+/// Bottlerocket's default waves: 1 % after an hour, all after six days.
+impl Default for RolloutConfig {
+    fn default() -> Self {
+        const HOUR: u64 = 3600;
+        const DAY: u64 = 24 * HOUR;
+        let waves = [
+            (1, HOUR),
+            (5, 4 * HOUR),
+            (15, DAY),
+            (40, 2 * DAY),
+            (60, 4 * DAY),
+            (90, 5 * DAY),
+            (100, 6 * DAY),
+        ];
+        Self {
+            waves: waves
+                .into_iter()
+                .map(|(percent, after)| WaveConfig {
+                    percent,
+                    after: HumanDuration::from_secs(after),
+                })
+                .collect(),
+        }
+    }
+}
+
+impl RolloutConfig {
+    /// The waves as the signed channel document states them.
+    pub fn waves(&self) -> Vec<boxcar_signing::documents::Wave> {
+        self.waves
+            .iter()
+            .map(|w| boxcar_signing::documents::Wave {
+                after_seconds: w.after.as_secs(),
+                percent: w.percent,
+            })
+            .collect()
+    }
+
+    /// A rollout of these waves starting at `start`.
+    pub fn starting(&self, start: &str) -> boxcar_signing::documents::Rollout {
+        boxcar_signing::documents::Rollout {
+            start: start.to_owned(),
+            paused_at: None,
+            waves: self.waves(),
+        }
+    }
 }
 
 /// Whether boot-test evidence gates a channel.
@@ -134,6 +201,9 @@ impl ChannelConfig {
                     path.file_name().unwrap_or_default().to_string_lossy()
                 ),
             ));
+        }
+        if let Err(e) = config.rollout.starting("").check() {
+            return Err(ConfigError::at_key(path, text, "waves", e.to_string()));
         }
         if config.promotes_from.as_ref() == Some(&config.name) {
             return Err(ConfigError::at_key(
@@ -295,6 +365,31 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!((err.line, err.key.as_deref()), (Some(3), Some("evidence")));
+    }
+
+    #[test]
+    fn waves_default_to_bottlerockets_and_must_grow() {
+        let config = parse(
+            "channels/beta.toml",
+            "name = \"beta\"\ndescription = \"x\"\n",
+        )
+        .unwrap();
+        let waves = config.rollout.waves();
+        assert_eq!((waves[0].percent, waves[0].after_seconds), (1, 3600));
+        assert_eq!(waves.last().unwrap().percent, 100);
+        let config = parse(
+            "channels/beta.toml",
+            "name = \"beta\"\ndescription = \"x\"\nwaves = []\n",
+        )
+        .unwrap();
+        assert_eq!(config.rollout.starting("now").percent_after(0), 100);
+        let err = parse(
+            "channels/beta.toml",
+            "name = \"beta\"\ndescription = \"x\"\nwaves = [\n  { percent = 50, after = \"1h\" },\n  { percent = 10, after = \"2h\" },\n]\n",
+        )
+        .unwrap_err();
+        assert_eq!(err.key.as_deref(), Some("waves"));
+        assert!(err.to_string().contains("must grow"), "{err}");
     }
 
     #[test]

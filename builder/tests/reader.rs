@@ -271,7 +271,8 @@ fn documents_with_fields_from_a_newer_writer_verify_and_are_read() {
     );
     let sha = serde_json::json!(release_sha.to_string());
     rewrite(&lab, "channels/alpha.json", Kind::Channel, "alpha", |v| {
-        v["rollout"] = serde_json::json!({"paused": false, "waves": [[1, "1h"]]});
+        v["rollout"]["strategy"] = serde_json::json!("canaries first");
+        v["waves_v2"] = serde_json::json!({"paused": false, "waves": [[1, "1h"]]});
         v["release_sha256"] = sha.clone();
         v["history"][0]["release_sha256"] = sha.clone();
         v["history"][0]["note"] = serde_json::json!("from a newer writer");

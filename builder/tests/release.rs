@@ -424,7 +424,7 @@ fn verify_reads_a_store_over_http() {
             .unwrap();
         if output.status.success() {
             passed = String::from_utf8_lossy(&output.stdout)
-                .contains("releases/1.0.0/release.json: signed; 2 artifacts match");
+                .contains("releases/1.0.0/release.json: signed; 5 files match");
             break;
         }
     }
@@ -579,4 +579,82 @@ fn writers_never_write_through_a_symlink_left_in_the_store() {
         .code(1)
         .stderr(predicate::str::contains("symlink"));
     assert_eq!(fs::read_to_string(&victim).unwrap(), "keep");
+}
+
+/// A release carries its update payload (listed in release.json and
+/// SHA256SUMS, checked by verify), and a channel's waves come from its
+/// file; a tampered update part is caught like any artifact.
+#[test]
+fn a_release_carries_its_update_and_its_channel_the_waves() {
+    let lab = Lab::new();
+    lab.set_channel(
+        "alpha",
+        "waves",
+        r#"[{ percent = 10, after = "1h" }, { percent = 100, after = "2d" }]"#,
+    );
+    lab.publish_to_alpha("1.0.0");
+    let release = read_json(&lab.store().join("releases/1.0.0/release.json"));
+    let files = release["update"]["files"].as_array().unwrap();
+    let roles: Vec<&str> = files.iter().map(|f| f["role"].as_str().unwrap()).collect();
+    assert_eq!(roles, ["usr", "usr-verity", "uki"]);
+    assert_eq!(files[2]["installed_name"], "boxcar_1.0.0.efi");
+    let sums = fs::read_to_string(lab.store().join("releases/1.0.0/SHA256SUMS")).unwrap();
+    for file in files {
+        assert!(sums.contains(file["name"].as_str().unwrap()), "{sums}");
+    }
+    let channel = read_json(&lab.store().join("channels/alpha.json"));
+    let rollout = &channel["rollout"];
+    assert_eq!(rollout["start"], channel["history"][0]["since"]);
+    assert_eq!(rollout["waves"][0]["after_seconds"], 3600);
+    assert_eq!(rollout["waves"][1]["percent"], 100);
+    assert!(rollout.get("paused_at").is_none());
+    lab.verify_passes_with("releases/1.0.0/release.json: signed; 5 files match");
+
+    let uki = lab.store().join("releases/1.0.0/boxcar_1.0.0.efi.zst");
+    let mut bytes = fs::read(&uki).unwrap();
+    bytes[5] ^= 1;
+    fs::write(&uki, bytes).unwrap();
+    lab.verify_fails_with("boxcar_1.0.0.efi.zst: expected");
+}
+
+/// `promote --pause` stops a rollout in a new signed document; a second
+/// pause changes nothing; `--resume` shifts the wave clock by the pause.
+#[test]
+fn a_rollout_pauses_and_resumes_in_signed_documents() {
+    let lab = Lab::new();
+    lab.publish_to_alpha("1.0.0");
+    lab.promote("alpha", &["--pause"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains(
+            "paused the rollout of 1.0.0 on alpha (serial 2",
+        ));
+    let paused = read_json(&lab.store().join("channels/alpha.json"));
+    assert_eq!(paused["serial"], 2);
+    assert!(paused["rollout"]["paused_at"].is_string());
+    lab.promote("alpha", &["--pause"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("already paused; nothing written"));
+    lab.verify_passes_with("channels/alpha.json: serial 2, points at 1.0.0");
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let resumed = lab
+        .promote("alpha", &["--resume", "--json"])
+        .assert()
+        .success();
+    let printed: serde_json::Value = serde_json::from_slice(&resumed.get_output().stdout).unwrap();
+    assert_eq!(
+        (printed["written"].as_bool(), printed["serial"].as_u64()),
+        (Some(true), Some(3))
+    );
+    let channel = read_json(&lab.store().join("channels/alpha.json"));
+    assert!(channel["rollout"].get("paused_at").is_none());
+    assert!(
+        channel["rollout"]["start"].as_str() > paused["rollout"]["start"].as_str(),
+        "the wave clock did not move by the pause: {channel:#}"
+    );
+    lab.promote("alpha", &["--pause", "--version", "1.0.0"])
+        .assert()
+        .code(2);
+    lab.verify_passes_with("channels/alpha.json: serial 3, points at 1.0.0");
 }

@@ -284,8 +284,9 @@ fn check_release(
         Err(e) => record_failure(report, &sums_path, e)?,
     }
     let mut bad = Vec::new();
-    for artifact in &release.artifacts {
-        let name = SafeName::new("artifact name", &artifact.name)?;
+    let files: Vec<_> = release.stored_files().collect();
+    for artifact in &files {
+        let name = SafeName::new("artifact name", artifact.name)?;
         let file = layout::release_file(&version, &name);
         match client.transport().digest(&file) {
             Err(e) if e.kind() == crate::ErrorKind::NotFound => {
@@ -305,10 +306,7 @@ fn check_release(
     if bad.is_empty() {
         report.ok(
             &path,
-            format!(
-                "signed; {} artifacts match their digests",
-                release.artifacts.len()
-            ),
+            format!("signed; {} files match their digests", files.len()),
         );
     } else {
         report.fail(&path, bad.join("; "));

@@ -413,6 +413,12 @@ impl Client {
         for evidence in &release.evidence {
             SafeName::new("platform", &evidence.platform)?;
         }
+        // A node hands the installed names to systemd-sysupdate as files
+        // in its staging directory: they are paths too.
+        for file in release.update.iter().flat_map(|u| &u.files) {
+            SafeName::new("update file name", &file.name)?;
+            SafeName::new("update file name", &file.installed_name)?;
+        }
         Ok(verified)
     }
 

@@ -158,6 +158,62 @@ pub struct ReleaseDocument {
     pub artifacts: Vec<ReleaseArtifact>,
     /// The boot tests of the artifacts, one per platform.
     pub evidence: Vec<EvidenceSummary>,
+    /// What a node downloads to update itself to this release (releases
+    /// published before updates were carried have none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update: Option<UpdatePayload>,
+}
+
+/// A release's A/B update: the parts a node's systemd-sysupdate installs
+/// into its idle slot (the image's `/usr/lib/sysupdate.d` transfers match
+/// their installed names), each stored compressed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdatePayload {
+    pub files: Vec<UpdateFile>,
+}
+
+/// What one part of an update is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UpdateRole {
+    /// The /usr partition image (erofs), for the idle usr slot.
+    Usr,
+    /// Its dm-verity hash tree, for the idle usr-verity slot.
+    UsrVerity,
+    /// The unified kernel image, whose `usrhash=` names the new /usr.
+    Uki,
+}
+
+/// One part of an update: the file in the store and the file it becomes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdateFile {
+    pub role: UpdateRole,
+    /// File name inside `releases/<version>/`, as stored (compressed).
+    pub name: String,
+    pub size: u64,
+    pub sha256: Sha256Digest,
+    /// How it is compressed ("zstd").
+    pub compression: String,
+    /// The name systemd-sysupdate's transfer matches, once decompressed.
+    pub installed_name: String,
+    pub installed_size: u64,
+    pub installed_sha256: Sha256Digest,
+    /// For a partition image, the UUID its slot gets (lowercase): a /usr
+    /// slot's and its hash tree's are the two halves of the root hash.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partition_uuid: Option<String>,
+}
+
+impl UpdatePayload {
+    /// The part with `role`, if the payload has it.
+    pub fn file(&self, role: UpdateRole) -> Option<&UpdateFile> {
+        self.files.iter().find(|f| f.role == role)
+    }
+
+    /// Bytes a node downloads.
+    pub fn download_size(&self) -> u64 {
+        self.files.iter().map(|f| f.size).sum()
+    }
 }
 
 /// One file of a release.
@@ -197,13 +253,40 @@ pub struct EvidenceSummary {
 /// reads. The publisher writes it, readers compare it with release.json.
 pub fn sha256sums(release: &ReleaseDocument) -> String {
     release
-        .artifacts
-        .iter()
-        .map(|a| format!("{}  {}\n", a.sha256, a.name))
+        .stored_files()
+        .map(|f| format!("{}  {}\n", f.sha256, f.name))
         .collect()
 }
 
+/// One file a release stores, artifact or update part.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StoredFile<'a> {
+    pub name: &'a str,
+    pub size: u64,
+    pub sha256: Sha256Digest,
+}
+
 impl ReleaseDocument {
+    /// Every file of the release in its directory: the artifacts, then the
+    /// update's parts.
+    pub fn stored_files(&self) -> impl Iterator<Item = StoredFile<'_>> {
+        let artifacts = self.artifacts.iter().map(|a| StoredFile {
+            name: &a.name,
+            size: a.size,
+            sha256: a.sha256,
+        });
+        let update = self
+            .update
+            .iter()
+            .flat_map(|u| &u.files)
+            .map(|f| StoredFile {
+                name: &f.name,
+                size: f.size,
+                sha256: f.sha256,
+            });
+        artifacts.chain(update)
+    }
+
     /// The evidence for a platform, if the release has any.
     pub fn evidence_for(&self, platform: &str) -> Option<&EvidenceSummary> {
         self.evidence.iter().find(|e| e.platform == platform)
@@ -240,6 +323,84 @@ pub struct ChannelDocument {
     /// Every release the channel has pointed at, oldest first, the current
     /// one last.
     pub history: Vec<ChannelEntry>,
+    /// How the current release reaches nodes; none: all at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<Rollout>,
+}
+
+/// A staged rollout of a channel's current release: waves open to a
+/// growing share of the fleet as time passes since `start`, and a pause
+/// holds every node that has not started yet.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rollout {
+    /// When the wave clock started: the moment the channel moved, shifted
+    /// later by any time spent paused.
+    pub start: String,
+    /// When the rollout was paused, if it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused_at: Option<String>,
+    /// Cumulative shares of the fleet, in order of time; empty: everyone
+    /// at once.
+    pub waves: Vec<Wave>,
+}
+
+/// From `after_seconds` past the rollout's start, `percent` of the fleet
+/// (counted from the start, not added to earlier waves) may update.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Wave {
+    pub after_seconds: u64,
+    pub percent: u8,
+}
+
+impl Rollout {
+    pub fn is_paused(&self) -> bool {
+        self.paused_at.is_some()
+    }
+
+    /// The percentage of the fleet allowed `elapsed_seconds` after the
+    /// start: the largest share of the waves that have opened, 0 before
+    /// the first, 100 with no waves at all.
+    pub fn percent_after(&self, elapsed_seconds: i64) -> u8 {
+        if self.waves.is_empty() {
+            return 100;
+        }
+        self.waves
+            .iter()
+            .filter(|w| i64::try_from(w.after_seconds).is_ok_and(|after| after <= elapsed_seconds))
+            .map(|w| w.percent.min(100))
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// When the next wave after `elapsed_seconds` opens, in seconds after
+    /// the start, if one does.
+    pub fn next_wave_after(&self, elapsed_seconds: i64) -> Option<&Wave> {
+        self.waves
+            .iter()
+            .filter(|w| i64::try_from(w.after_seconds).is_ok_and(|after| after > elapsed_seconds))
+            .min_by_key(|w| w.after_seconds)
+    }
+
+    /// Refuses waves that shrink or exceed 100 %: a share once opened stays
+    /// open.
+    pub fn check(&self) -> Result<(), Error> {
+        let malformed = |reason: String| Error::Malformed {
+            what: "rollout".into(),
+            reason,
+        };
+        for pair in self.waves.windows(2) {
+            if pair[1].after_seconds <= pair[0].after_seconds || pair[1].percent < pair[0].percent {
+                return Err(malformed(format!(
+                    "its waves must grow in time and share ({}% after {}s, then {}% after {}s)",
+                    pair[0].percent, pair[0].after_seconds, pair[1].percent, pair[1].after_seconds
+                )));
+            }
+        }
+        if let Some(wave) = self.waves.iter().find(|w| w.percent > 100) {
+            return Err(malformed(format!("a wave opens to {}%", wave.percent)));
+        }
+        Ok(())
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -383,6 +544,7 @@ mod tests {
                     since: "2026-11-22T00:00:00Z".into(),
                 },
             ],
+            rollout: None,
         }
     }
 
@@ -423,7 +585,7 @@ mod tests {
         let key = SecretKey::from_seed([7; 32]);
         let trusted = TrustedKeys::new([key.public_key()]);
         let mut value = serde_json::to_value(channel(2)).unwrap();
-        value["rollout"] = serde_json::json!({"waves": [[1, "1h"]]});
+        value["canary"] = serde_json::json!({"waves": [[1, "1h"]]});
         value["history"][0]["note"] = serde_json::json!("added by a newer writer");
         let bytes = to_bytes(&value);
         let signature = sign_bytes(&key, &bytes, Kind::Channel, "beta").unwrap();
@@ -474,5 +636,89 @@ mod tests {
         bad.version = "1.0".into();
         assert!(bad.check_history().is_err());
         assert_eq!(doc.since("1.0"), Some("2026-11-20T00:00:00Z"));
+    }
+
+    fn rollout(waves: &[(u64, u8)]) -> Rollout {
+        Rollout {
+            start: "2026-11-22T00:00:00Z".into(),
+            paused_at: None,
+            waves: waves
+                .iter()
+                .map(|&(after_seconds, percent)| Wave {
+                    after_seconds,
+                    percent,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn waves_open_in_order_and_never_close() {
+        let staged = rollout(&[(3600, 1), (4 * 3600, 5), (86400, 15)]);
+        assert!(staged.check().is_ok());
+        assert_eq!(staged.percent_after(-5), 0);
+        assert_eq!(staged.percent_after(3599), 0);
+        assert_eq!(staged.percent_after(3600), 1);
+        assert_eq!(staged.percent_after(86400 * 30), 15);
+        assert_eq!(staged.next_wave_after(3600).unwrap().percent, 5);
+        assert!(staged.next_wave_after(86400).is_none());
+        assert_eq!(
+            Rollout {
+                waves: vec![],
+                ..staged.clone()
+            }
+            .percent_after(0),
+            100
+        );
+        assert!(rollout(&[(10, 5), (20, 1)]).check().is_err());
+        assert!(rollout(&[(10, 5), (10, 6)]).check().is_err());
+        assert!(rollout(&[(10, 101)]).check().is_err());
+    }
+
+    #[test]
+    fn sums_list_the_update_after_the_artifacts() {
+        let digest: Sha256Digest =
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+                .parse()
+                .unwrap();
+        let mut release = ReleaseDocument {
+            schema: SCHEMA_VERSION,
+            name: "boxcar".into(),
+            version: "1.1".into(),
+            built_for: "alpha".into(),
+            built_at: "2026-11-22T00:00:00Z".into(),
+            published_at: "2026-11-22T00:00:00Z".into(),
+            usr_root_hash: "00".into(),
+            kernel_release: "6.12".into(),
+            artifacts: vec![ReleaseArtifact {
+                platform: "qemu".into(),
+                format: "qcow2".into(),
+                role: "disk".into(),
+                name: "boxcar-1.1-qemu.qcow2".into(),
+                size: 1,
+                sha256: digest,
+                uncompressed_size: None,
+            }],
+            evidence: vec![],
+            update: None,
+        };
+        let before = sha256sums(&release);
+        release.update = Some(UpdatePayload {
+            files: vec![UpdateFile {
+                role: UpdateRole::Uki,
+                name: "boxcar_1.1.efi.zst".into(),
+                size: 1,
+                sha256: digest,
+                compression: "zstd".into(),
+                installed_name: "boxcar_1.1.efi".into(),
+                installed_size: 2,
+                installed_sha256: digest,
+                partition_uuid: None,
+            }],
+        });
+        let after = sha256sums(&release);
+        assert_eq!(after, format!("{before}{digest}  boxcar_1.1.efi.zst\n"));
+        let json = serde_json::to_value(&release).unwrap();
+        assert_eq!(json["update"]["files"][0]["role"], "uki");
     }
 }

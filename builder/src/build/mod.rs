@@ -6,8 +6,8 @@
 //! written: a failed or interrupted build leaves no `build/<version>/`.
 //!
 //! [`run`] calls the phases in order, one file each: `compose` (mkosi),
-//! `collect`, `inspect`, `package` (through [`convert`]), `digest`, then
-//! `record` writes build.json. Around them: `plan` (what to build),
+//! `collect`, `inspect`, `package` (through [`convert`]), `digest`, `payload` (the
+//! update nodes download), then `record` writes build.json. Around them: `plan` (what to build),
 //! `requirements` (the programs it needs), `cachelock`, `staging`, `timing`
 //! and `source` (git).
 
@@ -20,6 +20,7 @@ mod initrd_package;
 mod inspect;
 mod mkosi;
 mod package;
+pub mod payload;
 mod plan;
 mod record;
 mod requirements;
@@ -123,5 +124,16 @@ fn assemble(
         let summary = digest::summary(&digests);
         Ok((digests, summary))
     })?;
-    record::build_info(plan, tools, staging, inspected, &packaged, digests, timings)
+    let update = timed(progress, timings, "update payload", |_| {
+        let payload = payload::write_payload(staging, &plan.version, &inspected.table, &digests.0)?;
+        let summary = format!(
+            "{} files, {} to download",
+            payload.files.len(),
+            crate::units::human_bytes(payload.download_size())
+        );
+        Ok((payload, summary))
+    })?;
+    record::build_info(
+        plan, tools, staging, inspected, &packaged, digests, update, timings,
+    )
 }

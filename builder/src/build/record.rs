@@ -20,6 +20,7 @@ use crate::records::buildinfo::{
 use crate::units::now_rfc3339;
 
 /// build.json's content, from the plan and what the phases found.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn build_info(
     plan: &BuildPlan,
     tools: &HostTools,
@@ -27,6 +28,7 @@ pub(super) fn build_info(
     inspected: Inspected,
     packaged: &[Packaged],
     (files, artifact_digests): Digests,
+    update: boxcar_signing::documents::UpdatePayload,
     timings: &[PhaseTiming],
 ) -> Result<BuildInfo> {
     let disk_path = staging.join("disk.raw");
@@ -72,6 +74,7 @@ pub(super) fn build_info(
         },
         files,
         artifacts,
+        update: Some(update),
         platforms: plan.platform_table.platforms.clone(),
         packages,
         phases: timings.to_vec(),

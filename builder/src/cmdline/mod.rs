@@ -272,6 +272,11 @@ pub struct PublishArgs {
 /// back and checked. The bits are not copied or changed: only the signed
 /// channel document is new. Promoting what the channel already has changes
 /// nothing.
+///
+/// A release reaches nodes in the waves of the channel's `waves`.
+/// `--pause` stops a rollout (nodes that have not started updating hold
+/// where they are) and `--resume` continues it where it stopped; any
+/// channel, alpha included, can be paused.
 #[derive(Debug, Args)]
 pub struct PromoteArgs {
     /// The release store (a directory).
@@ -294,6 +299,12 @@ pub struct PromoteArgs {
     /// Allow pointing the channel at an older release than it has.
     #[arg(long)]
     pub allow_downgrade: bool,
+    /// Pause the rollout of what the channel points at (promotes nothing).
+    #[arg(long, conflicts_with_all = ["version", "allow_downgrade", "resume"])]
+    pub pause: bool,
+    /// Resume a paused rollout where it stopped (promotes nothing).
+    #[arg(long, conflicts_with_all = ["version", "allow_downgrade"])]
+    pub resume: bool,
 }
 
 /// Check a release store: signatures, digests, channel expiry and serials.

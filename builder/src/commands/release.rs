@@ -172,6 +172,9 @@ pub(super) fn promote(global: &GlobalArgs, args: &PromoteArgs, progress: &Progre
     let pinned = defaults::trusted_keys(&args.trust.trust)?;
     let (store, _lock) = locked(&args.store, progress)?;
     let writer = Writer::new(store.as_ref(), &signer, &pinned, OffsetDateTime::now_utc())?;
+    if args.pause || args.resume {
+        return change_rollout(global, args, &writer, &channels);
+    }
     let request = promotion::PromoteRequest {
         to: args.to.clone(),
         version: args.version.clone(),
@@ -204,6 +207,47 @@ pub(super) fn promote(global: &GlobalArgs, args: &PromoteArgs, progress: &Progre
         out!(
             "promoted {change}; channel document expires {}",
             planned.expires_at
+        );
+    }
+    Ok(())
+}
+
+/// `promote --pause` and `--resume`.
+fn change_rollout(
+    global: &GlobalArgs,
+    args: &PromoteArgs,
+    writer: &Writer,
+    channels: &Channels,
+) -> Result<()> {
+    use promotion::RolloutChange;
+    let change = if args.pause {
+        RolloutChange::Pause
+    } else {
+        RolloutChange::Resume
+    };
+    if args.dry_run {
+        anyhow::bail!("--dry-run does not apply to --pause and --resume");
+    }
+    let changed = promotion::change_rollout(writer, channels, &args.to, change)?;
+    let verb = match change {
+        RolloutChange::Pause => "paused",
+        RolloutChange::Resume => "resumed",
+    };
+    if global.json {
+        out!("{}", serde_json::to_string_pretty(&changed)?);
+    } else if changed.written {
+        out!(
+            "{verb} the rollout of {} on {} (serial {}, expires {})",
+            changed.version,
+            changed.channel,
+            changed.serial,
+            changed.expires_at
+        );
+    } else {
+        out!(
+            "the rollout of {} on {} is already {verb}; nothing written",
+            changed.version,
+            changed.channel
         );
     }
     Ok(())

@@ -44,6 +44,10 @@ pub struct BuildInfo {
     pub files: Vec<FileInfo>,
     /// What ships: every platform's artifact files.
     pub artifacts: Vec<ArtifactInfo>,
+    /// What nodes download to update to this build (builds from before
+    /// updates were published have none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update: Option<boxcar_signing::documents::UpdatePayload>,
     /// The platform table the build was made with.
     pub platforms: Vec<Platform>,
     /// Every package installed in the image.

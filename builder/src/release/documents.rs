@@ -254,5 +254,7 @@ pub fn next_channel_document(
         version: version.to_owned(),
         release_sha256,
         history,
+        // A new release starts its waves from the first.
+        rollout: Some(config.rollout.starting(&documents::format_time(now))),
     }
 }

@@ -205,8 +205,9 @@ fn check_evidence(release: &ReleaseDocument, config: &ChannelConfig) -> Result<P
 /// Re-hashes every artifact of a release in the store against release.json.
 pub fn verify_artifacts(client: &Client, release: &ReleaseDocument) -> Result<usize> {
     let version = SafeName::new("version", &release.version)?;
-    for artifact in &release.artifacts {
-        let name = SafeName::new("artifact name", &artifact.name)?;
+    let files: Vec<_> = release.stored_files().collect();
+    for artifact in &files {
+        let name = SafeName::new("artifact name", artifact.name)?;
         let path = layout::release_file(&version, &name);
         let location = client.location(&path);
         let (digest, size) = match client.transport().digest(&path) {
@@ -221,7 +222,7 @@ pub fn verify_artifacts(client: &Client, release: &ReleaseDocument) -> Result<us
             );
         }
     }
-    Ok(release.artifacts.len())
+    Ok(files.len())
 }
 
 /// Writes the promotion's channel document, reads it back and checks it,
@@ -235,4 +236,86 @@ pub fn apply(writer: &Writer, promotion: &Promotion) -> Result<u64> {
     writer.check_written(next)?;
     writer.write_index()?;
     Ok(next.serial)
+}
+
+/// Pausing or resuming a channel's rollout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RolloutChange {
+    Pause,
+    Resume,
+}
+
+/// What a pause or resume did.
+#[derive(Debug, Serialize)]
+pub struct RolloutChanged {
+    pub channel: String,
+    pub version: String,
+    pub change: RolloutChange,
+    /// False when the rollout already was as asked.
+    pub written: bool,
+    pub serial: u64,
+    pub expires_at: String,
+}
+
+/// Pauses or resumes the rollout of what `name` points at, in a new
+/// signed document (next serial, renewed expiry). Resuming shifts the wave
+/// clock by the time spent paused, so waves continue where they stopped
+/// rather than opening all at once.
+pub fn change_rollout(
+    writer: &Writer,
+    channels: &Channels,
+    name: &ChannelName,
+    change: RolloutChange,
+) -> Result<RolloutChanged> {
+    let config = channels.get(name)?;
+    let current = writer
+        .read_channel(name.as_str())?
+        .with_context(|| format!("channel {name} has no document yet: nothing is rolling out"))?;
+    let what = format!("channels/{name}.json");
+    // A document from before rollouts: its waves start when it moved.
+    let mut rollout = current.rollout.clone().unwrap_or_else(|| {
+        config.rollout.starting(
+            current
+                .since(&current.version)
+                .unwrap_or(&current.issued_at),
+        )
+    });
+    let now = documents::format_time(writer.now);
+    match (change, &rollout.paused_at) {
+        (RolloutChange::Pause, None) => rollout.paused_at = Some(now.clone()),
+        (RolloutChange::Resume, Some(paused_at)) => {
+            let paused_for = writer.now - documents::parse_time(paused_at, &what)?;
+            let start = documents::parse_time(&rollout.start, &what)?;
+            rollout.start = documents::format_time(start + paused_for);
+            rollout.paused_at = None;
+        }
+        _ => {
+            return Ok(RolloutChanged {
+                channel: name.to_string(),
+                version: current.version.clone(),
+                change,
+                written: false,
+                serial: current.serial,
+                expires_at: current.expires_at.clone(),
+            })
+        }
+    }
+    let serial = writer.next_serial(name.as_str(), Some(&current))?;
+    let mut next = current;
+    next.serial = serial;
+    next.issued_at = now;
+    next.expires_at = documents::format_time(writer.now + config.valid_for.to_std());
+    next.rollout = Some(rollout);
+    writer.write_channel(&next)?;
+    writer.check_written(&next)?;
+    writer.write_index()?;
+    Ok(RolloutChanged {
+        channel: name.to_string(),
+        version: next.version,
+        change,
+        written: true,
+        serial,
+        expires_at: next.expires_at,
+    })
 }

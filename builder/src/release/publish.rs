@@ -22,7 +22,7 @@ use boxcar_client::layout::{self, SafeName};
 use boxcar_signing::documents::{self, EvidenceSummary, Kind, ReleaseArtifact, ReleaseDocument};
 use boxcar_signing::Sha256Digest;
 
-use super::backend::crash_point;
+use super::backend::{crash_point, ReleaseDraft};
 use super::documents::Writer;
 use crate::channel::{ChannelConfig, EvidencePolicy};
 use crate::progress::Progress;
@@ -222,7 +222,10 @@ fn already_there(
         .iter()
         .map(|a| (a.file.as_str(), a.size, a.sha256))
         .collect();
-    if published != built || existing.document.usr_root_hash != build.usr.root_hash {
+    if published != built
+        || existing.document.usr_root_hash != build.usr.root_hash
+        || existing.document.update != build.update
+    {
         return Err(refuse());
     }
     Ok((existing.document, existing.sha256))
@@ -258,6 +261,32 @@ fn point(
     Ok((name, serial))
 }
 
+/// Copies one file of the build (`name`, with the size and digest
+/// build.json gives) into the release, checking it on the way.
+fn copy_checked(
+    draft: &mut dyn ReleaseDraft,
+    build_dir: &Path,
+    (name, size, sha256): (&str, u64, Sha256Digest),
+    bar: &indicatif::ProgressBar,
+) -> Result<()> {
+    let name = SafeName::new("file name", name)?;
+    let source = build_dir.join(name.as_str());
+    let start = bar.position();
+    let copied = draft
+        .copy_in(name.as_str(), &source, &|n| bar.set_position(start + n))
+        .with_context(|| format!("copying {name}"))?;
+    if copied != (sha256, size) {
+        bail!(
+            "{} changed since the build: build.json says {size} bytes with sha256 {sha256}, the file has {} bytes with sha256 {}",
+            source.display(),
+            copied.1,
+            copied.0
+        );
+    }
+    crash_point("publish-copying");
+    Ok(())
+}
+
 /// Copies the build into a new release, writes and signs its SHA256SUMS
 /// and release.json, and commits it.
 fn assemble(
@@ -270,28 +299,18 @@ fn assemble(
 ) -> Result<(ReleaseDocument, Sha256Digest)> {
     let mut draft = writer.store.begin_release(version)?;
     let mut phase = progress.phase("copy artifacts");
-    let total: u64 = build.artifacts.iter().map(|a| a.size).sum();
+    let total: u64 = build.artifacts.iter().map(|a| a.size).sum::<u64>()
+        + build.update.as_ref().map_or(0, |u| u.download_size());
     let bar = progress.bytes("copy", total);
     let mut artifacts = Vec::new();
     for artifact in &build.artifacts {
         phase.status(&artifact.file);
-        let name = SafeName::new("artifact name", &artifact.file)?;
-        let source = build_dir.join(name.as_str());
-        let start = bar.position();
-        let copied = draft
-            .copy_in(name.as_str(), &source, &|n| bar.set_position(start + n))
-            .with_context(|| format!("copying {}", artifact.file))?;
-        if copied != (artifact.sha256, artifact.size) {
-            bail!(
-                "{} changed since the build: build.json says {} bytes with sha256 {}, the file has {} bytes with sha256 {}",
-                source.display(),
-                artifact.size,
-                artifact.sha256,
-                copied.1,
-                copied.0
-            );
-        }
-        crash_point("publish-copying");
+        copy_checked(
+            draft.as_mut(),
+            build_dir,
+            (&artifact.file, artifact.size, artifact.sha256),
+            &bar,
+        )?;
         artifacts.push(ReleaseArtifact {
             platform: artifact.platform.to_string(),
             format: artifact.format.name().to_owned(),
@@ -305,6 +324,24 @@ fn assemble(
             uncompressed_size: artifact.uncompressed_size,
         });
     }
+    let update = match &build.update {
+        Some(payload) => {
+            for file in &payload.files {
+                phase.status(&file.name);
+                copy_checked(
+                    draft.as_mut(),
+                    build_dir,
+                    (&file.name, file.size, file.sha256),
+                    &bar,
+                )?;
+            }
+            Some(payload.clone())
+        }
+        None => {
+            progress.note("the build carries no update payload (built before updates were published): nodes cannot update to this release");
+            None
+        }
+    };
     bar.finish_and_clear();
     let mut summaries = Vec::new();
     for (summary, path) in evidence {
@@ -330,6 +367,7 @@ fn assemble(
         kernel_release: build.kernel.release.clone(),
         artifacts,
         evidence: summaries,
+        update,
     };
     let signer = writer.signer;
     let sums = documents::sha256sums(&release);

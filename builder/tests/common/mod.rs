@@ -15,6 +15,7 @@ use boxcar::platform::{
 };
 use boxcar::records::buildinfo::*;
 use boxcar::records::evidence::{BootOutcome, Check, Evidence, TestCase};
+use boxcar_signing::documents::{UpdateFile, UpdatePayload, UpdateRole};
 use predicates::prelude::*;
 
 pub fn boxcar() -> Command {
@@ -372,6 +373,7 @@ impl Lab {
             },
             files: vec![],
             artifacts,
+            update: Some(synthetic_update(&dir, version)),
             platforms,
             packages: vec![],
             phases: vec![],
@@ -384,6 +386,49 @@ impl Lab {
         .unwrap();
         dir
     }
+}
+
+/// A synthetic build's update payload: three small parts, really
+/// compressed, under the names a real build gives them.
+fn synthetic_update(dir: &Path, version: &str) -> UpdatePayload {
+    let uuid = "0fc63daf-8483-4772-8e79-3d69d8477de4";
+    let parts = [
+        (
+            UpdateRole::Usr,
+            format!("boxcar_{version}_{uuid}.usr.raw"),
+            Some(uuid),
+        ),
+        (
+            UpdateRole::UsrVerity,
+            format!("boxcar_{version}_{uuid}.usr-verity.raw"),
+            Some(uuid),
+        ),
+        (UpdateRole::Uki, format!("boxcar_{version}.efi"), None),
+    ];
+    let files = parts
+        .into_iter()
+        .map(|(role, installed_name, uuid)| {
+            let raw = format!("{installed_name} ").repeat(500).into_bytes();
+            let compressed = compress(&raw);
+            let name = format!("{installed_name}.zst");
+            fs::write(dir.join(&name), &compressed).unwrap();
+            let (sha256, size) = boxcar_signing::sha256_file(&dir.join(&name)).unwrap();
+            let (installed_sha256, installed_size) =
+                boxcar_signing::sha256_reader(&raw[..]).unwrap();
+            UpdateFile {
+                role,
+                name,
+                size,
+                sha256,
+                compression: "zstd".into(),
+                installed_name,
+                installed_size,
+                installed_sha256,
+                partition_uuid: uuid.map(str::to_owned),
+            }
+        })
+        .collect();
+    UpdatePayload { files }
 }
 
 /// One artifact file of a synthetic build.
@@ -488,4 +533,11 @@ pub fn read_request(
         }
     }
     Ok((path, headers))
+}
+
+/// Reads a JSON file of the store or a build.
+pub fn read_json(path: &Path) -> serde_json::Value {
+    let text =
+        fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("parsing {}: {e}", path.display()))
 }

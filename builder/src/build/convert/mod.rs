@@ -358,7 +358,7 @@ fn compress_sparse(tools: &HostTools, raw: &Path, out: &Path) -> Result<()> {
 }
 
 /// Writes the whole of `file` to `out`: data regions as read, holes as zeros.
-fn feed_sparse(
+pub(crate) fn feed_sparse(
     file: &fs::File,
     length: u64,
     regions: &[std::ops::Range<u64>],

@@ -1,0 +1,127 @@
+//! The update payload: what a node downloads to update itself to this
+//! build. The /usr image, its verity hash tree and the UKI, each compressed
+//! with zstd under the name systemd-sysupdate's transfers in the image
+//! (overlays/base/usr/lib/sysupdate.d) match, plus `.zst`.
+//!
+//! The /usr image fills its 1 GiB slot, mostly with zeros after the erofs
+//! data; compressed, a node downloads about the size of the data.
+
+use std::fs::File;
+use std::io::{self, Write};
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use boxcar_signing::documents::{UpdateFile, UpdatePayload, UpdateRole};
+use boxcar_signing::Hasher;
+
+use super::convert::feed_sparse;
+use crate::image::{PartitionTable, Role};
+use crate::records::buildinfo::{FileInfo, FileKind};
+use crate::version::Version;
+
+/// How hard zstd works: level 3 (its default) compresses the erofs image
+/// within a few percent of level 19 in a fraction of the time (see
+/// BENCHMARKS.md).
+const ZSTD_LEVEL: i32 = 3;
+
+/// The name systemd-sysupdate matches for each part (the transfers'
+/// `MatchPattern`s: `boxcar_@v_@u.usr.raw`, `boxcar_@v_@u.usr-verity.raw`,
+/// `boxcar_@v.efi`), and the partition UUID it carries.
+pub fn installed_name(
+    role: UpdateRole,
+    version: &Version,
+    table: &PartitionTable,
+) -> Result<(String, Option<String>)> {
+    let uuid = |role| table.require(role).map(|p| p.uuid.to_lowercase());
+    Ok(match role {
+        UpdateRole::Usr => {
+            let uuid = uuid(Role::UsrA)?;
+            (format!("boxcar_{version}_{uuid}.usr.raw"), Some(uuid))
+        }
+        UpdateRole::UsrVerity => {
+            let uuid = uuid(Role::UsrAVerity)?;
+            (
+                format!("boxcar_{version}_{uuid}.usr-verity.raw"),
+                Some(uuid),
+            )
+        }
+        UpdateRole::Uki => (format!("boxcar_{version}.efi"), None),
+    })
+}
+
+/// Compresses the build's /usr, hash tree and UKI (listed, with their
+/// digests, in `files`) into the build directory `dir`.
+pub(super) fn write_payload(
+    dir: &Path,
+    version: &Version,
+    table: &PartitionTable,
+    files: &[FileInfo],
+) -> Result<UpdatePayload> {
+    let parts = [
+        (UpdateRole::Usr, FileKind::Usr),
+        (UpdateRole::UsrVerity, FileKind::UsrVerity),
+        (UpdateRole::Uki, FileKind::Uki),
+    ];
+    let mut payload = Vec::new();
+    for (role, kind) in parts {
+        let part = files
+            .iter()
+            .find(|f| f.kind == kind)
+            .with_context(|| format!("the build has no {kind:?} part for the update"))?;
+        let (installed_name, partition_uuid) = installed_name(role, version, table)?;
+        let name = format!("{installed_name}.zst");
+        let (sha256, size) = compress(&dir.join(&part.name), &dir.join(&name))
+            .with_context(|| format!("compressing {} into {name}", part.name))?;
+        payload.push(UpdateFile {
+            role,
+            name,
+            size,
+            sha256,
+            compression: "zstd".to_owned(),
+            installed_name,
+            installed_size: part.size,
+            installed_sha256: part.sha256,
+            partition_uuid,
+        });
+    }
+    Ok(UpdatePayload { files: payload })
+}
+
+/// Compresses `from` into the new file `to`, its holes fed from memory;
+/// returns the compressed file's sha256 and size.
+fn compress(from: &Path, to: &Path) -> Result<(boxcar_signing::Sha256Digest, u64)> {
+    let source = File::open(from).with_context(|| format!("opening {}", from.display()))?;
+    let length = source.metadata()?.len();
+    let regions = boxcar_signing::data_regions(&source, length);
+    let out = boxcar_client::files::create_new(to, 0o644)?;
+    let hashing = HashingWriter {
+        inner: io::BufWriter::with_capacity(1 << 20, out),
+        hasher: Hasher::new(),
+    };
+    let mut encoder = zstd::stream::write::Encoder::new(hashing, ZSTD_LEVEL)?;
+    encoder.include_checksum(true)?;
+    feed_sparse(&source, length, &regions, &mut encoder)?;
+    let mut hashing = encoder.finish()?;
+    hashing.inner.flush()?;
+    let file = hashing.inner.into_inner().map_err(|e| e.into_error())?;
+    file.sync_all()?;
+    Ok(hashing.hasher.finish())
+}
+
+/// Hashes what it passes on.
+struct HashingWriter<W> {
+    inner: W,
+    hasher: Hasher,
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(data)?;
+        self.hasher.update(&data[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
