@@ -4,8 +4,7 @@
 //! library's; this is the command's side of it: which store and keys,
 //! progress on the terminal, and `--decompress`.
 
-use std::fs::{self, File};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -256,36 +255,6 @@ fn decompress_if_compressed(
 /// Decompresses `from` into the new file `to`, leaving holes for zeros,
 /// refusing to write more than `limit` bytes.
 fn decompress_sparse(from: &Path, to: &Path, limit: u64) -> Result<u64> {
-    let source = File::open(from)?;
-    let mut decoder = zstd::stream::read::Decoder::new(source)
-        .with_context(|| format!("reading {}", from.display()))?;
     let _ = fs::remove_file(to);
-    let mut out = boxcar_client::files::create_new(to, 0o644)?;
-    let mut buffer = vec![0u8; 1 << 20];
-    let mut written = 0u64;
-    loop {
-        let n = decoder
-            .read(&mut buffer)
-            .with_context(|| format!("decompressing {}", from.display()))?;
-        if n == 0 {
-            break;
-        }
-        if written + n as u64 > limit {
-            bail!(
-                "{} decompresses to more than {limit} bytes; stopped there",
-                from.display()
-            );
-        }
-        if buffer[..n].iter().all(|&b| b == 0) {
-            out.seek(SeekFrom::Current(n as i64))?;
-        } else {
-            out.write_all(&buffer[..n])
-                .with_context(|| format!("writing {}", to.display()))?;
-        }
-        written += n as u64;
-    }
-    out.set_len(written)
-        .and_then(|()| out.sync_all())
-        .with_context(|| format!("writing {}", to.display()))?;
-    Ok(written)
+    Ok(boxcar_client::decompress::zstd_sparse(from, to, limit)?.1)
 }

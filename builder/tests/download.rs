@@ -630,7 +630,7 @@ fn decompress_writes_no_more_than_the_signed_size_and_leaves_nothing_on_failure(
     .assert()
     .code(1)
     .stderr(predicate::str::contains(
-        "decompresses to more than 65536 bytes",
+        "decompresses to more than the 65536 bytes",
     ));
     assert!(!out(&lab, "boxcar-2.0.0-metal.raw").exists());
     assert!(!out(&lab, "boxcar-2.0.0-metal.raw.part").exists());

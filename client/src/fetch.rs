@@ -10,7 +10,7 @@ use std::fs::{self, File};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use boxcar_signing::documents::ReleaseArtifact;
+use boxcar_signing::documents::{ReleaseArtifact, StoredFile};
 use boxcar_signing::{Hasher, Sha256Digest};
 use serde::Serialize;
 
@@ -42,7 +42,23 @@ impl Client {
         artifact: &ReleaseArtifact,
         to: &Path,
     ) -> Result<FetchedFile, Error> {
-        let name = SafeName::new("artifact name", &artifact.name)?;
+        let file = StoredFile {
+            name: &artifact.name,
+            size: artifact.size,
+            sha256: artifact.sha256,
+        };
+        self.fetch_file(version, file, to)
+    }
+
+    /// Fetches any file of release `version` (an artifact, an update part)
+    /// into directory `to`, as [`Client::fetch_artifact`] does.
+    pub fn fetch_file(
+        &self,
+        version: &SafeName,
+        artifact: StoredFile<'_>,
+        to: &Path,
+    ) -> Result<FetchedFile, Error> {
+        let name = SafeName::new("file name", artifact.name)?;
         let target = to.join(name.as_str());
         if let Some(present) = already_present(&target, artifact)? {
             return Ok(present);
@@ -50,12 +66,12 @@ impl Client {
         let part = to.join(format!("{name}.part"));
         let path = layout::release_file(version, &name);
         self.observer()
-            .transfer_started(&artifact.name, artifact.size, 0);
+            .transfer_started(artifact.name, artifact.size, 0);
         let mut resumed = false;
         let result = self.network().retry.run(&path, self.observer(), || {
             self.fetch_once(&path, &part, artifact, &mut resumed)
         });
-        self.observer().transfer_finished(&artifact.name);
+        self.observer().transfer_finished(artifact.name);
         if let Err(error) = result {
             // What the store sent is wrong, or gone: nothing of it is kept.
             // (A failure that may pass keeps the part file to resume.)
@@ -84,7 +100,7 @@ impl Client {
         &self,
         path: &str,
         part: &Path,
-        artifact: &ReleaseArtifact,
+        artifact: StoredFile<'_>,
         resumed: &mut bool,
     ) -> Result<(), Error> {
         let location = self.location(path);
@@ -96,7 +112,7 @@ impl Client {
             *resumed = true;
         }
         self.observer()
-            .transfer_progress(&artifact.name, state.len());
+            .transfer_progress(artifact.name, state.len());
         if state.len() < artifact.size {
             let mut body = self.transport().open(path, state.len())?;
             match body.resume {
@@ -106,7 +122,7 @@ impl Client {
                         "{location}: the server ignored the range request; downloading from the start"
                     ));
                     state.truncate()?;
-                    self.observer().transfer_progress(&artifact.name, 0);
+                    self.observer().transfer_progress(artifact.name, 0);
                 }
                 Resume::Refused(why) => {
                     state.truncate()?;
@@ -118,7 +134,7 @@ impl Client {
             }
             while let Some(chunk) = body
                 .next_chunk()
-                .map_err(|e| closed_early(e, &state, artifact))?
+                .map_err(|e| closed_early(e, &state, &artifact))?
             {
                 if state.len() + chunk.len() as u64 > artifact.size {
                     return Err(Error::Inconsistent(format!(
@@ -128,7 +144,7 @@ impl Client {
                 }
                 state.append(&chunk)?;
                 self.observer()
-                    .transfer_progress(&artifact.name, state.len());
+                    .transfer_progress(artifact.name, state.len());
             }
         }
         if state.len() < artifact.size {
@@ -157,7 +173,7 @@ impl Client {
 }
 
 /// A read that failed mid-transfer says how far it got.
-fn closed_early(error: Error, state: &PartFile, artifact: &ReleaseArtifact) -> Error {
+fn closed_early(error: Error, state: &PartFile, artifact: &StoredFile<'_>) -> Error {
     match error {
         Error::Unavailable { location, reason } if reason.starts_with("no data for") => {
             Error::Unavailable {
@@ -179,10 +195,7 @@ fn closed_early(error: Error, state: &PartFile, artifact: &ReleaseArtifact) -> E
 
 /// The artifact, if it is already at `target`, verified. Something else
 /// there (another file, a symlink) is an error: it is never overwritten.
-fn already_present(
-    target: &Path,
-    artifact: &ReleaseArtifact,
-) -> Result<Option<FetchedFile>, Error> {
+fn already_present(target: &Path, artifact: StoredFile<'_>) -> Result<Option<FetchedFile>, Error> {
     let meta = match fs::symlink_metadata(target) {
         Ok(meta) => meta,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),

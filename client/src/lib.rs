@@ -15,6 +15,7 @@
 //! | [`chain`] | the signed documents, each checked against the keys trusted so far: keyring, index, channel, release |
 //! | [`rollback`] | the highest channel serials this machine has accepted |
 //! | [`fetch`] | downloading an artifact into a file, verified while it arrives, resumable |
+//! | [`decompress`] | a verified `.zst` into the sparse file it compresses, within the signed size |
 //! | [`audit`] | checking a whole store the way a careful client would, without changing it |
 //! | [`files`] | creating local files safely: new, never through a symlink |
 //!
@@ -24,6 +25,7 @@
 
 pub mod audit;
 pub mod chain;
+pub mod decompress;
 pub mod error;
 pub mod fetch;
 pub mod files;
