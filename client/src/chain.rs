@@ -94,6 +94,8 @@ pub struct Resolved {
     pub release: Verified<ReleaseDocument>,
     /// The channel it came through and the channel document's serial.
     pub channel: Option<(SafeName, u64)>,
+    /// That channel's document, checked (its rollout, its history).
+    pub channel_document: Option<ChannelDocument>,
 }
 
 impl Client {
@@ -379,6 +381,13 @@ impl Client {
             SafeName::new("version", &entry.version)?;
             documents::parse_time(&entry.since, &path).map_err(untrusted)?;
         }
+        if let Some(rollout) = &doc.rollout {
+            rollout.check().map_err(untrusted)?;
+            documents::parse_time(&rollout.start, &path).map_err(untrusted)?;
+            if let Some(paused_at) = &rollout.paused_at {
+                documents::parse_time(paused_at, &path).map_err(untrusted)?;
+            }
+        }
         Ok(verified)
     }
 
@@ -462,6 +471,7 @@ impl Client {
         // serial: a channel document behind it is a rollback even on a
         // first download.
         let index = self.index(trust)?.document;
+        let mut channel_document = None;
         let (version, expected, channel) = match selector {
             Selector::Channel { name, version } => {
                 let doc = self
@@ -493,7 +503,9 @@ impl Client {
                         (version.clone(), entry.release_sha256)
                     }
                 };
-                (version, expected, Some((name.clone(), doc.serial)))
+                let serial = doc.serial;
+                channel_document = Some(doc);
+                (version, expected, Some((name.clone(), serial)))
             }
             Selector::Version(version) => {
                 let entry = index
@@ -519,6 +531,7 @@ impl Client {
             version,
             release,
             channel,
+            channel_document,
         })
     }
 }

@@ -1,0 +1,303 @@
+//! The service: settles what the last boot means for a pending update,
+//! then checks on a schedule (a first check a few minutes after a healthy
+//! boot, then hourly with jitter, backing off after failures), and reboots
+//! into an installed update when the strategy allows.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+
+use crate::check::{Check, Outcome};
+use crate::config::{Config, StrategyName};
+use crate::fleet_lock::FleetLock;
+use crate::host;
+use crate::identity::Identity;
+use crate::paths::Paths;
+use crate::state::{Event, Phase, State};
+use crate::strategy::{may_reboot, RebootDecision};
+
+/// The agent's view of the host, loaded once per run.
+pub struct Agent {
+    pub paths: Paths,
+    pub config: Config,
+    pub identity: Identity,
+}
+
+/// What one round (a check, then the reboot decision) came to.
+#[derive(Debug, Serialize)]
+pub struct Round {
+    #[serde(flatten)]
+    pub outcome: Outcome,
+    /// What the strategy said about rebooting, when an update waits for it.
+    pub reboot: Option<String>,
+}
+
+impl Agent {
+    pub fn load(paths: Paths) -> Result<Self> {
+        let config = Config::load(&paths)?;
+        let identity = Identity::load(&paths)?;
+        Ok(Self {
+            paths,
+            config,
+            identity,
+        })
+    }
+
+    /// Runs forever as the service.
+    pub fn serve(&self) -> Result<()> {
+        let _lock = self.lock()?;
+        let mut state = State::load(&self.paths)?;
+        self.settle_boot(&mut state)?;
+        self.release_fleet_lock(&mut state);
+        sleep(self.config.agent.first_check_seconds);
+        loop {
+            let wait = match self.round(&mut state, false) {
+                Ok(round) => {
+                    self.report(&round);
+                    match (&round.outcome, &state.phase) {
+                        (_, Phase::RebootPending) => self.config.agent.reboot_retry_seconds,
+                        _ => self.next_check(),
+                    }
+                }
+                Err(error) => {
+                    eprintln!("update check failed: {error:#}");
+                    self.backoff(state.failures_in_a_row)
+                }
+            };
+            sleep(wait);
+        }
+    }
+
+    /// One round for `boxcar-update check` (under the same lock as the
+    /// service's rounds).
+    pub fn check_once(&self, ignore_waves: bool) -> Result<Round> {
+        let _lock = self.lock()?;
+        let mut state = State::load(&self.paths)?;
+        self.settle_boot(&mut state)?;
+        self.round(&mut state, ignore_waves)
+    }
+
+    /// A check, recorded in the state, then a reboot if one is due and
+    /// allowed.
+    fn round(&self, state: &mut State, ignore_waves: bool) -> Result<Round> {
+        let now = host::now();
+        let check = Check {
+            paths: &self.paths,
+            config: &self.config,
+            identity: &self.identity,
+            ignore_waves,
+            now,
+        };
+        let outcome = match check.run(state) {
+            Ok(outcome) => outcome,
+            Err(error) => {
+                state.failures_in_a_row += 1;
+                state.last_error = Some(event(format!("{error:#}")));
+                state.last_check = Some(event("failed".into()));
+                state.save(&self.paths)?;
+                return Err(error);
+            }
+        };
+        state.failures_in_a_row = 0;
+        state.last_error = None;
+        state.last_check = Some(event(describe(&outcome)));
+        state.save(&self.paths)?;
+        let reboot = if state.phase == Phase::RebootPending {
+            Some(self.reboot_if_allowed(state)?)
+        } else {
+            None
+        };
+        Ok(Round { outcome, reboot })
+    }
+
+    /// Asks the strategy, and reboots when it says so.
+    fn reboot_if_allowed(&self, state: &mut State) -> Result<String> {
+        let version = state
+            .pending
+            .as_ref()
+            .map(|p| p.version.clone())
+            .unwrap_or_default();
+        match may_reboot(&self.config, host::now(), &self.identity.node_id)? {
+            RebootDecision::Now { lock_taken } => {
+                if let Some(pending) = &mut state.pending {
+                    pending.lock_taken |= lock_taken;
+                }
+                state.phase = Phase::Rebooting;
+                state.save(&self.paths)?;
+                eprintln!("rebooting into {version}");
+                host::reboot()?;
+                Ok(format!("rebooting into {version}"))
+            }
+            RebootDecision::Wait(why) => {
+                let message = format!("{version} is installed; not rebooting yet: {why}");
+                eprintln!("{message}");
+                Ok(message)
+            }
+            RebootDecision::Never => Ok(format!(
+                "{version} is installed; strategy \"off\" leaves the reboot to the operator (/run/reboot-required)"
+            )),
+        }
+    }
+
+    /// What the last reboot means for a pending update: the new version
+    /// runs and the boot is healthy (done), or boot counting went back to
+    /// the old one (the new one is bad, never tried again).
+    pub fn settle_boot(&self, state: &mut State) -> Result<()> {
+        let Some(pending) = state.pending.clone() else {
+            return Ok(());
+        };
+        if pending.installed_in_boot == host::boot_id()? {
+            state.phase = Phase::RebootPending;
+            return Ok(());
+        }
+        let running = host::running_version(&self.paths)?;
+        if running == pending.version {
+            if host::unit_state("boot-complete.target")? != "active" {
+                eprintln!(
+                    "{} is running but its boot is not healthy (boot-complete.target is not active); the update is not settled",
+                    pending.version
+                );
+                return Ok(());
+            }
+            eprintln!(
+                "updated from {} to {}",
+                pending.from_version, pending.version
+            );
+            state.last_update = Some(event(format!(
+                "updated from {} to {}",
+                pending.from_version, pending.version
+            )));
+        } else {
+            let reason =
+                format!("it did not boot healthy, and boot counting went back to {running}");
+            eprintln!(
+                "update to {} failed: {reason}; it is marked bad and will not be installed again automatically",
+                pending.version
+            );
+            state.mark_bad(&pending.version, reason, host::format_now());
+        }
+        state.pending = None;
+        state.phase = Phase::Idle;
+        state.save(&self.paths)
+    }
+
+    /// With the fleet_lock strategy, a healthy host holds no slot: tell
+    /// the server (as Zincati does at every start), retrying until it
+    /// listens.
+    fn release_fleet_lock(&self, state: &mut State) {
+        if self.config.updates.strategy != StrategyName::FleetLock || state.pending.is_some() {
+            return;
+        }
+        loop {
+            let released = FleetLock::new(
+                &self.config.updates.fleet_lock,
+                &self.identity.node_id,
+                &self.config,
+            )
+            .and_then(|lock| lock.steady_state());
+            match released {
+                Ok(None) => {
+                    eprintln!(
+                        "reported steady state to the fleet lock at {}",
+                        self.config.updates.fleet_lock.base_url
+                    );
+                    return;
+                }
+                Ok(Some(refusal)) => {
+                    eprintln!("the fleet lock did not take the steady state: {refusal}")
+                }
+                Err(error) => {
+                    eprintln!("reporting steady state to the fleet lock failed: {error:#}")
+                }
+            }
+            sleep(self.config.agent.reboot_retry_seconds);
+        }
+    }
+
+    fn report(&self, round: &Round) {
+        eprintln!("{}", describe(&round.outcome));
+    }
+
+    /// The next regular check: the interval give or take the jitter.
+    fn next_check(&self) -> u64 {
+        let jitter = self.config.agent.jitter_seconds;
+        if jitter == 0 {
+            return self.config.agent.check_interval_seconds;
+        }
+        let spread = u64::from(host::now().nanosecond()) % (2 * jitter + 1);
+        (self.config.agent.check_interval_seconds + spread).saturating_sub(jitter)
+    }
+
+    /// After `failures` failed checks in a row: the backoff doubles each
+    /// time, up to four check intervals.
+    fn backoff(&self, failures: u32) -> u64 {
+        let agent = &self.config.agent;
+        let doubled = agent
+            .failure_backoff_seconds
+            .saturating_mul(1 << failures.saturating_sub(1).min(16));
+        doubled
+            .min(agent.check_interval_seconds.saturating_mul(4))
+            .max(1)
+    }
+
+    /// One round at a time: the service and `boxcar-update check` share it.
+    fn lock(&self) -> Result<std::fs::File> {
+        let dir = self.paths.state_dir();
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let path = dir.join("lock");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive)
+            .map_err(|_| anyhow::anyhow!("another boxcar-update is checking right now (it holds {}); try again when it is done", path.display()))?;
+        Ok(file)
+    }
+}
+
+/// One line for the journal and for status.
+pub fn describe(outcome: &Outcome) -> String {
+    match outcome {
+        Outcome::NotFollowing { reason } => format!("not following a channel: {reason}"),
+        Outcome::UpToDate { version } => format!("up to date: {version}"),
+        Outcome::SkippedBad { version, reason } => {
+            format!("not installing {version}: it failed here before ({reason})")
+        }
+        Outcome::Waiting { version, wave } => match wave {
+            crate::rollout::WaveStatus::Paused { since } => {
+                format!("{version} is available, but its rollout is paused (since {since})")
+            }
+            crate::rollout::WaveStatus::NotYet {
+                percent,
+                next_wave_at,
+            } => format!(
+                "{version} is available to {percent} % of the fleet, not yet to this host; its wave opens {}",
+                next_wave_at.as_deref().unwrap_or("never (no wave reaches it)")
+            ),
+            crate::rollout::WaveStatus::Open { .. } => format!("{version} is available"),
+        },
+        Outcome::AlreadyInstalled { version } => format!("{version} is installed, waiting for its reboot"),
+        Outcome::Installed(installed) => format!(
+            "installed {} ({} bytes downloaded in {:.1} s, verified in {:.1} s, installed in {:.1} s)",
+            installed.version,
+            installed.downloaded_bytes,
+            installed.download_seconds,
+            installed.verify_seconds,
+            installed.install_seconds
+        ),
+    }
+}
+
+fn event(message: String) -> Event {
+    Event {
+        at: host::format_now(),
+        message,
+    }
+}
+
+fn sleep(seconds: u64) {
+    std::thread::sleep(Duration::from_secs(seconds));
+}

@@ -1,0 +1,130 @@
+//! Before anything is written to the idle slot, the staged update is
+//! checked as a whole: the staged UKI boots the /usr staged next to it,
+//! that /usr and its hash tree really have that root hash (`veritysetup
+//! verify`), the partition UUIDs are the halves of the root hash (how the
+//! boot finds the slot), and the UKI fits on the ESP. Then the image's own
+//! systemd-sysupdate installs it: hash tree, /usr, and the UKI last.
+
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+use boxcar_signing::documents::{ReleaseDocument, UpdateRole};
+
+use crate::host;
+use crate::staging::Staged;
+use crate::uki;
+
+/// Checks the staged update of `release`.
+pub fn check_staged(staged: &Staged, release: &ReleaseDocument) -> Result<()> {
+    let root_hash = release.usr_root_hash.to_lowercase();
+    let uki_path = staged.path(UpdateRole::Uki)?;
+    let cmdline = uki::cmdline(uki_path)?;
+    let usrhash = uki::usrhash(&cmdline)
+        .with_context(|| format!("the staged UKI's command line has no usrhash=: {cmdline}"))?;
+    if usrhash.to_lowercase() != root_hash {
+        bail!(
+            "the staged UKI boots usrhash={usrhash}, but release {} has /usr root hash {root_hash}",
+            release.version
+        );
+    }
+    check_partition_uuids(release, &root_hash)?;
+    let usr = staged.path(UpdateRole::Usr)?;
+    let verity = staged.path(UpdateRole::UsrVerity)?;
+    host::run(
+        "checking the staged /usr against its hash tree (veritysetup verify)",
+        Command::new("veritysetup")
+            .arg("verify")
+            .arg(usr)
+            .arg(verity)
+            .arg(&root_hash),
+    )?;
+    check_esp_space(staged)?;
+    Ok(())
+}
+
+/// The new slots get the UUIDs the root hash names: the first half for
+/// /usr, the second for its hash tree.
+fn check_partition_uuids(release: &ReleaseDocument, root_hash: &str) -> Result<()> {
+    let payload = release
+        .update
+        .as_ref()
+        .context("the release has no update")?;
+    let Some((usr, verity)) = slot_uuids(root_hash) else {
+        bail!("release {} has no 256-bit /usr root hash", release.version);
+    };
+    for (role, expected) in [(UpdateRole::Usr, usr), (UpdateRole::UsrVerity, verity)] {
+        let file = payload
+            .file(role)
+            .with_context(|| format!("the update has no {role:?} part"))?;
+        if file.partition_uuid.as_deref().map(str::to_lowercase) != Some(expected.clone()) {
+            bail!(
+                "{} would get partition UUID {:?}, but the root hash makes it {expected}: the boot would not find it",
+                file.installed_name,
+                file.partition_uuid
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The partition UUIDs of the /usr slot and its hash tree that a verity
+/// root hash (64 hex digits) names: its two halves, as UUIDs.
+pub fn slot_uuids(root_hash: &str) -> Option<(String, String)> {
+    if root_hash.len() != 64 || !root_hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let uuid = |hex: &str| {
+        format!(
+            "{}-{}-{}-{}-{}",
+            &hex[0..8],
+            &hex[8..12],
+            &hex[12..16],
+            &hex[16..20],
+            &hex[20..32]
+        )
+    };
+    Some((uuid(&root_hash[..32]), uuid(&root_hash[32..])))
+}
+
+/// The ESP must hold the new UKI (systemd-sysupdate removes UKIs beyond
+/// two first, so an ESP that holds two holds the update).
+fn check_esp_space(staged: &Staged) -> Result<()> {
+    let uki = staged.path(UpdateRole::Uki)?;
+    let size = std::fs::metadata(uki)?.len();
+    let esp = host::run(
+        "finding the ESP",
+        Command::new("bootctl").arg("--print-esp-path"),
+    )?;
+    let esp = std::path::PathBuf::from(esp.trim());
+    let linux = esp.join("EFI/Linux");
+    let mut free = crate::staging::free_bytes(&esp)?;
+    let mut ukis: Vec<(std::path::PathBuf, u64)> = std::fs::read_dir(&linux)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok())
+                .filter_map(|e| Some((e.path(), e.metadata().ok()?.len())))
+                .collect()
+        })
+        .unwrap_or_default();
+    ukis.sort();
+    // With two there, systemd-sysupdate removes the older first.
+    if ukis.len() >= 2 {
+        free += ukis[0].1;
+    }
+    if free < size {
+        bail!(
+            "the ESP ({}) has {free} bytes free, and the new UKI needs {size}",
+            esp.display()
+        );
+    }
+    Ok(())
+}
+
+/// Installs the staged `version` into the idle slot.
+pub fn install(version: &str) -> Result<()> {
+    host::run(
+        "installing with systemd-sysupdate",
+        Command::new("systemd-sysupdate").args(["update", version]),
+    )?;
+    Ok(())
+}

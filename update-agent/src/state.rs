@@ -1,0 +1,148 @@
+//! What the agent remembers between runs (`/var/lib/boxcar-update/
+//! state.json`) and what `boxcar-update status` reports from it.
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::paths::Paths;
+use crate::rollout::WaveStatus;
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct State {
+    /// What the agent is doing or waiting for.
+    pub phase: Phase,
+    /// The newest release the channel offers, as last seen.
+    pub available: Option<Available>,
+    /// An update installed into the idle slot, until a boot settles it.
+    pub pending: Option<Pending>,
+    /// Versions that failed to boot: never installed again automatically.
+    pub bad_versions: Vec<BadVersion>,
+    pub last_check: Option<Event>,
+    /// The last failure, with its cause; cleared by a check that works.
+    pub last_error: Option<Event>,
+    /// Failed checks in a row (the backoff grows with them).
+    pub failures_in_a_row: u32,
+    /// The last update that went through, and when.
+    pub last_update: Option<Event>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Phase {
+    /// Nothing to do until the next check.
+    #[default]
+    Idle,
+    /// Fetching and verifying an update.
+    Downloading,
+    /// Handing a verified update to systemd-sysupdate.
+    Installing,
+    /// Installed; waiting for the strategy to allow a reboot.
+    RebootPending,
+    /// Rebooting into the update.
+    Rebooting,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Available {
+    pub version: String,
+    pub channel_serial: u64,
+    /// Where this host stands in the channel's rollout.
+    pub wave: WaveStatus,
+    /// Bytes a node downloads for it.
+    pub download_bytes: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Pending {
+    pub version: String,
+    /// The version that installed it.
+    pub from_version: String,
+    pub installed_at: String,
+    /// The boot that installed it: while it is still running, the update
+    /// waits for its reboot.
+    pub installed_in_boot: String,
+    /// Whether the fleet lock was taken for its reboot (released once the
+    /// new boot is healthy).
+    #[serde(default)]
+    pub lock_taken: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BadVersion {
+    pub version: String,
+    pub reason: String,
+    pub at: String,
+}
+
+/// Something that happened, when, and what came of it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    pub at: String,
+    pub message: String,
+}
+
+impl State {
+    /// The state, or a fresh one if the agent never ran. A file that is not
+    /// a state file is an error naming it.
+    pub fn load(paths: &Paths) -> Result<Self> {
+        let path = paths.state_file();
+        match std::fs::read(&path) {
+            Ok(bytes) if bytes.iter().all(u8::is_ascii_whitespace) => Ok(Self::default()),
+            Ok(bytes) => serde_json::from_slice(&bytes).with_context(|| {
+                format!(
+                    "{} is not the agent's state; move it away to start afresh",
+                    path.display()
+                )
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
+            Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+        }
+    }
+
+    /// Saves the state atomically.
+    pub fn save(&self, paths: &Paths) -> Result<()> {
+        let dir = paths.state_dir();
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let mut bytes = serde_json::to_vec_pretty(self).expect("the state serializes");
+        bytes.push(b'\n');
+        boxcar_client::files::replace(&paths.state_file(), &bytes)?;
+        Ok(())
+    }
+
+    pub fn is_bad(&self, version: &str) -> Option<&BadVersion> {
+        self.bad_versions.iter().find(|b| b.version == version)
+    }
+
+    pub fn mark_bad(&mut self, version: &str, reason: String, at: String) {
+        if self.is_bad(version).is_none() {
+            self.bad_versions.push(BadVersion {
+                version: version.to_owned(),
+                reason,
+                at,
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_state_survives_a_round_trip_and_a_stranger_file_is_named() {
+        let root = tempfile::tempdir().unwrap();
+        let paths = Paths::under(root.path());
+        assert_eq!(State::load(&paths).unwrap(), State::default());
+        let mut state = State::default();
+        state.mark_bad("1.2", "fell back".into(), "2026-12-03T00:00:00Z".into());
+        state.mark_bad("1.2", "again".into(), "2026-12-03T00:00:00Z".into());
+        state.save(&paths).unwrap();
+        let loaded = State::load(&paths).unwrap();
+        assert_eq!(loaded.bad_versions.len(), 1);
+        assert_eq!(loaded.is_bad("1.2").unwrap().reason, "fell back");
+        std::fs::write(paths.state_file(), "[1, 2]").unwrap();
+        let err = format!("{:#}", State::load(&paths).unwrap_err());
+        assert!(err.contains("is not the agent's state"), "{err}");
+    }
+}
