@@ -17,7 +17,7 @@ setup:
 	ci/setup-host
 
 boxcar: setup
-	$(CARGO) build --release --locked -p boxcar
+	$(CARGO) build --release --locked -p boxcar -p boxcar-update
 
 image: boxcar
 	$(BOXCAR) build --channel alpha $(BUILD_ARGS)

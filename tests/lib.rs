@@ -56,8 +56,18 @@ pub fn boxcar_bin() -> &'static Path {
             return PathBuf::from(bin);
         }
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        // The node agent too: a build puts the one next to boxcar into the
+        // image.
         let status = Command::new(cargo)
-            .args(["build", "--release", "--quiet", "-p", "boxcar"])
+            .args([
+                "build",
+                "--release",
+                "--quiet",
+                "-p",
+                "boxcar",
+                "-p",
+                "boxcar-update",
+            ])
             .current_dir(project_root())
             .status()
             .expect("running cargo build");
@@ -106,6 +116,8 @@ pub fn shared_build() -> &'static Path {
             "0.0.0-e2e",
             "--out",
             out_arg,
+            "--update-key",
+            &shared_store_key().public(),
             "--json",
         ]);
         assert!(output.status.success(), "boxcar build failed");
@@ -131,10 +143,165 @@ pub fn shared_newer_build() -> &'static Path {
             "--out",
             out.to_str().unwrap(),
             "--no-artifacts",
+            "--update-key",
+            &shared_store_key().public(),
             "--json",
         ]);
         assert!(output.status.success(), "the second build failed");
         out.join("0.0.1-e2e")
+    })
+}
+
+/// A key pair made with `boxcar keys generate`.
+pub struct KeyPair {
+    pub dir: PathBuf,
+}
+
+impl KeyPair {
+    pub fn generate(dir: &Path) -> Self {
+        let _ = std::fs::remove_dir_all(dir);
+        let output = boxcar(&["keys", "generate", "--out", dir.to_str().unwrap()]);
+        assert!(output.status.success(), "keys generate failed");
+        Self {
+            dir: dir.to_owned(),
+        }
+    }
+
+    pub fn secret(&self) -> String {
+        self.dir.join("boxcar.key").display().to_string()
+    }
+
+    pub fn public(&self) -> String {
+        self.dir.join("boxcar.pub").display().to_string()
+    }
+}
+
+/// The store key of the suite: the shared builds' agents pin it (a test
+/// key is a build input, never a secret in the image), and the update
+/// tests' stores are signed with it.
+pub fn shared_store_key() -> &'static KeyPair {
+    static KEY: OnceLock<KeyPair> = OnceLock::new();
+    KEY.get_or_init(|| KeyPair::generate(&scratch_dir().join("store-key")))
+}
+
+/// A copy of the checkout's configuration (recipes, overlays, channels) in
+/// `dir`, with `key = value` lines replaced or added in channel files:
+/// `(channel, key, value)`.
+pub fn project_copy(dir: &Path, channel_settings: &[(&str, &str, &str)]) -> PathBuf {
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir).unwrap();
+    for sub in ["recipes", "overlays", "channels"] {
+        let status = Command::new("cp")
+            .arg("-r")
+            .arg(project_root().join(sub))
+            .arg(dir)
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+    for (channel, key, value) in channel_settings {
+        let path = dir.join(format!("channels/{channel}.toml"));
+        let text = std::fs::read_to_string(&path).unwrap();
+        // Drop the key's line (and a multi-line array under it).
+        let mut kept = Vec::new();
+        let mut skipping = false;
+        for line in text.lines() {
+            if line.starts_with(&format!("{key} =")) {
+                skipping = line.trim_end().ends_with('[');
+                continue;
+            }
+            if skipping {
+                skipping = line.trim() != "]";
+                continue;
+            }
+            kept.push(line);
+        }
+        std::fs::write(&path, format!("{}\n{key} = {value}\n", kept.join("\n"))).unwrap();
+    }
+    dir.to_owned()
+}
+
+/// The stores the update tests serve to a node running the shared build,
+/// all signed with the shared store key, each carrying the newer build on
+/// channel alpha (made once per run):
+/// - `good/`: everyone may update at once;
+/// - `paused/`: the same, its rollout paused (`promote --pause`);
+/// - `waves/`: published with waves that open to nobody for two days;
+/// - `tampered/`: `good/` with one byte of the update's /usr flipped.
+pub fn shared_update_stores() -> &'static Path {
+    static STORES: OnceLock<PathBuf> = OnceLock::new();
+    STORES.get_or_init(|| {
+        let newer = shared_newer_build();
+        let root = scratch_dir().join("stores");
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(&root).unwrap();
+        let key = shared_store_key();
+        // Alpha without the boot-test evidence the newer, unpackaged build
+        // lacks; nodes update to what it carries.
+        let publish = |store: &str, waves: &str| {
+            let project = project_copy(
+                &scratch_dir().join(format!("project-{store}")),
+                &[
+                    ("alpha", "evidence", "\"not-required\""),
+                    ("alpha", "waves", waves),
+                ],
+            );
+            let output = boxcar(&[
+                "--project",
+                project.to_str().unwrap(),
+                "publish",
+                "--build",
+                newer.to_str().unwrap(),
+                "--store",
+                root.join(store).to_str().unwrap(),
+                "--key",
+                &key.secret(),
+                "--trust",
+                &key.public(),
+                "--channel",
+                "alpha",
+            ]);
+            assert!(output.status.success(), "publishing to {store} failed");
+            project
+        };
+        let project = publish("good", "[]");
+        publish("waves", "[{ percent = 100, after = \"2d\" }]");
+        for copy in ["paused", "tampered"] {
+            let status = Command::new("cp")
+                .args(["-al"])
+                .arg(root.join("good"))
+                .arg(root.join(copy))
+                .status()
+                .unwrap();
+            assert!(status.success());
+        }
+        let paused = boxcar(&[
+            "--project",
+            project.to_str().unwrap(),
+            "promote",
+            "--store",
+            root.join("paused").to_str().unwrap(),
+            "--key",
+            &key.secret(),
+            "--trust",
+            &key.public(),
+            "--to",
+            "alpha",
+            "--pause",
+        ]);
+        assert!(paused.status.success(), "pausing the rollout failed");
+        // A private copy of the update's /usr, one byte flipped.
+        let release = root.join("tampered/releases/0.0.1-e2e");
+        let usr = std::fs::read_dir(&release)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.to_string_lossy().ends_with(".usr.raw.zst"))
+            .expect("the release carries its /usr");
+        let mut bytes = std::fs::read(&usr).unwrap();
+        bytes[4096] ^= 0x01;
+        std::fs::remove_file(&usr).unwrap();
+        std::fs::write(&usr, bytes).unwrap();
+        root
     })
 }
 

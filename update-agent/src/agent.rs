@@ -95,6 +95,7 @@ impl Agent {
                 state.failures_in_a_row += 1;
                 state.last_error = Some(event(format!("{error:#}")));
                 state.last_check = Some(event("failed".into()));
+                state.record(format!("update check failed: {error:#}"));
                 state.save(&self.paths)?;
                 return Err(error);
             }
@@ -102,6 +103,9 @@ impl Agent {
         state.failures_in_a_row = 0;
         state.last_error = None;
         state.last_check = Some(event(describe(&outcome)));
+        if matches!(outcome, Outcome::Installed(_) | Outcome::SkippedBad { .. }) {
+            state.record(describe(&outcome));
+        }
         state.save(&self.paths)?;
         let reboot = if state.phase == Phase::RebootPending {
             Some(self.reboot_if_allowed(state)?)
@@ -124,14 +128,15 @@ impl Agent {
                     pending.lock_taken |= lock_taken;
                 }
                 state.phase = Phase::Rebooting;
+                state.record(format!("rebooting into {version}"));
                 state.save(&self.paths)?;
-                eprintln!("rebooting into {version}");
                 host::reboot()?;
                 Ok(format!("rebooting into {version}"))
             }
             RebootDecision::Wait(why) => {
                 let message = format!("{version} is installed; not rebooting yet: {why}");
-                eprintln!("{message}");
+                state.record(message.clone());
+                state.save(&self.paths)?;
                 Ok(message)
             }
             RebootDecision::Never => Ok(format!(
@@ -171,10 +176,10 @@ impl Agent {
         } else {
             let reason =
                 format!("it did not boot healthy, and boot counting went back to {running}");
-            eprintln!(
+            state.record(format!(
                 "update to {} failed: {reason}; it is marked bad and will not be installed again automatically",
                 pending.version
-            );
+            ));
             state.mark_bad(&pending.version, reason, host::format_now());
         }
         state.pending = None;
@@ -198,10 +203,11 @@ impl Agent {
             .and_then(|lock| lock.steady_state());
             match released {
                 Ok(None) => {
-                    eprintln!(
+                    state.record(format!(
                         "reported steady state to the fleet lock at {}",
                         self.config.updates.fleet_lock.base_url
-                    );
+                    ));
+                    let _ = state.save(&self.paths);
                     return;
                 }
                 Ok(Some(refusal)) => {

@@ -152,11 +152,11 @@ mod tests {
                 let answer = if n < refusals {
                     let body = r#"{"kind":"failed_lock","value":"all slots taken"}"#;
                     format!(
-                        "HTTP/1.1 409 Conflict\r\ncontent-length: {}\r\n\r\n{body}",
+                        "HTTP/1.1 409 Conflict\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
                         body.len()
                     )
                 } else {
-                    "HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n".to_owned()
+                    "HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 0\r\n\r\n".to_owned()
                 };
                 reader.get_mut().write_all(answer.as_bytes()).unwrap();
             }

@@ -119,6 +119,7 @@ fn status(paths: &Paths, json: bool) -> Result<ExitCode> {
         "last_check": state.last_check,
         "last_error": state.last_error,
         "last_update": state.last_update,
+        "history": state.history,
         "reboot_required": paths.reboot_required().exists(),
     });
     if json {

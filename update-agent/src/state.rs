@@ -25,7 +25,13 @@ pub struct State {
     pub failures_in_a_row: u32,
     /// The last update that went through, and when.
     pub last_update: Option<Event>,
+    /// What the agent did, newest last (installs, reboots, settled boots,
+    /// lock releases, failures), the last [`HISTORY_LENGTH`] of it.
+    pub history: Vec<Event>,
 }
+
+/// How many events the history keeps.
+pub const HISTORY_LENGTH: usize = 50;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -108,6 +114,17 @@ impl State {
         bytes.push(b'\n');
         boxcar_client::files::replace(&paths.state_file(), &bytes)?;
         Ok(())
+    }
+
+    /// Adds an event to the history (and says it on stderr: the journal).
+    pub fn record(&mut self, message: String) {
+        eprintln!("{message}");
+        self.history.push(Event {
+            at: boxcar_signing::documents::format_time(time::OffsetDateTime::now_utc()),
+            message,
+        });
+        let excess = self.history.len().saturating_sub(HISTORY_LENGTH);
+        self.history.drain(..excess);
     }
 
     pub fn is_bad(&self, version: &str) -> Option<&BadVersion> {

@@ -1,6 +1,6 @@
 //! The compose phase: mkosi builds the one image from the recipe, with a
-//! generated tree that ties each platform's units to its platform, and the
-//! initrd's own package.
+//! generated tree that ties each platform's units to its platform, the node
+//! agent's tree, and the initrd's own package.
 
 use std::fs::{self, File};
 use std::path::Path;
@@ -22,6 +22,8 @@ pub(super) fn compose(
 ) -> Result<()> {
     remove_stale_outputs(&plan.cache.mkosi_output())?;
     write_platform_units(&plan.platform_table, &plan.platform_units_dir())?;
+    plan.agent
+        .write_tree(&plan.agent_tree_dir(), &plan.channel.name)?;
     super::initrd_package::write(
         tools,
         &plan.recipe.dir,
@@ -30,6 +32,7 @@ pub(super) fn compose(
     )?;
     plan.mkosi_run().run(tools.path("mkosi"), log, phase)?;
     fs::remove_dir_all(plan.platform_units_dir())?;
+    fs::remove_dir_all(plan.agent_tree_dir())?;
     fs::remove_dir_all(plan.initrd_package_dir())?;
     Ok(())
 }

@@ -11,6 +11,7 @@
 //! `requirements` (the programs it needs), `cachelock`, `staging`, `timing`
 //! and `source` (git).
 
+pub mod agent_tree;
 mod cachelock;
 mod collect;
 mod compose;

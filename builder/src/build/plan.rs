@@ -8,6 +8,7 @@ use anyhow::{bail, Result};
 use base64::Engine;
 use time::OffsetDateTime;
 
+use super::agent_tree::AgentInputs;
 use super::convert;
 use super::mkosi::MkosiRun;
 use super::source::{git_commit_time, git_source};
@@ -33,6 +34,12 @@ pub struct BuildRequest {
     pub platforms: Vec<PlatformId>,
     /// Package artifacts at all (false: compose and record the parts only).
     pub package: bool,
+    /// The node agent's binary; `None`: the one next to this program.
+    pub update_agent: Option<PathBuf>,
+    /// The store keys the image pins; empty: the project's signing/keys.
+    pub update_keys: Vec<PathBuf>,
+    /// The store nodes follow by default.
+    pub update_store: Option<String>,
 }
 
 /// Everything a build will do, decided and checked up front.
@@ -55,6 +62,8 @@ pub struct BuildPlan {
     pub platform_table: PlatformTable,
     /// The platforms whose artifacts this build packages.
     pub selected_platforms: Vec<PlatformId>,
+    /// The node agent and what it trusts.
+    pub agent: AgentInputs,
 }
 
 /// A file mkosi writes that becomes a part of the build.
@@ -115,6 +124,12 @@ impl BuildPlan {
             );
         }
         let staging_dir = out_dir.join(format!(".{version}.partial"));
+        let agent = AgentInputs::resolve(
+            request.update_agent.as_deref(),
+            &request.update_keys,
+            request.update_store.as_deref(),
+            &project.root,
+        )?;
         let source = git_source(&project.root);
         let source_date_epoch =
             git_commit_time(&project.root).unwrap_or_else(|| now.unix_timestamp());
@@ -131,6 +146,7 @@ impl BuildPlan {
             refresh: request.refresh,
             platform_table,
             selected_platforms,
+            agent,
         })
     }
 
@@ -146,7 +162,7 @@ impl BuildPlan {
             source_date_epoch: self.source_date_epoch,
             refresh: self.refresh,
             packages: self.platform_packages(),
-            extra_trees: vec![self.platform_units_dir()],
+            extra_trees: vec![self.platform_units_dir(), self.agent_tree_dir()],
             volatile_package_dirs: vec![self.initrd_package_dir()],
             // mkosi splits environment values at spaces; the command lines
             // travel base64-encoded.
@@ -179,6 +195,11 @@ impl BuildPlan {
     /// on its platform id (inside the staging directory).
     pub fn platform_units_dir(&self) -> PathBuf {
         self.staging_dir.join(".platform-units")
+    }
+
+    /// The node agent's files for the image (inside the staging directory).
+    pub fn agent_tree_dir(&self) -> PathBuf {
+        self.staging_dir.join(".update-agent")
     }
 
     /// Where the boxcar-initrd package is packed for mkosi (inside the
@@ -251,6 +272,8 @@ mod tests {
     }
 
     fn request(out: &Path) -> BuildRequest {
+        let agent = out.with_file_name("boxcar-update");
+        fs::write(&agent, b"an agent").unwrap();
         BuildRequest {
             channel: "alpha".parse().unwrap(),
             version: None,
@@ -258,6 +281,9 @@ mod tests {
             refresh: false,
             platforms: Vec::new(),
             package: true,
+            update_agent: Some(agent),
+            update_keys: Vec::new(),
+            update_store: None,
         }
     }
 

@@ -75,6 +75,7 @@ pub(super) fn build_info(
         files,
         artifacts,
         update: Some(update),
+        update_agent: Some(plan.agent.record(&plan.channel.name)?),
         platforms: plan.platform_table.platforms.clone(),
         packages,
         phases: timings.to_vec(),

@@ -462,6 +462,15 @@ pub struct HttpServeArgs {
     /// With --imds-hostname: the instance's user data, from this file.
     #[arg(long)]
     pub imds_user_data: Option<PathBuf>,
+    /// Serve this directory's whole tree (release stores).
+    #[arg(long)]
+    pub store: Option<PathBuf>,
+    /// Act as a FleetLock server, logging each request to this file.
+    #[arg(long)]
+    pub fleet_lock_log: Option<PathBuf>,
+    /// With --fleet-lock-log: refuse this many pre-reboot requests first.
+    #[arg(long, default_value_t = 0)]
+    pub fleet_lock_refusals: u32,
 }
 
 /// List the platforms Boxcar ships for (recipes/platforms.toml).
@@ -530,6 +539,22 @@ pub struct BuildArgs {
     /// loop while working on the recipe).
     #[arg(long)]
     pub no_artifacts: bool,
+
+    /// The node agent to put in the image. Default: the boxcar-update next
+    /// to this program (`cargo build --release -p boxcar-update`).
+    #[arg(long, value_name = "FILE")]
+    pub update_agent: Option<PathBuf>,
+
+    /// A store public key the image's agent trusts (repeatable). Default:
+    /// the project's signing/keys/*.pub. A test build passes its test key.
+    #[arg(long = "update-key", value_name = "FILE")]
+    pub update_keys: Vec<PathBuf>,
+
+    /// The store the image's agent follows by default (an https:// URL);
+    /// without it, nodes follow nothing until provisioning sets
+    /// store.url in /etc/boxcar/update.toml.
+    #[arg(long, value_name = "URL")]
+    pub update_store: Option<String>,
 }
 
 /// Boot every artifact of a build in qemu and record evidence of what it is.
@@ -574,18 +599,29 @@ pub struct BuildArgs {
 /// flipped is booted instead, and the test passes only if dm-verity catches
 /// it and the system does not run on the tampered data.
 ///
-/// With --update-from OLD, the disk image of the older build OLD is booted,
-/// this build's /usr, hash tree and UKI are installed over it by the
-/// image's own systemd-sysupdate (into the idle A/B slot), and the VM
-/// reboots: the test passes only if the second boot runs this build from
-/// the other slot, with boot counting, blessed, and the old version still
-/// there to fall back to. Evidence goes to BUILD/evidence/update-from-OLDVERSION/.
+/// With --update-from OLD --stores DIR, the disk image of the older build
+/// OLD is booted and its own update agent (boxcar-update) is pointed at
+/// the release store DIR/good/ (which must carry this build on the build's
+/// channel), served to the guest over HTTP: the agent alone downloads,
+/// verifies and installs the update (into the idle A/B slot) and reboots.
+/// The test passes only if the second boot runs this build from the other
+/// slot, with boot counting, blessed, the old version still there to fall
+/// back to, and the agent reports it settled.
+/// Evidence goes to BUILD/evidence/update-from-OLDVERSION/.
 ///
-/// With both --update-from and --tamper-usr, the update installed has one
-/// byte of its /usr flipped: the test passes only if each of the new UKI's
-/// tries fails (dm-verity refuses the data; the failed boot reboots), and
-/// systemd-boot then falls back to the older build, which boots from its
-/// own slot with every check of a normal boot.
+/// With --fleet-lock as well, the agent's strategy is fleet_lock against a
+/// lock server the test runs, which refuses the first two reboot requests:
+/// the node must wait, reboot once granted and report its steady state
+/// after the healthy boot. Before that, every other store in DIR (paused/,
+/// waves/, tampered/, ...) is checked once with `boxcar-update check`: each
+/// must download and install nothing, for its reason.
+/// Evidence: BUILD/evidence/update-fleet-lock-from-OLDVERSION/.
+///
+/// With --failing-update instead, a health check on the host fails this
+/// build on purpose: each of the new UKI's tries must fail and reboot,
+/// systemd-boot must fall back to the older build, which boots from its
+/// own slot with every check of a normal boot, and its agent must mark
+/// this build bad and not install it again.
 /// Evidence: BUILD/evidence/update-fallback-from-OLDVERSION/.
 ///
 /// With --bad-configs, the qemu artifact boots four times with configs
@@ -604,15 +640,33 @@ pub struct TestArgs {
     pub platforms: Vec<PlatformId>,
 
     /// Boot a copy with one byte of /usr flipped, and expect it to be caught.
-    /// With --update-from, flip the byte in the update's /usr instead, and
-    /// expect every try of it to fail and the older build to come back.
-    #[arg(long, conflicts_with = "platforms")]
+    #[arg(long, conflicts_with_all = ["platforms", "update_from"])]
     pub tamper_usr: bool,
 
-    /// Install this build as an A/B update over the older build in DIR,
-    /// booted in a VM, and check the VM comes back running this build.
-    #[arg(long, value_name = "DIR", conflicts_with = "platforms")]
+    /// Boot the older build in DIR and let its update agent update it to
+    /// this build from --stores; check the VM comes back running this build.
+    #[arg(
+        long,
+        value_name = "DIR",
+        conflicts_with = "platforms",
+        requires = "stores"
+    )]
     pub update_from: Option<PathBuf>,
+
+    /// With --update-from: a directory of release stores served to the
+    /// guest; good/ carries this build.
+    #[arg(long, value_name = "DIR", requires = "update_from")]
+    pub stores: Option<PathBuf>,
+
+    /// With --update-from: the fleet_lock strategy against a test lock
+    /// server that refuses first; the other stores are checked before.
+    #[arg(long, requires = "update_from", conflicts_with = "failing_update")]
+    pub fleet_lock: bool,
+
+    /// With --update-from: this build fails its health check on purpose;
+    /// expect the older build back and this one marked bad.
+    #[arg(long, requires = "update_from")]
+    pub failing_update: bool,
 
     /// The accelerator: auto uses KVM only if it can really run a VM here
     /// (checked by booting the firmware), else software emulation.

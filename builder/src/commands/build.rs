@@ -52,6 +52,9 @@ pub(super) fn build(global: &GlobalArgs, args: &BuildArgs, progress: &Progress) 
         refresh: args.refresh,
         platforms: args.platforms.clone(),
         package: !args.no_artifacts,
+        update_agent: args.update_agent.clone(),
+        update_keys: args.update_keys.clone(),
+        update_store: args.update_store.clone(),
     };
     let plan = BuildPlan::new(project, cache, &request, OffsetDateTime::now_utc())?;
     require_root("boxcar build")?;

@@ -23,6 +23,9 @@ pub(super) fn test(global: &GlobalArgs, args: &TestArgs, progress: &Progress) ->
         platforms: args.platforms.clone(),
         tamper_usr: args.tamper_usr,
         update_from: args.update_from.clone(),
+        stores: args.stores.clone(),
+        fleet_lock: args.fleet_lock,
+        failing_update: args.failing_update,
         accel: match args.accel {
             AccelArg::Auto => AccelRequest::Auto,
             AccelArg::Kvm => AccelRequest::Kvm,
@@ -82,6 +85,14 @@ pub(super) fn internal(args: &InternalArgs) -> Result<()> {
                 files: serve.files.clone(),
                 imds_hostname: serve.imds_hostname.clone(),
                 imds_user_data: serve.imds_user_data.clone(),
+                store: serve.store.clone(),
+                fleet_lock: serve
+                    .fleet_lock_log
+                    .clone()
+                    .map(|log| vmtest::http::FleetLockServer {
+                        log,
+                        refusals: serve.fleet_lock_refusals,
+                    }),
             };
             let stdin = std::io::stdin();
             let mut input = stdin.lock();

@@ -44,6 +44,9 @@ pub struct BuildInfo {
     pub files: Vec<FileInfo>,
     /// What ships: every platform's artifact files.
     pub artifacts: Vec<ArtifactInfo>,
+    /// The node agent in the image and the store keys it pins.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update_agent: Option<AgentRecord>,
     /// What nodes download to update to this build (builds from before
     /// updates were published have none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -150,6 +153,20 @@ pub struct ArtifactInfo {
     /// --decompress` may write, and no more).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uncompressed_size: Option<u64>,
+}
+
+/// The node agent a build put into the image (boxcar-update), and what
+/// it trusts and follows by default.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentRecord {
+    pub sha256: boxcar_signing::Sha256Digest,
+    pub size: u64,
+    /// The ids of the store keys the image pins.
+    pub keys: Vec<String>,
+    /// The store it follows by default, if the build named one.
+    pub store: Option<String>,
+    pub channel: ChannelName,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

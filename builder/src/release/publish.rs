@@ -145,10 +145,15 @@ pub fn publish(
 ) -> Result<Published> {
     let build = BuildInfo::load(build_dir)?;
     let version = SafeName::new("version", build.version.as_str())?;
-    if build.artifacts.is_empty() {
+    if build.artifacts.is_empty() && build.update.is_none() {
         bail!(
-            "the build at {} has no artifacts to publish (was it built with --no-artifacts?)",
+            "the build at {} has no artifacts and no update to publish (was it built with --no-artifacts?)",
             build_dir.display()
+        );
+    }
+    if build.artifacts.is_empty() {
+        progress.note(
+            "the build has no platform artifacts (built with --no-artifacts): the release carries only the update nodes install",
         );
     }
     for artifact in &build.artifacts {

@@ -23,56 +23,52 @@ say() {
 
 exec 3>"$port" || exit 1
 
-# An update test brings a second disk with the update's files. The first
-# boot installs them with the image's own systemd-sysupdate and reboots;
-# the second boot records the usual evidence and where it booted from.
-update_disk=/dev/disk/by-id/virtio-boxcar-update
-update_marker=/var/lib/boxcar-test/update-installed
-sysupdate=/usr/lib/systemd/systemd-sysupdate
-
-# "number:label" of each partition behind a device-mapper device, or of
-# every partition of a disk.
-dm_partitions() {
-    for slave in /sys/class/block/"$1"/slaves/*; do
-        name=${slave##*/}
-        printf '%s:%s ' "$(cat "/sys/class/block/$name/partition")" "$(lsblk -no PARTLABEL "/dev/$name")"
-    done
-}
-disk_partitions() {
-    for part in /sys/class/block/"$1"/"$1"*; do
-        name=${part##*/}
-        printf '%s:%s ' "$(cat "$part/partition")" "$(lsblk -no PARTLABEL "/dev/$name")"
-    done
-}
+# An update test brings the node agent's settings (testdata/agent/): the
+# first boot runs the agent's checks against the test's extra stores
+# (check-*.toml, each must install nothing), then starts the agent on the
+# real store (update.toml), which downloads, verifies, installs and reboots
+# on its own; later boots record the usual evidence and the agent's state.
+agent_dir="$testdata/agent"
+agent_marker=/var/lib/boxcar-test/agent-started
 usr_dm() { basename "$(readlink -f "$(findmnt -no SOURCE /usr)")"; }
 esp_ukis() { ls "$(bootctl --print-boot-path)/EFI/Linux" 2>&1; }
 
-if [ -e "$update_disk" ] && [ ! -e "$update_marker" ]; then
+if [ -d "$agent_dir" ]; then
     . /usr/lib/os-release
+    # A version that must fail its health check: leave its boot alone (the
+    # health check reboots it, and boot counting falls back).
+    if [ "$(cat "$agent_dir/fails-on" 2>/dev/null)" = "$IMAGE_VERSION" ]; then
+        echo "boxcar-evidence: a trial boot of $IMAGE_VERSION, expected to fail its health check" >/dev/console
+        exit 0
+    fi
+fi
+if [ -d "$agent_dir" ] && [ ! -e "$agent_marker" ]; then
     say update.before_version "$IMAGE_VERSION"
     say update.before_usr "$(dm_partitions "$(usr_dm)")"
-    started=$(date +%s.%N)
-    mkdir -p /var/lib/boxcar/updates
-    tar -xf "$update_disk" -C /var/lib/boxcar/updates
-    staged=$(date +%s.%N)
-    say update.staged "$(ls /var/lib/boxcar/updates)"
-    if "$sysupdate" --no-pager update >/run/boxcar-sysupdate.log 2>&1; then
-        say update.sysupdate ok
-    else
-        say update.sysupdate "failed (exit $?): $(tail -n 15 /run/boxcar-sysupdate.log | tr '\n' '|')"
+    mkdir -p "${agent_marker%/*}" /etc/boxcar/health.d
+    touch "$agent_marker"
+    systemctl stop boxcar-update.service
+    for config in "$agent_dir"/check-*.toml; do
+        [ -e "$config" ] || continue
+        name=${config##*/check-}
+        name=${name%.toml}
+        cp "$config" /etc/boxcar/update.toml
+        boxcar-update check >/run/boxcar-check.out 2>&1
+        say "agent.check.$name" "exit $?: $(tr '\n' ' ' </run/boxcar-check.out)"
+        say "agent.status.$name" "$(boxcar-update status --json 2>&1 | tr -d '\n')"
+        say "agent.staged.$name" "$(ls -A /var/lib/boxcar/updates /var/lib/boxcar-update/downloads 2>&1 | tr '\n' ' ')"
+    done
+    say agent.ukis_before "$(esp_ukis)"
+    if [ -e "$agent_dir/fails-on" ]; then
+        printf '#!/bin/sh\n. /usr/lib/os-release\n[ "$IMAGE_VERSION" != "%s" ] || { echo "this test fails $IMAGE_VERSION on purpose"; exit 1; }\n' \
+            "$(cat "$agent_dir/fails-on")" >/etc/boxcar/health.d/50-boxcar-test
+        chmod 0755 /etc/boxcar/health.d/50-boxcar-test
     fi
-    # Seconds spent unpacking the update disk, and in systemd-sysupdate.
-    installed=$(date +%s.%N)
-    say update.seconds "$(awk -v a="$started" -v b="$staged" -v c="$installed" \
-        'BEGIN { printf "staging=%.1f install=%.1f", b - a, c - b }')"
-    say update.list "$("$sysupdate" --no-pager --no-legend list 2>&1)"
-    say update.installed_ukis "$(esp_ukis)"
-    mkdir -p "${update_marker%/*}"
-    touch "$update_marker"
-    sync
-    say update.rebooting 1
-    exec 3>&-
-    systemctl reboot --no-block
+    cp "$agent_dir/update.toml" /etc/boxcar/update.toml
+    rm -f /var/lib/boxcar-update/state.json
+    systemctl start boxcar-update.service
+    say agent.started 1
+    echo "boxcar-evidence: the update agent runs; it reboots the machine when it has installed the update" >/dev/console
     exit 0
 fi
 
@@ -131,13 +127,24 @@ if [ -f "$testdata/platform-units" ]; then
     done <"$testdata/platform-units"
 fi
 
-# The update service, run now rather than 15 minutes after boot: with
-# nothing staged it must succeed (on a disk) or be skipped (diskless).
-if [ ! -e "$update_disk" ]; then
-    systemctl start --wait systemd-sysupdate.service >/dev/null 2>&1
-    say sysupdate_service "$(systemctl show --property=Result --property=ConditionResult \
-        --property=ExecMainStatus systemd-sysupdate.service | sort | tr '\n' ' ')"
+# The update agent: active (or skipped on a diskless boot), and what it
+# says of itself. An update test waits until it has settled this boot
+# (and, after a fallback, until a check has seen the bad version again).
+if [ -d "$agent_dir" ]; then
+    for _ in $(seq 120); do
+        status=$(boxcar-update status --json 2>/dev/null | tr -d '\n')
+        case "$status" in
+        *'"pending": null'*'"last_check": {'*) case "$(cat "$agent_dir/settled-when" 2>/dev/null)" in
+            "") break ;;
+            *) case "$status" in *"$(cat "$agent_dir/settled-when")"*) break ;; esac ;;
+            esac ;;
+        esac
+        sleep 2
+    done
 fi
+say agent_service "$(systemctl show --property=ActiveState --property=Result --property=ConditionResult boxcar-update.service | sort | tr '\n' ' ')"
+say health_service "$(systemctl show --property=ActiveState --property=Result boxcar-update-health.service | sort | tr '\n' ' ')"
+say agent_status "$(boxcar-update status --json 2>&1 | tr -d '\n')"
 
 # Agents bound to a hypervisor qemu cannot be (see the platform table's
 # hypervisor-bound-agents) come with a check that says whether this is that
@@ -176,7 +183,7 @@ say timestamps "$(systemctl show --property=FirmwareTimestampMonotonic --propert
     --property=FinishTimestampMonotonic | tr '\n' ' ')"
 say multi_user_reached_us "$(systemctl show --property=ActiveEnterTimestampMonotonic --value multi-user.target)"
 
-if [ -e "$update_disk" ]; then
+if [ -d "$agent_dir" ]; then
     say update.loader_entry "$(cat /sys/firmware/efi/efivars/LoaderEntrySelected-4a67b082-0a4c-41cf-b6c7-440b29bb8c4f 2>&1 | tail -c +5 | tr -d '\000')"
     say update.usr "$(dm_partitions "$(usr_dm)")"
     say update.partitions "$(disk_partitions "$(lsblk -no PKNAME "$root_source")")"

@@ -12,6 +12,7 @@ pub mod http;
 mod ova_check;
 mod provisioning;
 pub mod qemu;
+pub mod update_agent;
 
 use std::fs::{self, File};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -165,8 +166,18 @@ pub struct TestRequest {
     pub platforms: Vec<PlatformId>,
     /// Boot a tampered copy of the disk image instead.
     pub tamper_usr: bool,
-    /// Boot this older build's disk image and update it to the build.
+    /// Boot this older build's disk image; its update agent updates it to
+    /// the build from `stores`.
     pub update_from: Option<PathBuf>,
+    /// With `update_from`: a directory of release stores the harness serves
+    /// to the guest (see [`update_agent`]); `good/` carries the build.
+    pub stores: Option<PathBuf>,
+    /// With `update_from`: strategy fleet_lock against a lock server that
+    /// refuses first, after checking the other stores.
+    pub fleet_lock: bool,
+    /// With `update_from`: the new version fails its health check, so boot
+    /// counting falls back and the agent marks it bad.
+    pub failing_update: bool,
     pub accel: AccelRequest,
     /// `None`: a default for the accelerator.
     pub timeout: Option<Duration>,
@@ -195,13 +206,15 @@ enum Case<'a> {
     /// The disk image with one byte of USR-A flipped, booted on the
     /// hardware of `like` (see [`composed_disk_platform`]).
     TamperUsr { like: &'a Platform },
-    /// An older build's disk image, updated to this build inside the VM.
+    /// An older build's disk image, updated to this build by its own
+    /// update agent.
     UpdateFrom {
         older: &'a OlderBuild,
         like: &'a Platform,
+        mode: update_agent::Mode,
     },
-    /// An older build's disk image, updated to a copy of this build with
-    /// one byte of /usr flipped: the older build must come back.
+    /// An older build's disk image, updated by its agent to this build,
+    /// which fails its health check: the older build must come back.
     UpdateFallback {
         older: &'a OlderBuild,
         like: &'a Platform,
@@ -288,6 +301,11 @@ impl<'a> Case<'a> {
         match self {
             Case::Platform(platform) => platform.id.to_string(),
             Case::TamperUsr { .. } => "tamper-usr".to_owned(),
+            Case::UpdateFrom {
+                older,
+                mode: update_agent::Mode::FleetLock,
+                ..
+            } => format!("update-fleet-lock-from-{}", older.info.version),
             Case::UpdateFrom { older, .. } => format!("update-from-{}", older.info.version),
             Case::UpdateFallback { older, .. } => {
                 format!("update-fallback-from-{}", older.info.version)
@@ -387,10 +405,15 @@ pub fn run(
     let mut outcomes = Vec::new();
     if let Some(older) = &older {
         let like = composed_disk_platform(&build.platforms)?;
-        let case = if request.tamper_usr {
+        let case = if request.failing_update {
             Case::UpdateFallback { older, like }
         } else {
-            Case::UpdateFrom { older, like }
+            let mode = if request.fleet_lock {
+                update_agent::Mode::FleetLock
+            } else {
+                update_agent::Mode::Immediate
+            };
+            Case::UpdateFrom { older, like, mode }
         };
         outcomes.push(run_case(&context, case)?);
     } else if request.tamper_usr {
@@ -522,12 +545,16 @@ fn run_case(context: &TestContext, case: Case) -> Result<TestOutcome> {
             prepared
         }
         Case::TamperUsr { like } => prepare_tamper(context, like, &work.path)?,
-        Case::UpdateFrom { older, like } => {
-            prepare_update(context, older, like, false, &work.path)?
+        Case::UpdateFrom { older, like, mode } => {
+            prepare_update(context, older, like, mode, &work.path)?
         }
-        Case::UpdateFallback { older, like } => {
-            prepare_update(context, older, like, true, &work.path)?
-        }
+        Case::UpdateFallback { older, like } => prepare_update(
+            context,
+            older,
+            like,
+            update_agent::Mode::Failing,
+            &work.path,
+        )?,
     };
     if !ignition_stand_in(case.platform()).is_empty() {
         prepared
@@ -541,6 +568,7 @@ fn run_case(context: &TestContext, case: Case) -> Result<TestOutcome> {
         &work.path,
         &test_data,
         provisioning.is_some(),
+        &prepared.guest_files,
     )?;
     phase.done(&prepared.hardware);
 
@@ -568,7 +596,6 @@ fn run_case(context: &TestContext, case: Case) -> Result<TestOutcome> {
         },
         network: prepared.network,
         test_data,
-        update_data: prepared.update_data,
         reboots: matches!(case, Case::UpdateFrom { .. } | Case::UpdateFallback { .. })
             || (provisioning.is_some() && reboots_after_provisioning(case.platform())),
         evidence_out: work.path.join("evidence.out"),
@@ -657,20 +684,41 @@ fn run_case(context: &TestContext, case: Case) -> Result<TestOutcome> {
             run.outcome,
         ),
         Case::TamperUsr { .. } => evidence::judge_tamper(&report, &run.verity_errors, run.outcome),
-        Case::UpdateFrom { older, .. } => evidence::judge_update(
-            &report,
-            build,
-            run.outcome,
-            &update_expectation(build, &older.info)?,
-        ),
-        Case::UpdateFallback { older, .. } => evidence::judge_fallback(
-            &report,
-            &older.info,
-            run.outcome,
-            &update_expectation(build, &older.info)?,
-            &run.verity_errors,
-            run.kernel_starts,
-        ),
+        Case::UpdateFrom { older, mode, .. } => {
+            let mut checks = evidence::judge_update(
+                &report,
+                build,
+                run.outcome,
+                &update_expectation(build, &older.info)?,
+            );
+            checks.extend(update_agent::judge(
+                &report,
+                mode,
+                older.info.version.as_str(),
+                build.version.as_str(),
+                &work.path.join(LOCK_LOG),
+                run.outcome,
+            ));
+            checks
+        }
+        Case::UpdateFallback { older, .. } => {
+            let mut checks = evidence::judge_fallback(
+                &report,
+                &older.info,
+                run.outcome,
+                &update_expectation(build, &older.info)?,
+                run.kernel_starts,
+            );
+            checks.extend(update_agent::judge(
+                &report,
+                update_agent::Mode::Failing,
+                older.info.version.as_str(),
+                build.version.as_str(),
+                &work.path.join(LOCK_LOG),
+                run.outcome,
+            ));
+            checks
+        }
     });
     let passed = checks.iter().all(|c| c.passed);
     // A platform's boot time is its first boot's: the one that provisions.
@@ -736,8 +784,8 @@ struct Prepared {
     min_memory_mib: u32,
     /// Checks of the artifact made before booting it (the OVA's layout).
     package_checks: Vec<Check>,
-    /// A second read-only disk with the update to install (a tar archive).
-    update_data: Option<PathBuf>,
+    /// Files for the guest's test data (path inside it, content).
+    guest_files: Vec<(String, String)>,
     /// Files for qemu's fw_cfg device.
     fw_cfg: Vec<(String, PathBuf)>,
     /// The files booted, for the record.
@@ -934,7 +982,7 @@ fn present(
             0
         },
         package_checks: Vec::new(),
-        update_data: None,
+        guest_files: Vec::new(),
         fw_cfg: Vec::new(),
         artifact: String::new(),
         tampering: None,
@@ -1004,7 +1052,7 @@ fn plain_boot(
         network: None,
         min_memory_mib: 0,
         package_checks: Vec::new(),
-        update_data: None,
+        guest_files: Vec::new(),
         fw_cfg: Vec::new(),
         artifact,
         tampering,
@@ -1013,15 +1061,21 @@ fn plain_boot(
 }
 
 /// The update cases: the older build's disk image, booted on `like`'s
-/// hardware, with this build's update files on a second disk (with one
-/// byte of the /usr image flipped, when `tamper`).
+/// hardware, its agent pointed at the stores the test published (served
+/// to the guest), and with FleetLock a lock server.
 fn prepare_update(
     context: &TestContext,
     older: &OlderBuild,
     like: &Platform,
-    tamper: bool,
+    mode: update_agent::Mode,
     work: &Path,
 ) -> Result<Prepared> {
+    let stores = context
+        .request
+        .stores
+        .as_deref()
+        .context("an update test needs --stores: the agent updates from a store")?;
+    let stores = std::path::absolute(stores)?;
     let boot = overlay_disk(
         context,
         &older.dir.join(&older.info.disk.file),
@@ -1029,93 +1083,34 @@ fn prepare_update(
         like.disk_bus,
         work,
     )?;
-    let update_data = work.join("update.tar");
-    let tampering = write_update_data(context, work, tamper, &update_data)?;
+    let guest_files = update_agent::guest_files(&stores, mode, context.build)?;
+    let mut guest_forwards = Vec::new();
+    for (address, content) in update_agent::servers(&stores, mode, &work.join(LOCK_LOG)) {
+        guest_forwards.push((address.to_owned(), http_serve_command(&content)?));
+    }
     let artifact = format!(
-        "{} of {}, updated to {} ({}, {}, uki.efi)",
+        "{} of {}, updated by its agent to {} from {}/{}",
         older.info.disk.file,
         older.info.version,
         context.build.version,
-        context.build.usr.data_file,
-        context.build.usr.hash_file
+        stores.display(),
+        update_agent::GOOD_STORE
     );
+    let tampering = (mode == update_agent::Mode::Failing).then(|| {
+        format!(
+            "a health check in /etc/boxcar/health.d fails {} on purpose",
+            context.build.version
+        )
+    });
     Ok(Prepared {
-        update_data: Some(update_data),
+        guest_files,
+        guest_forwards,
         ..plain_boot(like, boot, artifact, tampering)
     })
 }
 
-/// The names systemd-sysupdate's transfers (overlays/base/usr/lib/
-/// sysupdate.d) match, for this build's /usr, hash tree and UKI: the
-/// version, and for the partitions the UUID the new slot must get.
-fn update_file_names(build: &BuildInfo) -> Result<[(String, String); 3]> {
-    let table = &build.disk.partition_table;
-    let version = &build.version;
-    Ok([
-        (
-            build.usr.hash_file.clone(),
-            format!(
-                "boxcar_{version}_{}.usr-verity.raw",
-                table.require(Role::UsrAVerity)?.uuid.to_lowercase()
-            ),
-        ),
-        (
-            build.usr.data_file.clone(),
-            format!(
-                "boxcar_{version}_{}.usr.raw",
-                table.require(Role::UsrA)?.uuid.to_lowercase()
-            ),
-        ),
-        ("uki.efi".to_owned(), format!("boxcar_{version}.efi")),
-    ])
-}
-
-/// The update disk: a sparse tar archive of the build's update files under
-/// the names the image's sysupdate transfers expect. Sparse, so the guest
-/// unpacks 400 MB of data rather than a 1 GiB slot of mostly zeros. With
-/// `tamper`, the /usr image is a copy with one byte flipped; returns what
-/// was done to it.
-fn write_update_data(
-    context: &TestContext,
-    work: &Path,
-    tamper: bool,
-    out: &Path,
-) -> Result<Option<String>> {
-    let staging = work.join("update");
-    fs::create_dir_all(&staging)?;
-    let mut names = Vec::new();
-    let mut tampering = None;
-    for (file, name) in update_file_names(context.build)? {
-        let source = context.request.build_dir.join(&file);
-        let target = staging.join(&name);
-        let is_usr = file == context.build.usr.data_file;
-        // A hard link where the file system allows it (never for a file to
-        // tamper with), else a sparse copy.
-        if (tamper && is_usr) || fs::hard_link(&source, &target).is_err() {
-            Step::new("copying an update file", context.tools.path("cp"))
-                .args(["--sparse=always", "--"])
-                .arg(&source)
-                .arg(&target)
-                .run()?;
-        }
-        if tamper && is_usr {
-            let (before, after) = flip_byte(&target, TAMPER_OFFSET_IN_USR)?;
-            tampering = Some(format!(
-                "byte {TAMPER_OFFSET_IN_USR} of the update's /usr ({name}) flipped from {before:#04x} to {after:#04x}"
-            ));
-        }
-        names.push(name);
-    }
-    Step::new("packing the update disk", context.tools.path("tar"))
-        .arg("-C")
-        .arg(&staging)
-        .args(["--owner=0", "--group=0", "--sparse", "-cf"])
-        .arg(out)
-        .args(&names)
-        .run()?;
-    fs::remove_dir_all(&staging)?;
-    Ok(tampering)
-}
+/// The FleetLock test server's log, in the case's work directory.
+const LOCK_LOG: &str = "fleet-lock.log";
 
 /// What an update from `older` to `build` must show: the older image
 /// runs from its A slot, and the update lands in its B slot.
@@ -1169,6 +1164,17 @@ fn http_serve_command(content: &http::Content) -> Result<String> {
         words.extend([
             "--imds-user-data".into(),
             user_data.to_string_lossy().into_owned(),
+        ]);
+    }
+    if let Some(store) = &content.store {
+        words.extend(["--store".into(), store.to_string_lossy().into_owned()]);
+    }
+    if let Some(lock) = &content.fleet_lock {
+        words.extend([
+            "--fleet-lock-log".into(),
+            lock.log.to_string_lossy().into_owned(),
+            "--fleet-lock-refusals".into(),
+            lock.refusals.to_string(),
         ]);
     }
     // qemu hands the command to /bin/sh.
@@ -1272,6 +1278,7 @@ fn write_test_data(
     work: &Path,
     out: &Path,
     login_wait: bool,
+    guest_files: &[(String, String)],
 ) -> Result<()> {
     let staging = work.join("testdata");
     let rootfs = staging.join("rootfs");
@@ -1306,6 +1313,17 @@ fn write_test_data(
         // The guest waits for the host to log in instead of powering off.
         fs::write(staging.join("login-wait"), "")?;
         members.push("login-wait");
+    }
+    for (name, content) in guest_files {
+        let path = staging.join(name);
+        fs::create_dir_all(path.parent().expect("a file in the test data"))?;
+        fs::write(&path, content)?;
+    }
+    if guest_files
+        .iter()
+        .any(|(name, _)| name.starts_with("agent/"))
+    {
+        members.push("agent");
     }
     Step::new("packing the test data disk", tools.path("tar"))
         .arg("-C")
@@ -1646,12 +1664,16 @@ impl Workdir {
         })
     }
 
-    /// Keeps the console log and writes the evidence; everything else
-    /// (disk copies, overlays) goes. Replaces earlier evidence of the case.
+    /// Keeps the console log (and a lock server's log) and writes the
+    /// evidence; everything else (disk copies, overlays) goes. Replaces
+    /// earlier evidence of the case.
     fn commit(self, target: &Path, evidence: &Evidence) -> Result<PathBuf> {
         for entry in fs::read_dir(&self.path)? {
             let path = entry?.path();
-            if path.file_name().is_some_and(|n| n != record::CONSOLE_LOG) {
+            if path
+                .file_name()
+                .is_some_and(|n| n != record::CONSOLE_LOG && n != LOCK_LOG)
+            {
                 if path.is_dir() {
                     fs::remove_dir_all(&path)?;
                 } else {

@@ -253,9 +253,6 @@ pub struct VmSpec {
     pub network: Option<String>,
     /// Raw disk with the test data (a tar archive), attached read-only.
     pub test_data: PathBuf,
-    /// Raw disk with an update to install (a tar archive), attached
-    /// read-only.
-    pub update_data: Option<PathBuf>,
     /// Let the guest reboot (an update test does); otherwise a reboot ends
     /// the VM.
     pub reboots: bool,
@@ -316,9 +313,6 @@ impl VmSpec {
 
         // The guest finds these by serial: /dev/disk/by-id/virtio-SERIAL.
         read_only_virtio_disk(&mut args, "test-data", &self.test_data, "boxcar-testdata");
-        if let Some(update_data) = &self.update_data {
-            read_only_virtio_disk(&mut args, "update-data", update_data, "boxcar-update");
-        }
 
         // The evidence port, the guest agent's port, and the console.
         args.push(&["-device", "virtio-serial-pci"]);
@@ -488,7 +482,6 @@ mod tests {
             guest_agent_socket: None,
             network: None,
             test_data: "/w/testdata.tar".into(),
-            update_data: None,
             reboots: false,
             evidence_out: "/w/evidence.out".into(),
             console_out: "/w/console.log".into(),
@@ -567,18 +560,13 @@ mod tests {
     }
 
     #[test]
-    fn an_update_test_attaches_the_update_and_lets_the_guest_reboot() {
+    fn an_update_test_lets_the_guest_reboot() {
         let plain = joined(&spec(), Accel::Tcg);
         assert!(plain.contains("-no-reboot"));
-        assert!(!plain.contains("update-data"));
         let mut update = spec();
-        update.update_data = Some("/w/update.tar".into());
         update.reboots = true;
         let args = joined(&update, Accel::Tcg);
         assert!(!args.contains("-no-reboot"));
-        assert!(args.contains(
-            "-drive if=none,id=update-data,format=raw,readonly=on,file=/w/update.tar -device virtio-blk-pci,drive=update-data,serial=boxcar-update"
-        ));
     }
 
     #[test]

@@ -374,6 +374,7 @@ impl Lab {
             files: vec![],
             artifacts,
             update: Some(synthetic_update(&dir, version)),
+            update_agent: None,
             platforms,
             packages: vec![],
             phases: vec![],

@@ -405,7 +405,9 @@ fn answer(
     let body = match std::fs::read(&file) {
         Ok(body) => body,
         Err(_) if how != Some(Misbehaviour::Endless) => {
-            let _ = stream.write_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n");
+            let _ = stream.write_all(
+                b"HTTP/1.1 404 Not Found\r\nconnection: close\r\ncontent-length: 0\r\n\r\n",
+            );
             return;
         }
         Err(_) => Vec::new(),
@@ -420,20 +422,20 @@ fn answer(
             };
             let _ = write!(
                 stream,
-                "HTTP/1.1 {status}\r\ncontent-length: {}\r\n\r\n",
+                "HTTP/1.1 {status}\r\nconnection: close\r\ncontent-length: {}\r\n\r\n",
                 body.len() - from
             );
             let _ = stream.write_all(&body[from..]);
         }
         Some(Misbehaviour::Endless) => {
-            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\n\r\n");
+            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\n");
             let chunk = vec![b' '; 64 * 1024];
             while stream.write_all(&chunk).is_ok() {}
         }
         Some(Misbehaviour::Stall) => {
             let _ = write!(
                 stream,
-                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n",
+                "HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: {}\r\n\r\n",
                 body.len()
             );
             let _ = stream.write_all(&body[..body.len().min(100)]);
@@ -442,7 +444,7 @@ fn answer(
         Some(Misbehaviour::Longer) => {
             let _ = write!(
                 stream,
-                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n",
+                "HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: {}\r\n\r\n",
                 body.len() + 4096
             );
             let _ = stream.write_all(&body);

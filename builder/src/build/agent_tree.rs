@@ -1,0 +1,131 @@
+//! The node agent in the image: `boxcar-update` (built from this workspace,
+//! found next to `boxcar` unless named), the store keys it pins (the
+//! project's `signing/keys/*.pub`, or the keys a build is given: a test's
+//! key is a build input, never a secret), and its defaults (the channel the
+//! build is for, the store if one is named). Written as a file tree mkosi
+//! merges into the image.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use crate::channel::ChannelName;
+use crate::records::buildinfo::AgentRecord;
+use anyhow::{bail, Context, Result};
+use boxcar_signing::PublicKey;
+
+/// The agent's program name, installed as /usr/bin/boxcar-update.
+pub const AGENT_PROGRAM: &str = "boxcar-update";
+
+/// What the build puts into the image for the agent, resolved and checked.
+#[derive(Clone, Debug)]
+pub struct AgentInputs {
+    pub binary: PathBuf,
+    pub keys: Vec<(PathBuf, PublicKey)>,
+    pub store: Option<String>,
+}
+
+impl AgentInputs {
+    /// Resolves the agent's inputs: `binary` or the one next to this
+    /// program; `keys` or the project's `signing/keys/*.pub`.
+    pub fn resolve(
+        binary: Option<&Path>,
+        keys: &[PathBuf],
+        store: Option<&str>,
+        project_root: &Path,
+    ) -> Result<Self> {
+        let binary = match binary {
+            Some(binary) => binary.to_owned(),
+            None => std::env::current_exe()
+                .context("finding this program")?
+                .with_file_name(AGENT_PROGRAM),
+        };
+        if !binary.is_file() {
+            bail!(
+                "the node agent {} does not exist: build it with `cargo build --release -p boxcar-update` (next to boxcar), or pass --update-agent FILE",
+                binary.display()
+            );
+        }
+        let key_files = if keys.is_empty() {
+            project_keys(&project_root.join("signing/keys"))?
+        } else {
+            keys.to_vec()
+        };
+        let mut loaded = Vec::new();
+        for file in key_files {
+            let key = PublicKey::load(&file)
+                .with_context(|| format!("loading store key {}", file.display()))?;
+            loaded.push((file, key));
+        }
+        if let Some(store) = store {
+            if store.trim().is_empty() || store.contains(['"', '\n', '\\']) {
+                bail!("--update-store {store:?} is not a store URL");
+            }
+        }
+        Ok(Self {
+            binary,
+            keys: loaded,
+            store: store.map(str::to_owned),
+        })
+    }
+
+    /// Writes the tree into `dir` (emptied first).
+    pub fn write_tree(&self, dir: &Path, channel: &ChannelName) -> Result<()> {
+        if dir.exists() {
+            fs::remove_dir_all(dir)?;
+        }
+        let bin = dir.join("usr/bin");
+        let lib = dir.join("usr/lib/boxcar");
+        let keys = lib.join("update-keys");
+        for d in [&bin, &keys] {
+            fs::create_dir_all(d)?;
+        }
+        fs::copy(&self.binary, bin.join(AGENT_PROGRAM))
+            .with_context(|| format!("copying {}", self.binary.display()))?;
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(bin.join(AGENT_PROGRAM), fs::Permissions::from_mode(0o755))?;
+        for (_, key) in &self.keys {
+            fs::write(keys.join(format!("{}.pub", key.id())), key.to_file_text())?;
+        }
+        fs::write(lib.join("update.toml"), self.defaults(channel))?;
+        Ok(())
+    }
+
+    /// /usr/lib/boxcar/update.toml.
+    fn defaults(&self, channel: &ChannelName) -> String {
+        format!(
+            "# The image's update defaults, written by `boxcar build`. Set any of\n\
+             # them in /etc/boxcar/update.toml (provisioning can write it).\n\
+             [store]\n\
+             # Empty: the host follows no store until one is configured.\n\
+             url = \"{}\"\n\
+             # The channel the image was built for.\n\
+             channel = \"{channel}\"\n",
+            self.store.as_deref().unwrap_or_default()
+        )
+    }
+
+    pub fn record(&self, channel: &ChannelName) -> Result<AgentRecord> {
+        let (sha256, size) = boxcar_signing::sha256_file(&self.binary)?;
+        Ok(AgentRecord {
+            sha256,
+            size,
+            keys: self.keys.iter().map(|(_, k)| k.id().to_string()).collect(),
+            store: self.store.clone(),
+            channel: channel.clone(),
+        })
+    }
+}
+
+/// The project's public keys, sorted.
+fn project_keys(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut keys: Vec<PathBuf> = match fs::read_dir(dir) {
+        Ok(entries) => entries
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "pub"))
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    keys.sort();
+    Ok(keys)
+}
