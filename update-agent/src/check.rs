@@ -191,6 +191,11 @@ impl Check<'_> {
         let version = SafeName::new("version", &release.version)?;
         state.phase = Phase::Downloading;
         state.save(self.paths)?;
+        eprintln!(
+            "downloading {version}: {} bytes from {}",
+            payload.download_size(),
+            client.location("")
+        );
         let staged = match staging::stage(client, self.paths, &version, payload) {
             Ok(staged) => staged,
             Err(error) => {
@@ -201,6 +206,11 @@ impl Check<'_> {
                 return Err(error.context(format!("downloading {version}")));
             }
         };
+        eprintln!(
+            "checking the staged {version} (downloaded in {:.1} s, decompressed in {:.1} s)",
+            staged.download_time.as_secs_f64(),
+            staged.decompress_time.as_secs_f64()
+        );
         let started = Instant::now();
         let checked = install::check_staged(&staged, release);
         let verify_seconds = started.elapsed().as_secs_f64();
@@ -210,6 +220,7 @@ impl Check<'_> {
         }
         state.phase = Phase::Installing;
         state.save(self.paths)?;
+        eprintln!("installing {version} with systemd-sysupdate (checked in {verify_seconds:.1} s)");
         let started = Instant::now();
         let installed = install::install(version.as_str());
         staging::clean(self.paths, false)?;

@@ -129,3 +129,59 @@ fn project_keys(dir: &Path) -> Result<Vec<PathBuf>> {
     keys.sort();
     Ok(keys)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_tree_carries_the_agent_its_keys_and_defaults() {
+        let temp = tempfile::tempdir().unwrap();
+        let agent = temp.path().join("boxcar-update");
+        fs::write(&agent, b"\x7fELF an agent").unwrap();
+        let key = boxcar_signing::SecretKey::from_seed([3; 32]);
+        let key_file = temp.path().join("store.pub");
+        use boxcar_signing::Sign;
+        fs::write(&key_file, key.public_key().to_file_text()).unwrap();
+        let inputs = AgentInputs::resolve(
+            Some(&agent),
+            std::slice::from_ref(&key_file),
+            Some("https://updates.example.com/boxcar"),
+            temp.path(),
+        )
+        .unwrap();
+        let tree = temp.path().join("tree");
+        let channel: ChannelName = "beta".parse().unwrap();
+        inputs.write_tree(&tree, &channel).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        let bin = fs::metadata(tree.join("usr/bin/boxcar-update")).unwrap();
+        assert_eq!(bin.permissions().mode() & 0o777, 0o755);
+        let pinned = tree.join(format!("usr/lib/boxcar/update-keys/{}.pub", key.key_id()));
+        assert_eq!(PublicKey::load(&pinned).unwrap(), key.public_key());
+        let defaults = fs::read_to_string(tree.join("usr/lib/boxcar/update.toml")).unwrap();
+        let parsed: toml::Table = toml::from_str(&defaults).unwrap();
+        assert_eq!(parsed["store"]["channel"].as_str(), Some("beta"));
+        assert_eq!(
+            parsed["store"]["url"].as_str(),
+            Some("https://updates.example.com/boxcar")
+        );
+        let record = inputs.record(&channel).unwrap();
+        assert_eq!(record.keys, [key.key_id().to_string()]);
+    }
+
+    #[test]
+    fn a_missing_agent_or_a_bad_store_is_refused() {
+        let temp = tempfile::tempdir().unwrap();
+        let err = AgentInputs::resolve(Some(&temp.path().join("nope")), &[], None, temp.path())
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("cargo build --release -p boxcar-update"),
+            "{err}"
+        );
+        let agent = temp.path().join("agent");
+        fs::write(&agent, b"x").unwrap();
+        let err = AgentInputs::resolve(Some(&agent), &[], Some("a\"b"), temp.path()).unwrap_err();
+        assert!(err.to_string().contains("is not a store URL"), "{err}");
+    }
+}

@@ -126,7 +126,13 @@ fn assemble(
         Ok((digests, summary))
     })?;
     let update = timed(progress, timings, "update payload", |_| {
-        let payload = payload::write_payload(staging, &plan.version, &inspected.table, &digests.0)?;
+        let payload = payload::write_payload(
+            staging,
+            &plan.version,
+            &inspected.table,
+            &digests.0,
+            inspected.usr.filesystem_bytes,
+        )?;
         let summary = format!(
             "{} files, {} to download",
             payload.files.len(),

@@ -4,7 +4,10 @@
 //! (overlays/base/usr/lib/sysupdate.d) match, plus `.zst`.
 //!
 //! The /usr image fills its 1 GiB slot, mostly with zeros after the erofs
-//! data; compressed, a node downloads about the size of the data.
+//! data. Only the data dm-verity covers (the file system's bytes, what
+//! `usrhash=` vouches for) is shipped: the rest of the slot is never read.
+//! A node downloads, decompresses and hashes about the size of the data,
+//! which matters on small machines and under emulation.
 
 use std::fs::File;
 use std::io::{self, Write};
@@ -49,13 +52,15 @@ pub fn installed_name(
     })
 }
 
-/// Compresses the build's /usr, hash tree and UKI (listed, with their
-/// digests, in `files`) into the build directory `dir`.
+/// Compresses the build's /usr (its first `usr_bytes`, the data verity
+/// covers), hash tree and UKI (listed in `files`) into the build directory
+/// `dir`.
 pub(super) fn write_payload(
     dir: &Path,
     version: &Version,
     table: &PartitionTable,
     files: &[FileInfo],
+    usr_bytes: u64,
 ) -> Result<UpdatePayload> {
     let parts = [
         (UpdateRole::Usr, FileKind::Usr),
@@ -70,29 +75,45 @@ pub(super) fn write_payload(
             .with_context(|| format!("the build has no {kind:?} part for the update"))?;
         let (installed_name, partition_uuid) = installed_name(role, version, table)?;
         let name = format!("{installed_name}.zst");
-        let (sha256, size) = compress(&dir.join(&part.name), &dir.join(&name))
+        let length = match role {
+            UpdateRole::Usr => usr_bytes.min(part.size),
+            UpdateRole::UsrVerity | UpdateRole::Uki => part.size,
+        };
+        let compressed = compress(&dir.join(&part.name), length, &dir.join(&name))
             .with_context(|| format!("compressing {} into {name}", part.name))?;
         payload.push(UpdateFile {
             role,
             name,
-            size,
-            sha256,
+            size: compressed.size,
+            sha256: compressed.sha256,
             compression: "zstd".to_owned(),
             installed_name,
-            installed_size: part.size,
-            installed_sha256: part.sha256,
+            installed_size: length,
+            installed_sha256: compressed.installed_sha256,
             partition_uuid,
         });
     }
     Ok(UpdatePayload { files: payload })
 }
 
-/// Compresses `from` into the new file `to`, its holes fed from memory;
-/// returns the compressed file's sha256 and size.
-fn compress(from: &Path, to: &Path) -> Result<(boxcar_signing::Sha256Digest, u64)> {
+/// A compressed part: its digest and size, and the digest of what it
+/// decompresses to.
+struct Compressed {
+    sha256: boxcar_signing::Sha256Digest,
+    size: u64,
+    installed_sha256: boxcar_signing::Sha256Digest,
+}
+
+/// Compresses the first `length` bytes of `from` into the new file `to`,
+/// its holes fed from memory.
+fn compress(from: &Path, length: u64, to: &Path) -> Result<Compressed> {
     let source = File::open(from).with_context(|| format!("opening {}", from.display()))?;
-    let length = source.metadata()?.len();
-    let regions = boxcar_signing::data_regions(&source, length);
+    let regions: Vec<std::ops::Range<u64>> =
+        boxcar_signing::data_regions(&source, source.metadata()?.len())
+            .into_iter()
+            .filter(|r| r.start < length)
+            .map(|r| r.start..r.end.min(length))
+            .collect();
     let out = boxcar_client::files::create_new(to, 0o644)?;
     let hashing = HashingWriter {
         inner: io::BufWriter::with_capacity(1 << 20, out),
@@ -100,12 +121,22 @@ fn compress(from: &Path, to: &Path) -> Result<(boxcar_signing::Sha256Digest, u64
     };
     let mut encoder = zstd::stream::write::Encoder::new(hashing, ZSTD_LEVEL)?;
     encoder.include_checksum(true)?;
-    feed_sparse(&source, length, &regions, &mut encoder)?;
-    let mut hashing = encoder.finish()?;
+    let mut raw = HashingWriter {
+        inner: encoder,
+        hasher: Hasher::new(),
+    };
+    feed_sparse(&source, length, &regions, &mut raw)?;
+    let (installed_sha256, _) = raw.hasher.finish();
+    let mut hashing = raw.inner.finish()?;
     hashing.inner.flush()?;
     let file = hashing.inner.into_inner().map_err(|e| e.into_error())?;
     file.sync_all()?;
-    Ok(hashing.hasher.finish())
+    let (sha256, size) = hashing.hasher.finish();
+    Ok(Compressed {
+        sha256,
+        size,
+        installed_sha256,
+    })
 }
 
 /// Hashes what it passes on.

@@ -30,6 +30,21 @@ exec 3>"$port" || exit 1
 # on its own; later boots record the usual evidence and the agent's state.
 agent_dir="$testdata/agent"
 agent_marker=/var/lib/boxcar-test/agent-started
+
+# "number:label" of each partition behind a device-mapper device, or of
+# every partition of a disk.
+dm_partitions() {
+    for slave in /sys/class/block/"$1"/slaves/*; do
+        name=${slave##*/}
+        printf '%s:%s ' "$(cat "/sys/class/block/$name/partition")" "$(lsblk -no PARTLABEL "/dev/$name")"
+    done
+}
+disk_partitions() {
+    for part in /sys/class/block/"$1"/"$1"*; do
+        name=${part##*/}
+        printf '%s:%s ' "$(cat "$part/partition")" "$(lsblk -no PARTLABEL "/dev/$name")"
+    done
+}
 usr_dm() { basename "$(readlink -f "$(findmnt -no SOURCE /usr)")"; }
 esp_ukis() { ls "$(bootctl --print-boot-path)/EFI/Linux" 2>&1; }
 
@@ -56,7 +71,7 @@ if [ -d "$agent_dir" ] && [ ! -e "$agent_marker" ]; then
         boxcar-update check >/run/boxcar-check.out 2>&1
         say "agent.check.$name" "exit $?: $(tr '\n' ' ' </run/boxcar-check.out)"
         say "agent.status.$name" "$(boxcar-update status --json 2>&1 | tr -d '\n')"
-        say "agent.staged.$name" "$(ls -A /var/lib/boxcar/updates /var/lib/boxcar-update/downloads 2>&1 | tr '\n' ' ')"
+        say "agent.staged.$name" "$(find /var/lib/boxcar/updates /var/lib/boxcar-update/downloads -mindepth 1 2>/dev/null | tr '\n' ' ')"
     done
     say agent.ukis_before "$(esp_ukis)"
     if [ -e "$agent_dir/fails-on" ]; then
@@ -66,6 +81,11 @@ if [ -d "$agent_dir" ] && [ ! -e "$agent_marker" ]; then
     fi
     cp "$agent_dir/update.toml" /etc/boxcar/update.toml
     rm -f /var/lib/boxcar-update/state.json
+    # The agent's journal lines on the console too, for the test's log.
+    mkdir -p /run/systemd/system/boxcar-update.service.d
+    printf '[Service]\nStandardError=journal+console\n' \
+        >/run/systemd/system/boxcar-update.service.d/50-boxcar-test.conf
+    systemctl daemon-reload
     systemctl start boxcar-update.service
     say agent.started 1
     echo "boxcar-evidence: the update agent runs; it reboots the machine when it has installed the update" >/dev/console

@@ -262,13 +262,19 @@ fn store_checks(report: &BTreeMap<String, String>) -> Vec<Check> {
 
 /// The lock server saw: refused pre-reboots, a granted one, then the
 /// steady state, all from one node id in one group, with the protocol
-/// header.
+/// header. (Before them, the agent reported a steady state when it started,
+/// as Zincati does at every start.)
 fn lock_log_check(lock_log: &Path, outcome: BootOutcome) -> Check {
     let text = std::fs::read_to_string(lock_log).unwrap_or_default();
     let requests: Vec<LockRequest> = text
         .lines()
         .filter_map(|l| serde_json::from_str(l).ok())
         .collect();
+    let from_first_request = requests
+        .iter()
+        .position(|r| r.path == "/v1/pre-reboot")
+        .unwrap_or(requests.len());
+    let (_, requests) = requests.split_at(from_first_request);
     let sequence: Vec<String> = requests
         .iter()
         .map(|r| {
