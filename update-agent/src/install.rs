@@ -120,11 +120,14 @@ fn check_esp_space(staged: &Staged) -> Result<()> {
     Ok(())
 }
 
+/// systemd-sysupdate, where systemd installs it (not on PATH).
+pub const SYSUPDATE: &str = "/usr/lib/systemd/systemd-sysupdate";
+
 /// Installs the staged `version` into the idle slot.
 pub fn install(version: &str) -> Result<()> {
     host::run(
         "installing with systemd-sysupdate",
-        Command::new("systemd-sysupdate").args(["update", version]),
+        Command::new(SYSUPDATE).args(["--no-pager", "update", version]),
     )?;
     Ok(())
 }

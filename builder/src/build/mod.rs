@@ -131,7 +131,7 @@ fn assemble(
             &plan.version,
             &inspected.table,
             &digests.0,
-            inspected.usr.filesystem_bytes,
+            &inspected.usr,
         )?;
         let summary = format!(
             "{} files, {} to download",

@@ -4,8 +4,10 @@
 //! (overlays/base/usr/lib/sysupdate.d) match, plus `.zst`.
 //!
 //! The /usr image fills its 1 GiB slot, mostly with zeros after the erofs
-//! data. Only the data dm-verity covers (the file system's bytes, what
-//! `usrhash=` vouches for) is shipped: the rest of the slot is never read.
+//! data, and its hash partition mostly with zeros after the tree. Only the
+//! data dm-verity covers (the file system's bytes, what `usrhash=` vouches
+//! for) and the hash tree itself are shipped: the rest of each slot is
+//! never read.
 //! A node downloads, decompresses and hashes about the size of the data,
 //! which matters on small machines and under emulation.
 
@@ -19,7 +21,7 @@ use boxcar_signing::Hasher;
 
 use super::convert::feed_sparse;
 use crate::image::{PartitionTable, Role};
-use crate::records::buildinfo::{FileInfo, FileKind};
+use crate::records::buildinfo::{FileInfo, FileKind, UsrInfo};
 use crate::version::Version;
 
 /// How hard zstd works: level 3 (its default) compresses the erofs image
@@ -52,15 +54,15 @@ pub fn installed_name(
     })
 }
 
-/// Compresses the build's /usr (its first `usr_bytes`, the data verity
-/// covers), hash tree and UKI (listed in `files`) into the build directory
-/// `dir`.
+/// Compresses the build's /usr (its first `usr.filesystem_bytes`, the data
+/// verity covers), hash tree (its first `usr.hash_tree_bytes`) and UKI
+/// (listed in `files`) into the build directory `dir`.
 pub(super) fn write_payload(
     dir: &Path,
     version: &Version,
     table: &PartitionTable,
     files: &[FileInfo],
-    usr_bytes: u64,
+    usr: &UsrInfo,
 ) -> Result<UpdatePayload> {
     let parts = [
         (UpdateRole::Usr, FileKind::Usr),
@@ -76,8 +78,9 @@ pub(super) fn write_payload(
         let (installed_name, partition_uuid) = installed_name(role, version, table)?;
         let name = format!("{installed_name}.zst");
         let length = match role {
-            UpdateRole::Usr => usr_bytes.min(part.size),
-            UpdateRole::UsrVerity | UpdateRole::Uki => part.size,
+            UpdateRole::Usr => usr.filesystem_bytes.min(part.size),
+            UpdateRole::UsrVerity => usr.hash_tree_bytes.min(part.size),
+            UpdateRole::Uki => part.size,
         };
         let compressed = compress(&dir.join(&part.name), length, &dir.join(&name))
             .with_context(|| format!("compressing {} into {name}", part.name))?;
