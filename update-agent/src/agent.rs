@@ -60,10 +60,8 @@ impl Agent {
                         _ => self.next_check(),
                     }
                 }
-                Err(error) => {
-                    eprintln!("update check failed: {error:#}");
-                    self.backoff(state.failures_in_a_row)
-                }
+                // The round recorded the failure (and said it, once).
+                Err(_) => self.backoff(state.failures_in_a_row),
             };
             sleep(wait);
         }
@@ -221,8 +219,14 @@ impl Agent {
         }
     }
 
+    /// Says what a round came to, unless its history entry already did.
     fn report(&self, round: &Round) {
-        eprintln!("{}", describe(&round.outcome));
+        if !matches!(
+            round.outcome,
+            Outcome::Installed(_) | Outcome::SkippedBad { .. }
+        ) {
+            eprintln!("{}", describe(&round.outcome));
+        }
     }
 
     /// The next regular check: the interval give or take the jitter.

@@ -151,13 +151,11 @@ fi
 # says of itself. An update test waits until it has settled this boot
 # (and, after a fallback, until a check has seen the bad version again).
 if [ -d "$agent_dir" ]; then
+    settled_when=$(cat "$agent_dir/settled-when")
     for _ in $(seq 120); do
         status=$(boxcar-update status --json 2>/dev/null | tr -d '\n')
         case "$status" in
-        *'"pending": null'*'"last_check": {'*) case "$(cat "$agent_dir/settled-when" 2>/dev/null)" in
-            "") break ;;
-            *) case "$status" in *"$(cat "$agent_dir/settled-when")"*) break ;; esac ;;
-            esac ;;
+        *'"pending": null'*) case "$status" in *"$settled_when"*) break ;; esac ;;
         esac
         sleep 2
     done
