@@ -868,6 +868,18 @@ fn a_failing_update_falls_back_and_the_agent_marks_it_bad() {
     let status: serde_json::Value =
         serde_json::from_str(guest["agent_status"].as_str().unwrap()).unwrap();
     assert_eq!(status["bad_versions"][0]["version"], "0.0.1-e2e");
+    // Strategy immediate: the agent rebooted as soon as it had installed.
+    let history: Vec<&str> = status["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["message"].as_str().unwrap())
+        .collect();
+    let installed = history
+        .iter()
+        .position(|m| m.starts_with("installed 0.0.1-e2e ("))
+        .expect("the agent installed the update");
+    assert_eq!(history[installed + 1], "rebooting into 0.0.1-e2e");
     assert!(shared_newer_build()
         .join("evidence/update-fallback-from-0.0.0-e2e/evidence.json")
         .is_file());
