@@ -163,14 +163,12 @@ impl Agent {
                 );
                 return Ok(());
             }
-            eprintln!(
+            let message = format!(
                 "updated from {} to {}",
                 pending.from_version, pending.version
             );
-            state.last_update = Some(event(format!(
-                "updated from {} to {}",
-                pending.from_version, pending.version
-            )));
+            state.record(message.clone());
+            state.last_update = Some(event(message));
         } else {
             let reason =
                 format!("it did not boot healthy, and boot counting went back to {running}");
