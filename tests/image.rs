@@ -147,10 +147,57 @@ fn build_produces_a_verity_protected_ab_image_that_stock_tools_confirm() {
             "package metal",
             "package pxe",
             "digest",
+            "update payload",
             "total"
         ]
     );
     assert!(dir.join("build.log").metadata().unwrap().len() > 0);
+
+    // The update nodes download: stock zstd and sha256sum agree with
+    // build.json, and the /usr and hash tree it carries verify against the
+    // root hash with veritysetup.
+    let update = info["update"]["files"]
+        .as_array()
+        .expect("an update payload");
+    let mut digests = Vec::new();
+    let staged = tempfile::tempdir_in(scratch_dir()).unwrap();
+    for file in update {
+        let name = file["name"].as_str().unwrap();
+        digests.push((file["sha256"].as_str().unwrap(), name));
+        let installed = staged.path().join(file["installed_name"].as_str().unwrap());
+        host_tool(
+            "zstd",
+            &[
+                "-dq",
+                dir.join(name).to_str().unwrap(),
+                "-o",
+                installed.to_str().unwrap(),
+            ],
+        );
+        let sum = host_tool("sha256sum", &[installed.to_str().unwrap()]);
+        assert!(
+            sum.starts_with(file["installed_sha256"].as_str().unwrap()),
+            "{sum}"
+        );
+    }
+    assert_digests_match(dir, &digests);
+    let part = |role: &str| {
+        let file = update.iter().find(|f| f["role"] == role).unwrap();
+        staged.path().join(file["installed_name"].as_str().unwrap())
+    };
+    host_tool(
+        "veritysetup",
+        &[
+            "verify",
+            part("usr").to_str().unwrap(),
+            part("usr-verity").to_str().unwrap(),
+            root_hash,
+        ],
+    );
+    // The agent in the image pins the suite's store key.
+    let agent = &info["update_agent"];
+    assert_eq!(agent["channel"], "alpha");
+    assert_eq!(agent["keys"].as_array().unwrap().len(), 1);
 }
 
 /// Every platform's artifact is in build.json and on disk, each in its
