@@ -938,15 +938,7 @@ fn a_failing_update_falls_back_and_the_agent_marks_it_bad() {
 /// also make mkosi drop the incremental cache every other build reuses.)
 fn broken_project() -> tempfile::TempDir {
     let temp = tempfile::tempdir_in(scratch_dir()).unwrap();
-    for dir in ["recipes", "overlays", "channels"] {
-        let status = Command::new("cp")
-            .arg("-r")
-            .arg(project_root().join(dir))
-            .arg(temp.path())
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
+    project_copy(temp.path(), &[]);
     std::fs::write(
         temp.path().join("recipes/mkosi.postinst"),
         "#!/bin/sh\necho 'boxcar-e2e: failing on purpose' >&2\nexit 3\n",

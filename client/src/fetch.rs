@@ -63,7 +63,7 @@ impl Client {
         if let Some(present) = already_present(&target, artifact)? {
             return Ok(present);
         }
-        let part = to.join(format!("{name}.part"));
+        let part = to.join(part_file_name(name.as_str()));
         let path = layout::release_file(version, &name);
         self.observer()
             .transfer_started(artifact.name, artifact.size, 0);
@@ -170,6 +170,12 @@ impl Client {
         }
         Ok(())
     }
+}
+
+/// The name a download of `name` grows under until it is whole and
+/// verified (and which a later attempt resumes).
+pub fn part_file_name(name: &str) -> String {
+    format!("{name}.part")
 }
 
 /// A read that failed mid-transfer says how far it got.

@@ -175,6 +175,21 @@ impl PublicKey {
     }
 }
 
+/// The public key files (`*.pub`) in a key directory, sorted by name; none
+/// when the directory does not exist.
+pub fn public_key_files(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut files: Vec<std::path::PathBuf> = match std::fs::read_dir(dir) {
+        Ok(entries) => entries
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "pub"))
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    files.sort();
+    files
+}
+
 /// Anything that can sign: a key file today, a KMS or hardware token later.
 pub trait Sign {
     fn key_id(&self) -> KeyId;

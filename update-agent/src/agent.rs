@@ -55,9 +55,10 @@ impl Agent {
             let wait = match self.round(&mut state, false) {
                 Ok(round) => {
                     self.report(&round);
-                    match (&round.outcome, &state.phase) {
-                        (_, Phase::RebootPending) => self.config.agent.reboot_retry_seconds,
-                        _ => self.next_check(),
+                    if state.phase == Phase::RebootPending {
+                        self.config.agent.reboot_retry_seconds
+                    } else {
+                        self.next_check()
                     }
                 }
                 // The round recorded the failure (and said it, once).

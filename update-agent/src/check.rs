@@ -5,7 +5,6 @@
 //! check and install. The staging area is emptied whatever happens (a
 //! download interrupted by a failure that may pass is kept, to resume).
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -88,7 +87,7 @@ impl Check<'_> {
         }
         let running = host::running_version(self.paths)?;
         let client = self.client()?;
-        let release = self.resolve(&client, state)?;
+        let (release, wave) = self.resolve(&client, state)?;
         let version = release.version.clone();
         if let Some(pending) = &state.pending {
             if pending.version == version {
@@ -104,11 +103,6 @@ impl Check<'_> {
                 reason: bad.reason.clone(),
             });
         }
-        let wave = state
-            .available
-            .as_ref()
-            .map(|a| a.wave.clone())
-            .unwrap_or(WaveStatus::Open { percent: 100 });
         if !self.ignore_waves && !matches!(wave, WaveStatus::Open { .. }) {
             return Ok(Outcome::Waiting { version, wave });
         }
@@ -139,9 +133,9 @@ impl Check<'_> {
         )?)
     }
 
-    /// The channel's release, through the signed chain; records what is
-    /// available and where this host stands in its rollout.
-    fn resolve(&self, client: &Client, state: &mut State) -> Result<ReleaseDocument> {
+    /// The channel's release, through the signed chain, and where this
+    /// host stands in its rollout; both are recorded as what is available.
+    fn resolve(&self, client: &Client, state: &mut State) -> Result<(ReleaseDocument, WaveStatus)> {
         let pinned = trusted_keys(self.paths, self.config)?;
         let mut serials = SerialState::load(&self.paths.serials_file())?;
         let trust = client.trust(
@@ -169,13 +163,13 @@ impl Check<'_> {
         state.available = Some(Available {
             version: release.version.clone(),
             channel_serial: resolved.channel.map_or(0, |(_, serial)| serial),
-            wave,
+            wave: wave.clone(),
             download_bytes: release
                 .update
                 .as_ref()
                 .map_or(0, UpdatePayload::download_size),
         });
-        Ok(release)
+        Ok((release, wave))
     }
 
     /// Downloads, verifies, checks and installs; the staging area is
@@ -270,18 +264,8 @@ fn payload_of(release: &ReleaseDocument) -> Result<&UpdatePayload> {
 /// The store keys this host trusts: those pinned in the image, those the
 /// host added, and any named in the settings.
 pub fn trusted_keys(paths: &Paths, config: &Config) -> Result<TrustedKeys> {
-    let mut files: Vec<PathBuf> = Vec::new();
-    for dir in [paths.pinned_keys(), paths.host_keys()] {
-        if let Ok(entries) = std::fs::read_dir(&dir) {
-            let mut found: Vec<PathBuf> = entries
-                .filter_map(|e| e.ok())
-                .map(|e| e.path())
-                .filter(|p| p.extension().is_some_and(|e| e == "pub"))
-                .collect();
-            found.sort();
-            files.extend(found);
-        }
-    }
+    let mut files = boxcar_signing::keys::public_key_files(&paths.pinned_keys());
+    files.extend(boxcar_signing::keys::public_key_files(&paths.host_keys()));
     files.extend(config.store.keys.iter().cloned());
     let mut trusted = TrustedKeys::default();
     for file in &files {

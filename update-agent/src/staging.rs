@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use boxcar_client::fetch::part_file_name;
 use boxcar_client::layout::SafeName;
 use boxcar_client::Client;
 use boxcar_signing::documents::{StoredFile, UpdateFile, UpdatePayload, UpdateRole};
@@ -19,8 +20,8 @@ use crate::paths::Paths;
 #[derive(Debug)]
 pub struct Staged {
     pub files: Vec<(UpdateRole, PathBuf)>,
-    /// Bytes fetched from the store in this run (a resumed download counts
-    /// only what was new).
+    /// Bytes still to fetch when this run started (a resumed download
+    /// counts only what it lacked).
     pub downloaded_bytes: u64,
     pub download_time: Duration,
     pub decompress_time: Duration,
@@ -61,7 +62,7 @@ pub fn stage(
     }
     let mut staged = Staged {
         files: Vec::new(),
-        downloaded_bytes: 0,
+        downloaded_bytes: needed,
         download_time: Duration::ZERO,
         decompress_time: Duration::ZERO,
     };
@@ -73,9 +74,6 @@ pub fn stage(
             sha256: file.sha256,
         };
         let fetched = client.fetch_file(version, stored, &downloads)?;
-        if !fetched.already_present {
-            staged.downloaded_bytes += file.size;
-        }
         staged.download_time += started.elapsed();
         let started = Instant::now();
         let path = decompress(&fetched.path, &staging, file)?;
@@ -163,7 +161,7 @@ fn keep_only_partial_downloads_of(downloads: &Path, payload: &UpdatePayload) -> 
     let wanted: Vec<String> = payload
         .files
         .iter()
-        .map(|f| format!("{}.part", f.name))
+        .map(|f| part_file_name(&f.name))
         .collect();
     for entry in std::fs::read_dir(downloads)? {
         let entry = entry?;
@@ -180,8 +178,8 @@ fn still_to_download(downloads: &Path, payload: &UpdatePayload) -> u64 {
         .files
         .iter()
         .map(|f| {
-            let have = std::fs::metadata(downloads.join(format!("{}.part", f.name)))
-                .map_or(0, |m| m.len());
+            let have =
+                std::fs::metadata(downloads.join(part_file_name(&f.name))).map_or(0, |m| m.len());
             f.size.saturating_sub(have)
         })
         .sum()

@@ -46,7 +46,7 @@ impl AgentInputs {
             );
         }
         let key_files = if keys.is_empty() {
-            project_keys(&project_root.join("signing/keys"))?
+            boxcar_signing::keys::public_key_files(&project_root.join("signing/keys"))
         } else {
             keys.to_vec()
         };
@@ -114,20 +114,6 @@ impl AgentInputs {
             channel: channel.clone(),
         })
     }
-}
-
-/// The project's public keys, sorted.
-fn project_keys(dir: &Path) -> Result<Vec<PathBuf>> {
-    let mut keys: Vec<PathBuf> = match fs::read_dir(dir) {
-        Ok(entries) => entries
-            .filter_map(|e| e.ok())
-            .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|e| e == "pub"))
-            .collect(),
-        Err(_) => Vec::new(),
-    };
-    keys.sort();
-    Ok(keys)
 }
 
 #[cfg(test)]
