@@ -35,16 +35,7 @@ fn publish_promote_verify_and_stock_tools_agree() {
     lab.verify_passes_with("channels/stable.json: serial 1, points at 1.0.0");
 
     let release = lab.store().join("releases/1.0.0");
-    let sums = Process::new("sha256sum")
-        .args(["--check", "--strict", "SHA256SUMS"])
-        .current_dir(&release)
-        .output()
-        .unwrap();
-    assert!(
-        sums.status.success(),
-        "{}",
-        String::from_utf8_lossy(&sums.stdout)
-    );
+    common::assert_sums_check(&release);
     match Process::new("minisign")
         .args(["-V", "-m", "release.json", "-p"])
         .arg(lab.public_key())

@@ -17,7 +17,7 @@ use boxcar_signing::{KeyId, Sha256Digest, TrustedKeys};
 use serde::de::DeserializeOwned;
 use time::OffsetDateTime;
 
-use crate::error::{found, Error};
+use crate::error::{found, Error, ErrorKind};
 use crate::layout::{self, SafeName};
 use crate::limits::{Limits, NetworkSettings};
 use crate::rollback::SerialState;
@@ -73,6 +73,11 @@ pub struct Verified<T> {
     pub sha256: Sha256Digest,
     pub signed_by: KeyId,
 }
+
+/// How long a reader waits before reading a document pair that did not
+/// verify a second time (a writer puts a signature in place milliseconds
+/// after its document).
+const PAIR_SETTLE: std::time::Duration = std::time::Duration::from_millis(300);
 
 /// What an operator or a node asks for.
 #[derive(Clone, Debug)]
@@ -200,10 +205,23 @@ impl Client {
         kind: Kind,
         subject: &str,
     ) -> Result<Verified<T>, Error> {
-        let (bytes, signature) = self.signed_pair(path, what, limit)?;
-        let (document, signed_by) =
-            documents::verify(&bytes, &signature, &trust.keys, kind, subject, path)
-                .map_err(|e| Error::untrusted(self.location(path), e))?;
+        let read = || -> Result<(T, KeyId, Vec<u8>), Error> {
+            let (bytes, signature) = self.signed_pair(path, what, limit)?;
+            let (document, signed_by) =
+                documents::verify(&bytes, &signature, &trust.keys, kind, subject, path)
+                    .map_err(|e| Error::untrusted(self.location(path), e))?;
+            Ok((document, signed_by, bytes))
+        };
+        let (document, signed_by, bytes) = match read() {
+            Err(e) if e.kind() != ErrorKind::NotFound => {
+                // A store in object storage replaces a document and then
+                // its signature (two objects, no rename): a reader can
+                // catch the pair in between. Judge a second read.
+                std::thread::sleep(PAIR_SETTLE);
+                read()?
+            }
+            other => other?,
+        };
         Ok(Verified {
             document,
             sha256: sha256(&bytes),

@@ -48,6 +48,35 @@ pub struct GlobalArgs {
     /// Show no progress on stderr; errors are still printed.
     #[arg(long, short, global = true)]
     pub quiet: bool,
+
+    /// The S3 endpoint of s3:// stores, e.g. http://127.0.0.1:9000.
+    /// Default: $AWS_ENDPOINT_URL_S3, else $AWS_ENDPOINT_URL, else AWS in
+    /// the region. Credentials come from $AWS_ACCESS_KEY_ID,
+    /// $AWS_SECRET_ACCESS_KEY (and $AWS_SESSION_TOKEN).
+    #[arg(long, global = true, value_name = "URL")]
+    pub s3_endpoint: Option<String>,
+
+    /// The region of s3:// stores. Default: $AWS_REGION, else
+    /// $AWS_DEFAULT_REGION, else us-east-1.
+    #[arg(long, global = true, value_name = "REGION")]
+    pub s3_region: Option<String>,
+
+    /// Address buckets as ENDPOINT/BUCKET/ rather than BUCKET.ENDPOINT/
+    /// (most servers other than AWS; automatic for IP addresses and
+    /// localhost).
+    #[arg(long, global = true)]
+    pub s3_path_style: bool,
+}
+
+impl GlobalArgs {
+    /// What the command line says about s3:// stores.
+    pub fn s3_options(&self) -> crate::release::backend::S3Options {
+        crate::release::backend::S3Options {
+            endpoint: self.s3_endpoint.clone(),
+            region: self.s3_region.clone(),
+            path_style: self.s3_path_style,
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -112,9 +141,10 @@ pub struct KeysGenerateArgs {
 /// Where a keyring change is written and who signs it.
 #[derive(Debug, Args)]
 pub struct KeyringArgs {
-    /// The release store (a directory).
-    #[arg(long, value_name = "DIR")]
-    pub store: PathBuf,
+    /// The release store: a directory, or s3://BUCKET/PREFIX (an
+    /// S3-compatible bucket; see --s3-endpoint and the AWS_* variables).
+    #[arg(long, value_name = "STORE")]
+    pub store: String,
     /// A root secret key that signs the new keyring (repeatable: as many as
     /// the threshold asks, of the current root and of the new one).
     #[arg(long = "root", value_name = "FILE", required = true)]
@@ -217,9 +247,10 @@ pub struct TrustArgs {
 /// index is rewritten when anything was renewed. Run it daily from CI.
 #[derive(Debug, Args)]
 pub struct RenewArgs {
-    /// The release store (a directory).
-    #[arg(long, value_name = "DIR")]
-    pub store: PathBuf,
+    /// The release store: a directory, or s3://BUCKET/PREFIX (an
+    /// S3-compatible bucket; see --s3-endpoint and the AWS_* variables).
+    #[arg(long, value_name = "STORE")]
+    pub store: String,
     /// The signing key. Default: $BOXCAR_SIGNING_KEY_FILE, or the key in
     /// $BOXCAR_SIGNING_KEY.
     #[arg(long, value_name = "FILE")]
@@ -246,9 +277,10 @@ pub struct PublishArgs {
     /// `boxcar test`).
     #[arg(long, value_name = "DIR")]
     pub build: PathBuf,
-    /// The release store (a directory; created if needed).
-    #[arg(long, value_name = "DIR")]
-    pub store: PathBuf,
+    /// The release store: a directory (created if needed), or s3://BUCKET/PREFIX (an
+    /// S3-compatible bucket; see --s3-endpoint and the AWS_* variables).
+    #[arg(long, value_name = "STORE")]
+    pub store: String,
     /// The secret signing key. Default: $BOXCAR_SIGNING_KEY_FILE, or the key
     /// itself in $BOXCAR_SIGNING_KEY. The key is never printed.
     #[arg(long, value_name = "FILE")]
@@ -279,9 +311,10 @@ pub struct PublishArgs {
 /// channel, alpha included, can be paused.
 #[derive(Debug, Args)]
 pub struct PromoteArgs {
-    /// The release store (a directory).
-    #[arg(long, value_name = "DIR")]
-    pub store: PathBuf,
+    /// The release store: a directory, or s3://BUCKET/PREFIX (an
+    /// S3-compatible bucket; see --s3-endpoint and the AWS_* variables).
+    #[arg(long, value_name = "STORE")]
+    pub store: String,
     /// The secret signing key (as for `boxcar publish`).
     #[arg(long, value_name = "FILE")]
     pub key: Option<PathBuf>,
@@ -309,7 +342,8 @@ pub struct PromoteArgs {
 
 /// Check a release store: signatures, digests, channel expiry and serials.
 ///
-/// Reads the store as a client would (a directory, file://, or http(s)://):
+/// Reads the store as a client would (a directory, file://, http(s)://, or
+/// s3://BUCKET/PREFIX through signed reads with the writers' credentials):
 /// the keyring, the signed index, every channel document (signature, expiry,
 /// serial not behind the index's, consistent history, pointing at a
 /// published release) and every release (signature, SHA256SUMS, every
@@ -321,7 +355,8 @@ pub struct PromoteArgs {
 /// cleans it up.
 #[derive(Debug, Args)]
 pub struct VerifyArgs {
-    /// The store: a directory, a file:// URL or an http(s):// URL.
+    /// The store: a directory, a file:// URL, an http(s):// URL or
+    /// s3://BUCKET/PREFIX.
     #[arg(long, value_name = "LOCATION")]
     pub store: String,
     /// A trusted public key file (repeatable). Keys introduced by a keyring
@@ -341,9 +376,10 @@ pub struct VerifyArgs {
 /// it only restores what was signed before.
 #[derive(Debug, Args)]
 pub struct RepairArgs {
-    /// The release store (a directory).
-    #[arg(long, value_name = "DIR")]
-    pub store: PathBuf,
+    /// The release store: a directory, or s3://BUCKET/PREFIX (an
+    /// S3-compatible bucket; see --s3-endpoint and the AWS_* variables).
+    #[arg(long, value_name = "STORE")]
+    pub store: String,
 }
 
 /// Write an Ignition config onto a Boxcar disk before its first boot.

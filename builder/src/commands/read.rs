@@ -14,7 +14,21 @@ pub(super) fn verify(global: &GlobalArgs, args: &VerifyArgs, progress: &Progress
     use boxcar_client::audit::Status;
     let trusted = defaults::load_public_keys(&args.keys)?;
     let network = defaults::network(args.network.timeout, args.network.retries);
-    let client = download::client(&args.store, network, progress)?;
+    let client = if args.store.starts_with("s3://") {
+        // The writer's view of a bucket (signed reads), for maintainers.
+        let transport = crate::release::backend::S3Backend::reader_of(
+            &args.store,
+            &global.s3_options(),
+            &network,
+        )?;
+        boxcar_client::Client::new(
+            transport,
+            network,
+            std::sync::Arc::new(crate::progress::TransferProgress::new(progress.clone())),
+        )
+    } else {
+        download::client(&args.store, network, progress)?
+    };
     let report = boxcar_client::audit::audit(&client, &trusted, OffsetDateTime::now_utc())?;
     if global.json {
         out!("{}", serde_json::to_string_pretty(&report)?);

@@ -20,13 +20,47 @@ use crate::release::{
 };
 use crate::units::human_bytes;
 
+/// How many times a writer reads the store again and retries when another
+/// writer changed a document it was replacing.
+const CONFLICT_ATTEMPTS: u32 = 6;
+
+/// Runs `operation` again (it reads the store afresh each time) while it
+/// fails because another writer replaced a document first.
+fn retrying_conflicts<T>(
+    progress: &Progress,
+    mut operation: impl FnMut() -> Result<T>,
+) -> Result<T> {
+    let mut attempt = 1;
+    loop {
+        match operation() {
+            Err(e) if backend::is_conflict(&e) && attempt < CONFLICT_ATTEMPTS => {
+                progress.note(&format!(
+                    "{e:#}; reading the store again (attempt {} of {CONFLICT_ATTEMPTS})",
+                    attempt + 1
+                ));
+                // Writers that collided spread out before trying again.
+                let spread = 100 + u64::from(std::process::id() % 7) * 60;
+                std::thread::sleep(std::time::Duration::from_millis(spread * u64::from(attempt)));
+                attempt += 1;
+            }
+            Err(e) if backend::is_conflict(&e) => {
+                return Err(e.context(format!(
+                    "other writers kept changing the store; gave up after {CONFLICT_ATTEMPTS} attempts (nothing of this one's was written)"
+                )))
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Opens a store for writing and takes the writers' lock, reporting what
 /// taking it repaired.
 fn locked(
-    store: &std::path::Path,
+    global: &GlobalArgs,
+    store: &str,
     progress: &Progress,
 ) -> Result<(Box<dyn backend::StoreBackend>, backend::WriterLock)> {
-    let store = backend::open(store)?;
+    let store = backend::open(store, &global.s3_options())?;
     let lock = store.lock(&|waiting| progress.note(waiting))?;
     for line in &lock.repaired {
         progress.note(line);
@@ -79,7 +113,7 @@ pub(super) fn keys(global: &GlobalArgs, args: &KeysArgs, progress: &Progress) ->
         valid_for: keyring_args.valid_for,
     };
     let pinned = defaults::trusted_keys(&keyring_args.trust)?;
-    let (store, _lock) = locked(&keyring_args.store, progress)?;
+    let (store, _lock) = locked(global, &keyring_args.store, progress)?;
     let keyring = keyring::change(store.as_ref(), &pinned, &request, OffsetDateTime::now_utc())?;
     if global.json {
         out!("{}", serde_json::to_string_pretty(&keyring)?);
@@ -141,9 +175,13 @@ pub(super) fn publish(global: &GlobalArgs, args: &PublishArgs, progress: &Progre
         .transpose()?;
     let signer = keys::load_signer(args.key.as_deref())?;
     let pinned = defaults::trusted_keys(&args.trust.trust)?;
-    let (store, _lock) = locked(&args.store, progress)?;
-    let writer = Writer::new(store.as_ref(), &signer, &pinned, OffsetDateTime::now_utc())?;
-    let published = publishing::publish(&writer, &args.build, channel, progress)?;
+    let (store, _lock) = locked(global, &args.store, progress)?;
+    // A publish is safe to run again: a second attempt finds its release
+    // in place and only points the channel again.
+    let published = retrying_conflicts(progress, || {
+        let writer = Writer::new(store.as_ref(), &signer, &pinned, OffsetDateTime::now_utc())?;
+        publishing::publish(&writer, &args.build, channel, progress)
+    })?;
     if global.json {
         out!("{}", serde_json::to_string_pretty(&published)?);
     } else {
@@ -170,26 +208,34 @@ pub(super) fn promote(global: &GlobalArgs, args: &PromoteArgs, progress: &Progre
     let channels = Channels::load(&project.channels_dir())?;
     let signer = keys::load_signer(args.key.as_deref())?;
     let pinned = defaults::trusted_keys(&args.trust.trust)?;
-    let (store, _lock) = locked(&args.store, progress)?;
-    let writer = Writer::new(store.as_ref(), &signer, &pinned, OffsetDateTime::now_utc())?;
+    let (store, _lock) = locked(global, &args.store, progress)?;
     if args.pause || args.resume {
-        return change_rollout(global, args, &writer, &channels);
+        return retrying_conflicts(progress, || {
+            let writer = Writer::new(store.as_ref(), &signer, &pinned, OffsetDateTime::now_utc())?;
+            change_rollout(global, args, &writer, &channels)
+        });
     }
     let request = promotion::PromoteRequest {
         to: args.to.clone(),
         version: args.version.clone(),
         allow_downgrade: args.allow_downgrade,
     };
-    let planned = promotion::plan(&writer, &channels, &request)?;
+    // Each attempt plans from the store as it is then: after another
+    // writer's promotion the channel may already be where this one wants it.
+    let (planned, applied) = retrying_conflicts(progress, || {
+        let writer = Writer::new(store.as_ref(), &signer, &pinned, OffsetDateTime::now_utc())?;
+        let planned = promotion::plan(&writer, &channels, &request)?;
+        progress.note(&describe_change(&planned));
+        for check in &planned.checks {
+            progress.note(&format!("  ok  {}: {}", check.name, check.detail));
+        }
+        let applied = !planned.unchanged && !args.dry_run;
+        if applied {
+            promotion::apply(&writer, &planned)?;
+        }
+        Ok((planned, applied))
+    })?;
     let change = describe_change(&planned);
-    progress.note(&change);
-    for check in &planned.checks {
-        progress.note(&format!("  ok  {}: {}", check.name, check.detail));
-    }
-    let applied = !planned.unchanged && !args.dry_run;
-    if applied {
-        promotion::apply(&writer, &planned)?;
-    }
     if global.json {
         out!(
             "{}",
@@ -258,9 +304,11 @@ pub(super) fn renew(global: &GlobalArgs, args: &RenewArgs, progress: &Progress) 
     let channels = Channels::load(&project.channels_dir())?;
     let signer = keys::load_signer(args.key.as_deref())?;
     let pinned = defaults::trusted_keys(&args.trust.trust)?;
-    let (store, _lock) = locked(&args.store, progress)?;
-    let writer = Writer::new(store.as_ref(), &signer, &pinned, OffsetDateTime::now_utc())?;
-    let renewed = renewal::renew(&writer, &channels, args.all)?;
+    let (store, _lock) = locked(global, &args.store, progress)?;
+    let renewed = retrying_conflicts(progress, || {
+        let writer = Writer::new(store.as_ref(), &signer, &pinned, OffsetDateTime::now_utc())?;
+        renewal::renew(&writer, &channels, args.all)
+    })?;
     if global.json {
         out!("{}", serde_json::to_string_pretty(&renewed)?);
     } else if renewed.is_empty() {
@@ -308,7 +356,7 @@ pub(super) fn repair(global: &GlobalArgs, args: &RepairArgs, progress: &Progress
         store: String,
         repaired: &'a [String],
     }
-    let store = backend::open(&args.store)?;
+    let store = backend::open(&args.store, &global.s3_options())?;
     let lock = store.lock(&|waiting| progress.note(waiting))?;
     if global.json {
         out!(

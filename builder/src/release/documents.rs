@@ -9,6 +9,8 @@
 //! error, not a base for the next serial), and it refuses to sign with a
 //! key the keyring does not list: readers would refuse what it signs.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
@@ -22,7 +24,7 @@ use boxcar_signing::documents::{
 use boxcar_signing::{Sha256Digest, Sign, TrustedKeys};
 use time::OffsetDateTime;
 
-use super::backend::StoreBackend;
+use super::backend::{is_conflict, Expect, StoreBackend};
 use crate::channel::ChannelConfig;
 
 /// A client reading the store a writer is about to change. The store is
@@ -36,13 +38,23 @@ pub fn reader(store: &dyn StoreBackend) -> Client {
 }
 
 /// A writer at work on a store, holding its lock.
+///
+/// It replaces only documents it has read, as it read them: each read of a
+/// channel document or the index records what was there, and the write
+/// that follows expects exactly that ([`Expect`]). Another writer's change
+/// in between makes the write fail with a conflict rather than be lost.
 pub struct Writer<'a> {
     pub store: &'a dyn StoreBackend,
     pub signer: &'a dyn Sign,
     pub trust: Trust,
     pub client: Client,
     pub now: OffsetDateTime,
+    /// What each document path held when this writer last read it.
+    read: RefCell<HashMap<String, Expect>>,
 }
+
+/// How many times the index is rebuilt when other writers keep changing it.
+const INDEX_ATTEMPTS: u32 = 10;
 
 impl<'a> Writer<'a> {
     /// A writer signing with `signer`, trusting what `pinned` (the store's
@@ -82,7 +94,24 @@ impl<'a> Writer<'a> {
             trust,
             client,
             now,
+            read: RefCell::new(HashMap::new()),
         })
+    }
+
+    /// Records what `path` held when it was read.
+    fn saw(&self, path: &str, sha256: Option<Sha256Digest>) {
+        let expect = sha256.map_or(Expect::Absent, Expect::Sha256);
+        self.read.borrow_mut().insert(path.to_owned(), expect);
+    }
+
+    /// What a write of `path` expects: what this writer read there (a
+    /// document it never read must not exist yet).
+    fn expected(&self, path: &str) -> Expect {
+        self.read
+            .borrow()
+            .get(path)
+            .cloned()
+            .unwrap_or(Expect::Absent)
     }
 
     /// A channel's current document, checked; `None` if the channel has
@@ -91,19 +120,22 @@ impl<'a> Writer<'a> {
     pub fn read_channel(&self, name: &str) -> Result<Option<ChannelDocument>> {
         let name = SafeName::new("channel", name)?;
         let path = layout::channel(&name);
-        Ok(found(
-            self.client
-                .channel(&self.trust, &name, ExpirationEnforcement::Unsafe, self.now),
-        )
-        .map_err(|e| self.not_building_on(&path, e))?
-        .map(|verified| verified.document))
+        let verified =
+            found(
+                self.client
+                    .channel(&self.trust, &name, ExpirationEnforcement::Unsafe, self.now),
+            )
+            .map_err(|e| self.not_building_on(&path, e))?;
+        self.saw(&path, verified.as_ref().map(|v| v.sha256));
+        Ok(verified.map(|verified| verified.document))
     }
 
     /// The signed index; `None` if the store has none yet.
     pub fn read_index(&self) -> Result<Option<IndexDocument>> {
-        Ok(found(self.client.index(&self.trust))
-            .map_err(|e| self.not_building_on(layout::INDEX, e))?
-            .map(|verified| verified.document))
+        let verified = found(self.client.index(&self.trust))
+            .map_err(|e| self.not_building_on(layout::INDEX, e))?;
+        self.saw(layout::INDEX, verified.as_ref().map(|v| v.sha256));
+        Ok(verified.map(|verified| verified.document))
     }
 
     /// Why a writer stops at a document it cannot verify.
@@ -180,15 +212,31 @@ impl<'a> Writer<'a> {
     /// Signs and writes a channel document.
     pub fn write_channel(&self, document: &ChannelDocument) -> Result<()> {
         let name = SafeName::new("channel", &document.channel)?;
+        let path = layout::channel(&name);
         let bytes = documents::to_bytes(document);
         let signature =
             documents::sign_bytes(self.signer, &bytes, Kind::Channel, &document.channel)?;
         self.store
-            .replace_document(&layout::channel(&name), &bytes, &signature)
+            .replace_document(&path, &bytes, &signature, &self.expected(&path))
     }
 
-    /// Rewrites index.json from the store's releases and channels.
+    /// Rewrites index.json from the store's releases and channels. The
+    /// index is derived from them, so when another writer replaced it in
+    /// between, it is simply built again from what is there now.
     pub fn write_index(&self) -> Result<IndexDocument> {
+        let mut attempt = 1;
+        loop {
+            match self.write_index_once() {
+                Err(e) if is_conflict(&e) && attempt < INDEX_ATTEMPTS => {
+                    attempt += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(50 * u64::from(attempt)));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn write_index_once(&self) -> Result<IndexDocument> {
         let previous_serial = self.read_index()?.map_or(0, |index| index.serial);
         let mut versions = self.store.list_releases()?;
         versions.sort_by(|a, b| boxcar_client::version::compare(a.as_str(), b.as_str()));
@@ -222,8 +270,12 @@ impl<'a> Writer<'a> {
         };
         let bytes = documents::to_bytes(&index);
         let signature = documents::sign_bytes(self.signer, &bytes, Kind::Index, "index")?;
-        self.store
-            .replace_document(layout::INDEX, &bytes, &signature)?;
+        self.store.replace_document(
+            layout::INDEX,
+            &bytes,
+            &signature,
+            &self.expected(layout::INDEX),
+        )?;
         Ok(index)
     }
 }

@@ -18,7 +18,7 @@ use boxcar_signing::{KeyId, PublicKey, SecretKey, Sign, TrustedKeys};
 use serde::Serialize;
 use time::OffsetDateTime;
 
-use super::backend::StoreBackend;
+use super::backend::{Expect, StoreBackend};
 use super::documents::reader;
 use crate::duration::HumanDuration;
 
@@ -115,8 +115,10 @@ pub fn change(
             client.location(&version)
         );
     }
-    store.replace_document(&version, &bytes, &signatures)?;
-    store.replace_document(layout::KEYRING, &bytes, &signatures)?;
+    // The versioned copy is created only where none is: of two writers
+    // making the same serial, one wins. keys.json then follows it.
+    store.replace_document(&version, &bytes, &signatures, &Expect::Absent)?;
+    store.replace_document(layout::KEYRING, &bytes, &signatures, &Expect::Anything)?;
     let read_back = reader(store)
         .trust(&anchors, ExpirationEnforcement::Enforce, now, None)
         .context("reading the new keyring back")?;

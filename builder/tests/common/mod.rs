@@ -537,6 +537,20 @@ pub fn read_request(
 }
 
 /// Reads a JSON file of the store or a build.
+/// `sha256sum --check --strict SHA256SUMS` in a release directory passes.
+pub fn assert_sums_check(release: &Path) {
+    let sums = Process::new("sha256sum")
+        .args(["--check", "--strict", "SHA256SUMS"])
+        .current_dir(release)
+        .output()
+        .unwrap();
+    assert!(
+        sums.status.success(),
+        "{}",
+        String::from_utf8_lossy(&sums.stdout)
+    );
+}
+
 pub fn read_json(path: &Path) -> serde_json::Value {
     let text =
         fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));

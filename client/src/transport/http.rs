@@ -15,15 +15,44 @@ pub struct HttpTransport {
     client: reqwest::Client,
     runtime: tokio::runtime::Runtime,
     read_timeout: Duration,
+    signer: Option<Box<dyn UrlSigner>>,
+}
+
+/// Makes the URL a store path is fetched from, for stores whose reads are
+/// signed (a writer reading its S3 bucket through signed URLs). Readers of
+/// a public store have none.
+pub trait UrlSigner: Send + Sync {
+    fn url(&self, path: &str) -> String;
 }
 
 impl HttpTransport {
     pub fn new(base: &str, settings: &NetworkSettings) -> Result<Self, Error> {
+        reqwest::Url::parse(base).map_err(|e| Error::Refused {
+            location: base.to_owned(),
+            reason: format!("not a URL: {e}"),
+        })?;
+        Self::build(base, None, settings)
+    }
+
+    /// A store read through URLs `signer` makes; `name` is how it is
+    /// described in messages.
+    pub fn signed(
+        name: &str,
+        signer: Box<dyn UrlSigner>,
+        settings: &NetworkSettings,
+    ) -> Result<Self, Error> {
+        Self::build(name, Some(signer), settings)
+    }
+
+    fn build(
+        base: &str,
+        signer: Option<Box<dyn UrlSigner>>,
+        settings: &NetworkSettings,
+    ) -> Result<Self, Error> {
         let refused = |reason: String| Error::Refused {
             location: base.to_owned(),
             reason,
         };
-        reqwest::Url::parse(base).map_err(|e| refused(format!("not a URL: {e}")))?;
         // The process's TLS provider: ring. Installing it twice is harmless
         // (the second attempt reports that one is there).
         let _ = rustls::crypto::ring::default_provider().install_default();
@@ -42,6 +71,7 @@ impl HttpTransport {
             client,
             runtime,
             read_timeout: settings.read_timeout,
+            signer,
         })
     }
 
@@ -66,13 +96,17 @@ impl Transport for HttpTransport {
     }
 
     fn location(&self, path: &str) -> String {
-        format!("{}/{path}", self.base)
+        format!("{}/{path}", self.base.trim_end_matches('/'))
     }
 
     fn open(&self, path: &str, from: u64) -> Result<Body<'_>, Error> {
         layout::check_path(path)?;
         let url = self.location(path);
-        let mut request = self.client.get(&url);
+        let fetched = match &self.signer {
+            Some(signer) => signer.url(path),
+            None => url.clone(),
+        };
+        let mut request = self.client.get(&fetched);
         if from > 0 {
             request = request.header(reqwest::header::RANGE, format!("bytes={from}-"));
         }

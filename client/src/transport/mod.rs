@@ -11,7 +11,7 @@ use std::time::Instant;
 use boxcar_signing::{Hasher, Sha256Digest};
 
 pub use dir::DirTransport;
-pub use http::HttpTransport;
+pub use http::{HttpTransport, UrlSigner};
 
 use crate::error::Error;
 use crate::layout;

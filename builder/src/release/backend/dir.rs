@@ -19,7 +19,7 @@ use boxcar_client::{files, Transport};
 use boxcar_signing::{DigestingReader, Sha256Digest};
 
 use super::sparse::{open_source, HoleFilledReader};
-use super::{crash_point, ReleaseDraft, StoreBackend, WriterLock};
+use super::{crash_point, Conflict, Expect, ReleaseDraft, StoreBackend, WriterLock};
 
 /// A store directory this process may write to.
 #[derive(Clone, Debug)]
@@ -167,8 +167,15 @@ impl StoreBackend for DirBackend {
         }))
     }
 
-    fn replace_document(&self, path: &str, bytes: &[u8], signature: &str) -> Result<()> {
+    fn replace_document(
+        &self,
+        path: &str,
+        bytes: &[u8],
+        signature: &str,
+        expect: &Expect,
+    ) -> Result<()> {
         let path = self.file(path)?;
+        check_expected(&path, expect)?;
         let dir = path.parent().expect("store documents live in a directory");
         fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let name = path
@@ -328,6 +335,25 @@ fn copy_sparse(from: &Path, to: &Path, copied: &dyn Fn(u64)) -> Result<(Sha256Di
     Ok(reader.finish())
 }
 
+/// Checks, under the writers' lock, that the document at `path` is what
+/// the writer built on: only a hand edit can make it differ, and a writer
+/// does not replace what it has not read.
+fn check_expected(path: &Path, expect: &Expect) -> Result<()> {
+    let current = match fs::symlink_metadata(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+        _ => Some(boxcar_signing::sha256_reader(open_source(path)?.0)?.0),
+    };
+    let holds = match (expect, current) {
+        (Expect::Anything, _) | (Expect::Absent, None) => true,
+        (Expect::Sha256(expected), Some(found)) => *expected == found,
+        _ => false,
+    };
+    if !holds {
+        return Err(Conflict::new(path.display().to_string()).into());
+    }
+    Ok(())
+}
+
 /// Creates `path` new (a stale one from a crashed writer is removed
 /// first; a symlink is removed, never followed), writes and syncs it.
 fn write_new(path: &Path, bytes: &[u8]) -> Result<()> {
@@ -373,10 +399,10 @@ mod tests {
         let temp = tempfile::tempdir().unwrap();
         let store = DirBackend::open(temp.path()).unwrap();
         store
-            .replace_document("channels/beta.json", b"one", "sig one")
+            .replace_document("channels/beta.json", b"one", "sig one", &Expect::Absent)
             .unwrap();
         store
-            .replace_document("channels/beta.json", b"two", "sig two")
+            .replace_document("channels/beta.json", b"two", "sig two", &Expect::Anything)
             .unwrap();
         assert_eq!(
             read_pair(&store, "channels/beta.json"),
@@ -394,7 +420,7 @@ mod tests {
         let temp = tempfile::tempdir().unwrap();
         let store = DirBackend::open(temp.path()).unwrap();
         store
-            .replace_document("channels/beta.json", b"old", "old sig")
+            .replace_document("channels/beta.json", b"old", "old sig", &Expect::Absent)
             .unwrap();
         // What a writer leaves when it dies between the two renames.
         let dir = temp.path().join("channels");

@@ -1,21 +1,26 @@
 //! Where a store is written: the seam between the release logic (what to
 //! publish, what a channel points at, what to sign) and the storage that
-//! keeps it. Publishing and promotion need only what this trait offers;
-//! a directory is the first implementation, object storage the next.
+//! keeps it. Publishing and promotion need only what this trait offers. A
+//! directory ([`DirBackend`]: a lock file, renames, a journal) and
+//! S3-compatible object storage ([`S3Backend`]: conditional writes, no
+//! lock) implement it.
 //!
 //! What the release logic relies on:
-//! - one writer at a time ([`StoreBackend::lock`]), and a store repaired
-//!   of interrupted writers' leftovers before it writes;
+//! - a store repaired of interrupted writers' leftovers before it writes
+//!   ([`StoreBackend::lock`], which in a directory also waits for the other
+//!   writers);
 //! - release objects created only where nothing is ([`ReleaseDraft`]),
 //!   and a release visible whole or not at all ([`ReleaseDraft::commit`]);
-//! - a document replaced together with its signature, as one step
-//!   ([`StoreBackend::replace_document`]);
+//! - a document replaced together with its signature, only if it is still
+//!   the one the writer built on ([`StoreBackend::replace_document`]):
+//!   otherwise [`Conflict`], and the writer reads again and retries;
 //! - listing what is published.
 //!
 //! Reads go through the same client code operators and nodes use
 //! ([`StoreBackend::reader`]), so a writer sees exactly what they will.
 
 mod dir;
+pub mod s3;
 mod sparse;
 
 use std::path::Path;
@@ -26,6 +31,40 @@ use boxcar_client::Transport;
 use boxcar_signing::Sha256Digest;
 
 pub use dir::DirBackend;
+pub use s3::{S3Backend, S3Options};
+
+/// What a writer expects where it replaces a document.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Expect {
+    /// No document: the writer makes the first one.
+    Absent,
+    /// The document whose bytes have this sha256: the one the writer read.
+    Sha256(Sha256Digest),
+    /// Whatever is there (a derived document, or one whose serial was
+    /// claimed by a create-only write first).
+    Anything,
+}
+
+/// A document changed (or appeared) since the writer read it: another
+/// writer got there first. Nothing of this writer's document was written.
+#[derive(Debug, thiserror::Error)]
+#[error("{location} changed since this writer read it: another writer replaced it first")]
+pub struct Conflict {
+    pub location: String,
+}
+
+impl Conflict {
+    pub fn new(location: String) -> Self {
+        Self { location }
+    }
+}
+
+/// Whether `error` is a [`Conflict`] (worth reading again and retrying).
+pub fn is_conflict(error: &anyhow::Error) -> bool {
+    error
+        .chain()
+        .any(|e| e.downcast_ref::<Conflict>().is_some())
+}
 
 /// A store this process may write to.
 pub trait StoreBackend {
@@ -50,10 +89,18 @@ pub trait StoreBackend {
     /// is committed. Refuses a version that is published.
     fn begin_release<'a>(&'a self, version: &SafeName) -> Result<Box<dyn ReleaseDraft + 'a>>;
 
-    /// Writes a document and its detached signature as one step: a reader
-    /// sees the old pair or the new pair, never one of each, even if the
-    /// writer dies in the middle.
-    fn replace_document(&self, path: &str, bytes: &[u8], signature: &str) -> Result<()>;
+    /// Writes a document and its detached signature as one step, if the
+    /// document there is what `expect` says ([`Conflict`] otherwise): the
+    /// pair is the old one or the new one once the step is done, even if
+    /// the writer dies in the middle (in object storage, the next writer
+    /// finishes an interrupted pair).
+    fn replace_document(
+        &self,
+        path: &str,
+        bytes: &[u8],
+        signature: &str,
+        expect: &Expect,
+    ) -> Result<()>;
 
     /// Replaces only the detached signature of the file at `path` (its
     /// bytes stay as they are): a release re-signed after a key rotation.
@@ -101,10 +148,19 @@ impl WriterLock {
     }
 }
 
-/// Opens the store at `location` for writing (a directory, created if it
-/// does not exist).
-pub fn open(location: &Path) -> Result<Box<dyn StoreBackend>> {
-    Ok(Box::new(DirBackend::open(location)?))
+/// Opens the store at `location` for writing: `s3://BUCKET/PREFIX` (the
+/// server probed for conditional writes first), or a directory (created if
+/// it does not exist).
+pub fn open(location: &str, s3: &S3Options) -> Result<Box<dyn StoreBackend>> {
+    if location.starts_with("s3://") {
+        return Ok(Box::new(S3Backend::open(location, s3)?));
+    }
+    if location.contains("://") {
+        anyhow::bail!(
+            "{location}: a store to write is a directory or an s3://BUCKET/PREFIX location"
+        );
+    }
+    Ok(Box::new(DirBackend::open(Path::new(location))?))
 }
 
 /// For crash tests: dies here, without any cleanup, when the environment

@@ -1,0 +1,503 @@
+//! The requests a writer sends to an S3-compatible bucket: each one signed
+//! by rusty-s3 (query-string signatures, so the body is never hashed twice)
+//! and sent with a deadline. Answers are sorted into what the store logic
+//! needs to tell apart: written, "the condition did not hold", not there.
+
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use reqwest::blocking::{Client, Response};
+use reqwest::StatusCode;
+use rusty_s3::actions::{CreateMultipartUpload, ListObjectsV2, ListParts};
+use rusty_s3::{Credentials, S3Action, UrlStyle};
+
+use super::location::S3Location;
+
+/// How long a signed URL stays valid: far longer than any one request.
+const SIGNED_FOR: Duration = Duration::from_secs(3600);
+/// The largest object read whole into memory (documents, upload records).
+const SMALL_OBJECT_LIMIT: u64 = 16 << 20;
+
+/// What a conditional write asks of the object already at the key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Condition {
+    /// Write whatever is there.
+    None,
+    /// Write only if nothing is there (`If-None-Match: *`).
+    CreateOnly,
+    /// Write only if the object there has this ETag (`If-Match`).
+    IfMatch(String),
+}
+
+/// What a conditional write did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Written {
+    /// Written; the new object's ETag.
+    Done(String),
+    /// The condition did not hold: another writer got there first.
+    ConditionFailed,
+}
+
+/// An object's head: its ETag, size and the sha256 a writer recorded.
+#[derive(Clone, Debug)]
+pub struct Head {
+    pub etag: String,
+    pub size: u64,
+    pub sha256: Option<String>,
+}
+
+/// An object read whole.
+#[derive(Clone, Debug)]
+pub struct Object {
+    pub bytes: Vec<u8>,
+    pub etag: String,
+}
+
+/// One entry of a listing.
+#[derive(Clone, Debug)]
+pub struct Listed {
+    /// The key, with the store's prefix taken off.
+    pub path: String,
+    pub last_modified: Option<String>,
+}
+
+/// The metadata key under which a writer records an object's sha256.
+const SHA256_META: &str = "x-amz-meta-sha256";
+
+/// A bucket and prefix, with the credentials to write to it.
+pub struct Bucket {
+    location: S3Location,
+    bucket: rusty_s3::Bucket,
+    credentials: Credentials,
+    http: Client,
+}
+
+impl Bucket {
+    pub fn new(location: S3Location) -> Result<Self> {
+        let credentials = location.credentials.clone();
+        let style = if location.path_style {
+            UrlStyle::Path
+        } else {
+            UrlStyle::VirtualHost
+        };
+        let bucket = rusty_s3::Bucket::new(
+            location.endpoint.clone(),
+            style,
+            location.bucket.clone(),
+            location.region.clone(),
+        )
+        .with_context(|| format!("the bucket {} at {}", location.bucket, location.endpoint))?;
+        // TLS through the same provider as the client library (ring).
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let http = Client::builder()
+            .connect_timeout(Duration::from_secs(15))
+            // A part is at most 64 MiB: ten minutes is a 100 kB/s link.
+            .timeout(Duration::from_secs(600))
+            .user_agent(concat!("boxcar/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .context("setting up the HTTP client")?;
+        Ok(Self {
+            location,
+            bucket,
+            credentials,
+            http,
+        })
+    }
+
+    pub fn location(&self) -> &S3Location {
+        &self.location
+    }
+
+    /// The object key of a store path.
+    pub fn key(&self, path: &str) -> String {
+        format!("{}{path}", self.location.prefix)
+    }
+
+    /// A signed URL that reads `path` with a plain GET (what the store's
+    /// reader fetches).
+    pub fn signed_get(&self, path: &str) -> String {
+        let key = self.key(path);
+        self.bucket
+            .get_object(Some(&self.credentials), &key)
+            .sign(SIGNED_FOR)
+            .to_string()
+    }
+
+    /// Writes `bytes` as `path` if `condition` holds, recording their
+    /// sha256 in the object's metadata.
+    pub fn put(
+        &self,
+        path: &str,
+        bytes: Vec<u8>,
+        sha256: &str,
+        condition: &Condition,
+    ) -> Result<Written> {
+        let key = self.key(path);
+        let mut action = self.bucket.put_object(Some(&self.credentials), &key);
+        action.headers_mut().insert(SHA256_META, sha256.to_owned());
+        add_condition(action.headers_mut(), condition);
+        let request = self
+            .http
+            .put(action.sign(SIGNED_FOR))
+            .header(reqwest::header::CONTENT_LENGTH, bytes.len())
+            .body(bytes);
+        let request = with_signed_headers(request, sha256, condition);
+        self.written(path, request.send())
+    }
+
+    /// The object at `path`, read whole; `None` if there is none.
+    pub fn get(&self, path: &str) -> Result<Option<Object>> {
+        let key = self.key(path);
+        let url = self
+            .bucket
+            .get_object(Some(&self.credentials), &key)
+            .sign(SIGNED_FOR);
+        let response = self.send(path, self.http.get(url).send())?;
+        if response.status() == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        let response = self.success(path, response)?;
+        let etag = etag_of(&response)?;
+        if response.content_length().unwrap_or(0) > SMALL_OBJECT_LIMIT {
+            bail!("{} is larger than any document", self.describe(path));
+        }
+        let bytes = response
+            .bytes()
+            .with_context(|| format!("reading {}", self.describe(path)))?;
+        Ok(Some(Object {
+            bytes: bytes.to_vec(),
+            etag,
+        }))
+    }
+
+    /// The head of the object at `path`; `None` if there is none.
+    pub fn head(&self, path: &str) -> Result<Option<Head>> {
+        let key = self.key(path);
+        let url = self
+            .bucket
+            .head_object(Some(&self.credentials), &key)
+            .sign(SIGNED_FOR);
+        let response = self.send(path, self.http.head(url).send())?;
+        if response.status() == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        let response = self.success(path, response)?;
+        Ok(Some(Head {
+            etag: etag_of(&response)?,
+            size: response.content_length().unwrap_or(0),
+            sha256: response
+                .headers()
+                .get(SHA256_META)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
+        }))
+    }
+
+    /// Deletes the object at `path` (nothing there is not an error).
+    pub fn delete(&self, path: &str) -> Result<()> {
+        let key = self.key(path);
+        let url = self
+            .bucket
+            .delete_object(Some(&self.credentials), &key)
+            .sign(SIGNED_FOR);
+        let response = self.send(path, self.http.delete(url).send())?;
+        if response.status() != StatusCode::NOT_FOUND {
+            self.success(path, response)?;
+        }
+        Ok(())
+    }
+
+    /// Every object under `path_prefix`, in key order.
+    pub fn list(&self, path_prefix: &str) -> Result<Vec<Listed>> {
+        let prefix = self.key(path_prefix);
+        let mut listed = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let mut action = ListObjectsV2::new(&self.bucket, Some(&self.credentials));
+            action.with_prefix(prefix.clone());
+            if let Some(token) = &token {
+                action.with_continuation_token(token.clone());
+            }
+            let response = self.send(path_prefix, self.http.get(action.sign(SIGNED_FOR)).send())?;
+            let text = self.success(path_prefix, response)?.text()?;
+            let page = ListObjectsV2::parse_response(&text).map_err(|e| {
+                anyhow!("{}: an unreadable listing: {e}", self.describe(path_prefix))
+            })?;
+            for object in page.contents {
+                let Some(path) = object.key.strip_prefix(&self.location.prefix) else {
+                    continue;
+                };
+                listed.push(Listed {
+                    path: path.to_owned(),
+                    last_modified: object.last_modified,
+                });
+            }
+            match page.next_continuation_token {
+                Some(next) => token = Some(next),
+                None => break,
+            }
+        }
+        Ok(listed)
+    }
+
+    /// Starts a multipart upload of `path`; returns its upload id.
+    pub fn create_multipart(&self, path: &str, sha256: &str) -> Result<String> {
+        let key = self.key(path);
+        let mut action = CreateMultipartUpload::new(&self.bucket, Some(&self.credentials), &key);
+        action.headers_mut().insert(SHA256_META, sha256.to_owned());
+        let request = self
+            .http
+            .post(action.sign(SIGNED_FOR))
+            .header(SHA256_META, sha256);
+        let response = self.send(path, request.send())?;
+        let text = self.success(path, response)?.text()?;
+        let parsed = CreateMultipartUpload::parse_response(&text)
+            .map_err(|e| anyhow!("{}: an unreadable answer: {e}", self.describe(path)))?;
+        Ok(parsed.upload_id().to_owned())
+    }
+
+    /// Uploads part `number` (from 1) of an upload; returns its ETag.
+    pub fn upload_part(
+        &self,
+        path: &str,
+        upload_id: &str,
+        number: u16,
+        bytes: Vec<u8>,
+    ) -> Result<String> {
+        let key = self.key(path);
+        let action = self
+            .bucket
+            .upload_part(Some(&self.credentials), &key, number, upload_id);
+        let request = self
+            .http
+            .put(action.sign(SIGNED_FOR))
+            .header(reqwest::header::CONTENT_LENGTH, bytes.len())
+            .body(bytes);
+        let response = self.send(path, request.send())?;
+        etag_of(&self.success(path, response)?)
+    }
+
+    /// The parts an upload holds, as (number, ETag, size); `None` if the
+    /// server no longer knows the upload (completed, aborted, expired).
+    pub fn list_parts(
+        &self,
+        path: &str,
+        upload_id: &str,
+    ) -> Result<Option<Vec<(u16, String, u64)>>> {
+        let key = self.key(path);
+        let mut parts = Vec::new();
+        let mut marker: Option<u16> = None;
+        loop {
+            let mut action = ListParts::new(&self.bucket, Some(&self.credentials), &key, upload_id);
+            if let Some(marker) = marker {
+                action.set_part_number_marker(marker);
+            }
+            let response = self.send(path, self.http.get(action.sign(SIGNED_FOR)).send())?;
+            if response.status() == StatusCode::NOT_FOUND {
+                return Ok(None);
+            }
+            let text = self.success(path, response)?.text()?;
+            // Read leniently: servers differ in namespaces and field order.
+            let page = PartList::parse(&text)
+                .with_context(|| format!("{}: an unreadable part list", self.describe(path)))?;
+            parts.extend(page.parts);
+            match page.next_marker {
+                Some(next) if page.truncated && next > marker.unwrap_or(0) => marker = Some(next),
+                _ => break,
+            }
+        }
+        Ok(Some(parts))
+    }
+
+    /// Completes an upload from its parts' ETags, in order, if `condition`
+    /// holds for the object it makes.
+    pub fn complete_multipart(
+        &self,
+        path: &str,
+        upload_id: &str,
+        etags: &[String],
+        condition: &Condition,
+    ) -> Result<Written> {
+        let key = self.key(path);
+        let mut action = self.bucket.complete_multipart_upload(
+            Some(&self.credentials),
+            &key,
+            upload_id,
+            etags.iter().map(String::as_str),
+        );
+        add_condition(action.headers_mut(), condition);
+        let url = action.sign(SIGNED_FOR);
+        let body = action.body();
+        let mut request = self.http.post(url).body(body);
+        request = match condition {
+            Condition::None => request,
+            Condition::CreateOnly => request.header(reqwest::header::IF_NONE_MATCH, "*"),
+            Condition::IfMatch(etag) => request.header(reqwest::header::IF_MATCH, etag),
+        };
+        self.written(path, request.send())
+    }
+
+    /// Gives up an upload, freeing its parts.
+    pub fn abort_multipart(&self, path: &str, upload_id: &str) -> Result<()> {
+        let key = self.key(path);
+        let url = self
+            .bucket
+            .abort_multipart_upload(Some(&self.credentials), &key, upload_id)
+            .sign(SIGNED_FOR);
+        let response = self.send(path, self.http.delete(url).send())?;
+        if response.status() != StatusCode::NOT_FOUND {
+            self.success(path, response)?;
+        }
+        Ok(())
+    }
+
+    /// `s3://bucket/prefix/path`, for messages.
+    pub fn describe(&self, path: &str) -> String {
+        format!("{}{path}", self.location.describe())
+    }
+
+    fn send(&self, path: &str, sent: reqwest::Result<Response>) -> Result<Response> {
+        sent.map_err(|e| anyhow!("{}: {}", self.describe(path), error_chain(&e)))
+    }
+
+    /// The answer of a write whose condition may fail.
+    fn written(&self, path: &str, sent: reqwest::Result<Response>) -> Result<Written> {
+        let response = self.send(path, sent)?;
+        // 409 is AWS's answer to a conditional write racing another one.
+        if matches!(
+            response.status(),
+            StatusCode::PRECONDITION_FAILED | StatusCode::CONFLICT
+        ) {
+            return Ok(Written::ConditionFailed);
+        }
+        let response = self.success(path, response)?;
+        let etag = etag_of(&response).unwrap_or_default();
+        // A completed multipart upload can answer 200 with an error inside.
+        if etag.is_empty() {
+            let text = response.text().unwrap_or_default();
+            if text.contains("<Error>") {
+                if text.contains("PreconditionFailed")
+                    || text.contains("ConditionalRequestConflict")
+                {
+                    return Ok(Written::ConditionFailed);
+                }
+                bail!(
+                    "{}: the server failed the request: {}",
+                    self.describe(path),
+                    shorten(&text)
+                );
+            }
+            let etag = text
+                .split("<ETag>")
+                .nth(1)
+                .and_then(|rest| rest.split("</ETag>").next())
+                .unwrap_or_default()
+                .replace("&quot;", "\"");
+            return Ok(Written::Done(etag));
+        }
+        Ok(Written::Done(etag))
+    }
+
+    fn success(&self, path: &str, response: Response) -> Result<Response> {
+        let status = response.status();
+        if status.is_success() {
+            return Ok(response);
+        }
+        let text = response.text().unwrap_or_default();
+        bail!(
+            "{}: the server answered {status}{}",
+            self.describe(path),
+            if text.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", shorten(&text))
+            }
+        )
+    }
+}
+
+/// One page of a ListParts answer.
+struct PartList {
+    parts: Vec<(u16, String, u64)>,
+    truncated: bool,
+    next_marker: Option<u16>,
+}
+
+impl PartList {
+    fn parse(text: &str) -> Result<Self> {
+        let document = roxmltree::Document::parse(text)?;
+        let root = document.root_element();
+        let child_text = |node: roxmltree::Node, name: &str| {
+            node.children()
+                .find(|c| c.tag_name().name() == name)
+                .and_then(|c| c.text())
+                .map(str::trim)
+                .map(str::to_owned)
+        };
+        let mut parts = Vec::new();
+        for part in root.children().filter(|c| c.tag_name().name() == "Part") {
+            let number = child_text(part, "PartNumber").context("a part without a number")?;
+            parts.push((
+                number.parse()?,
+                child_text(part, "ETag").unwrap_or_default(),
+                child_text(part, "Size")
+                    .unwrap_or_default()
+                    .parse()
+                    .unwrap_or(0),
+            ));
+        }
+        Ok(Self {
+            parts,
+            truncated: child_text(root, "IsTruncated").as_deref() == Some("true"),
+            next_marker: child_text(root, "NextPartNumberMarker").and_then(|m| m.parse().ok()),
+        })
+    }
+}
+
+/// Adds the headers a condition signs.
+fn add_condition(headers: &mut rusty_s3::Map<'_>, condition: &Condition) {
+    match condition {
+        Condition::None => {}
+        Condition::CreateOnly => headers.insert("if-none-match", "*"),
+        Condition::IfMatch(etag) => headers.insert("if-match", etag.clone()),
+    }
+}
+
+/// Sends the headers that were signed into a PUT's URL.
+fn with_signed_headers(
+    request: reqwest::blocking::RequestBuilder,
+    sha256: &str,
+    condition: &Condition,
+) -> reqwest::blocking::RequestBuilder {
+    let request = request.header(SHA256_META, sha256);
+    match condition {
+        Condition::None => request,
+        Condition::CreateOnly => request.header(reqwest::header::IF_NONE_MATCH, "*"),
+        Condition::IfMatch(etag) => request.header(reqwest::header::IF_MATCH, etag),
+    }
+}
+
+fn etag_of(response: &Response) -> Result<String> {
+    Ok(response
+        .headers()
+        .get(reqwest::header::ETAG)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .unwrap_or_default())
+}
+
+fn error_chain(error: &reqwest::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(inner) = source {
+        text.push_str(&format!(": {inner}"));
+        source = inner.source();
+    }
+    text
+}
+
+/// The first line or so of a server's error body.
+fn shorten(text: &str) -> String {
+    let text: String = text.chars().filter(|c| !c.is_control()).take(300).collect();
+    text
+}

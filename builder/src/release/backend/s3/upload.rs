@@ -1,0 +1,246 @@
+//! Putting one file of a release into the bucket, create-only, and
+//! resumably: a file larger than a part goes up as a multipart upload whose
+//! progress is recorded in the bucket (`.uploads/...`), so a publish killed
+//! mid-upload, run again, sends only the parts that are not there yet.
+//! A part is skipped only when the local bytes hash to what the record
+//! says was sent; the object is made by completing the upload with
+//! `If-None-Match: *`, so it never replaces one that is there.
+
+use std::io::Read;
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use boxcar_signing::{DigestingReader, Hasher, Sha256Digest};
+use serde::{Deserialize, Serialize};
+
+use super::bucket::{Bucket, Condition, Written};
+use crate::release::backend::crash_point;
+use crate::release::backend::sparse::{open_source, HoleFilledReader};
+
+/// The size of a part: S3 allows 10,000, so up to 640 GB per file.
+pub const PART_SIZE: u64 = 64 << 20;
+
+/// The part size in use: [`PART_SIZE`], or `BOXCAR_S3_PART_MIB` MiB (at
+/// least S3's minimum of 5), for slow links and for tests.
+pub fn part_size() -> u64 {
+    std::env::var("BOXCAR_S3_PART_MIB")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .map_or(PART_SIZE, |mib| mib.max(5) << 20)
+}
+
+/// Where an upload's progress is recorded.
+const UPLOADS_DIR: &str = ".uploads";
+
+/// The record of a multipart upload in progress.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct UploadRecord {
+    /// The store path the upload makes.
+    path: String,
+    upload_id: String,
+    part_size: u64,
+    /// The parts sent, in order: each part's sha256 and the ETag the
+    /// server gave it.
+    parts: Vec<SentPart>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct SentPart {
+    sha256: Sha256Digest,
+    etag: String,
+}
+
+/// What putting a file did.
+pub struct Put {
+    pub sha256: Sha256Digest,
+    pub size: u64,
+}
+
+/// The sha256 and size of a local file (holes read from memory).
+pub fn digest_file(source: &Path) -> Result<(Sha256Digest, u64)> {
+    let (file, length) = open_source(source)?;
+    let mut reader = DigestingReader::new(HoleFilledReader::new(file, length));
+    std::io::copy(&mut reader, &mut std::io::sink())
+        .with_context(|| format!("reading {}", source.display()))?;
+    Ok(reader.finish())
+}
+
+/// Puts `source` as `path`, create-only. An object already there with the
+/// same sha256 (an interrupted publish of the same build) counts as put; one
+/// with other bytes is an error.
+pub fn put_file(bucket: &Bucket, path: &str, source: &Path, copied: &dyn Fn(u64)) -> Result<Put> {
+    let (sha256, size) = digest_file(source)?;
+    if already_there(bucket, path, &sha256)?.is_some() {
+        copied(size);
+        return Ok(Put { sha256, size });
+    }
+    if size <= part_size() {
+        let bytes =
+            std::fs::read(source).with_context(|| format!("reading {}", source.display()))?;
+        check_unchanged(source, &bytes, &sha256)?;
+        put_bytes(bucket, path, bytes, &sha256)?;
+        copied(size);
+    } else {
+        put_in_parts(bucket, path, source, &sha256, size, copied)?;
+    }
+    Ok(Put { sha256, size })
+}
+
+/// Puts a small object create-only, accepting the same bytes already there.
+pub fn put_bytes(bucket: &Bucket, path: &str, bytes: Vec<u8>, sha256: &Sha256Digest) -> Result<()> {
+    match bucket.put(path, bytes, &sha256.to_string(), &Condition::CreateOnly)? {
+        Written::Done(_) => Ok(()),
+        Written::ConditionFailed => match already_there(bucket, path, sha256)? {
+            Some(()) => Ok(()),
+            None => bail!(
+                "{} appeared while it was being written, with other bytes: another writer is publishing this version",
+                bucket.describe(path)
+            ),
+        },
+    }
+}
+
+/// `Some` when `path` holds an object recorded with `sha256`; an error when
+/// it holds another one.
+fn already_there(bucket: &Bucket, path: &str, sha256: &Sha256Digest) -> Result<Option<()>> {
+    let Some(head) = bucket.head(path)? else {
+        return Ok(None);
+    };
+    if head.sha256.as_deref() == Some(sha256.to_string().as_str()) {
+        return Ok(Some(()));
+    }
+    bail!(
+        "{} exists with other bytes (sha256 {}, this build's is {sha256}): a release object is never replaced. \
+         An interrupted publish of another build of this version left it: publish under a new version",
+        bucket.describe(path),
+        head.sha256.as_deref().unwrap_or("unrecorded")
+    )
+}
+
+/// Sends a large file in parts, continuing a recorded upload of the same
+/// bytes, and completes it create-only.
+fn put_in_parts(
+    bucket: &Bucket,
+    path: &str,
+    source: &Path,
+    sha256: &Sha256Digest,
+    size: u64,
+    copied: &dyn Fn(u64),
+) -> Result<()> {
+    // Named by the bytes (keys have length limits on some servers); the
+    // record says which path it is for.
+    let record_path = format!("{UPLOADS_DIR}/{sha256}.json");
+    let mut record = resumable_record(bucket, path, &record_path)?.unwrap_or_default();
+    if record.upload_id.is_empty() {
+        record.path = path.to_owned();
+        record.upload_id = bucket.create_multipart(path, &sha256.to_string())?;
+        record.part_size = part_size();
+        save_record(bucket, &record_path, &record)?;
+    }
+    let (file, length) = open_source(source)?;
+    let mut reader = DigestingReader::new(HoleFilledReader::new(file, length));
+    let mut etags = Vec::new();
+    let mut position = 0u64;
+    let mut number = 0u16;
+    loop {
+        let mut part = Vec::with_capacity(record.part_size as usize);
+        (&mut reader)
+            .take(record.part_size)
+            .read_to_end(&mut part)
+            .with_context(|| format!("reading {}", source.display()))?;
+        if part.is_empty() {
+            break;
+        }
+        let part_sha256 = boxcar_signing::sha256_reader(&part[..])?.0;
+        let index = number as usize;
+        number += 1;
+        position += part.len() as u64;
+        match record.parts.get(index) {
+            Some(done) if done.sha256 == part_sha256 => etags.push(done.etag.clone()),
+            _ => {
+                let etag = bucket.upload_part(path, &record.upload_id, number, part)?;
+                record.parts.truncate(index);
+                record.parts.push(SentPart {
+                    sha256: part_sha256,
+                    etag: etag.clone(),
+                });
+                save_record(bucket, &record_path, &record)?;
+                etags.push(etag);
+                crash_point("s3-part-sent");
+            }
+        }
+        copied(position);
+    }
+    let (read_sha256, read_size) = reader.finish();
+    if (read_sha256, read_size) != (*sha256, size) {
+        bail!("{} changed while it was being published", source.display());
+    }
+    match bucket.complete_multipart(path, &record.upload_id, &etags, &Condition::CreateOnly)? {
+        Written::Done(_) => {}
+        Written::ConditionFailed => {
+            bucket.abort_multipart(path, &record.upload_id)?;
+            if already_there(bucket, path, sha256)?.is_none() {
+                bail!("{} could not be created", bucket.describe(path));
+            }
+        }
+    }
+    bucket.delete(&record_path)
+}
+
+/// The recorded upload of these bytes, if the server still has it.
+fn resumable_record(
+    bucket: &Bucket,
+    path: &str,
+    record_path: &str,
+) -> Result<Option<UploadRecord>> {
+    let Some(object) = bucket.get(record_path)? else {
+        return Ok(None);
+    };
+    let Ok(record) = serde_json::from_slice::<UploadRecord>(&object.bytes) else {
+        return Ok(None);
+    };
+    if record.part_size == 0 || record.path != path {
+        return Ok(None);
+    }
+    let Some(listed) = bucket.list_parts(path, &record.upload_id)? else {
+        return Ok(None);
+    };
+    // Keep the recorded parts the server has, in order, with the same ETag.
+    let mut kept = UploadRecord {
+        path: record.path,
+        upload_id: record.upload_id,
+        part_size: record.part_size,
+        parts: Vec::new(),
+    };
+    for (index, part) in record.parts.into_iter().enumerate() {
+        let number = index as u16 + 1;
+        if !listed
+            .iter()
+            .any(|(n, etag, _)| *n == number && same_etag(etag, &part.etag))
+        {
+            break;
+        }
+        kept.parts.push(part);
+    }
+    Ok(Some(kept))
+}
+
+fn same_etag(a: &str, b: &str) -> bool {
+    a.trim_matches('"') == b.trim_matches('"')
+}
+
+fn save_record(bucket: &Bucket, record_path: &str, record: &UploadRecord) -> Result<()> {
+    let bytes = serde_json::to_vec(record)?;
+    let sha256 = boxcar_signing::sha256_reader(&bytes[..])?.0;
+    bucket.put(record_path, bytes, &sha256.to_string(), &Condition::None)?;
+    Ok(())
+}
+
+fn check_unchanged(source: &Path, bytes: &[u8], sha256: &Sha256Digest) -> Result<()> {
+    let mut hasher = Hasher::new();
+    hasher.update(bytes);
+    if hasher.finish().0 != *sha256 {
+        bail!("{} changed while it was being published", source.display());
+    }
+    Ok(())
+}

@@ -1,0 +1,567 @@
+//! Stores in S3-compatible object storage, against real servers started
+//! here on loopback: s3s-fs (a server that keeps objects on disk, with
+//! authentication) and moto (AWS's semantics). Both are installed, pinned,
+//! by ci/setup-host.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command as Process, Stdio};
+use std::time::{Duration, Instant};
+
+use assert_cmd::Command;
+use common::Lab;
+
+const ACCESS_KEY: &str = "boxcar-test";
+const SECRET_KEY: &str = "boxcar-test-secret";
+const BUCKET: &str = "boxcar";
+
+/// A server the test started; killed when dropped.
+struct S3Server {
+    child: Child,
+    endpoint: String,
+    /// Where the server logs requests (moto) or keeps its objects (s3s-fs).
+    dir: tempfile::TempDir,
+}
+
+impl S3Server {
+    /// s3s-fs with authentication, keeping objects under a temporary
+    /// directory (the bucket is a directory there).
+    fn s3s_fs() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join(BUCKET)).unwrap();
+        let port = free_port();
+        let child = Process::new(tool("s3s-fs"))
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("s3s-fs starts (installed by ci/setup-host)");
+        Self::started(child, port, dir)
+    }
+
+    /// moto's S3 server, logging every request to `requests.log`.
+    fn moto() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let log = std::fs::File::create(dir.path().join("requests.log")).unwrap();
+        let child = Process::new(tool("moto_server"))
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("moto_server starts (installed by ci/setup-host)");
+        let server = Self::started(child, port, dir);
+        // moto keeps no buckets between runs: make the store's.
+        let made = Process::new("curl")
+            .args(["-sf", "-X", "PUT", &format!("{}/{BUCKET}", server.endpoint)])
+            .status()
+            .unwrap();
+        assert!(made.success(), "creating the bucket on moto");
+        server
+    }
+
+    fn started(child: Child, port: u16, dir: tempfile::TempDir) -> Self {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "the S3 server did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Self {
+            child,
+            endpoint: format!("http://127.0.0.1:{port}"),
+            dir,
+        }
+    }
+
+    fn requests(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("requests.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A program ci/setup-host installs into the cache's bin directory.
+fn tool(name: &str) -> PathBuf {
+    let cache = std::env::var_os("BOXCAR_CACHE_DIR").unwrap_or_else(|| "/var/cache/boxcar".into());
+    let path = Path::new(&cache).join("bin").join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run ci/setup-host (make test does)",
+        path.display()
+    );
+    path
+}
+
+fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+/// A lab whose store is `s3://boxcar/PREFIX` on `server`.
+struct S3Lab<'a> {
+    lab: Lab,
+    server: &'a S3Server,
+    store: String,
+    /// The store's root key pair (lab/root/boxcar.{key,pub}).
+    root: PathBuf,
+}
+
+impl<'a> S3Lab<'a> {
+    fn new(server: &'a S3Server, prefix: &str) -> Self {
+        let lab = Lab::new();
+        let root = lab.new_key("root");
+        Self {
+            lab,
+            server,
+            store: format!("s3://{BUCKET}/{prefix}"),
+            root,
+        }
+    }
+
+    fn root_public(&self) -> String {
+        self.root.join("boxcar.pub").display().to_string()
+    }
+
+    /// `boxcar ARGS` with the server's endpoint and credentials.
+    fn boxcar(&self, args: &[&str]) -> Command {
+        let mut command = self.lab.boxcar(args);
+        command
+            .env("AWS_ENDPOINT_URL", &self.server.endpoint)
+            .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+            .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+            .env("AWS_REGION", "us-east-1")
+            .env("BOXCAR_TRUSTED_KEYS", self.root_public());
+        command
+    }
+
+    fn init_keyring(&self) {
+        let public = self.lab.public_key();
+        self.boxcar(&["keys", "init", "--store", &self.store])
+            .arg("--root")
+            .arg(self.root.join("boxcar.key"))
+            .args(["--signing", &public])
+            .assert()
+            .success();
+    }
+
+    fn publish(&self, build: &Path, channel: &str) -> Command {
+        let key = self.lab.key();
+        let mut command = self.boxcar(&["publish", "--store", &self.store, "--key", &key]);
+        command
+            .arg("--build")
+            .arg(build)
+            .args(["--channel", channel]);
+        command
+    }
+
+    fn promote(&self, to: &str, extra: &[&str]) -> Command {
+        let key = self.lab.key();
+        let mut command =
+            self.boxcar(&["promote", "--store", &self.store, "--key", &key, "--to", to]);
+        command.args(extra);
+        command
+    }
+
+    fn verify(&self) -> Command {
+        let key = self.root_public();
+        self.boxcar(&["verify", "--store", &self.store, "--key", &key])
+    }
+
+    /// Serves the bucket the way a website endpoint or a CDN in front of
+    /// it does: its objects as plain files over HTTP, no credentials (a web
+    /// server over the tree s3s-fs keeps). Returns the store's URL there.
+    fn public_url(&self, website: &mut Option<Child>) -> String {
+        let port = free_port();
+        let child = Process::new("python3")
+            .args([
+                "-m",
+                "http.server",
+                "--bind",
+                "127.0.0.1",
+                &port.to_string(),
+            ])
+            .arg("--directory")
+            .arg(self.server.dir.path().join(BUCKET))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3 serves the bucket");
+        *website = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "the web server did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let prefix = self.store.trim_start_matches(&format!("s3://{BUCKET}/"));
+        format!("http://127.0.0.1:{port}/{prefix}")
+    }
+}
+
+#[test]
+fn publish_promote_verify_and_download_through_s3s_fs() {
+    let server = S3Server::s3s_fs();
+    let lab = S3Lab::new(&server, "store");
+    lab.init_keyring();
+    let build = lab.lab.full_build("1.0.0", 12 << 20);
+    lab.publish(&build, "alpha")
+        .env("BOXCAR_S3_PART_MIB", "5")
+        .assert()
+        .success();
+    lab.promote("beta", &[]).assert().success();
+    let verified = lab.verify().output().unwrap();
+    let report = String::from_utf8_lossy(&verified.stdout);
+    assert!(verified.status.success(), "{report}");
+    assert!(
+        report.contains("channels/beta.json: serial 1, points at 1.0.0"),
+        "{report}"
+    );
+    assert!(
+        report.contains("releases/1.0.0/release.json: signed; 10 files match"),
+        "{report}"
+    );
+    // What s3s-fs keeps on disk is the bucket's website tree: objects at
+    // their keys, byte for byte. Stock tools read it there.
+    let release = server.dir.path().join(BUCKET).join("store/releases/1.0.0");
+    common::assert_sums_check(&release);
+    let minisign = Process::new("minisign")
+        .args(["-V", "-p", &lab.lab.public_key(), "-m"])
+        .arg(release.join("release.json"))
+        .output()
+        .unwrap();
+    assert!(minisign.status.success(), "minisign refused release.json");
+    // A release is immutable: publishing another build as 1.0.0 is refused.
+    let other = lab.lab.full_build("1.0.0-other", 1 << 20);
+    std::fs::rename(&other, lab.lab.path("other")).unwrap();
+    let rebuilt = lab.lab.path("other");
+    let mut records = vec![rebuilt.join("build.json")];
+    for platform in ["qemu", "vmware", "aws", "metal", "pxe"] {
+        records.push(
+            rebuilt
+                .join("evidence")
+                .join(platform)
+                .join("evidence.json"),
+        );
+    }
+    for record in records {
+        let text = std::fs::read_to_string(&record)
+            .unwrap()
+            .replace("1.0.0-other", "1.0.0");
+        std::fs::write(&record, text).unwrap();
+    }
+    let refused = lab.publish(&rebuilt, "alpha").output().unwrap();
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("never replaced"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    lab.verify().assert().success();
+}
+
+#[test]
+fn readers_download_from_the_bucket_without_credentials() {
+    let server = S3Server::s3s_fs();
+    let lab = S3Lab::new(&server, "pub/store");
+    lab.init_keyring();
+    let build = lab.lab.full_build("2.0.0", 1 << 20);
+    lab.publish(&build, "alpha").assert().success();
+    let mut website = None;
+    let url = lab.public_url(&mut website);
+    let out = lab.lab.path("downloads");
+    let state = lab.lab.path("seen.json");
+    // No endpoint, no credentials: the client library over plain HTTP.
+    let downloaded = common::boxcar()
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .args(["download", "--store", &url])
+        .args(["--key", &lab.root_public(), "--channel", "alpha"])
+        .args(["--platform", "metal", "--decompress", "--to"])
+        .arg(&out)
+        .arg("--state")
+        .arg(&state)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&downloaded.stderr).into_owned();
+    let verified = common::boxcar()
+        .args(["verify", "--store", &url, "--key", &lab.root_public()])
+        .output()
+        .unwrap();
+    if let Some(mut child) = website {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    assert!(downloaded.status.success(), "{stderr}");
+    assert!(
+        verified.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verified.stdout)
+    );
+    let expected = std::fs::read(build.join("metal.raw.expected")).unwrap();
+    let got = std::fs::read(out.join("boxcar-2.0.0-metal.raw")).unwrap();
+    assert!(got == expected, "the decompressed download differs");
+}
+
+#[test]
+fn eight_writers_racing_to_promote_each_get_their_own_serial_on_s3s_fs() {
+    race_eight_promotions(&S3Server::s3s_fs());
+}
+
+#[test]
+fn eight_writers_racing_to_promote_each_get_their_own_serial_on_moto() {
+    race_eight_promotions(&S3Server::moto());
+}
+
+/// Eight writers promote eight releases to beta at once: each that lands
+/// holds a serial no other holds, the channel's history is exactly theirs,
+/// and the store verifies.
+fn race_eight_promotions(server: &S3Server) {
+    let lab = S3Lab::new(server, "race");
+    lab.init_keyring();
+    let versions: Vec<String> = (1..=8).map(|n| format!("3.{n}.0")).collect();
+    for version in &versions {
+        let build = lab.lab.build(version, true);
+        lab.publish(&build, "alpha").assert().success();
+    }
+    // Eight writers at once, each moving beta to another release.
+    let children: Vec<_> = versions
+        .iter()
+        .map(|version| {
+            Process::new(env!("CARGO_BIN_EXE_boxcar"))
+                .args(["--project", lab.lab.path("project").to_str().unwrap()])
+                .args(["promote", "--store", &lab.store, "--key", &lab.lab.key()])
+                .args(["--to", "beta", "--version", version, "--allow-downgrade"])
+                .args(["--quiet", "--json"])
+                .env("AWS_ENDPOINT_URL", &lab.server.endpoint)
+                .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+                .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+                .env("BOXCAR_TRUSTED_KEYS", lab.root_public())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut won = Vec::new();
+    for child in children {
+        let output = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        if output.status.success() {
+            let result: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+            won.push(result["promotion"]["next_serial"].as_u64().unwrap());
+        } else {
+            // A writer that gives up says so and wrote nothing.
+            assert!(stderr.contains("gave up after"), "{stderr}");
+        }
+    }
+    // Every writer that succeeded holds a serial no other writer holds, and
+    // the channel's history is exactly those serials, in order.
+    won.sort();
+    let mut unique = won.clone();
+    unique.dedup();
+    assert_eq!(won, unique, "two writers won the same serial");
+    assert!(!won.is_empty());
+    let channel = read_object(&lab, "channels/beta.json");
+    let history: Vec<u64> = channel["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["serial"].as_u64().unwrap())
+        .collect();
+    assert_eq!(history, won, "the history is not the winners' serials");
+    eprintln!("{} of 8 racing writers landed, serials {won:?}", won.len());
+    assert_eq!(channel["serial"].as_u64(), won.last().copied());
+    lab.verify().assert().success();
+}
+
+/// A JSON document of the lab's store: from the tree s3s-fs keeps, or
+/// through moto with a request curl signs.
+fn read_object(lab: &S3Lab, path: &str) -> serde_json::Value {
+    let prefix = lab.store.trim_start_matches("s3://");
+    let on_disk = lab.server.dir.path().join(prefix).join(path);
+    if lab.server.dir.path().join(BUCKET).is_dir() {
+        return serde_json::from_slice(&std::fs::read(on_disk).unwrap()).unwrap();
+    }
+    let output = Process::new("curl")
+        .args(["-sf", "--aws-sigv4", "aws:amz:us-east-1:s3"])
+        .args(["--user", &format!("{ACCESS_KEY}:{SECRET_KEY}")])
+        .arg(format!("{}/{prefix}/{path}", lab.server.endpoint))
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "reading {path}");
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+#[test]
+fn a_writer_killed_between_a_document_and_its_signature_is_finished_by_the_next() {
+    let server = S3Server::moto();
+    let lab = S3Lab::new(&server, "halfway");
+    lab.init_keyring();
+    for version in ["5.0.0", "5.1.0"] {
+        lab.publish(&lab.lab.build(version, true), "alpha")
+            .assert()
+            .success();
+        if version == "5.0.0" {
+            lab.promote("beta", &[]).assert().success();
+        }
+    }
+    let killed = lab
+        .promote("beta", &[])
+        .env("BOXCAR_CRASH_AT", "document-half-replaced")
+        .output()
+        .unwrap();
+    assert!(!killed.status.success(), "the promotion was meant to die");
+    // The new beta.json is in place, its signature is not: readers refuse it.
+    let verify = lab.verify().output().unwrap();
+    assert!(!verify.status.success());
+    let repaired = lab
+        .boxcar(&["repair", "--store", &lab.store])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&repaired.stdout);
+    assert!(repaired.status.success(), "{said}");
+    assert!(
+        said.contains("put the signature of s3://boxcar/halfway/channels/beta.json in place"),
+        "{said}"
+    );
+    lab.verify().assert().success();
+    assert_eq!(read_object(&lab, "channels/beta.json")["version"], "5.1.0");
+}
+
+#[test]
+fn a_publish_killed_mid_upload_resumes_where_it_stopped() {
+    let server = S3Server::moto();
+    let lab = S3Lab::new(&server, "resume");
+    lab.init_keyring();
+    let build = lab.lab.full_build("4.0.0", 16 << 20);
+    let killed = lab
+        .publish(&build, "alpha")
+        .env("BOXCAR_S3_PART_MIB", "5")
+        .env("BOXCAR_CRASH_AT", "s3-part-sent")
+        .output()
+        .unwrap();
+    assert!(!killed.status.success(), "the publish was meant to die");
+    let parts_before = server.requests().matches("partNumber=").count();
+    assert_eq!(parts_before, 1, "one part went up before the crash");
+    // Readers see nothing of it: no release, no channel.
+    lab.verify().assert().failure();
+    lab.publish(&build, "alpha")
+        .env("BOXCAR_S3_PART_MIB", "5")
+        .assert()
+        .success();
+    // 16 MiB disks in 5 MiB parts: 4 parts each for qemu, vmware, aws and
+    // the pxe initrd and kernel (80 MiB, 20 parts); the part sent before
+    // the crash was not sent again.
+    let parts = server.requests().matches("partNumber=").count();
+    assert_eq!(parts, 20, "{}", server.requests());
+    lab.verify().assert().success();
+}
+
+#[test]
+fn a_server_that_ignores_conditional_writes_is_refused() {
+    let server = S3Server::moto();
+    let proxy = StrippingProxy::start(&server.endpoint);
+    let lab = S3Lab::new(&server, "careless");
+    let root = &lab.root;
+    let public = lab.lab.public_key();
+    let refused = lab
+        .boxcar(&["keys", "init", "--store", &lab.store])
+        .env("AWS_ENDPOINT_URL", &proxy.endpoint)
+        .arg("--root")
+        .arg(root.join("boxcar.key"))
+        .args(["--signing", &public])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("does not honour conditional writes"),
+        "{stderr}"
+    );
+    // Nothing was written but the probe, which is gone again.
+    let listing = Process::new("curl")
+        .args(["-sf", &format!("{}/{BUCKET}?list-type=2", server.endpoint)])
+        .output()
+        .unwrap();
+    let listing = String::from_utf8_lossy(&listing.stdout);
+    assert!(!listing.contains("<Key>"), "{listing}");
+    // The same server without the proxy is accepted.
+    lab.init_keyring();
+}
+
+/// An HTTP proxy that drops `If-None-Match` and `If-Match` from every
+/// request: what a server (or a middlebox) that ignores conditional writes
+/// looks like to a client.
+struct StrippingProxy {
+    endpoint: String,
+}
+
+impl StrippingProxy {
+    fn start(upstream: &str) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        let upstream = upstream.trim_start_matches("http://").to_owned();
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                let upstream = upstream.clone();
+                std::thread::spawn(move || relay(client, &upstream));
+            }
+        });
+        Self { endpoint }
+    }
+}
+
+/// Relays one request with its conditions dropped, then closes.
+fn relay(mut client: TcpStream, upstream: &str) {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if client.read(&mut byte).unwrap_or(0) == 0 {
+            return;
+        }
+        head.push(byte[0]);
+    }
+    let text = String::from_utf8_lossy(&head);
+    let mut kept = String::new();
+    for line in text.split("\r\n").filter(|l| !l.is_empty()) {
+        let lower = line.to_ascii_lowercase();
+        if lower.starts_with("if-none-match:")
+            || lower.starts_with("if-match:")
+            || lower.starts_with("connection:")
+        {
+            continue;
+        }
+        kept.push_str(line);
+        kept.push_str("\r\n");
+    }
+    kept.push_str("Connection: close\r\n\r\n");
+    let Ok(mut server) = TcpStream::connect(upstream) else {
+        return;
+    };
+    let length = text
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+        })
+        .unwrap_or(0);
+    let mut body = vec![0u8; length];
+    if client.read_exact(&mut body).is_err() {
+        return;
+    }
+    let _ = server.write_all(kept.as_bytes());
+    let _ = server.write_all(&body);
+    let mut answer = Vec::new();
+    let _ = server.read_to_end(&mut answer);
+    let _ = client.write_all(&answer);
+}
