@@ -1,5 +1,6 @@
 //! Ctrl-C and SIGTERM: remember the request instead of dying on the spot,
-//! so a build can stop its tools and remove its half-written output.
+//! so a build can stop its tools and remove its half-written output. And
+//! the opposite, for crash tests: dying on purpose at a named point.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -21,4 +22,13 @@ pub fn install() {
 /// Whether the user asked to stop.
 pub fn requested() -> bool {
     REQUESTED.load(Ordering::SeqCst)
+}
+
+/// For crash tests: dies here, without any cleanup, when the environment
+/// variable BOXCAR_CRASH_AT names this point. Costs one environment lookup.
+pub fn crash_point(name: &str) {
+    if std::env::var_os("BOXCAR_CRASH_AT").is_some_and(|v| v == name) {
+        eprintln!("boxcar: crashing on purpose at {name} (BOXCAR_CRASH_AT)");
+        std::process::abort();
+    }
 }

@@ -11,6 +11,7 @@
 //! | release | [`release`] | `boxcar publish`, `promote`, `keys`, `repair`: the store's writers and its storage backends |
 //! | plumbing | [`provision`] | an Ignition config written onto a disk before its first boot (`boxcar provision`, and the boot tests' metal case) |
 //! | readers | [`download`] | `boxcar download`: the operator's side of the client library (`boxcar-client`) |
+//! | pipeline | [`staging`] | `boxcar stage`: a build handed between CI jobs through object storage |
 //! | records | [`records`] | the files one side writes and another reads: `build.json` ([`records::buildinfo`]), boot-test evidence ([`records::evidence`]) |
 //! | config | [`project`] | where the checkout and the cache directory are |
 //! | config | [`recipe`] | the mkosi recipes under `recipes/`, checked before use |
@@ -23,9 +24,11 @@
 //! | plumbing | [`process`] | running any external program |
 //! | plumbing | [`hosttools`] | the host programs a command needs, checked up front |
 //! | plumbing | [`image`] | a disk image's partition table |
+//! | plumbing | [`objectstore`] | S3-compatible object storage: signed requests, conditional writes, resumable uploads |
+//! | plumbing | [`sparse`] | reading a build's sparse files, holes from memory |
 //! | plumbing | [`progress`] | progress on stderr |
 //! | plumbing | [`output`], [`units`] | results on stdout; sizes and times for people |
-//! | plumbing | [`interrupt`] | Ctrl-C and SIGTERM |
+//! | plumbing | [`interrupt`] | Ctrl-C and SIGTERM, and crash points for tests |
 //! | CLI | [`cmdline`] | the command line (clap types only) |
 //! | CLI | [`commands`] | one function per subcommand, grouped by verb family |
 
@@ -57,6 +60,7 @@ pub mod duration;
 pub mod hosttools;
 pub mod image;
 pub mod interrupt;
+pub mod objectstore;
 pub mod output;
 pub mod platform;
 pub mod process;
@@ -66,6 +70,8 @@ pub mod provision;
 pub mod recipe;
 pub mod records;
 pub mod release;
+pub mod sparse;
+pub mod staging;
 pub mod units;
 pub mod version;
 pub mod vmtest;
@@ -77,7 +83,7 @@ pub mod vmtest;
 mod architecture {
     use std::path::Path;
 
-    const SIDES: &[&str] = &["build", "vmtest", "release", "download"];
+    const SIDES: &[&str] = &["build", "vmtest", "release", "download", "staging"];
     const SHARED: &[&str] = &[
         "records",
         "provision",
@@ -96,6 +102,8 @@ mod architecture {
         "output",
         "units",
         "interrupt",
+        "objectstore",
+        "sparse",
     ];
 
     /// The `crate::NAME` modules a file's code refers to.

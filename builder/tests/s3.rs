@@ -312,12 +312,11 @@ fn readers_download_from_the_bucket_without_credentials() {
 }
 
 #[test]
-fn eight_writers_racing_to_promote_each_get_their_own_serial_on_s3s_fs() {
-    race_eight_promotions(&S3Server::s3s_fs());
-}
-
-#[test]
-fn eight_writers_racing_to_promote_each_get_their_own_serial_on_moto() {
+fn eight_writers_racing_to_promote_each_get_their_own_serial() {
+    // On moto, whose conditional writes are atomic as AWS's are. s3s-fs
+    // 0.14.1 checks a condition and then writes, so under load two racing
+    // writers can both pass the check (this test found it): it serves a
+    // single writer, such as a pipeline's one publish job.
     race_eight_promotions(&S3Server::moto());
 }
 

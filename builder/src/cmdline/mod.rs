@@ -93,6 +93,7 @@ pub enum Command {
     Renew(RenewArgs),
     Provision(ProvisionArgs),
     Download(DownloadArgs),
+    Stage(StageArgs),
     /// Helpers that boxcar runs itself (not for people).
     #[command(hide = true)]
     Internal(InternalArgs),
@@ -469,6 +470,55 @@ pub struct DownloadArgs {
     /// protection). Default: $XDG_STATE_HOME/boxcar/seen-serials.json.
     #[arg(long, value_name = "FILE")]
     pub state: Option<PathBuf>,
+}
+
+/// Hand a build between CI jobs through object storage.
+///
+/// A pipeline's jobs share no disk: the build job pushes the build to a
+/// staging prefix (s3://BUCKET/PREFIX, one per build), each platform's
+/// boot-test job pulls build.json and that platform's artifacts and pushes
+/// its evidence back, and the publish job pulls everything. Every file
+/// pulled is checked against build.json's digests (or the sha256 its pusher
+/// recorded); pushing replaces what is staged, so a retried job can push
+/// again. Credentials and endpoint as for s3:// stores (see --s3-endpoint).
+#[derive(Debug, Args)]
+pub struct StageArgs {
+    #[command(subcommand)]
+    pub command: StageCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StageCommand {
+    /// Push a build directory (or one platform's evidence) to the prefix.
+    Push(StagePushArgs),
+    /// Pull a staged build (or one platform's part of it) into a directory.
+    Pull(StagePullArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct StagePushArgs {
+    /// The build directory.
+    #[arg(long, value_name = "DIR")]
+    pub build: PathBuf,
+    /// The staging prefix, s3://BUCKET/PREFIX.
+    #[arg(long, value_name = "S3")]
+    pub to: String,
+    /// Push only this platform's boot-test evidence (evidence/PLATFORM/).
+    #[arg(long, value_name = "PLATFORM")]
+    pub evidence: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct StagePullArgs {
+    /// The staging prefix, s3://BUCKET/PREFIX.
+    #[arg(long, value_name = "S3")]
+    pub from: String,
+    /// The directory to pull into (created if needed).
+    #[arg(long, value_name = "DIR")]
+    pub to: PathBuf,
+    /// Pull only build.json and this platform's artifacts.
+    #[arg(long, value_name = "PLATFORM")]
+    pub platform: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -10,11 +10,13 @@
 //! | [`release`] | `keys`, `publish`, `promote`, `renew`, `repair` |
 //! | [`read`] | `verify`, `download` (and `download --list`) |
 //! | [`provision`] | `provision` |
+//! | [`stage`] | `stage push`, `stage pull` |
 
 mod build;
 mod provision;
 mod read;
 mod release;
+mod stage;
 mod test;
 
 use anyhow::Result;
@@ -40,5 +42,6 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Provision(args) => provision::provision(&cli.global, &args),
         Command::Verify(args) => read::verify(&cli.global, &args, &progress),
         Command::Download(args) => read::download(&cli.global, &args, &progress),
+        Command::Stage(args) => stage::stage(&cli.global, &args, &progress),
     }
 }

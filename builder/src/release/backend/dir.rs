@@ -18,8 +18,8 @@ use boxcar_client::transport::DirTransport;
 use boxcar_client::{files, Transport};
 use boxcar_signing::{DigestingReader, Sha256Digest};
 
-use super::sparse::{open_source, HoleFilledReader};
 use super::{crash_point, Conflict, Expect, ReleaseDraft, StoreBackend, WriterLock};
+use crate::sparse::{open_source, HoleFilledReader};
 
 /// A store directory this process may write to.
 #[derive(Clone, Debug)]

@@ -21,7 +21,6 @@
 
 mod dir;
 pub mod s3;
-mod sparse;
 
 use std::path::Path;
 
@@ -30,8 +29,9 @@ use boxcar_client::layout::SafeName;
 use boxcar_client::Transport;
 use boxcar_signing::Sha256Digest;
 
+pub use crate::objectstore::S3Options;
 pub use dir::DirBackend;
-pub use s3::{S3Backend, S3Options};
+pub use s3::S3Backend;
 
 /// What a writer expects where it replaces a document.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -163,11 +163,4 @@ pub fn open(location: &str, s3: &S3Options) -> Result<Box<dyn StoreBackend>> {
     Ok(Box::new(DirBackend::open(Path::new(location))?))
 }
 
-/// For crash tests: dies here, without any cleanup, when the environment
-/// variable BOXCAR_CRASH_AT names this point. Costs one environment lookup.
-pub fn crash_point(name: &str) {
-    if std::env::var_os("BOXCAR_CRASH_AT").is_some_and(|v| v == name) {
-        eprintln!("boxcar: crashing on purpose at {name} (BOXCAR_CRASH_AT)");
-        std::process::abort();
-    }
-}
+pub use crate::interrupt::crash_point;

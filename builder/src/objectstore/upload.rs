@@ -14,8 +14,8 @@ use boxcar_signing::{DigestingReader, Hasher, Sha256Digest};
 use serde::{Deserialize, Serialize};
 
 use super::bucket::{Bucket, Condition, Written};
-use crate::release::backend::crash_point;
-use crate::release::backend::sparse::{open_source, HoleFilledReader};
+use crate::interrupt::crash_point;
+use crate::sparse::{open_source, HoleFilledReader};
 
 /// The size of a part: S3 allows 10,000, so up to 640 GB per file.
 pub const PART_SIZE: u64 = 64 << 20;
@@ -50,6 +50,15 @@ struct SentPart {
     etag: String,
 }
 
+/// What to do when the key holds an object with other bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Existing {
+    /// Refuse: a release object is never replaced.
+    Refuse,
+    /// Replace it (a CI job's staged output, written again by a retry).
+    Replace,
+}
+
 /// What putting a file did.
 pub struct Put {
     pub sha256: Sha256Digest,
@@ -67,10 +76,26 @@ pub fn digest_file(source: &Path) -> Result<(Sha256Digest, u64)> {
 
 /// Puts `source` as `path`, create-only. An object already there with the
 /// same sha256 (an interrupted publish of the same build) counts as put; one
-/// with other bytes is an error.
-pub fn put_file(bucket: &Bucket, path: &str, source: &Path, copied: &dyn Fn(u64)) -> Result<Put> {
+/// with other bytes is an error, or replaced if `existing` says so.
+pub fn put_file(
+    bucket: &Bucket,
+    path: &str,
+    source: &Path,
+    existing: Existing,
+    copied: &dyn Fn(u64),
+) -> Result<Put> {
     let (sha256, size) = digest_file(source)?;
-    if already_there(bucket, path, &sha256)?.is_some() {
+    let condition = match existing {
+        Existing::Refuse => Condition::CreateOnly,
+        Existing::Replace => Condition::None,
+    };
+    let there = match existing {
+        Existing::Refuse => already_there(bucket, path, &sha256)?.is_some(),
+        Existing::Replace => bucket
+            .head(path)?
+            .is_some_and(|head| head.sha256 == Some(sha256.to_string())),
+    };
+    if there {
         copied(size);
         return Ok(Put { sha256, size });
     }
@@ -78,10 +103,14 @@ pub fn put_file(bucket: &Bucket, path: &str, source: &Path, copied: &dyn Fn(u64)
         let bytes =
             std::fs::read(source).with_context(|| format!("reading {}", source.display()))?;
         check_unchanged(source, &bytes, &sha256)?;
-        put_bytes(bucket, path, bytes, &sha256)?;
+        if condition == Condition::CreateOnly {
+            put_bytes(bucket, path, bytes, &sha256)?;
+        } else {
+            bucket.put(path, bytes, &sha256.to_string(), &condition)?;
+        }
         copied(size);
     } else {
-        put_in_parts(bucket, path, source, &sha256, size, copied)?;
+        put_in_parts(bucket, path, source, (&sha256, size), &condition, copied)?;
     }
     Ok(Put { sha256, size })
 }
@@ -123,8 +152,8 @@ fn put_in_parts(
     bucket: &Bucket,
     path: &str,
     source: &Path,
-    sha256: &Sha256Digest,
-    size: u64,
+    (sha256, size): (&Sha256Digest, u64),
+    condition: &Condition,
     copied: &dyn Fn(u64),
 ) -> Result<()> {
     // Named by the bytes (keys have length limits on some servers); the
@@ -175,7 +204,7 @@ fn put_in_parts(
     if (read_sha256, read_size) != (*sha256, size) {
         bail!("{} changed while it was being published", source.display());
     }
-    match bucket.complete_multipart(path, &record.upload_id, &etags, &Condition::CreateOnly)? {
+    match bucket.complete_multipart(path, &record.upload_id, &etags, condition)? {
         Written::Done(_) => {}
         Written::ConditionFailed => {
             bucket.abort_multipart(path, &record.upload_id)?;

@@ -23,10 +23,6 @@
 //! (through a CDN or the bucket's website endpoint, no credentials); the
 //! writer reads through signed URLs.
 
-mod bucket;
-mod location;
-mod upload;
-
 use std::path::Path;
 use std::sync::Arc;
 
@@ -36,8 +32,7 @@ use boxcar_client::transport::{HttpTransport, UrlSigner};
 use boxcar_client::{NetworkSettings, Transport};
 use boxcar_signing::Sha256Digest;
 
-pub use bucket::{Bucket, Condition, Written};
-pub use location::{S3Location, S3Options};
+use crate::objectstore::{upload, Bucket, Condition, S3Location, S3Options, Written};
 
 use super::{crash_point, Conflict, Expect, ReleaseDraft, StoreBackend, WriterLock};
 
@@ -381,7 +376,7 @@ impl ReleaseDraft for S3Draft<'_> {
         copied: &dyn Fn(u64),
     ) -> Result<(Sha256Digest, u64)> {
         let path = self.path(name)?;
-        let put = upload::put_file(self.bucket, &path, source, copied)?;
+        let put = upload::put_file(self.bucket, &path, source, upload::Existing::Refuse, copied)?;
         Ok((put.sha256, put.size))
     }
 

@@ -145,8 +145,8 @@ impl Bucket {
         self.written(path, request.send())
     }
 
-    /// The object at `path`, read whole; `None` if there is none.
-    pub fn get(&self, path: &str) -> Result<Option<Object>> {
+    /// A GET of the object at `path` under way; `None` if there is none.
+    fn open(&self, path: &str) -> Result<Option<Response>> {
         let key = self.key(path);
         let url = self
             .bucket
@@ -156,7 +156,14 @@ impl Bucket {
         if response.status() == StatusCode::NOT_FOUND {
             return Ok(None);
         }
-        let response = self.success(path, response)?;
+        Ok(Some(self.success(path, response)?))
+    }
+
+    /// The object at `path`, read whole; `None` if there is none.
+    pub fn get(&self, path: &str) -> Result<Option<Object>> {
+        let Some(response) = self.open(path)? else {
+            return Ok(None);
+        };
         let etag = etag_of(&response)?;
         if response.content_length().unwrap_or(0) > SMALL_OBJECT_LIMIT {
             bail!("{} is larger than any document", self.describe(path));
@@ -168,6 +175,36 @@ impl Bucket {
             bytes: bytes.to_vec(),
             etag,
         }))
+    }
+
+    /// Streams the object at `path` into `file` (created new by the caller);
+    /// returns the sha256 and size of what arrived, and the sha256 the
+    /// writer recorded in its metadata.
+    pub fn download(
+        &self,
+        path: &str,
+        file: &mut std::fs::File,
+    ) -> Result<(boxcar_signing::Sha256Digest, u64, Option<String>)> {
+        let mut response = self
+            .open(path)?
+            .with_context(|| format!("{} is not there", self.describe(path)))?;
+        let recorded = recorded_sha256(&response);
+        let mut hasher = boxcar_signing::Hasher::new();
+        let mut buffer = vec![0u8; 1 << 20];
+        loop {
+            use std::io::{Read, Write};
+            let n = response
+                .read(&mut buffer)
+                .with_context(|| format!("downloading {}", self.describe(path)))?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buffer[..n]);
+            file.write_all(&buffer[..n])?;
+        }
+        file.sync_all()?;
+        let (sha256, size) = hasher.finish();
+        Ok((sha256, size, recorded))
     }
 
     /// The head of the object at `path`; `None` if there is none.
@@ -185,11 +222,7 @@ impl Bucket {
         Ok(Some(Head {
             etag: etag_of(&response)?,
             size: response.content_length().unwrap_or(0),
-            sha256: response
-                .headers()
-                .get(SHA256_META)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned),
+            sha256: recorded_sha256(&response),
         }))
     }
 
@@ -475,6 +508,15 @@ fn with_signed_headers(
         Condition::CreateOnly => request.header(reqwest::header::IF_NONE_MATCH, "*"),
         Condition::IfMatch(etag) => request.header(reqwest::header::IF_MATCH, etag),
     }
+}
+
+/// The sha256 a writer recorded in an object's metadata.
+fn recorded_sha256(response: &Response) -> Option<String> {
+    response
+        .headers()
+        .get(SHA256_META)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
 }
 
 fn etag_of(response: &Response) -> Result<String> {
