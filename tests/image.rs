@@ -359,15 +359,40 @@ fn every_platform_artifact_is_packaged_with_the_same_usr() {
 /// Every artifact boots the way its platform presents it, runs /usr from
 /// dm-verity with the build's root hash, refuses writes to /usr, runs a
 /// container, knows its platform, and runs that platform's agents only.
+/// The release pipeline as CI jobs (ci/gitlab-ci.yml, run unchanged by
+/// gitlab-ci-local) on the suite's build: staged to an S3 server, each
+/// platform's artifact boot-tested in its own job (provisioned by Ignition
+/// its platform's way, logged in to with OpenSSH, rebooted), published to
+/// the S3 store with the key only the publish job gets, verified. Then the
+/// evidence the jobs pushed is checked here, and a pipeline whose metal
+/// artifact was damaged must stop before publishing.
 #[test]
 fn every_platform_artifact_boots_and_proves_itself() {
     if !can_run("every_platform_artifact_boots_and_proves_itself") {
         return;
     }
     let dir = shared_build();
-    let output = boxcar(&["test", "--build", dir.to_str().unwrap(), "--json"]);
-    let all: Vec<serde_json::Value> =
-        serde_json::from_slice(&output.stdout).expect("test --json prints JSON");
+    let lab = PipelineLab::start();
+    let run = lab.run(dir, "0.0.0-e2e", "staging", &[]);
+    eprintln!("pipeline jobs:\n{}", run.summary().join("\n"));
+    assert!(run.success, "the pipeline failed:\n{}", tail(&run.log, 80));
+    let staged = lab.server.object_file("staging/0.0.0-e2e/evidence");
+    let platforms = ["qemu", "vmware", "aws", "metal", "pxe"];
+    let all: Vec<serde_json::Value> = platforms
+        .iter()
+        .map(|platform| {
+            // The evidence travels back into the build, as the boot tests
+            // would have left it, for the tests that publish it.
+            let target = dir.join("evidence").join(platform);
+            let _ = std::fs::remove_dir_all(&target);
+            std::fs::create_dir_all(&target).unwrap();
+            for entry in std::fs::read_dir(staged.join(platform)).unwrap() {
+                let entry = entry.unwrap();
+                std::fs::copy(entry.path(), target.join(entry.file_name())).unwrap();
+            }
+            read_json(&target.join("evidence.json"))
+        })
+        .collect();
     let failed: Vec<(String, &serde_json::Value)> = all
         .iter()
         .flat_map(|e| {
@@ -379,15 +404,8 @@ fn every_platform_artifact_boots_and_proves_itself() {
                 .map(move |c| (e["platform"].as_str().unwrap().to_owned(), c))
         })
         .collect();
-    assert!(
-        output.status.success() && failed.is_empty(),
-        "failed checks: {failed:#?}"
-    );
-    let platforms: Vec<&str> = all
-        .iter()
-        .map(|e| e["platform"].as_str().unwrap())
-        .collect();
-    assert_eq!(platforms, ["qemu", "vmware", "aws", "metal", "pxe"]);
+    assert!(failed.is_empty(), "failed checks: {failed:#?}");
+    pipeline_published_and_stops_on_a_failed_platform(&lab, dir);
     let info = read_json(&dir.join("build.json"));
     let root_hash = info["usr"]["root_hash"].as_str().unwrap();
     for evidence in &all {
@@ -414,8 +432,6 @@ fn every_platform_artifact_boots_and_proves_itself() {
             evidence["boot_time"]["userspace"].as_f64().unwrap() > 0.0,
             "{platform}"
         );
-        let on_disk = read_json(&dir.join(format!("evidence/{platform}/evidence.json")));
-        assert_eq!(&on_disk, evidence);
         assert!(
             dir.join(format!("evidence/{platform}/console.log"))
                 .metadata()
@@ -514,6 +530,109 @@ fn every_platform_artifact_boots_and_proves_itself() {
         .as_str()
         .unwrap()
         .contains("no disk (network boot)"));
+}
+
+/// After the pipeline: the S3 store verifies and alpha points at the
+/// build, readers download from the bucket over plain HTTP with no
+/// credentials, and a second pipeline whose metal artifact was damaged
+/// after the build fails in that platform's job and never publishes.
+fn pipeline_published_and_stops_on_a_failed_platform(lab: &PipelineLab, dir: &Path) {
+    let alpha = read_json(&lab.server.object_file("store/channels/alpha.json"));
+    assert_eq!(alpha["version"], "0.0.0-e2e");
+    // Staging has served its purpose (and the disk is needed below).
+    std::fs::remove_dir_all(lab.server.object_file("staging/0.0.0-e2e")).unwrap();
+    let verified = lab.boxcar_with_credentials(&[
+        "verify",
+        "--store",
+        &lab.store(),
+        "--key",
+        lab.root_public().to_str().unwrap(),
+    ]);
+    assert!(verified.status.success(), "verify of the S3 store failed");
+    // The bucket as a website endpoint serves it: a plain web server over
+    // the tree s3s-fs keeps, read with no credentials.
+    let website = lab.server.website();
+    let downloads = lab.path("downloads");
+    let downloaded = Command::new(boxcar_bin())
+        .args(["download", "--channel", "alpha", "--platform", "qemu"])
+        .args(["--store", &format!("{}/store", website.url)])
+        .arg("--key")
+        .arg(lab.root_public())
+        .arg("--to")
+        .arg(&downloads)
+        .arg("--state")
+        .arg(lab.path("seen.json"))
+        .output()
+        .unwrap();
+    drop(website);
+    assert!(
+        downloaded.status.success(),
+        "{}",
+        String::from_utf8_lossy(&downloaded.stderr)
+    );
+    let qcow2 = "boxcar-0.0.0-e2e-qemu.qcow2";
+    assert_eq!(
+        std::fs::read(downloads.join(qcow2)).unwrap(),
+        std::fs::read(dir.join(qcow2)).unwrap()
+    );
+
+    // A copy of the build as 0.0.1-e2e whose metal artifact is damaged
+    // after build.json recorded it: the metal job must fail and the
+    // publish must not run.
+    let broken = lab.path("broken");
+    std::fs::create_dir(&broken).unwrap();
+    let info = read_json(&dir.join("build.json"));
+    for artifact in info["artifacts"].as_array().unwrap() {
+        let file = artifact["file"].as_str().unwrap();
+        std::fs::hard_link(dir.join(file), broken.join(file)).unwrap();
+    }
+    for file in info["update"]["files"].as_array().unwrap() {
+        let file = file["name"].as_str().unwrap();
+        std::fs::hard_link(dir.join(file), broken.join(file)).unwrap();
+    }
+    let mut renamed = info.clone();
+    renamed["version"] = "0.0.1-e2e".into();
+    std::fs::write(broken.join("build.json"), renamed.to_string()).unwrap();
+    let metal = "boxcar-0.0.0-e2e-metal.raw.zst";
+    std::fs::remove_file(broken.join(metal)).unwrap();
+    let mut bytes = std::fs::read(dir.join(metal)).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(broken.join(metal), bytes).unwrap();
+    let run = lab.run(
+        &broken,
+        "0.0.1-e2e",
+        "staging",
+        &["build", "boot-test: [metal]", "publish", "verify"],
+    );
+    eprintln!("pipeline jobs:\n{}", run.summary().join("\n"));
+    assert!(!run.success, "a pipeline with a damaged artifact passed");
+    assert!(
+        run.summary()
+            .iter()
+            .any(|l| l.starts_with(" FAIL ") && l.contains("boot-test: [metal]")),
+        "{}",
+        tail(&run.log, 40)
+    );
+    assert!(
+        run.log.contains("the staged file is not the build's"),
+        "{}",
+        tail(&run.log, 40)
+    );
+    assert!(
+        !run.summary().iter().any(|l| l.contains("publish")),
+        "the publish job ran: {:?}",
+        run.summary()
+    );
+    assert!(!lab.server.object_file("store/releases/0.0.1-e2e").exists());
+    let alpha_after = read_json(&lab.server.object_file("store/channels/alpha.json"));
+    assert_eq!(alpha_after, alpha, "the channel moved without a publish");
+}
+
+/// The last `lines` lines of a log.
+fn tail(log: &str, lines: usize) -> String {
+    let all: Vec<&str> = log.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
 }
 
 /// The real, boot-tested build goes through the release pipeline: into a

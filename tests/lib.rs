@@ -353,3 +353,141 @@ pub fn host_tool(program: &str, args: &[&str]) -> String {
     );
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
+
+#[path = "../builder/tests/common/s3server.rs"]
+pub mod s3server;
+
+/// The release pipeline (ci/gitlab-ci.yml) run by gitlab-ci-local on this
+/// machine against an s3s-fs server: a store with a keyring (root and
+/// signing keys made here), a staging prefix, and the signing key given
+/// only to the `release` environment.
+pub struct PipelineLab {
+    pub server: s3server::S3Server,
+    pub dir: tempfile::TempDir,
+}
+
+/// What one pipeline run did.
+pub struct PipelineRun {
+    pub success: bool,
+    pub log: String,
+}
+
+impl PipelineRun {
+    /// The jobs' results as gitlab-ci-local sums them up, one per line.
+    pub fn summary(&self) -> Vec<&str> {
+        self.log
+            .lines()
+            .filter(|l| l.starts_with(" PASS ") || l.starts_with(" FAIL "))
+            .collect()
+    }
+}
+
+impl PipelineLab {
+    /// Starts the server and makes the store's keyring.
+    pub fn start() -> Self {
+        let server = s3server::S3Server::s3s_fs();
+        let dir = tempfile::tempdir_in(scratch_dir()).unwrap();
+        let lab = Self { server, dir };
+        for keys in ["root", "signing"] {
+            let path = lab.path(keys);
+            assert!(
+                boxcar(&["keys", "generate", "--out", path.to_str().unwrap()])
+                    .status
+                    .success()
+            );
+        }
+        let signing_public = lab.path("signing/boxcar.pub");
+        let root_key = lab.path("root/boxcar.key");
+        let init = lab.boxcar_with_credentials(&[
+            "keys",
+            "init",
+            "--store",
+            &lab.store(),
+            "--root",
+            root_key.to_str().unwrap(),
+            "--signing",
+            signing_public.to_str().unwrap(),
+        ]);
+        assert!(init.status.success(), "keys init on the S3 store failed");
+        // The signing key, scoped to the `release` environment (the publish
+        // job's), in gitlab-ci-local's variables file.
+        let key = std::fs::read_to_string(lab.path("signing/boxcar.key")).unwrap();
+        let indented: String = key.lines().map(|l| format!("      {l}\n")).collect();
+        std::fs::write(
+            lab.path("variables.yml"),
+            format!("BOXCAR_SIGNING_KEY:\n  values:\n    release: |\n{indented}"),
+        )
+        .unwrap();
+        lab
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn store(&self) -> String {
+        format!("s3://{}/store", s3server::BUCKET)
+    }
+
+    pub fn root_public(&self) -> PathBuf {
+        self.path("root/boxcar.pub")
+    }
+
+    /// `boxcar ARGS` with the server's endpoint and credentials.
+    pub fn boxcar_with_credentials(&self, args: &[&str]) -> Output {
+        eprintln!("$ boxcar {}", args.join(" "));
+        Command::new(boxcar_bin())
+            .args(args)
+            .envs(self.server.env())
+            .current_dir(project_root())
+            .output()
+            .expect("running boxcar")
+    }
+
+    /// Runs the pipeline (or only `jobs`, in its order) on the build in
+    /// `prebuilt` as `version`, staged under s3://boxcar/STAGING/.
+    pub fn run(&self, prebuilt: &Path, version: &str, staging: &str, jobs: &[&str]) -> PipelineRun {
+        let variables = self
+            .path("variables.yml")
+            .strip_prefix(project_root())
+            .expect("the lab lies inside the checkout")
+            .to_owned();
+        let mut command = Command::new(s3server::tool("gitlab-ci-local"));
+        command
+            .current_dir(project_root())
+            .args(["--file", "ci/gitlab-ci.yml", "--variables-file"])
+            .arg(&variables)
+            .args(["--concurrency", "1", "--timestamps", "--no-color"]);
+        let mut variable = |name: &str, value: &str| {
+            command.arg("--variable").arg(format!("{name}={value}"));
+        };
+        variable("BOXCAR", boxcar_bin().to_str().unwrap());
+        variable("BOXCAR_PREBUILT", prebuilt.to_str().unwrap());
+        variable("BOXCAR_VERSION", version);
+        variable(
+            "BOXCAR_STAGING",
+            &format!("s3://{}/{staging}", s3server::BUCKET),
+        );
+        variable("BOXCAR_STORE", &self.store());
+        variable("BOXCAR_ROOT_PUB", self.root_public().to_str().unwrap());
+        for (name, value) in self.server.env() {
+            variable(name, &value);
+        }
+        command.args(jobs);
+        eprintln!(
+            "$ gitlab-ci-local --file ci/gitlab-ci.yml {}",
+            jobs.join(" ")
+        );
+        let output = command.output().expect("running gitlab-ci-local");
+        let log = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        std::fs::write(self.path(&format!("pipeline-{version}.log")), &log).unwrap();
+        PipelineRun {
+            success: output.status.success(),
+            log,
+        }
+    }
+}

@@ -28,7 +28,9 @@ const EVIDENCE_DIR: &str = "evidence";
 /// Which files of a build to move.
 #[derive(Clone, Debug)]
 pub enum Selection {
-    /// build.json, every artifact and update part, and the evidence.
+    /// build.json, every artifact and update part, and (pulling) the
+    /// evidence the boot-test jobs pushed. A build is pushed without its
+    /// evidence: each boot-test job makes and pushes its own.
     Everything,
     /// build.json and one platform's artifacts (what its boot test needs).
     Platform(PlatformId),
@@ -72,7 +74,6 @@ impl Staging {
             Selection::Everything => {
                 let mut names = vec![BUILD_JSON.to_owned()];
                 names.extend(build_files(&build, None));
-                names.extend(evidence_files(build_dir, None)?);
                 names
             }
             Selection::Platform(platform) => {
@@ -80,7 +81,7 @@ impl Staging {
                 names.extend(build_files(&build, Some(platform)));
                 names
             }
-            Selection::Evidence(platform) => evidence_files(build_dir, Some(platform))?,
+            Selection::Evidence(platform) => evidence_files(build_dir, platform)?,
         };
         names.dedup();
         let mut moved = Vec::new();
@@ -210,7 +211,7 @@ fn expected_digests(build: &BuildInfo) -> Vec<(String, Sha256Digest)> {
 }
 
 /// The evidence files in a build directory (`evidence/<platform>/<file>`).
-fn evidence_files(build_dir: &Path, platform: Option<&PlatformId>) -> Result<Vec<String>> {
+fn evidence_files(build_dir: &Path, platform: &PlatformId) -> Result<Vec<String>> {
     let root = build_dir.join(EVIDENCE_DIR);
     let mut names = Vec::new();
     if !root.is_dir() {
@@ -225,7 +226,7 @@ fn evidence_files(build_dir: &Path, platform: Option<&PlatformId>) -> Result<Vec
     }
     platforms.sort();
     for name in platforms {
-        if platform.is_some_and(|p| p.as_str() != name) {
+        if platform.as_str() != name {
             continue;
         }
         let mut files: Vec<String> = Vec::new();

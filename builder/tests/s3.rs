@@ -8,104 +8,11 @@ mod common;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command as Process, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command as Process, Stdio};
 
 use assert_cmd::Command;
+use common::s3server::{S3Server, ACCESS_KEY, BUCKET, SECRET_KEY};
 use common::Lab;
-
-const ACCESS_KEY: &str = "boxcar-test";
-const SECRET_KEY: &str = "boxcar-test-secret";
-const BUCKET: &str = "boxcar";
-
-/// A server the test started; killed when dropped.
-struct S3Server {
-    child: Child,
-    endpoint: String,
-    /// Where the server logs requests (moto) or keeps its objects (s3s-fs).
-    dir: tempfile::TempDir,
-}
-
-impl S3Server {
-    /// s3s-fs with authentication, keeping objects under a temporary
-    /// directory (the bucket is a directory there).
-    fn s3s_fs() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir(dir.path().join(BUCKET)).unwrap();
-        let port = free_port();
-        let child = Process::new(tool("s3s-fs"))
-            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-            .args(["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
-            .arg(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("s3s-fs starts (installed by ci/setup-host)");
-        Self::started(child, port, dir)
-    }
-
-    /// moto's S3 server, logging every request to `requests.log`.
-    fn moto() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let log = std::fs::File::create(dir.path().join("requests.log")).unwrap();
-        let child = Process::new(tool("moto_server"))
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("moto_server starts (installed by ci/setup-host)");
-        let server = Self::started(child, port, dir);
-        // moto keeps no buckets between runs: make the store's.
-        let made = Process::new("curl")
-            .args(["-sf", "-X", "PUT", &format!("{}/{BUCKET}", server.endpoint)])
-            .status()
-            .unwrap();
-        assert!(made.success(), "creating the bucket on moto");
-        server
-    }
-
-    fn started(child: Child, port: u16, dir: tempfile::TempDir) -> Self {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "the S3 server did not start");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        Self {
-            child,
-            endpoint: format!("http://127.0.0.1:{port}"),
-            dir,
-        }
-    }
-
-    fn requests(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("requests.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for S3Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A program ci/setup-host installs into the cache's bin directory.
-fn tool(name: &str) -> PathBuf {
-    let cache = std::env::var_os("BOXCAR_CACHE_DIR").unwrap_or_else(|| "/var/cache/boxcar".into());
-    let path = Path::new(&cache).join("bin").join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: run ci/setup-host (make test does)",
-        path.display()
-    );
-    path
-}
-
-fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().port()
-}
 
 /// A lab whose store is `s3://boxcar/PREFIX` on `server`.
 struct S3Lab<'a> {
@@ -177,33 +84,10 @@ impl<'a> S3Lab<'a> {
         self.boxcar(&["verify", "--store", &self.store, "--key", &key])
     }
 
-    /// Serves the bucket the way a website endpoint or a CDN in front of
-    /// it does: its objects as plain files over HTTP, no credentials (a web
-    /// server over the tree s3s-fs keeps). Returns the store's URL there.
-    fn public_url(&self, website: &mut Option<Child>) -> String {
-        let port = free_port();
-        let child = Process::new("python3")
-            .args([
-                "-m",
-                "http.server",
-                "--bind",
-                "127.0.0.1",
-                &port.to_string(),
-            ])
-            .arg("--directory")
-            .arg(self.server.dir.path().join(BUCKET))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("python3 serves the bucket");
-        *website = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "the web server did not start");
-            std::thread::sleep(Duration::from_millis(100));
-        }
+    /// The store's URL on the bucket's website (see [`S3Server::website`]).
+    fn public_url(&self, website: &common::s3server::Website) -> String {
         let prefix = self.store.trim_start_matches(&format!("s3://{BUCKET}/"));
-        format!("http://127.0.0.1:{port}/{prefix}")
+        format!("{}/{prefix}", website.url)
     }
 }
 
@@ -275,8 +159,8 @@ fn readers_download_from_the_bucket_without_credentials() {
     lab.init_keyring();
     let build = lab.lab.full_build("2.0.0", 1 << 20);
     lab.publish(&build, "alpha").assert().success();
-    let mut website = None;
-    let url = lab.public_url(&mut website);
+    let website = server.website();
+    let url = lab.public_url(&website);
     let out = lab.lab.path("downloads");
     let state = lab.lab.path("seen.json");
     // No endpoint, no credentials: the client library over plain HTTP.
@@ -296,10 +180,7 @@ fn readers_download_from_the_bucket_without_credentials() {
         .args(["verify", "--store", &url, "--key", &lab.root_public()])
         .output()
         .unwrap();
-    if let Some(mut child) = website {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
+    drop(website);
     assert!(downloaded.status.success(), "{stderr}");
     assert!(
         verified.status.success(),

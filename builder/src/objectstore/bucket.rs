@@ -192,7 +192,7 @@ impl Bucket {
         let mut hasher = boxcar_signing::Hasher::new();
         let mut buffer = vec![0u8; 1 << 20];
         loop {
-            use std::io::{Read, Write};
+            use std::io::{Read, Seek, Write};
             let n = response
                 .read(&mut buffer)
                 .with_context(|| format!("downloading {}", self.describe(path)))?;
@@ -200,10 +200,16 @@ impl Bucket {
                 break;
             }
             hasher.update(&buffer[..n]);
-            file.write_all(&buffer[..n])?;
+            if buffer[..n].iter().all(|&b| b == 0) {
+                // Disk images are mostly zeros: leave holes.
+                file.seek(std::io::SeekFrom::Current(n as i64))?;
+            } else {
+                file.write_all(&buffer[..n])?;
+            }
         }
-        file.sync_all()?;
         let (sha256, size) = hasher.finish();
+        file.set_len(size)?;
+        file.sync_all()?;
         Ok((sha256, size, recorded))
     }
 

@@ -3,6 +3,8 @@
 //! builds to publish into it.
 #![allow(dead_code)]
 
+pub mod s3server;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command as Process;
