@@ -7,7 +7,8 @@
 # and does nothing when everything is there.
 
 CARGO ?= cargo
-BOXCAR := target/release/boxcar
+# Where cargo puts it: target/, or $CARGO_TARGET_DIR when that is set.
+BOXCAR := $(abspath $(or $(CARGO_TARGET_DIR),target)/release/boxcar)
 # Extra arguments for `boxcar build`, e.g. make image BUILD_ARGS="--version 1.0.0"
 BUILD_ARGS ?=
 
@@ -34,7 +35,7 @@ unit:
 	$(CARGO) test --locked
 
 e2e:
-	BOXCAR_BIN=$(CURDIR)/$(BOXCAR) $(CARGO) test --locked -p boxcar-e2e -- --test-threads=1 --nocapture
+	BOXCAR_BIN=$(BOXCAR) $(CARGO) test --locked -p boxcar-e2e -- --test-threads=1 --nocapture
 
 clean:
 	$(CARGO) clean
