@@ -224,7 +224,7 @@ impl Client {
         };
         Ok(Verified {
             document,
-            sha256: sha256(&bytes),
+            sha256: boxcar_signing::sha256_bytes(&bytes),
             signed_by,
         })
     }
@@ -552,10 +552,4 @@ impl Client {
             channel_document,
         })
     }
-}
-
-fn sha256(bytes: &[u8]) -> Sha256Digest {
-    let mut hasher = boxcar_signing::Hasher::new();
-    hasher.update(bytes);
-    hasher.finish().0
 }

@@ -130,3 +130,15 @@ pub fn found<T>(result: Result<T, Error>) -> Result<Option<T>, Error> {
         Err(error) => Err(error),
     }
 }
+
+/// An error and every error beneath it, in one line (`a: b: c`): what a
+/// failed HTTP request says, from the request down to the socket.
+pub fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(inner) = source {
+        text.push_str(&format!(": {inner}"));
+        source = inner.source();
+    }
+    text
+}

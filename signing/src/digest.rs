@@ -90,6 +90,13 @@ impl<'de> serde::Deserialize<'de> for Sha256Digest {
     }
 }
 
+/// The sha256 of bytes in memory.
+pub fn sha256_bytes(bytes: &[u8]) -> Sha256Digest {
+    let mut hasher = Sha256::new();
+    hasher.update(bytes);
+    Sha256Digest(hasher.finalize().into())
+}
+
 /// Hashes everything `reader` yields; returns the digest and the byte count.
 pub fn sha256_reader(mut reader: impl Read) -> io::Result<(Sha256Digest, u64)> {
     let mut hasher = Sha256::new();

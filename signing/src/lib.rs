@@ -11,7 +11,9 @@ pub mod keyring;
 pub mod keys;
 pub mod minisig;
 
-pub use digest::{data_regions, sha256_file, sha256_reader, DigestingReader, Hasher, Sha256Digest};
+pub use digest::{
+    data_regions, sha256_bytes, sha256_file, sha256_reader, DigestingReader, Hasher, Sha256Digest,
+};
 pub use keys::{KeyId, PublicKey, SecretKey, Sign};
 pub use minisig::{TrustedKeys, Verified};
 

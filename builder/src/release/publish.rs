@@ -396,6 +396,6 @@ fn assemble(
         release_signature.as_bytes(),
     )?;
     draft.commit()?;
-    let release_sha256 = boxcar_signing::sha256_reader(&release_bytes[..])?.0;
+    let release_sha256 = boxcar_signing::sha256_bytes(&release_bytes);
     Ok((release, release_sha256))
 }

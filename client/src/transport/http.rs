@@ -209,15 +209,9 @@ impl Chunks for HttpChunks<'_> {
 /// A request that failed on the way (connecting, a closed connection): it
 /// may pass. The message carries the error's whole chain, once.
 fn unavailable(url: &str, error: &reqwest::Error) -> Error {
-    let mut reason = error.to_string();
-    let mut source = std::error::Error::source(error);
-    while let Some(inner) = source {
-        reason.push_str(&format!(": {inner}"));
-        source = inner.source();
-    }
     Error::Unavailable {
         location: url.to_owned(),
-        reason,
+        reason: crate::error::with_causes(error),
     }
 }
 
