@@ -14,6 +14,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+use boxcar_client::fetch::part_file_name;
 use boxcar_client::files;
 use boxcar_client::layout::SafeName;
 use boxcar_signing::Sha256Digest;
@@ -69,21 +70,16 @@ impl Staging {
         selection: &Selection,
         progress: &mut dyn FnMut(&str),
     ) -> Result<Vec<Moved>> {
-        let build = BuildInfo::load(build_dir)?;
-        let mut names = match selection {
-            Selection::Everything => {
-                let mut names = vec![BUILD_JSON.to_owned()];
-                names.extend(build_files(&build, None));
-                names
-            }
-            Selection::Platform(platform) => {
-                let mut names = vec![BUILD_JSON.to_owned()];
-                names.extend(build_files(&build, Some(platform)));
-                names
-            }
+        let names = match selection {
             Selection::Evidence(platform) => evidence_files(build_dir, platform)?,
+            _ => {
+                let build = BuildInfo::load(build_dir)?;
+                let files = build_files(&build, selection.platform());
+                let mut names = vec![BUILD_JSON.to_owned()];
+                names.extend(files.into_iter().map(|(name, _)| name));
+                names
+            }
         };
-        names.dedup();
         let mut moved = Vec::new();
         for name in names {
             progress(&name);
@@ -110,23 +106,27 @@ impl Staging {
         fs::create_dir_all(build_dir)
             .with_context(|| format!("creating {}", build_dir.display()))?;
         let mut moved = Vec::new();
+        // Artifacts and update parts are checked against build.json's
+        // digests, evidence against what its pusher recorded.
+        let mut files: Vec<(String, Option<Sha256Digest>)> = Vec::new();
         if !matches!(selection, Selection::Evidence(_)) {
             moved.push(self.pull_file(build_dir, BUILD_JSON, None)?);
+            let build = BuildInfo::load(build_dir)?;
+            let recorded = build_files(&build, selection.platform());
+            files.extend(
+                recorded
+                    .into_iter()
+                    .map(|(name, sha256)| (name, Some(sha256))),
+            );
         }
-        let build = BuildInfo::load(build_dir)?;
-        let expected = expected_digests(&build);
-        let names: Vec<String> = match selection {
-            Selection::Everything => {
-                let mut names = build_files(&build, None);
-                names.extend(self.staged_evidence(None)?);
-                names
-            }
-            Selection::Platform(platform) => build_files(&build, Some(platform)),
+        let evidence = match selection {
+            Selection::Everything => self.staged_evidence(None)?,
             Selection::Evidence(platform) => self.staged_evidence(Some(platform))?,
+            Selection::Platform(_) => Vec::new(),
         };
-        for name in names {
+        files.extend(evidence.into_iter().map(|name| (name, None)));
+        for (name, want) in files {
             progress(&name);
-            let want = expected.iter().find(|(n, _)| *n == name).map(|(_, d)| *d);
             moved.push(self.pull_file(build_dir, &name, want)?);
         }
         Ok(moved)
@@ -153,9 +153,8 @@ impl Staging {
         if let Some(dir) = target.parent() {
             fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
-        let partial = target.with_file_name(format!(
-            ".{}.partial",
-            target.file_name().expect("a file name").to_string_lossy()
+        let partial = target.with_file_name(part_file_name(
+            &target.file_name().expect("a file name").to_string_lossy(),
         ));
         let _ = fs::remove_file(&partial);
         let mut file = files::create_new(&partial, 0o644)?;
@@ -180,34 +179,31 @@ impl Staging {
     }
 }
 
+impl Selection {
+    /// The one platform whose artifacts are selected, if it is one.
+    fn platform(&self) -> Option<&PlatformId> {
+        match self {
+            Selection::Platform(platform) => Some(platform),
+            _ => None,
+        }
+    }
+}
+
 /// The artifacts (of one platform, or all with the update parts) a build
-/// records.
-fn build_files(build: &BuildInfo, platform: Option<&PlatformId>) -> Vec<String> {
-    let mut names: Vec<String> = build
+/// records, with their sha256.
+fn build_files(build: &BuildInfo, platform: Option<&PlatformId>) -> Vec<(String, Sha256Digest)> {
+    let mut files: Vec<(String, Sha256Digest)> = build
         .artifacts
         .iter()
         .filter(|a| platform.is_none_or(|p| &a.platform == p))
-        .map(|a| a.file.clone())
+        .map(|a| (a.file.clone(), a.sha256))
         .collect();
     if platform.is_none() {
         if let Some(update) = &build.update {
-            names.extend(update.files.iter().map(|f| f.name.clone()));
+            files.extend(update.files.iter().map(|f| (f.name.clone(), f.sha256)));
         }
     }
-    names
-}
-
-/// Every file name build.json gives a digest for.
-fn expected_digests(build: &BuildInfo) -> Vec<(String, Sha256Digest)> {
-    let mut digests: Vec<(String, Sha256Digest)> = build
-        .artifacts
-        .iter()
-        .map(|a| (a.file.clone(), a.sha256))
-        .collect();
-    if let Some(update) = &build.update {
-        digests.extend(update.files.iter().map(|f| (f.name.clone(), f.sha256)));
-    }
-    digests
+    files
 }
 
 /// The evidence files in a build directory (`evidence/<platform>/<file>`).

@@ -26,31 +26,17 @@ const CONFLICT_ATTEMPTS: u32 = 6;
 
 /// Runs `operation` again (it reads the store afresh each time) while it
 /// fails because another writer replaced a document first.
-fn retrying_conflicts<T>(
-    progress: &Progress,
-    mut operation: impl FnMut() -> Result<T>,
-) -> Result<T> {
-    let mut attempt = 1;
-    loop {
-        match operation() {
-            Err(e) if backend::is_conflict(&e) && attempt < CONFLICT_ATTEMPTS => {
-                progress.note(&format!(
-                    "{e:#}; reading the store again (attempt {} of {CONFLICT_ATTEMPTS})",
-                    attempt + 1
-                ));
-                // Writers that collided spread out before trying again.
-                let spread = 100 + u64::from(std::process::id() % 7) * 60;
-                std::thread::sleep(std::time::Duration::from_millis(spread * u64::from(attempt)));
-                attempt += 1;
-            }
-            Err(e) if backend::is_conflict(&e) => {
-                return Err(e.context(format!(
-                    "other writers kept changing the store; gave up after {CONFLICT_ATTEMPTS} attempts (nothing of this one's was written)"
-                )))
-            }
-            other => return other,
-        }
-    }
+fn retrying_conflicts<T>(progress: &Progress, operation: impl FnMut() -> Result<T>) -> Result<T> {
+    backend::retrying_conflicts(
+        CONFLICT_ATTEMPTS,
+        std::time::Duration::from_millis(100),
+        &|e, attempt| {
+            progress.note(&format!(
+                "{e:#}; reading the store again (attempt {attempt} of {CONFLICT_ATTEMPTS})"
+            ))
+        },
+        operation,
+    )
 }
 
 /// Opens a store for writing and takes the writers' lock, reporting what

@@ -6,7 +6,8 @@
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
-use reqwest::blocking::{Client, Response};
+use boxcar_signing::Sha256Digest;
+use reqwest::blocking::{Client, RequestBuilder, Response};
 use reqwest::StatusCode;
 use rusty_s3::actions::{CreateMultipartUpload, ListObjectsV2, ListParts};
 use rusty_s3::{Credentials, S3Action, UrlStyle};
@@ -125,24 +126,19 @@ impl Bucket {
 
     /// Writes `bytes` as `path` if `condition` holds, recording their
     /// sha256 in the object's metadata.
-    pub fn put(
-        &self,
-        path: &str,
-        bytes: Vec<u8>,
-        sha256: &str,
-        condition: &Condition,
-    ) -> Result<Written> {
+    pub fn put(&self, path: &str, bytes: Vec<u8>, condition: &Condition) -> Result<Written> {
+        let sha256 = boxcar_signing::sha256_bytes(&bytes).to_string();
         let key = self.key(path);
         let mut action = self.bucket.put_object(Some(&self.credentials), &key);
-        action.headers_mut().insert(SHA256_META, sha256.to_owned());
+        action.headers_mut().insert(SHA256_META, sha256.clone());
         add_condition(action.headers_mut(), condition);
         let request = self
             .http
             .put(action.sign(SIGNED_FOR))
             .header(reqwest::header::CONTENT_LENGTH, bytes.len())
+            .header(SHA256_META, sha256)
             .body(bytes);
-        let request = with_signed_headers(request, sha256, condition);
-        self.written(path, request.send())
+        self.written(path, with_condition(request, condition).send())
     }
 
     /// A GET of the object at `path` under way; `None` if there is none.
@@ -152,11 +148,7 @@ impl Bucket {
             .bucket
             .get_object(Some(&self.credentials), &key)
             .sign(SIGNED_FOR);
-        let response = self.send(path, self.http.get(url).send())?;
-        if response.status() == StatusCode::NOT_FOUND {
-            return Ok(None);
-        }
-        Ok(Some(self.success(path, response)?))
+        self.answer(path, self.http.get(url).send())
     }
 
     /// The object at `path`, read whole; `None` if there is none.
@@ -164,7 +156,7 @@ impl Bucket {
         let Some(response) = self.open(path)? else {
             return Ok(None);
         };
-        let etag = etag_of(&response)?;
+        let etag = etag_of(&response);
         if response.content_length().unwrap_or(0) > SMALL_OBJECT_LIMIT {
             bail!("{} is larger than any document", self.describe(path));
         }
@@ -184,7 +176,7 @@ impl Bucket {
         &self,
         path: &str,
         file: &mut std::fs::File,
-    ) -> Result<(boxcar_signing::Sha256Digest, u64, Option<String>)> {
+    ) -> Result<(Sha256Digest, u64, Option<String>)> {
         let mut response = self
             .open(path)?
             .with_context(|| format!("{} is not there", self.describe(path)))?;
@@ -220,16 +212,13 @@ impl Bucket {
             .bucket
             .head_object(Some(&self.credentials), &key)
             .sign(SIGNED_FOR);
-        let response = self.send(path, self.http.head(url).send())?;
-        if response.status() == StatusCode::NOT_FOUND {
-            return Ok(None);
-        }
-        let response = self.success(path, response)?;
-        Ok(Some(Head {
-            etag: etag_of(&response)?,
-            size: response.content_length().unwrap_or(0),
-            sha256: recorded_sha256(&response),
-        }))
+        Ok(self
+            .answer(path, self.http.head(url).send())?
+            .map(|response| Head {
+                etag: etag_of(&response),
+                size: response.content_length().unwrap_or(0),
+                sha256: recorded_sha256(&response),
+            }))
     }
 
     /// Deletes the object at `path` (nothing there is not an error).
@@ -239,10 +228,7 @@ impl Bucket {
             .bucket
             .delete_object(Some(&self.credentials), &key)
             .sign(SIGNED_FOR);
-        let response = self.send(path, self.http.delete(url).send())?;
-        if response.status() != StatusCode::NOT_FOUND {
-            self.success(path, response)?;
-        }
+        self.answer(path, self.http.delete(url).send())?;
         Ok(())
     }
 
@@ -280,10 +266,11 @@ impl Bucket {
     }
 
     /// Starts a multipart upload of `path`; returns its upload id.
-    pub fn create_multipart(&self, path: &str, sha256: &str) -> Result<String> {
+    pub fn create_multipart(&self, path: &str, sha256: &Sha256Digest) -> Result<String> {
+        let sha256 = sha256.to_string();
         let key = self.key(path);
         let mut action = CreateMultipartUpload::new(&self.bucket, Some(&self.credentials), &key);
-        action.headers_mut().insert(SHA256_META, sha256.to_owned());
+        action.headers_mut().insert(SHA256_META, sha256.clone());
         let request = self
             .http
             .post(action.sign(SIGNED_FOR))
@@ -313,7 +300,7 @@ impl Bucket {
             .header(reqwest::header::CONTENT_LENGTH, bytes.len())
             .body(bytes);
         let response = self.send(path, request.send())?;
-        etag_of(&self.success(path, response)?)
+        Ok(etag_of(&self.success(path, response)?))
     }
 
     /// The parts an upload holds, as (number, ETag, size); `None` if the
@@ -331,11 +318,12 @@ impl Bucket {
             if let Some(marker) = marker {
                 action.set_part_number_marker(marker);
             }
-            let response = self.send(path, self.http.get(action.sign(SIGNED_FOR)).send())?;
-            if response.status() == StatusCode::NOT_FOUND {
+            let Some(response) =
+                self.answer(path, self.http.get(action.sign(SIGNED_FOR)).send())?
+            else {
                 return Ok(None);
-            }
-            let text = self.success(path, response)?.text()?;
+            };
+            let text = response.text()?;
             // Read leniently: servers differ in namespaces and field order.
             let page = PartList::parse(&text)
                 .with_context(|| format!("{}: an unreadable part list", self.describe(path)))?;
@@ -366,14 +354,8 @@ impl Bucket {
         );
         add_condition(action.headers_mut(), condition);
         let url = action.sign(SIGNED_FOR);
-        let body = action.body();
-        let mut request = self.http.post(url).body(body);
-        request = match condition {
-            Condition::None => request,
-            Condition::CreateOnly => request.header(reqwest::header::IF_NONE_MATCH, "*"),
-            Condition::IfMatch(etag) => request.header(reqwest::header::IF_MATCH, etag),
-        };
-        self.written(path, request.send())
+        let request = self.http.post(url).body(action.body());
+        self.written(path, with_condition(request, condition).send())
     }
 
     /// Gives up an upload, freeing its parts.
@@ -383,10 +365,7 @@ impl Bucket {
             .bucket
             .abort_multipart_upload(Some(&self.credentials), &key, upload_id)
             .sign(SIGNED_FOR);
-        let response = self.send(path, self.http.delete(url).send())?;
-        if response.status() != StatusCode::NOT_FOUND {
-            self.success(path, response)?;
-        }
+        self.answer(path, self.http.delete(url).send())?;
         Ok(())
     }
 
@@ -396,7 +375,22 @@ impl Bucket {
     }
 
     fn send(&self, path: &str, sent: reqwest::Result<Response>) -> Result<Response> {
-        sent.map_err(|e| anyhow!("{}: {}", self.describe(path), error_chain(&e)))
+        sent.map_err(|e| {
+            anyhow!(
+                "{}: {}",
+                self.describe(path),
+                boxcar_client::error::with_causes(&e)
+            )
+        })
+    }
+
+    /// A successful answer; `None` for "not there" (404).
+    fn answer(&self, path: &str, sent: reqwest::Result<Response>) -> Result<Option<Response>> {
+        let response = self.send(path, sent)?;
+        if response.status() == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        Ok(Some(self.success(path, response)?))
     }
 
     /// The answer of a write whose condition may fail.
@@ -410,7 +404,7 @@ impl Bucket {
             return Ok(Written::ConditionFailed);
         }
         let response = self.success(path, response)?;
-        let etag = etag_of(&response).unwrap_or_default();
+        let etag = etag_of(&response);
         // A completed multipart upload can answer 200 with an error inside.
         if etag.is_empty() {
             let text = response.text().unwrap_or_default();
@@ -502,13 +496,8 @@ fn add_condition(headers: &mut rusty_s3::Map<'_>, condition: &Condition) {
     }
 }
 
-/// Sends the headers that were signed into a PUT's URL.
-fn with_signed_headers(
-    request: reqwest::blocking::RequestBuilder,
-    sha256: &str,
-    condition: &Condition,
-) -> reqwest::blocking::RequestBuilder {
-    let request = request.header(SHA256_META, sha256);
+/// Sends the condition headers [`add_condition`] signed.
+fn with_condition(request: RequestBuilder, condition: &Condition) -> RequestBuilder {
     match condition {
         Condition::None => request,
         Condition::CreateOnly => request.header(reqwest::header::IF_NONE_MATCH, "*"),
@@ -525,27 +514,17 @@ fn recorded_sha256(response: &Response) -> Option<String> {
         .map(str::to_owned)
 }
 
-fn etag_of(response: &Response) -> Result<String> {
-    Ok(response
+/// An answer's ETag (empty if it has none).
+fn etag_of(response: &Response) -> String {
+    response
         .headers()
         .get(reqwest::header::ETAG)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned)
-        .unwrap_or_default())
-}
-
-fn error_chain(error: &reqwest::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = std::error::Error::source(error);
-    while let Some(inner) = source {
-        text.push_str(&format!(": {inner}"));
-        source = inner.source();
-    }
-    text
+        .unwrap_or_default()
 }
 
 /// The first line or so of a server's error body.
 fn shorten(text: &str) -> String {
-    let text: String = text.chars().filter(|c| !c.is_control()).take(300).collect();
-    text
+    text.chars().filter(|c| !c.is_control()).take(300).collect()
 }

@@ -10,7 +10,7 @@ use std::io::Read;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use boxcar_signing::{DigestingReader, Hasher, Sha256Digest};
+use boxcar_signing::{DigestingReader, Sha256Digest};
 use serde::{Deserialize, Serialize};
 
 use super::bucket::{Bucket, Condition, Written};
@@ -65,13 +65,25 @@ pub struct Put {
     pub size: u64,
 }
 
-/// The sha256 and size of a local file (holes read from memory).
-pub fn digest_file(source: &Path) -> Result<(Sha256Digest, u64)> {
-    let (file, length) = open_source(source)?;
+/// A local file's contents if it fits in one part (read once, whole);
+/// otherwise only its sha256 and size, read with holes filled from memory.
+enum Local {
+    Small(Vec<u8>),
+    Large(Sha256Digest, u64),
+}
+
+fn read_local(source: &Path) -> Result<Local> {
+    let (mut file, length) = open_source(source)?;
+    let reading = || format!("reading {}", source.display());
+    if length <= part_size() {
+        let mut bytes = Vec::with_capacity(length as usize);
+        file.read_to_end(&mut bytes).with_context(reading)?;
+        return Ok(Local::Small(bytes));
+    }
     let mut reader = DigestingReader::new(HoleFilledReader::new(file, length));
-    std::io::copy(&mut reader, &mut std::io::sink())
-        .with_context(|| format!("reading {}", source.display()))?;
-    Ok(reader.finish())
+    std::io::copy(&mut reader, &mut std::io::sink()).with_context(reading)?;
+    let (sha256, size) = reader.finish();
+    Ok(Local::Large(sha256, size))
 }
 
 /// Puts `source` as `path`, create-only. An object already there with the
@@ -84,7 +96,11 @@ pub fn put_file(
     existing: Existing,
     copied: &dyn Fn(u64),
 ) -> Result<Put> {
-    let (sha256, size) = digest_file(source)?;
+    let local = read_local(source)?;
+    let (sha256, size) = match &local {
+        Local::Small(bytes) => (boxcar_signing::sha256_bytes(bytes), bytes.len() as u64),
+        Local::Large(sha256, size) => (*sha256, *size),
+    };
     let condition = match existing {
         Existing::Refuse => Condition::CreateOnly,
         Existing::Replace => Condition::None,
@@ -99,25 +115,26 @@ pub fn put_file(
         copied(size);
         return Ok(Put { sha256, size });
     }
-    if size <= part_size() {
-        let bytes =
-            std::fs::read(source).with_context(|| format!("reading {}", source.display()))?;
-        check_unchanged(source, &bytes, &sha256)?;
-        if condition == Condition::CreateOnly {
-            put_bytes(bucket, path, bytes, &sha256)?;
-        } else {
-            bucket.put(path, bytes, &sha256.to_string(), &condition)?;
+    match local {
+        Local::Small(bytes) => {
+            if condition == Condition::CreateOnly {
+                put_bytes(bucket, path, bytes, &sha256)?;
+            } else {
+                bucket.put(path, bytes, &condition)?;
+            }
+            copied(size);
         }
-        copied(size);
-    } else {
-        put_in_parts(bucket, path, source, (&sha256, size), &condition, copied)?;
+        Local::Large(..) => {
+            put_in_parts(bucket, path, source, (&sha256, size), &condition, copied)?;
+        }
     }
     Ok(Put { sha256, size })
 }
 
-/// Puts a small object create-only, accepting the same bytes already there.
+/// Puts a small object (whose sha256 is `sha256`) create-only, accepting
+/// the same bytes already there.
 pub fn put_bytes(bucket: &Bucket, path: &str, bytes: Vec<u8>, sha256: &Sha256Digest) -> Result<()> {
-    match bucket.put(path, bytes, &sha256.to_string(), &Condition::CreateOnly)? {
+    match bucket.put(path, bytes, &Condition::CreateOnly)? {
         Written::Done(_) => Ok(()),
         Written::ConditionFailed => match already_there(bucket, path, sha256)? {
             Some(()) => Ok(()),
@@ -162,7 +179,7 @@ fn put_in_parts(
     let mut record = resumable_record(bucket, path, &record_path)?.unwrap_or_default();
     if record.upload_id.is_empty() {
         record.path = path.to_owned();
-        record.upload_id = bucket.create_multipart(path, &sha256.to_string())?;
+        record.upload_id = bucket.create_multipart(path, sha256)?;
         record.part_size = part_size();
         save_record(bucket, &record_path, &record)?;
     }
@@ -180,7 +197,7 @@ fn put_in_parts(
         if part.is_empty() {
             break;
         }
-        let part_sha256 = boxcar_signing::sha256_reader(&part[..])?.0;
+        let part_sha256 = boxcar_signing::sha256_bytes(&part);
         let index = number as usize;
         number += 1;
         position += part.len() as u64;
@@ -259,17 +276,6 @@ fn same_etag(a: &str, b: &str) -> bool {
 }
 
 fn save_record(bucket: &Bucket, record_path: &str, record: &UploadRecord) -> Result<()> {
-    let bytes = serde_json::to_vec(record)?;
-    let sha256 = boxcar_signing::sha256_reader(&bytes[..])?.0;
-    bucket.put(record_path, bytes, &sha256.to_string(), &Condition::None)?;
-    Ok(())
-}
-
-fn check_unchanged(source: &Path, bytes: &[u8], sha256: &Sha256Digest) -> Result<()> {
-    let mut hasher = Hasher::new();
-    hasher.update(bytes);
-    if hasher.finish().0 != *sha256 {
-        bail!("{} changed while it was being published", source.display());
-    }
+    bucket.put(record_path, serde_json::to_vec(record)?, &Condition::None)?;
     Ok(())
 }

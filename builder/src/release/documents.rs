@@ -24,7 +24,7 @@ use boxcar_signing::documents::{
 use boxcar_signing::{Sha256Digest, Sign, TrustedKeys};
 use time::OffsetDateTime;
 
-use super::backend::{is_conflict, Expect, StoreBackend};
+use super::backend::{retrying_conflicts, Expect, StoreBackend};
 use crate::channel::ChannelConfig;
 
 /// A client reading the store a writer is about to change. The store is
@@ -235,16 +235,12 @@ impl<'a> Writer<'a> {
     /// index is derived from them, so when another writer replaced it in
     /// between, it is simply built again from what is there now.
     pub fn write_index(&self) -> Result<IndexDocument> {
-        let mut attempt = 1;
-        loop {
-            match self.write_index_once() {
-                Err(e) if is_conflict(&e) && attempt < INDEX_ATTEMPTS => {
-                    attempt += 1;
-                    std::thread::sleep(std::time::Duration::from_millis(50 * u64::from(attempt)));
-                }
-                other => return other,
-            }
-        }
+        retrying_conflicts(
+            INDEX_ATTEMPTS,
+            std::time::Duration::from_millis(50),
+            &|_, _| {},
+            || self.write_index_once(),
+        )
     }
 
     fn write_index_once(&self) -> Result<IndexDocument> {

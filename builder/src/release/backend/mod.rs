@@ -66,6 +66,36 @@ pub fn is_conflict(error: &anyhow::Error) -> bool {
         .any(|e| e.downcast_ref::<Conflict>().is_some())
 }
 
+/// Runs `operation` (which reads the store afresh each time) again while it
+/// fails with a [`Conflict`], at most `attempts` times in all, telling
+/// `retrying` of each new attempt. The pause grows with each attempt from
+/// `pause`, and differs between processes so that writers that collided
+/// spread out.
+pub fn retrying_conflicts<T>(
+    attempts: u32,
+    pause: std::time::Duration,
+    retrying: &dyn Fn(&anyhow::Error, u32),
+    mut operation: impl FnMut() -> Result<T>,
+) -> Result<T> {
+    let spread = pause + pause * (std::process::id() % 7) * 3 / 5;
+    let mut attempt = 1;
+    loop {
+        match operation() {
+            Err(e) if is_conflict(&e) && attempt < attempts => {
+                retrying(&e, attempt + 1);
+                std::thread::sleep(spread * attempt);
+                attempt += 1;
+            }
+            Err(e) if is_conflict(&e) => {
+                return Err(e.context(format!(
+                    "other writers kept changing the store; gave up after {attempts} attempts (nothing of this one's was written)"
+                )))
+            }
+            other => return other,
+        }
+    }
+}
+
 /// A store this process may write to.
 pub trait StoreBackend {
     /// Where the store is, for messages.

@@ -79,7 +79,7 @@ impl S3Backend {
 
     /// Refuses a server that ignores `If-None-Match: *` or `If-Match`.
     fn probe(&self) -> Result<()> {
-        let path = format!("{PROBE_DIR}/{}", random_hex());
+        let path = format!("{PROBE_DIR}/{}", probe_name());
         let refuse = |what: &str| {
             anyhow::anyhow!(
                 "{} does not honour conditional writes ({what}): on it two writers could both win \
@@ -88,28 +88,25 @@ impl S3Backend {
                 self.bucket.location().describe()
             )
         };
-        let digest = sha256_of(b"1");
         let first = self
             .bucket
-            .put(&path, b"1".to_vec(), &digest, &Condition::CreateOnly)?;
+            .put(&path, b"1".to_vec(), &Condition::CreateOnly)?;
         let result = (|| {
             let Written::Done(etag) = first else {
                 bail!(refuse("a create-only write of a new key failed"));
             };
             if self
                 .bucket
-                .put(&path, b"2".to_vec(), &digest, &Condition::CreateOnly)?
+                .put(&path, b"2".to_vec(), &Condition::CreateOnly)?
                 != Written::ConditionFailed
             {
                 bail!(refuse("If-None-Match: * replaced an object"));
             }
             let wrong = if etag == "\"0\"" { "\"1\"" } else { "\"0\"" };
-            if self.bucket.put(
-                &path,
-                b"3".to_vec(),
-                &digest,
-                &Condition::IfMatch(wrong.to_owned()),
-            )? != Written::ConditionFailed
+            if self
+                .bucket
+                .put(&path, b"3".to_vec(), &Condition::IfMatch(wrong.to_owned()))?
+                != Written::ConditionFailed
             {
                 bail!(refuse("If-Match with a wrong ETag replaced an object"));
             }
@@ -121,14 +118,10 @@ impl S3Backend {
 
     /// The object at `path` as (sha256 of its bytes, ETag), if any.
     fn current(&self, path: &str) -> Result<Option<(Sha256Digest, String)>> {
-        Ok(self.bucket.get(path)?.map(|object| {
-            (
-                boxcar_signing::sha256_reader(&object.bytes[..])
-                    .expect("hashing memory")
-                    .0,
-                object.etag,
-            )
-        }))
+        Ok(self
+            .bucket
+            .get(path)?
+            .map(|object| (boxcar_signing::sha256_bytes(&object.bytes), object.etag)))
     }
 
     fn pending_path(path: &str, digest: &Sha256Digest) -> String {
@@ -160,11 +153,7 @@ impl S3Backend {
                 Some(current) => Condition::IfMatch(current.etag),
                 None => Condition::CreateOnly,
             };
-            let sha256 = sha256_of(&wanted);
-            if let Written::Done(_) =
-                self.bucket
-                    .put(&signature_path, wanted, &sha256, &condition)?
-            {
+            if let Written::Done(_) = self.bucket.put(&signature_path, wanted, &condition)? {
                 return Ok(true);
             }
         }
@@ -279,18 +268,11 @@ impl StoreBackend for S3Backend {
             (Some((_, etag)), Expect::Anything) => Condition::IfMatch(etag.clone()),
             _ => return Err(Conflict::new(self.bucket.describe(path)).into()),
         };
-        let digest = boxcar_signing::sha256_reader(bytes)?.0;
+        let digest = boxcar_signing::sha256_bytes(bytes);
         let pending = Self::pending_path(path, &digest);
-        self.bucket.put(
-            &pending,
-            signature.as_bytes().to_vec(),
-            &sha256_of(signature.as_bytes()),
-            &Condition::None,
-        )?;
-        match self
-            .bucket
-            .put(path, bytes.to_vec(), &digest.to_string(), &condition)?
-        {
+        self.bucket
+            .put(&pending, signature.as_bytes().to_vec(), &Condition::None)?;
+        match self.bucket.put(path, bytes.to_vec(), &condition)? {
             Written::Done(_) => {}
             Written::ConditionFailed => {
                 self.bucket.delete(&pending)?;
@@ -305,48 +287,44 @@ impl StoreBackend for S3Backend {
     fn replace_signature(&self, path: &str, signature: &str) -> Result<()> {
         let path = layout::signature_of(path);
         layout::check_path(&path)?;
-        let bytes = signature.as_bytes().to_vec();
-        let sha256 = sha256_of(&bytes);
-        self.bucket.put(&path, bytes, &sha256, &Condition::None)?;
+        self.bucket
+            .put(&path, signature.as_bytes().to_vec(), &Condition::None)?;
         Ok(())
     }
 
     fn list_releases(&self) -> Result<Vec<SafeName>> {
-        let mut versions = Vec::new();
         let suffix = format!("/{}", layout::RELEASE_DOCUMENT);
-        for listed in self.bucket.list(&format!("{}/", layout::RELEASES_DIR))? {
-            let Some(rest) = listed
-                .path
-                .strip_prefix(&format!("{}/", layout::RELEASES_DIR))
-            else {
-                continue;
-            };
-            if let Some(version) = rest.strip_suffix(&suffix) {
-                if !version.contains('/') {
-                    versions.push(SafeName::new("version", version)?);
-                }
-            }
-        }
-        Ok(versions)
+        self.names_under(layout::RELEASES_DIR, &suffix)?
+            .iter()
+            .map(|version| Ok(SafeName::new("version", version)?))
+            .collect()
     }
 
     fn list_channels(&self) -> Result<Vec<SafeName>> {
-        let mut names = Vec::new();
-        for listed in self.bucket.list(&format!("{}/", layout::CHANNELS_DIR))? {
-            let Some(rest) = listed
-                .path
-                .strip_prefix(&format!("{}/", layout::CHANNELS_DIR))
-            else {
-                continue;
-            };
-            if let Some(channel) = rest.strip_suffix(".json") {
-                if !channel.starts_with('.') && !channel.contains('/') {
-                    names.push(SafeName::new("channel", channel)?);
-                }
-            }
-        }
+        let mut names = self
+            .names_under(layout::CHANNELS_DIR, ".json")?
+            .iter()
+            .map(|channel| Ok(SafeName::new("channel", channel)?))
+            .collect::<Result<Vec<_>>>()?;
         names.sort();
         Ok(names)
+    }
+}
+
+impl S3Backend {
+    /// The NAMEs of the objects `DIR/NAME<suffix>` (NAME one component, not
+    /// a writer's hidden one).
+    fn names_under(&self, dir: &str, suffix: &str) -> Result<Vec<String>> {
+        let prefix = format!("{dir}/");
+        Ok(self
+            .bucket
+            .list(&prefix)?
+            .into_iter()
+            .filter_map(|listed| {
+                let name = listed.path.strip_prefix(&prefix)?.strip_suffix(suffix)?;
+                (!name.contains('/') && !name.starts_with('.')).then(|| name.to_owned())
+            })
+            .collect())
     }
 }
 
@@ -400,7 +378,6 @@ impl ReleaseDraft for S3Draft<'_> {
             (*path == release_json) as u8 * 2 + (*path == release_signature) as u8
         });
         for (path, bytes) in documents {
-            let sha256 = sha256_of(&bytes);
             if path == release_signature && self.bucket.head(&release_json)?.is_some() {
                 bail!(
                     "{} appeared while this release was being written: another publisher of this version got there first",
@@ -409,10 +386,10 @@ impl ReleaseDraft for S3Draft<'_> {
             }
             if path == release_json {
                 crash_point("publish-before-rename");
-                let digest = boxcar_signing::sha256_reader(&bytes[..])?.0;
+                let digest = boxcar_signing::sha256_bytes(&bytes);
                 upload::put_bytes(self.bucket, &path, bytes, &digest)?;
             } else {
-                self.bucket.put(&path, bytes, &sha256, &Condition::None)?;
+                self.bucket.put(&path, bytes, &Condition::None)?;
             }
         }
         Ok(())
@@ -428,13 +405,6 @@ impl UrlSigner for SignedUrls {
     }
 }
 
-fn sha256_of(bytes: &[u8]) -> String {
-    boxcar_signing::sha256_reader(bytes)
-        .expect("hashing memory")
-        .0
-        .to_string()
-}
-
 /// Seconds since an S3 `LastModified` time; 0 when it cannot be read.
 fn age_secs(last_modified: Option<&str>, now: time::OffsetDateTime) -> i64 {
     last_modified
@@ -444,16 +414,10 @@ fn age_secs(last_modified: Option<&str>, now: time::OffsetDateTime) -> i64 {
         .map_or(0, |t| (now - t).whole_seconds())
 }
 
-/// A random name for the probe object.
-fn random_hex() -> String {
-    let mut bytes = [0u8; 8];
-    getrandom(&mut bytes);
-    hex::encode(bytes)
-}
-
-fn getrandom(bytes: &mut [u8]) {
-    use std::io::Read;
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(bytes))
-        .expect("reading /dev/urandom");
+/// A name no other writer's probe has: this process and this instant.
+fn probe_name() -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    format!("{}-{}", std::process::id(), now.as_nanos())
 }
