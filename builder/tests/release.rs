@@ -388,24 +388,8 @@ fn the_signing_key_can_come_from_the_environment_and_is_never_printed() {
 fn verify_reads_a_store_over_http() {
     let lab = Lab::new();
     lab.publish_to_alpha("1.0.0");
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    drop(listener);
-    let mut server = Process::new("python3")
-        .args([
-            "-m",
-            "http.server",
-            "--bind",
-            "127.0.0.1",
-            &port.to_string(),
-            "--directory",
-        ])
-        .arg(lab.store())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("python3 serves the store");
-    let url = format!("http://127.0.0.1:{port}");
+    let server = common::s3server::Website::serve(&lab.store());
+    let url = server.url.clone();
     let mut passed = false;
     for _ in 0..50 {
         std::thread::sleep(std::time::Duration::from_millis(100));
@@ -419,8 +403,7 @@ fn verify_reads_a_store_over_http() {
             break;
         }
     }
-    let _ = server.kill();
-    let _ = server.wait();
+    drop(server);
     assert!(passed, "verify over HTTP did not pass");
 }
 

@@ -1,7 +1,8 @@
 //! S3 servers started on loopback for tests: s3s-fs (objects on disk,
 //! authentication on) and moto (AWS's semantics), both installed pinned by
-//! ci/setup-host. Shared by the CLI tests (builder/tests/s3.rs) and the
-//! end-to-end suite (tests/, which includes this file by path).
+//! ci/setup-host; and a plain web server over a directory. Shared by the
+//! CLI tests (builder/tests/) and the end-to-end suite (tests/, which
+//! includes this file by path).
 #![allow(dead_code)]
 
 use std::net::{TcpListener, TcpStream};
@@ -119,17 +120,24 @@ impl S3Server {
     }
 }
 
-/// The bucket as its website endpoint (or a CDN in front of it) serves it:
-/// a plain web server over the tree s3s-fs keeps, no credentials. Stopped
-/// when dropped.
+/// A plain web server over a directory of files, no credentials: a
+/// directory store served as static files, or a bucket as its website
+/// endpoint (or a CDN in front of it) serves it. Stopped when dropped.
 pub struct Website {
     child: Child,
-    /// `http://127.0.0.1:PORT`, the bucket's root.
+    /// `http://127.0.0.1:PORT`, the directory's root.
     pub url: String,
 }
 
 impl S3Server {
+    /// The bucket's website: a web server over the tree s3s-fs keeps.
     pub fn website(&self) -> Website {
+        Website::serve(&self.dir.path().join(BUCKET))
+    }
+}
+
+impl Website {
+    pub fn serve(dir: &Path) -> Self {
         let port = free_port();
         let child = Process::new("python3")
             .args([
@@ -140,17 +148,17 @@ impl S3Server {
                 &port.to_string(),
             ])
             .arg("--directory")
-            .arg(self.dir.path().join(BUCKET))
+            .arg(dir)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("python3 serves the bucket");
+            .expect("python3 serves the directory");
         let deadline = Instant::now() + Duration::from_secs(20);
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(Instant::now() < deadline, "the web server did not start");
             std::thread::sleep(Duration::from_millis(100));
         }
-        Website {
+        Self {
             child,
             url: format!("http://127.0.0.1:{port}"),
         }
