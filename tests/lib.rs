@@ -76,28 +76,36 @@ pub fn boxcar_bin() -> &'static Path {
     })
 }
 
+/// `boxcar ARGS` from the checkout with `env` added, echoed, not yet run.
+fn boxcar_command(args: &[&str], env: &[(&str, String)]) -> Command {
+    eprintln!("$ boxcar {}", args.join(" "));
+    let mut command = Command::new(boxcar_bin());
+    command
+        .args(args)
+        .envs(env.iter().map(|(name, value)| (name, value)))
+        .current_dir(project_root());
+    command
+}
+
 /// Runs `boxcar ARGS` from the checkout, stderr passed through (progress
 /// stays visible in the test log), stdout captured.
 pub fn boxcar(args: &[&str]) -> Output {
-    eprintln!("$ boxcar {}", args.join(" "));
-    let output = Command::new(boxcar_bin())
-        .args(args)
-        .current_dir(project_root())
+    boxcar_in_env(args, &[])
+}
+
+/// Like [`boxcar`], with `env` added to its environment.
+pub fn boxcar_in_env(args: &[&str], env: &[(&str, String)]) -> Output {
+    let output = boxcar_command(args, env)
         .stderr(std::process::Stdio::inherit())
         .output()
         .expect("running boxcar");
-    eprintln!("(exit status {})", output.status);
+    eprintln!("({})", output.status);
     output
 }
 
 /// Like [`boxcar`], with stderr captured too.
 pub fn boxcar_captured(args: &[&str]) -> Output {
-    eprintln!("$ boxcar {}", args.join(" "));
-    Command::new(boxcar_bin())
-        .args(args)
-        .current_dir(project_root())
-        .output()
-        .expect("running boxcar")
+    boxcar_command(args, &[]).output().expect("running boxcar")
 }
 
 /// One real build of the default recipe, made once per test run and shared.
@@ -224,10 +232,15 @@ pub fn project_copy(dir: &Path, channel_settings: &[(&str, &str, &str)]) -> Path
 /// The stores the update tests serve to a node running the shared build,
 /// all signed with the shared store key, each carrying the newer build on
 /// channel alpha (made once per run):
-/// - `good/`: everyone may update at once;
-/// - `paused/`: the same, its rollout paused (`promote --pause`);
+/// - `good/`: everyone may update at once. Published to an S3 store
+///   (s3s-fs) and served from the server's object tree as files, the way a
+///   bucket's website endpoint or a CDN serves it: nodes follow an S3 store
+///   over plain HTTP, with no credentials;
+/// - `paused/`: the same in a directory store, its rollout paused
+///   (`promote --pause`);
 /// - `waves/`: published with waves that open to nobody for two days;
-/// - `tampered/`: `good/` with one byte of the update's /usr flipped.
+/// - `tampered/`: `paused/` before the pause, one byte of the update's
+///   /usr flipped.
 pub fn shared_update_stores() -> &'static Path {
     static STORES: OnceLock<PathBuf> = OnceLock::new();
     STORES.get_or_init(|| {
@@ -238,49 +251,56 @@ pub fn shared_update_stores() -> &'static Path {
         let key = shared_store_key();
         // Alpha without the boot-test evidence the newer, unpackaged build
         // lacks; nodes update to what it carries.
-        let publish = |store: &str, waves: &str| {
+        let publish = |name: &str, store: &str, waves: &str, env: &[(&str, String)]| {
             let project = project_copy(
-                &scratch_dir().join(format!("project-{store}")),
+                &scratch_dir().join(format!("project-{name}")),
                 &[
                     ("alpha", "evidence", "\"not-required\""),
                     ("alpha", "waves", waves),
                 ],
             );
-            let output = boxcar(&[
-                "--project",
-                project.to_str().unwrap(),
-                "publish",
-                "--build",
-                newer.to_str().unwrap(),
-                "--store",
-                root.join(store).to_str().unwrap(),
-                "--key",
-                &key.secret(),
-                "--trust",
-                &key.public(),
-                "--channel",
-                "alpha",
-            ]);
+            let output = boxcar_in_env(
+                &[
+                    "--project",
+                    project.to_str().unwrap(),
+                    "publish",
+                    "--build",
+                    newer.to_str().unwrap(),
+                    "--store",
+                    store,
+                    "--key",
+                    &key.secret(),
+                    "--trust",
+                    &key.public(),
+                    "--channel",
+                    "alpha",
+                ],
+                env,
+            );
             assert!(output.status.success(), "publishing to {store} failed");
             project
         };
-        let project = publish("good", "[]");
-        publish("waves", "[{ percent = 100, after = \"2d\" }]");
-        for copy in ["paused", "tampered"] {
-            let status = Command::new("cp")
-                .args(["-al"])
-                .arg(root.join("good"))
-                .arg(root.join(copy))
-                .status()
-                .unwrap();
-            assert!(status.success());
-        }
+        let server = s3server::S3Server::s3s_fs_in(&scratch_dir());
+        let good_url = format!("s3://{}/good", s3server::BUCKET);
+        publish("good", &good_url, "[]", &server.env());
+        std::fs::rename(server.object_file("good"), root.join("good")).unwrap();
+        drop(server);
+        let in_root = |name: &str| root.join(name).to_str().unwrap().to_owned();
+        publish("waves", &in_root("waves"), "[{ percent = 100, after = \"2d\" }]", &[]);
+        let project = publish("paused", &in_root("paused"), "[]", &[]);
+        let status = Command::new("cp")
+            .arg("-al")
+            .arg(root.join("paused"))
+            .arg(root.join("tampered"))
+            .status()
+            .unwrap();
+        assert!(status.success());
         let paused = boxcar(&[
             "--project",
             project.to_str().unwrap(),
             "promote",
             "--store",
-            root.join("paused").to_str().unwrap(),
+            &in_root("paused"),
             "--key",
             &key.secret(),
             "--trust",
@@ -433,13 +453,10 @@ impl PipelineLab {
         self.path("root/boxcar.pub")
     }
 
-    /// `boxcar ARGS` with the server's endpoint and credentials.
+    /// `boxcar ARGS` with the server's endpoint and credentials, stderr
+    /// captured.
     pub fn boxcar_with_credentials(&self, args: &[&str]) -> Output {
-        eprintln!("$ boxcar {}", args.join(" "));
-        Command::new(boxcar_bin())
-            .args(args)
-            .envs(self.server.env())
-            .current_dir(project_root())
+        boxcar_command(args, &self.server.env())
             .output()
             .expect("running boxcar")
     }

@@ -26,7 +26,13 @@ impl S3Server {
     /// s3s-fs with authentication, keeping objects under a temporary
     /// directory (the bucket is a directory there, each object a file).
     pub fn s3s_fs() -> Self {
-        let dir = tempfile::tempdir().unwrap();
+        Self::s3s_fs_in(&std::env::temp_dir())
+    }
+
+    /// The same, its temporary directory made in `parent` (so its object
+    /// tree can be moved out by a rename).
+    pub fn s3s_fs_in(parent: &Path) -> Self {
+        let dir = tempfile::tempdir_in(parent).unwrap();
         std::fs::create_dir(dir.path().join(BUCKET)).unwrap();
         let port = free_port();
         let child = Process::new(tool("s3s-fs"))
