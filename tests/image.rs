@@ -128,6 +128,7 @@ fn build_produces_a_verity_protected_ab_image_that_stock_tools_confirm() {
             "{needed} not in the package manifest"
         );
     }
+    assert_footprint_accounts_for_usr(&info, dir);
     let phases: Vec<&str> = info["phases"]
         .as_array()
         .unwrap()
@@ -204,6 +205,57 @@ fn build_produces_a_verity_protected_ab_image_that_stock_tools_confirm() {
 /// format (as stock tools see it), and every disk artifact carries the very
 /// same /usr: the USR-A partition read back with `qemu-img dd` hashes to
 /// build.json's usr.raw digest.
+/// The footprint in build.json covers /usr as built: its files add up to
+/// nearly all of du's figure (which also counts directories and links),
+/// every byte goes to one package or to "(no package)", the packages a
+/// container host is made of are there, and what no package owns (hwdb,
+/// module indexes, the overlays, the agent) stays a small share, which
+/// shows the owners were matched across merged /usr. `boxcar footprint`
+/// prints it.
+fn assert_footprint_accounts_for_usr(info: &serde_json::Value, dir: &Path) {
+    let usr = &info["usr"];
+    let footprint = &usr["footprint"];
+    let bytes = footprint["bytes"]
+        .as_u64()
+        .expect("build.json has a footprint");
+    let du_bytes = usr["content_bytes"].as_u64().unwrap();
+    assert!(
+        bytes <= du_bytes && bytes * 10 >= du_bytes * 9,
+        "footprint {bytes} bytes against du's {du_bytes}"
+    );
+    let packages = footprint["packages"].as_array().unwrap();
+    let share = |name: &str| -> u64 {
+        packages
+            .iter()
+            .filter(|p| p["name"].as_str().unwrap().starts_with(name))
+            .map(|p| p["bytes"].as_u64().unwrap())
+            .sum()
+    };
+    assert_eq!(share(""), bytes, "every byte goes to one package");
+    for needed in [
+        "containerd",
+        "docker.io",
+        "linux-image-",
+        "systemd",
+        "libc6",
+    ] {
+        assert!(share(needed) > 0, "{needed} has no bytes in {footprint:#}");
+    }
+    let unowned = share("(no package)");
+    eprintln!("footprint: {bytes} bytes in /usr, {unowned} owned by no package");
+    assert!(
+        unowned * 100 < bytes * 15,
+        "{unowned} of {bytes} bytes owned by no package"
+    );
+    let printed = boxcar(&["footprint", "--build", dir.to_str().unwrap(), "--top", "5"]);
+    assert!(printed.status.success());
+    let text = String::from_utf8_lossy(&printed.stdout);
+    assert!(
+        text.contains("biggest packages") && text.contains("/usr/lib"),
+        "{text}"
+    );
+}
+
 #[test]
 fn every_platform_artifact_is_packaged_with_the_same_usr() {
     if !can_run("every_platform_artifact_is_packaged_with_the_same_usr") {

@@ -286,7 +286,12 @@ pub fn shared_update_stores() -> &'static Path {
         std::fs::rename(server.object_file("good"), root.join("good")).unwrap();
         drop(server);
         let in_root = |name: &str| root.join(name).to_str().unwrap().to_owned();
-        publish("waves", &in_root("waves"), "[{ percent = 100, after = \"2d\" }]", &[]);
+        publish(
+            "waves",
+            &in_root("waves"),
+            "[{ percent = 100, after = \"2d\" }]",
+            &[],
+        );
         let project = publish("paused", &in_root("paused"), "[]", &[]);
         let status = Command::new("cp")
             .arg("-al")

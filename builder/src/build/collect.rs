@@ -7,8 +7,10 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 
+use super::footprint;
 use super::plan::BuildPlan;
 use crate::process::Step;
+use crate::records::buildinfo::UsrFootprint;
 
 /// Moves mkosi's outputs into the staging directory under their build names.
 pub(super) fn collect_outputs(plan: &BuildPlan, staging: &Path) -> Result<()> {
@@ -27,27 +29,39 @@ pub(super) fn collect_outputs(plan: &BuildPlan, staging: &Path) -> Result<()> {
     }
     // mkosi also leaves a convenience symlink without a suffix.
     let _ = fs::remove_file(output_dir.join(plan.mkosi_output_name("")));
-    let stats = output_dir.join(plan.mkosi_output_name(USR_STATS_SUFFIX));
-    if stats.is_file() {
-        move_file(&stats, &staging.join(USR_STATS_FILE))?;
+    for report in USR_REPORTS {
+        let written = output_dir.join(plan.mkosi_output_name(report));
+        if written.is_file() {
+            move_file(&written, &staging.join(report))?;
+        }
     }
     Ok(())
 }
 
-/// What the recipe's finalize script writes: /usr's size before compression.
-const USR_STATS_SUFFIX: &str = ".usr-stats";
-/// Its name while the build is assembled; it goes into build.json, not the
-/// build directory.
-const USR_STATS_FILE: &str = ".usr-stats";
+/// What the recipe's scripts report about /usr besides the image's parts,
+/// by suffix: /usr's size before compression (mkosi.finalize), and the
+/// lists the footprint is made from. They are kept in the staging
+/// directory under these names (hidden) until inspect takes them: they go
+/// into build.json, not the build directory.
+const USR_STATS: &str = ".usr-stats";
+const USR_REPORTS: [&str; 3] = [USR_STATS, footprint::OWNERS_SUFFIX, footprint::FILES_SUFFIX];
 
-/// Reads and removes the /usr statistics, if the recipe wrote them.
-pub(super) fn take_usr_stats(staging: &Path) -> Result<(Option<u64>, Option<u64>)> {
-    let path = staging.join(USR_STATS_FILE);
+/// Reads and removes one of the recipe's reports, if it wrote it.
+fn take_report(staging: &Path, name: &str) -> Result<Option<String>> {
+    let path = staging.join(name);
     if !path.exists() {
-        return Ok((None, None));
+        return Ok(None);
     }
     let text = fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     fs::remove_file(&path)?;
+    Ok(Some(text))
+}
+
+/// Reads and removes the /usr statistics, if the recipe wrote them.
+pub(super) fn take_usr_stats(staging: &Path) -> Result<(Option<u64>, Option<u64>)> {
+    let Some(text) = take_report(staging, USR_STATS)? else {
+        return Ok((None, None));
+    };
     let value = |key: &str| {
         text.lines().find_map(|line| {
             line.strip_prefix(key)?
@@ -58,6 +72,19 @@ pub(super) fn take_usr_stats(staging: &Path) -> Result<(Option<u64>, Option<u64>
         })
     };
     Ok((value("content_bytes"), value("files")))
+}
+
+/// Reads and removes the footprint's lists and sums them up, if the recipe
+/// wrote both.
+pub(super) fn take_usr_footprint(staging: &Path) -> Result<Option<UsrFootprint>> {
+    let owners = take_report(staging, footprint::OWNERS_SUFFIX)?;
+    let files = take_report(staging, footprint::FILES_SUFFIX)?;
+    match (owners, files) {
+        (Some(owners), Some(files)) => footprint::footprint(&owners, &files)
+            .context("reading the recipe's lists of /usr's files and packages")
+            .map(Some),
+        _ => Ok(None),
+    }
 }
 
 /// Renames, or copies (keeping holes) when the cache is on another file
@@ -87,7 +114,7 @@ mod tests {
         let temp = tempfile::tempdir().unwrap();
         assert_eq!(take_usr_stats(temp.path()).unwrap(), (None, None));
         fs::write(
-            temp.path().join(USR_STATS_FILE),
+            temp.path().join(USR_STATS),
             "content_bytes=522000000\nfiles=20931\n",
         )
         .unwrap();
@@ -95,6 +122,6 @@ mod tests {
             take_usr_stats(temp.path()).unwrap(),
             (Some(522_000_000), Some(20931))
         );
-        assert!(!temp.path().join(USR_STATS_FILE).exists());
+        assert!(!temp.path().join(USR_STATS).exists());
     }
 }

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 
-use super::collect::take_usr_stats;
+use super::collect::{take_usr_footprint, take_usr_stats};
 use super::convert;
 use super::plan::BuildPlan;
 use super::uki;
@@ -69,6 +69,7 @@ pub(super) fn inspect(plan: &BuildPlan, tools: &HostTools, staging: &Path) -> Re
     }
     let verity = read_verity_header(tools, &hash_file)?;
     let (content_bytes, content_files) = take_usr_stats(staging)?;
+    let footprint = take_usr_footprint(staging)?;
     for platform in &plan.platform_table.platforms {
         let addon = staging.join(convert::Parts::addon_name(&platform.id));
         let cmdline = uki::read_addon_cmdline(&addon)?;
@@ -102,6 +103,7 @@ pub(super) fn inspect(plan: &BuildPlan, tools: &HostTools, staging: &Path) -> Re
             hash_tree_bytes: verity.hash_device_bytes,
             content_bytes,
             content_files,
+            footprint,
         },
         kernel: KernelInfo {
             release: uki.kernel_release.clone(),

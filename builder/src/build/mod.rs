@@ -17,6 +17,7 @@ mod collect;
 mod compose;
 pub mod convert;
 mod digest;
+pub mod footprint;
 mod initrd_package;
 mod inspect;
 mod mkosi;

@@ -85,6 +85,7 @@ pub enum Command {
     Test(TestArgs),
     Check(CheckArgs),
     Platforms(PlatformsArgs),
+    Footprint(FootprintArgs),
     Keys(KeysArgs),
     Publish(PublishArgs),
     Promote(PromoteArgs),
@@ -569,6 +570,22 @@ pub struct PlatformsArgs {
     /// Print the table as Markdown (what README.md shows).
     #[arg(long)]
     pub markdown: bool,
+}
+
+/// Show where the bytes of a build's /usr go, biggest first.
+///
+/// Reads the footprint in build.json: every regular file of /usr as built
+/// (before compression, each hard link once), summed by package and by
+/// directory, with what no package owns (files made at build time, the
+/// overlays). With --json, the footprint as build.json has it.
+#[derive(Debug, Args)]
+pub struct FootprintArgs {
+    /// The build directory (holding build.json).
+    #[arg(long, value_name = "DIR")]
+    pub build: PathBuf,
+    /// How many packages and directories to list.
+    #[arg(long, value_name = "N", default_value_t = 20)]
+    pub top: usize,
 }
 
 /// Compose a Boxcar Linux image and package it for every platform.

@@ -11,12 +11,13 @@ use time::OffsetDateTime;
 use crate::build::convert;
 use crate::build::{self, BuildPlan, BuildRequest};
 use crate::channel::Channels;
-use crate::cmdline::{BuildArgs, CheckArgs, GlobalArgs, PlatformsArgs};
+use crate::cmdline::{BuildArgs, CheckArgs, FootprintArgs, GlobalArgs, PlatformsArgs};
 use crate::hosttools::{self, Locator};
 use crate::platform::{Nic, PlatformTable};
 use crate::progress::Progress;
 use crate::project::{Cache, Project};
 use crate::recipe::Recipe;
+use crate::records::buildinfo::BuildInfo;
 use crate::units::human_bytes;
 use crate::vmtest;
 
@@ -153,6 +154,47 @@ pub(super) fn platforms(global: &GlobalArgs, args: &PlatformsArgs) -> Result<()>
             Nic::hardware(platform.firmware, platform.disk_bus, platform.nic)
         );
         out!("  config from  {}", platform.config_delivery.name());
+    }
+    Ok(())
+}
+
+pub(super) fn footprint(global: &GlobalArgs, args: &FootprintArgs) -> Result<()> {
+    let info = BuildInfo::load(&args.build)?;
+    let Some(footprint) = info.usr.footprint else {
+        bail!(
+            "{}/build.json has no footprint: the build was made by a recipe that does not list /usr's files \
+             and packages (mkosi.postinst and mkosi.finalize in recipes/ do)",
+            args.build.display()
+        );
+    };
+    if global.json {
+        out!("{}", serde_json::to_string_pretty(&footprint)?);
+        return Ok(());
+    }
+    out!(
+        "/usr of {} {}: {} in {} files (before compression), {} as stored ({})",
+        info.name,
+        info.version,
+        human_bytes(footprint.bytes),
+        footprint.files,
+        human_bytes(info.usr.filesystem_bytes),
+        info.usr.filesystem
+    );
+    for (title, entries) in [
+        ("packages", &footprint.packages),
+        ("directories", &footprint.directories),
+    ] {
+        out!("");
+        out!("biggest {title} (of {}):", entries.len());
+        for entry in entries.iter().take(args.top) {
+            let share = 100.0 * entry.bytes as f64 / footprint.bytes.max(1) as f64;
+            out!(
+                "  {:>10}  {share:>5.1}%  {:>6} files  {}",
+                human_bytes(entry.bytes),
+                entry.files,
+                entry.name
+            );
+        }
     }
     Ok(())
 }

@@ -33,6 +33,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Test(args) => test::test(&cli.global, &args, &progress),
         Command::Check(args) => build::check(&cli.global, &args),
         Command::Platforms(args) => build::platforms(&cli.global, &args),
+        Command::Footprint(args) => build::footprint(&cli.global, &args),
         Command::Internal(args) => test::internal(&args),
         Command::Keys(args) => release::keys(&cli.global, &args, &progress),
         Command::Publish(args) => release::publish(&cli.global, &args, &progress),

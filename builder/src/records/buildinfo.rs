@@ -96,6 +96,32 @@ pub struct UsrInfo {
     pub content_bytes: Option<u64>,
     /// Number of files (and links) in /usr.
     pub content_files: Option<u64>,
+    /// Where the bytes of /usr go, when the recipe lists its files and
+    /// their packages (`boxcar footprint` prints it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub footprint: Option<UsrFootprint>,
+}
+
+/// The regular files of /usr as built (before compression, each hard link
+/// once), by package and by directory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsrFootprint {
+    pub bytes: u64,
+    pub files: u64,
+    /// Every package with files in /usr, and "(no package)" for files made
+    /// at build time or from the overlays; biggest first.
+    pub packages: Vec<FootprintEntry>,
+    /// The biggest directories, down to four levels under /usr (nested
+    /// ones are counted in their parents too); biggest first.
+    pub directories: Vec<FootprintEntry>,
+}
+
+/// A package's or a directory's share of /usr.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FootprintEntry {
+    pub name: String,
+    pub bytes: u64,
+    pub files: u64,
 }
 
 /// What boots.

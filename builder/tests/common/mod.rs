@@ -358,6 +358,7 @@ impl Lab {
                 hash_tree_bytes: 0,
                 content_bytes: None,
                 content_files: None,
+                footprint: None,
             },
             kernel: KernelInfo {
                 release: "6.12".into(),

@@ -1,0 +1,56 @@
+//! `boxcar footprint` reads where /usr's bytes go from a build's
+//! build.json: the biggest packages and directories, as text or JSON, and
+//! a clear error for a build made without the footprint.
+
+mod common;
+
+use common::{read_json, Lab};
+use predicates::prelude::*;
+
+#[test]
+fn footprint_lists_the_biggest_packages_and_directories() {
+    let lab = Lab::new();
+    let build = lab.build("1.0.0", true);
+    let build_arg = build.to_str().unwrap();
+    lab.boxcar(&["footprint", "--build", build_arg])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("has no footprint"));
+
+    let footprint = serde_json::json!({
+        "bytes": 3_000_000,
+        "files": 3,
+        "packages": [
+            { "name": "linux-image-6.12", "bytes": 2_000_000, "files": 1 },
+            { "name": "containerd", "bytes": 1_000_000, "files": 2 },
+        ],
+        "directories": [
+            { "name": "/usr/lib", "bytes": 2_000_000, "files": 1 },
+            { "name": "/usr/bin", "bytes": 1_000_000, "files": 2 },
+        ],
+    });
+    let path = build.join("build.json");
+    let mut info = read_json(&path);
+    info["usr"]["footprint"] = footprint.clone();
+    std::fs::write(&path, serde_json::to_vec_pretty(&info).unwrap()).unwrap();
+
+    lab.boxcar(&["footprint", "--build", build_arg, "--top", "1"])
+        .assert()
+        .success()
+        .stdout(
+            predicate::str::contains("2.9 MiB in 3 files")
+                .and(predicate::str::contains("66.7%"))
+                .and(predicate::str::contains("linux-image-6.12"))
+                .and(predicate::str::contains("/usr/lib"))
+                .and(predicate::str::contains("containerd").not()),
+        );
+    let json = lab
+        .boxcar(&["--json", "footprint", "--build", build_arg])
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let printed: serde_json::Value = serde_json::from_slice(&json).unwrap();
+    assert_eq!(printed, footprint);
+}
