@@ -484,6 +484,7 @@ fn every_platform_artifact_boots_and_proves_itself() {
             evidence["boot_time"]["userspace"].as_f64().unwrap() > 0.0,
             "{platform}"
         );
+        assert_footprint_reported(platform, guest);
         assert!(
             dir.join(format!("evidence/{platform}/console.log"))
                 .metadata()
@@ -588,6 +589,36 @@ fn every_platform_artifact_boots_and_proves_itself() {
 /// build, readers download from the bucket over plain HTTP with no
 /// credentials, and a second pipeline whose metal artifact was damaged
 /// after the build fails in that platform's job and never publishes.
+/// The running system's footprint, as the guest reports it after the boot:
+/// memory in use, processes, the slowest units and the critical chain.
+fn assert_footprint_reported(platform: &str, guest: &serde_json::Value) {
+    let number = |key: &str| -> u64 {
+        guest[key]
+            .as_str()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{platform}: {key} is {}", guest[key]))
+    };
+    let memory_kib = number("footprint.memory_used_kib");
+    let processes = number("footprint.processes");
+    eprintln!(
+        "{platform}: {} MiB of memory in use, {processes} processes",
+        memory_kib / 1024
+    );
+    assert!(memory_kib > 16 * 1024, "{platform}: {memory_kib} KiB");
+    assert!(processes > 3, "{platform}: {processes} processes");
+    assert!(number("footprint.kernel_threads") > 0, "{platform}");
+    let slowest = guest["footprint.slowest_units"].as_str().unwrap();
+    assert!(
+        slowest.contains(".service") && !slowest.contains(".device"),
+        "{platform}: {slowest}"
+    );
+    let chain = guest["footprint.critical_chain"].as_str().unwrap();
+    assert!(
+        chain.starts_with("multi-user.target @"),
+        "{platform}: {chain}"
+    );
+}
+
 fn pipeline_published_and_stops_on_a_failed_platform(lab: &PipelineLab, dir: &Path) {
     let alpha = read_json(&lab.server.object_file("store/channels/alpha.json"));
     assert_eq!(alpha["version"], "0.0.0-e2e");

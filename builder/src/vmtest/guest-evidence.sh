@@ -184,6 +184,20 @@ say root_fstype "$(findmnt -no FSTYPE /)"
 say root_partition_bytes "$(lsblk -bdno SIZE "$root_source" 2>&1)"
 say root_filesystem_bytes "$(df -B1 --output=size / | tail -n 1 | tr -d ' ')"
 
+# The running system's footprint once the boot has finished, before the
+# container test adds to it: memory in use (MemTotal - MemAvailable),
+# processes (kernel threads and this test's own aside), and where the
+# boot's time went (the ten slowest units, devices aside: a device's time
+# is only when it appeared; the chain to multi-user.target).
+say footprint.memory_used_kib "$(awk '/^MemTotal:/ { total = $2 } /^MemAvailable:/ { available = $2 }
+    END { print total - available }' /proc/meminfo)"
+say footprint.processes "$(ps -e -ww -o pid=,ppid=,cgroup= |
+    awk -v own="$(cat /proc/self/cgroup)" '$1 != 2 && $2 != 2 && $3 != own' | wc -l)"
+say footprint.kernel_threads "$(ps -e -o pid=,ppid= | awk '$1 == 2 || $2 == 2' | wc -l)"
+say footprint.slowest_units "$(systemd-analyze blame --no-pager 2>&1 | grep -v '\.device$' | head -n 10 | sed 's/^ *//' | paste -sd ';')"
+say footprint.critical_chain "$(systemd-analyze critical-chain --no-pager multi-user.target 2>&1 |
+    grep -E '@[0-9]' | sed 's/^[^a-zA-Z0-9]*//' | paste -sd ';')"
+
 # The container runtime.
 say containerd "$(systemctl is-active containerd.service 2>&1)"
 say docker "$(systemctl is-active docker.service 2>&1)"
