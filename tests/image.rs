@@ -128,7 +128,7 @@ fn build_produces_a_verity_protected_ab_image_that_stock_tools_confirm() {
             "{needed} not in the package manifest"
         );
     }
-    assert_footprint_accounts_for_usr(&info, dir);
+    assert_footprint_accounts_for_the_image(&info, dir);
     let phases: Vec<&str> = info["phases"]
         .as_array()
         .unwrap()
@@ -210,9 +210,10 @@ fn build_produces_a_verity_protected_ab_image_that_stock_tools_confirm() {
 /// every byte goes to one package or to "(no package)", the packages a
 /// container host is made of are there, and what no package owns (hwdb,
 /// module indexes, the overlays, the agent) stays a small share, which
-/// shows the owners were matched across merged /usr. `boxcar footprint`
-/// prints it.
-fn assert_footprint_accounts_for_usr(info: &serde_json::Value, dir: &Path) {
+/// shows the owners were matched across merged /usr. The initrd's is read
+/// across its archives (more bytes decompressed than stored, the kernel's
+/// modules among them). `boxcar footprint` prints both.
+fn assert_footprint_accounts_for_the_image(info: &serde_json::Value, dir: &Path) {
     let usr = &info["usr"];
     let footprint = &usr["footprint"];
     let bytes = footprint["bytes"]
@@ -247,11 +248,23 @@ fn assert_footprint_accounts_for_usr(info: &serde_json::Value, dir: &Path) {
         unowned * 100 < bytes * 15,
         "{unowned} of {bytes} bytes owned by no package"
     );
+    let initrd = &info["kernel"]["initrd"];
+    let stored = std::fs::metadata(dir.join("initrd")).unwrap().len();
+    assert_eq!(initrd["stored_bytes"].as_u64(), Some(stored));
+    assert!(initrd["bytes"].as_u64().unwrap() > stored, "{initrd:#}");
+    assert!(
+        initrd["directories"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["name"] == "/usr/lib/modules"),
+        "{initrd:#}"
+    );
     let printed = boxcar(&["footprint", "--build", dir.to_str().unwrap(), "--top", "5"]);
     assert!(printed.status.success());
     let text = String::from_utf8_lossy(&printed.stdout);
     assert!(
-        text.contains("biggest packages") && text.contains("/usr/lib"),
+        text.contains("biggest packages") && text.contains("the UKI's initrd"),
         "{text}"
     );
 }

@@ -1,19 +1,24 @@
 //! Where the bytes of /usr go: each package's share of the files in the
 //! image as built, the biggest directories, and what no package owns
-//! (files made at build time, the overlays). Knowing this is how the image
-//! gets smaller without guessing.
+//! (files made at build time, the overlays); and where the bytes of the
+//! UKI's initrd go. Knowing this is how the image gets smaller without
+//! guessing.
 //!
 //! It is computed from two lists the recipe writes into mkosi's output:
 //! the package database's file lists, taken by mkosi.postinst (mkosi
 //! removes the database before mkosi.finalize runs), and every regular file
 //! of the final /usr with its inode and size, taken by mkosi.finalize
-//! (after mkosi's own removals, so what is counted is what ships).
+//! (after mkosi's own removals, so what is counted is what ships). The
+//! initrd is read as the kernel reads it: cpio archives, each compressed or
+//! not, one after the other.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::Read;
+use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 
-use crate::records::buildinfo::{FootprintEntry, UsrFootprint};
+use crate::records::buildinfo::{FootprintEntry, InitrdFootprint, UsrFootprint};
 
 /// The suffix of the owners list (`package<TAB>path` lines) mkosi.postinst
 /// writes.
@@ -43,33 +48,46 @@ pub fn footprint(owners_text: &str, files_text: &str) -> Result<UsrFootprint> {
     let owners = parse_owners(owners_text)?;
     let files = unique_inodes(parse_files(files_text)?);
     let mut packages: BTreeMap<&str, FootprintEntry> = BTreeMap::new();
-    let mut directories: BTreeMap<String, FootprintEntry> = BTreeMap::new();
     for file in &files {
         let owner = owners.get(file.path.as_str()).copied().unwrap_or(UNOWNED);
         add(
             packages.entry(owner).or_insert_with(|| entry(owner)),
             file.size,
         );
-        for directory in ancestors(&file.path) {
-            add(
-                directories
-                    .entry(directory.to_owned())
-                    .or_insert_with(|| entry(directory)),
-                file.size,
-            );
-        }
     }
     let mut packages: Vec<FootprintEntry> = packages.into_values().collect();
     biggest_first(&mut packages);
-    let mut directories: Vec<FootprintEntry> = directories.into_values().collect();
-    biggest_first(&mut directories);
-    directories.truncate(DIRECTORIES_KEPT);
+    // /usr itself is the footprint's total, not a directory to list.
+    let sizes = files.iter().map(|f| (f.path.as_str(), f.size));
     Ok(UsrFootprint {
         bytes: files.iter().map(|f| f.size).sum(),
         files: files.len() as u64,
         packages,
-        directories,
+        directories: by_directory(sizes, 2),
     })
+}
+
+/// The biggest directories, each file counted in every directory it lies
+/// in from the `skip`th level down to [`DIRECTORY_DEPTH`] levels.
+fn by_directory<'a>(
+    files: impl Iterator<Item = (&'a str, u64)>,
+    skip: usize,
+) -> Vec<FootprintEntry> {
+    let mut directories: BTreeMap<&str, FootprintEntry> = BTreeMap::new();
+    for (path, size) in files {
+        for directory in ancestors(path, skip) {
+            add(
+                directories
+                    .entry(directory)
+                    .or_insert_with(|| entry(directory)),
+                size,
+            );
+        }
+    }
+    let mut directories: Vec<FootprintEntry> = directories.into_values().collect();
+    biggest_first(&mut directories);
+    directories.truncate(DIRECTORIES_KEPT);
+    directories
 }
 
 fn entry(name: &str) -> FootprintEntry {
@@ -89,12 +107,12 @@ fn biggest_first(entries: &mut [FootprintEntry]) {
     entries.sort_by(|a, b| b.bytes.cmp(&a.bytes).then_with(|| a.name.cmp(&b.name)));
 }
 
-/// The directories `path` lies in, from /usr/X down to [`DIRECTORY_DEPTH`]
-/// levels (not /usr itself: its total is the footprint's).
-fn ancestors(path: &str) -> impl Iterator<Item = &str> {
+/// The directories absolute `path` lies in, from the `skip`th level (1 for
+/// /X, 2 for /X/Y) down [`DIRECTORY_DEPTH`] levels.
+fn ancestors(path: &str, skip: usize) -> impl Iterator<Item = &str> {
     path.match_indices('/')
         .map(|(at, _)| &path[..at])
-        .skip(2)
+        .skip(skip)
         .take(DIRECTORY_DEPTH)
 }
 
@@ -162,6 +180,119 @@ fn unique_inodes(mut files: Vec<UsrFile>) -> Vec<UsrFile> {
     files
 }
 
+/// How many of the initrd's biggest files build.json keeps.
+const FILES_KEPT: usize = 20;
+const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+const CPIO_MAGIC: &[u8] = b"070701";
+
+/// Reads the initrd at `path` (zstd-compressed or plain newc cpio
+/// archives, one after the other, as mkosi makes it) and sums up its
+/// regular files.
+pub fn initrd_footprint(path: &Path) -> Result<InitrdFootprint> {
+    let data = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut files = Vec::new();
+    let mut rest = &data[..];
+    while !rest.is_empty() {
+        let offset = data.len() - rest.len();
+        if rest[0] == 0 {
+            rest = &rest[1..];
+        } else if rest.starts_with(&ZSTD_MAGIC) {
+            let mut frame = zstd::stream::read::Decoder::with_buffer(rest)?.single_frame();
+            read_archives(&mut frame, false, &mut files).with_context(|| {
+                format!(
+                    "reading the zstd frame at byte {offset} of {}",
+                    path.display()
+                )
+            })?;
+            rest = frame.finish();
+        } else if rest.starts_with(CPIO_MAGIC) {
+            read_archives(&mut rest, true, &mut files).with_context(|| {
+                format!(
+                    "reading the cpio archive at byte {offset} of {}",
+                    path.display()
+                )
+            })?;
+        } else {
+            bail!(
+                "{}: neither a zstd frame nor a cpio archive at byte {offset}",
+                path.display()
+            );
+        }
+    }
+    let mut biggest: Vec<FootprintEntry> = files
+        .iter()
+        .map(|(name, size)| FootprintEntry {
+            name: name.clone(),
+            bytes: *size,
+            files: 1,
+        })
+        .collect();
+    biggest_first(&mut biggest);
+    biggest.truncate(FILES_KEPT);
+    Ok(InitrdFootprint {
+        stored_bytes: data.len() as u64,
+        bytes: files.iter().map(|(_, size)| size).sum(),
+        files: files.len() as u64,
+        directories: by_directory(files.iter().map(|(n, s)| (n.as_str(), *s)), 1),
+        biggest_files: biggest,
+    })
+}
+
+/// Reads newc archives to the end of `input` (or to the first trailer, if
+/// `one`), adding each regular file's absolute path and size to `files`.
+/// A hard-linked file's bytes come with one of its names only, so each is
+/// counted once.
+fn read_archives(input: &mut impl Read, one: bool, files: &mut Vec<(String, u64)>) -> Result<()> {
+    loop {
+        // Entries start 4-byte aligned; archives may be padded with zeros.
+        let mut word = [0u8; 4];
+        match input.read_exact(&mut word) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+            Err(e) => return Err(e.into()),
+        }
+        if word == [0; 4] {
+            continue;
+        }
+        let mut header = [0u8; 110];
+        header[..4].copy_from_slice(&word);
+        input.read_exact(&mut header[4..])?;
+        if !header.starts_with(CPIO_MAGIC) {
+            bail!(
+                "not a newc cpio header: {:?}",
+                String::from_utf8_lossy(&header[..6])
+            );
+        }
+        let field = |index: usize| -> Result<u64> {
+            let hex = std::str::from_utf8(&header[6 + 8 * index..14 + 8 * index])?;
+            Ok(u64::from_str_radix(hex, 16)?)
+        };
+        let (mode, size, name_size) = (field(1)?, field(6)?, field(11)?);
+        let mut name = vec![0u8; (padded(110 + name_size) - 110) as usize];
+        input.read_exact(&mut name)?;
+        name.truncate(name_size.saturating_sub(1) as usize);
+        let name = String::from_utf8_lossy(&name).into_owned();
+        if name == "TRAILER!!!" {
+            if one {
+                return Ok(());
+            }
+            continue;
+        }
+        let skipped = std::io::copy(&mut input.by_ref().take(padded(size)), &mut std::io::sink())?;
+        if skipped < padded(size) {
+            bail!("{name}: the archive ends inside it");
+        }
+        if mode & 0o170000 == 0o100000 {
+            files.push((format!("/{}", name.trim_start_matches("./")), size));
+        }
+    }
+}
+
+/// `n` rounded up to a multiple of 4 (newc's alignment).
+fn padded(n: u64) -> u64 {
+    n.div_ceil(4) * 4
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -218,6 +349,79 @@ base-files\t/etc/os-release
         assert!(!sizes.contains_key("/usr"));
         assert!(!sizes.contains_key("/usr/lib/modules/6.12/kernel/fs"));
         assert_eq!(footprint.directories[0].name, "/usr/bin");
+    }
+
+    /// A newc archive of `files` (path, contents), with its trailer.
+    fn cpio(files: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut entry = |name: &str, mode: u32, data: &[u8]| {
+            let header = format!(
+                "070701{:08x}{mode:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}",
+                1, 0, 0, 1, 0, data.len(), 0, 0, 0, 0, name.len() + 1, 0
+            );
+            out.extend_from_slice(header.as_bytes());
+            out.extend_from_slice(name.as_bytes());
+            out.push(0);
+            out.resize(padded(out.len() as u64) as usize, 0);
+            out.extend_from_slice(data);
+            out.resize(padded(out.len() as u64) as usize, 0);
+        };
+        entry("usr", 0o040755, b"");
+        for (name, data) in files {
+            entry(name, 0o100644, data);
+        }
+        entry("TRAILER!!!", 0, b"");
+        out
+    }
+
+    #[test]
+    fn an_initrd_is_read_across_plain_and_compressed_archives() {
+        let mut initrd = cpio(&[("kernel/x86/microcode/GenuineIntel.bin", &[1; 10])]);
+        initrd.extend_from_slice(&[0; 512]);
+        let mut compressed = cpio(&[("usr/bin/ignition", &[2; 3000]), ("usr/lib/a.so", &[3; 5])]);
+        compressed.extend_from_slice(&[0; 100]);
+        compressed.extend(cpio(&[("./usr/lib/modules/6.12/kernel/b.ko", &[4; 700])]));
+        initrd.extend(zstd::encode_all(&compressed[..], 3).unwrap());
+        initrd.extend_from_slice(&[0; 3]);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("initrd");
+        std::fs::write(&path, &initrd).unwrap();
+
+        let footprint = initrd_footprint(&path).unwrap();
+        assert_eq!(footprint.stored_bytes, initrd.len() as u64);
+        assert_eq!((footprint.bytes, footprint.files), (3715, 4));
+        let biggest: Vec<&str> = footprint
+            .biggest_files
+            .iter()
+            .map(|f| f.name.as_str())
+            .collect();
+        assert_eq!(
+            biggest,
+            [
+                "/usr/bin/ignition",
+                "/usr/lib/modules/6.12/kernel/b.ko",
+                "/kernel/x86/microcode/GenuineIntel.bin",
+                "/usr/lib/a.so"
+            ]
+        );
+        let usr = footprint
+            .directories
+            .iter()
+            .find(|d| d.name == "/usr")
+            .unwrap();
+        assert_eq!((usr.bytes, usr.files), (3705, 3));
+
+        std::fs::write(&path, b"MZ not an initrd").unwrap();
+        let error = initrd_footprint(&path).unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("neither a zstd frame nor a cpio archive at byte 0"),
+            "{error}"
+        );
+        std::fs::write(&path, &cpio(&[("usr/x", &[1; 100])])[..240]).unwrap();
+        let error = format!("{:#}", initrd_footprint(&path).unwrap_err());
+        assert!(error.contains("the archive ends inside it"), "{error}");
     }
 
     #[test]

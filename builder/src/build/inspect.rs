@@ -10,6 +10,7 @@ use anyhow::{bail, Context, Result};
 
 use super::collect::{take_usr_footprint, take_usr_stats};
 use super::convert;
+use super::footprint;
 use super::plan::BuildPlan;
 use super::uki;
 use crate::hosttools::HostTools;
@@ -108,6 +109,7 @@ pub(super) fn inspect(plan: &BuildPlan, tools: &HostTools, staging: &Path) -> Re
         kernel: KernelInfo {
             release: uki.kernel_release.clone(),
             cmdline: uki.cmdline.clone(),
+            initrd: Some(footprint::initrd_footprint(&staging.join("initrd"))?),
         },
         table,
     })

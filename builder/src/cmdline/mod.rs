@@ -572,12 +572,13 @@ pub struct PlatformsArgs {
     pub markdown: bool,
 }
 
-/// Show where the bytes of a build's /usr go, biggest first.
+/// Show where the bytes of a build's /usr and initrd go, biggest first.
 ///
 /// Reads the footprint in build.json: every regular file of /usr as built
 /// (before compression, each hard link once), summed by package and by
 /// directory, with what no package owns (files made at build time, the
-/// overlays). With --json, the footprint as build.json has it.
+/// overlays); and the UKI's initrd, decompressed, by directory and by
+/// file. With --json, both as build.json has them.
 #[derive(Debug, Args)]
 pub struct FootprintArgs {
     /// The build directory (holding build.json).

@@ -17,7 +17,7 @@ use crate::platform::{Nic, PlatformTable};
 use crate::progress::Progress;
 use crate::project::{Cache, Project};
 use crate::recipe::Recipe;
-use crate::records::buildinfo::BuildInfo;
+use crate::records::buildinfo::{BuildInfo, FootprintEntry};
 use crate::units::human_bytes;
 use crate::vmtest;
 
@@ -160,43 +160,57 @@ pub(super) fn platforms(global: &GlobalArgs, args: &PlatformsArgs) -> Result<()>
 
 pub(super) fn footprint(global: &GlobalArgs, args: &FootprintArgs) -> Result<()> {
     let info = BuildInfo::load(&args.build)?;
-    let Some(footprint) = info.usr.footprint else {
+    let Some(usr) = &info.usr.footprint else {
         bail!(
             "{}/build.json has no footprint: the build was made by a recipe that does not list /usr's files \
              and packages (mkosi.postinst and mkosi.finalize in recipes/ do)",
             args.build.display()
         );
     };
+    let initrd = info.kernel.initrd.as_ref();
     if global.json {
-        out!("{}", serde_json::to_string_pretty(&footprint)?);
+        let both = serde_json::json!({ "usr": usr, "initrd": initrd });
+        out!("{}", serde_json::to_string_pretty(&both)?);
         return Ok(());
     }
     out!(
         "/usr of {} {}: {} in {} files (before compression), {} as stored ({})",
         info.name,
         info.version,
-        human_bytes(footprint.bytes),
-        footprint.files,
+        human_bytes(usr.bytes),
+        usr.files,
         human_bytes(info.usr.filesystem_bytes),
         info.usr.filesystem
     );
-    for (title, entries) in [
-        ("packages", &footprint.packages),
-        ("directories", &footprint.directories),
-    ] {
+    print_biggest("packages", &usr.packages, usr.bytes, args.top);
+    print_biggest("directories", &usr.directories, usr.bytes, args.top);
+    if let Some(initrd) = initrd {
         out!("");
-        out!("biggest {title} (of {}):", entries.len());
-        for entry in entries.iter().take(args.top) {
-            let share = 100.0 * entry.bytes as f64 / footprint.bytes.max(1) as f64;
-            out!(
-                "  {:>10}  {share:>5.1}%  {:>6} files  {}",
-                human_bytes(entry.bytes),
-                entry.files,
-                entry.name
-            );
-        }
+        out!(
+            "the UKI's initrd: {} in {} files (decompressed), {} as stored",
+            human_bytes(initrd.bytes),
+            initrd.files,
+            human_bytes(initrd.stored_bytes)
+        );
+        print_biggest("directories", &initrd.directories, initrd.bytes, args.top);
+        print_biggest("files", &initrd.biggest_files, initrd.bytes, args.top);
     }
     Ok(())
+}
+
+/// The first `top` of `entries` with their share of `total`.
+fn print_biggest(title: &str, entries: &[FootprintEntry], total: u64, top: usize) {
+    out!("");
+    out!("biggest {title} (of {}):", entries.len());
+    for entry in entries.iter().take(top) {
+        let share = 100.0 * entry.bytes as f64 / total.max(1) as f64;
+        out!(
+            "  {:>10}  {share:>5.1}%  {:>6} files  {}",
+            human_bytes(entry.bytes),
+            entry.files,
+            entry.name
+        );
+    }
 }
 
 pub(super) fn check(global: &GlobalArgs, _args: &CheckArgs) -> Result<()> {

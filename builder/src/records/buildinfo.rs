@@ -132,6 +132,23 @@ pub struct KernelInfo {
     pub release: String,
     /// The kernel command line built into the UKI.
     pub cmdline: String,
+    /// Where the bytes of the UKI's initrd go (`boxcar footprint`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initrd: Option<InitrdFootprint>,
+}
+
+/// The regular files of the UKI's initrd, decompressed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InitrdFootprint {
+    /// Bytes of the initrd as the UKI carries it (compressed).
+    pub stored_bytes: u64,
+    pub bytes: u64,
+    pub files: u64,
+    /// The biggest directories, down to four levels (nested ones are
+    /// counted in their parents too); biggest first.
+    pub directories: Vec<FootprintEntry>,
+    /// The biggest files, biggest first.
+    pub biggest_files: Vec<FootprintEntry>,
 }
 
 /// The full disk image.

@@ -363,6 +363,7 @@ impl Lab {
             kernel: KernelInfo {
                 release: "6.12".into(),
                 cmdline: "usrhash=00".into(),
+                initrd: None,
             },
             disk: DiskInfo {
                 file: "disk.raw".into(),
