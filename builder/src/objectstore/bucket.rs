@@ -408,25 +408,13 @@ impl Bucket {
         // A completed multipart upload can answer 200 with an error inside.
         if etag.is_empty() {
             let text = response.text().unwrap_or_default();
-            if text.contains("<Error>") {
-                if text.contains("PreconditionFailed")
-                    || text.contains("ConditionalRequestConflict")
-                {
-                    return Ok(Written::ConditionFailed);
-                }
-                bail!(
+            return answer_in_body(&text).with_context(|| {
+                format!(
                     "{}: the server failed the request: {}",
                     self.describe(path),
                     shorten(&text)
-                );
-            }
-            let etag = text
-                .split("<ETag>")
-                .nth(1)
-                .and_then(|rest| rest.split("</ETag>").next())
-                .unwrap_or_default()
-                .replace("&quot;", "\"");
-            return Ok(Written::Done(etag));
+                )
+            });
         }
         Ok(Written::Done(etag))
     }
@@ -449,6 +437,32 @@ impl Bucket {
     }
 }
 
+/// What the body of a successful write without an ETag header says: a
+/// completed multipart upload's ETag, or the error some servers send with
+/// a 200 (a failed condition, or `None` for any other error).
+fn answer_in_body(text: &str) -> Option<Written> {
+    let Ok(document) = roxmltree::Document::parse(text) else {
+        return Some(Written::Done(String::new()));
+    };
+    let root = document.root_element();
+    if root.tag_name().name() != "Error" {
+        return Some(Written::Done(child_text(root, "ETag").unwrap_or_default()));
+    }
+    match child_text(root, "Code").as_deref() {
+        Some("PreconditionFailed" | "ConditionalRequestConflict") => Some(Written::ConditionFailed),
+        _ => None,
+    }
+}
+
+/// The trimmed text of `node`'s first child element called `name`.
+fn child_text(node: roxmltree::Node, name: &str) -> Option<String> {
+    node.children()
+        .find(|c| c.tag_name().name() == name)
+        .and_then(|c| c.text())
+        .map(str::trim)
+        .map(str::to_owned)
+}
+
 /// One page of a ListParts answer.
 struct PartList {
     parts: Vec<(u16, String, u64)>,
@@ -460,13 +474,6 @@ impl PartList {
     fn parse(text: &str) -> Result<Self> {
         let document = roxmltree::Document::parse(text)?;
         let root = document.root_element();
-        let child_text = |node: roxmltree::Node, name: &str| {
-            node.children()
-                .find(|c| c.tag_name().name() == name)
-                .and_then(|c| c.text())
-                .map(str::trim)
-                .map(str::to_owned)
-        };
         let mut parts = Vec::new();
         for part in root.children().filter(|c| c.tag_name().name() == "Part") {
             let number = child_text(part, "PartNumber").context("a part without a number")?;
@@ -527,4 +534,31 @@ fn etag_of(response: &Response) -> String {
 /// The first line or so of a server's error body.
 fn shorten(text: &str) -> String {
     text.chars().filter(|c| !c.is_control()).take(300).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_completed_upload_is_read_from_the_answer_body() {
+        let done = r#"<?xml version="1.0" encoding="UTF-8"?>
+<CompleteMultipartUploadResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/">
+  <Bucket>boxcar</Bucket><Key>a</Key><ETag>&quot;3858f62230ac3c915f300c664312c11f-9&quot;</ETag>
+</CompleteMultipartUploadResult>"#;
+        assert_eq!(
+            answer_in_body(done),
+            Some(Written::Done(
+                "\"3858f62230ac3c915f300c664312c11f-9\"".to_owned()
+            ))
+        );
+        for code in ["PreconditionFailed", "ConditionalRequestConflict"] {
+            let failed = format!("<Error><Code>{code}</Code><Message>no</Message></Error>");
+            assert_eq!(answer_in_body(&failed), Some(Written::ConditionFailed));
+        }
+        let other =
+            "<Error><Code>InternalError</Code><Message>PreconditionFailed</Message></Error>";
+        assert_eq!(answer_in_body(other), None);
+        assert_eq!(answer_in_body(""), Some(Written::Done(String::new())));
+    }
 }
