@@ -184,6 +184,8 @@ fn unique_inodes(mut files: Vec<UsrFile>) -> Vec<UsrFile> {
 const FILES_KEPT: usize = 20;
 const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
 const CPIO_MAGIC: &[u8] = b"070701";
+/// Linux's limit on a path's length, the terminating NUL included.
+const PATH_MAX: u64 = 4096;
 
 /// Reads the initrd at `path` (zstd-compressed or plain newc cpio
 /// archives, one after the other, as mkosi makes it) and sums up its
@@ -268,6 +270,10 @@ fn read_archives(input: &mut impl Read, one: bool, files: &mut Vec<(String, u64)
             Ok(u64::from_str_radix(hex, 16)?)
         };
         let (mode, size, name_size) = (field(1)?, field(6)?, field(11)?);
+        // A damaged header must not make us allocate gigabytes for a name.
+        if name_size > PATH_MAX {
+            bail!("a file name of {name_size} bytes: not a sound archive");
+        }
         let mut name = vec![0u8; (padded(110 + name_size) - 110) as usize];
         input.read_exact(&mut name)?;
         name.truncate(name_size.saturating_sub(1) as usize);
@@ -419,6 +425,11 @@ base-files\t/etc/os-release
                 .contains("neither a zstd frame nor a cpio archive at byte 0"),
             "{error}"
         );
+        let mut huge_name = cpio(&[("usr/x", &[1; 100])]);
+        huge_name[6 + 8 * 11..14 + 8 * 11].copy_from_slice(b"ffffffff");
+        std::fs::write(&path, &huge_name).unwrap();
+        let error = format!("{:#}", initrd_footprint(&path).unwrap_err());
+        assert!(error.contains("not a sound archive"), "{error}");
         std::fs::write(&path, &cpio(&[("usr/x", &[1; 100])])[..240]).unwrap();
         let error = format!("{:#}", initrd_footprint(&path).unwrap_err());
         assert!(error.contains("the archive ends inside it"), "{error}");
