@@ -260,12 +260,55 @@ fn assert_footprint_accounts_for_the_image(info: &serde_json::Value, dir: &Path)
             .any(|d| d["name"] == "/usr/lib/modules"),
         "{initrd:#}"
     );
+    assert_lean(footprint, initrd);
     let printed = boxcar(&["footprint", "--build", dir.to_str().unwrap(), "--top", "5"]);
     assert!(printed.status.success());
     let text = String::from_utf8_lossy(&printed.stdout);
     assert!(
         text.contains("biggest packages") && text.contains("the UKI's initrd"),
         "{text}"
+    );
+}
+
+/// What recipes/mkosi.conf.d/50-lean.conf and the initrd's postinst remove
+/// stays out, and the initrd carries only the modules 10-base.conf lists:
+/// each would be among the biggest directories or files if it came back.
+fn assert_lean(usr_footprint: &serde_json::Value, initrd: &serde_json::Value) {
+    let names = |list: &serde_json::Value| -> Vec<String> {
+        let entries = list.as_array().unwrap();
+        entries
+            .iter()
+            .map(|e| e["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let usr_directories = names(&usr_footprint["directories"]);
+    for removed in ["/usr/share/locale", "/usr/lib/x86_64-linux-gnu/gconv"] {
+        assert!(
+            !usr_directories.iter().any(|d| d == removed),
+            "{removed} is back in /usr"
+        );
+    }
+    let initrd_files = names(&initrd["biggest_files"]);
+    for removed in [
+        "/usr/lib/udev/hwdb.bin",
+        "/usr/bin/ignition-validate",
+        "/usr/sbin/lvm",
+    ] {
+        assert!(
+            !initrd_files.iter().any(|f| f == removed),
+            "{removed} is back in the initrd"
+        );
+    }
+    let modules = initrd["directories"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["name"] == "/usr/lib/modules")
+        .unwrap();
+    let module_bytes = modules["bytes"].as_u64().unwrap();
+    assert!(
+        module_bytes < 16 << 20,
+        "the initrd carries {module_bytes} bytes of modules: more than the boot disks and NICs need"
     );
 }
 

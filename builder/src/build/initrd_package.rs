@@ -22,6 +22,10 @@ const IGNITION_CONFIG_DIR: &str = "usr/lib/ignition";
 /// The tree under the recipe directory that becomes the package.
 pub const TREE: &str = "initrd";
 
+/// The package's maintainer script in that tree, which trims the initrd
+/// once every package is in.
+const POSTINST: &str = "postinst";
+
 /// Packs `recipe_dir/initrd` into `out_dir/boxcar-initrd_<version>_all.deb`.
 pub fn write(
     tools: &HostTools,
@@ -50,6 +54,9 @@ pub fn write(
     // config a disk carries is put there on a tmpfs mounted over it.
     fs::create_dir_all(root.join(IGNITION_CONFIG_DIR))?;
     fs::write(root.join("DEBIAN/control"), control(version))?;
+    // fs::copy keeps the script's executable mode, which dpkg-deb requires.
+    fs::copy(source.join(POSTINST), root.join("DEBIAN").join(POSTINST))
+        .with_context(|| format!("copying {}", source.join(POSTINST).display()))?;
     let deb = out_dir.join(format!("{PACKAGE}_{}_all.deb", debian_version(version)));
     Step::new("packing the initrd's files", tools.path("dpkg-deb"))
         .args(["--root-owner-group", "-Zgzip", "--build"])
@@ -93,6 +100,20 @@ mod tests {
         assert!(control.contains("Version: 2026.1202.143005\n"));
         assert!(control.contains("Depends: ignition\n"));
         assert_eq!(debian_version("1.0^rc1"), "1.0+rc1");
+    }
+
+    #[test]
+    fn the_shipped_postinst_is_an_executable_script_that_stops_on_errors() {
+        use std::os::unix::fs::PermissionsExt;
+        let postinst = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../recipes")
+            .join(TREE)
+            .join(POSTINST);
+        let mode = fs::metadata(&postinst).unwrap().permissions().mode();
+        assert_eq!(mode & 0o111, 0o111, "dpkg-deb needs it executable");
+        let text = fs::read_to_string(&postinst).unwrap();
+        assert!(text.starts_with("#!/bin/sh\n"));
+        assert!(text.contains("\nset -eu\n"));
     }
 
     #[test]
