@@ -641,12 +641,9 @@ fn every_platform_artifact_boots_and_proves_itself() {
         .contains("no disk (network boot)"));
 }
 
-/// After the pipeline: the S3 store verifies and alpha points at the
-/// build, readers download from the bucket over plain HTTP with no
-/// credentials, and a second pipeline whose metal artifact was damaged
-/// after the build fails in that platform's job and never publishes.
 /// The running system's footprint, as the guest reports it after the boot:
-/// memory in use, processes, the slowest units and the critical chain.
+/// memory in use and where it goes, processes, the slowest units and the
+/// critical chain.
 fn assert_footprint_reported(platform: &str, guest: &serde_json::Value) {
     let number = |key: &str| -> u64 {
         guest[key]
@@ -663,6 +660,13 @@ fn assert_footprint_reported(platform: &str, guest: &serde_json::Value) {
     assert!(memory_kib > 16 * 1024, "{platform}: {memory_kib} KiB");
     assert!(processes > 3, "{platform}: {processes} processes");
     assert!(number("footprint.kernel_threads") > 0, "{platform}");
+    let breakdown = guest["footprint.memory_kib"].as_str().unwrap();
+    let biggest = guest["footprint.biggest_processes"].as_str().unwrap();
+    eprintln!("{platform}: memory {breakdown}; biggest processes {biggest}");
+    for field in ["AnonPages=", "Shmem=", "SUnreclaim=", "PageTables="] {
+        assert!(breakdown.contains(field), "{platform}: {breakdown}");
+    }
+    assert!(biggest.contains("systemd="), "{platform}: {biggest}");
     let slowest = guest["footprint.slowest_units"].as_str().unwrap();
     assert!(
         slowest.contains(".service") && !slowest.contains(".device"),
@@ -675,6 +679,10 @@ fn assert_footprint_reported(platform: &str, guest: &serde_json::Value) {
     );
 }
 
+/// After the pipeline: the S3 store verifies and alpha points at the
+/// build, readers download from the bucket over plain HTTP with no
+/// credentials, and a second pipeline whose metal artifact was damaged
+/// after the build fails in that platform's job and never publishes.
 fn pipeline_published_and_stops_on_a_failed_platform(lab: &PipelineLab, dir: &Path) {
     let alpha = read_json(&lab.server.object_file("store/channels/alpha.json"));
     assert_eq!(alpha["version"], "0.0.0-e2e");

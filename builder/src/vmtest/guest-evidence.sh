@@ -191,6 +191,13 @@ say root_filesystem_bytes "$(df -B1 --output=size / | tail -n 1 | tr -d ' ')"
 # is only when it appeared; the chain to multi-user.target).
 say footprint.memory_used_kib "$(awk '/^MemTotal:/ { total = $2 } /^MemAvailable:/ { available = $2 }
     END { print total - available }' /proc/meminfo)"
+# Where that memory goes: process memory, tmpfs files, the kernel's own
+# (unreclaimable slab, stacks, page tables, per-CPU), and the processes
+# holding the most (resident KiB).
+say footprint.memory_kib "$(awk '/^(MemTotal|MemAvailable|AnonPages|Shmem|SUnreclaim|KernelStack|PageTables|Percpu|VmallocUsed):/ {
+    sub(":", "", $1); printf "%s%s=%s", separator, $1, $2; separator = ";" }' /proc/meminfo)"
+say footprint.biggest_processes "$(ps -e -o rss=,comm= --sort=-rss | head -n 8 |
+    awk '{ print $2 "=" $1 }' | paste -sd ';')"
 say footprint.processes "$(ps -e -ww -o pid=,ppid=,cgroup= |
     awk -v own="$(cat /proc/self/cgroup)" '$1 != 2 && $2 != 2 && $3 != own' | wc -l)"
 say footprint.kernel_threads "$(ps -e -o pid=,ppid= | awk '$1 == 2 || $2 == 2' | wc -l)"
