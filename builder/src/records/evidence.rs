@@ -67,6 +67,10 @@ pub enum BootOutcome {
     TimedOut,
     /// qemu itself failed (bad arguments, missing firmware, ...).
     QemuFailed,
+    /// The emulated CPUs stopped making progress: the guest kernel kept
+    /// reporting RCU stalls. Under software emulation on a busy host that
+    /// is the emulator starving, not the image; the case is booted again.
+    EmulationStalled,
     /// The user interrupted the test.
     Interrupted,
 }
@@ -142,6 +146,10 @@ pub struct Evidence {
     pub verity_errors: Vec<String>,
     /// Everything the guest reported, raw.
     pub guest: BTreeMap<String, String>,
+    /// When this is the case's second boot: why the first was not judged
+    /// (its emulated CPUs stalled), and where its console log is kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub earlier_attempt: Option<String>,
     pub checks: Vec<Check>,
     /// True when every check passed.
     pub passed: bool,

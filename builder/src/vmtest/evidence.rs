@@ -829,6 +829,9 @@ pub fn summary(evidence: &Evidence) -> String {
         "accelerator: {} ({}); outcome: {:?} after {:.1}s wall clock",
         evidence.accelerator, evidence.accelerator_reason, evidence.outcome, evidence.wall_seconds
     );
+    if let Some(earlier) = &evidence.earlier_attempt {
+        let _ = writeln!(text, "booted twice: {earlier}");
+    }
     if let Some(t) = &evidence.boot_time {
         let part = |name: &str, value: Option<f64>| value.map(|v| format!("{v:.2}s ({name})"));
         let parts: Vec<String> = [

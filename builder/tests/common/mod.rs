@@ -495,6 +495,7 @@ pub fn write_evidence(build: &Path, version: &str, platform: &str, passed: bool)
         milestones: vec![],
         verity_errors: vec![],
         guest: Default::default(),
+        earlier_attempt: None,
         checks: vec![Check {
             name: "docker ran a container".into(),
             passed,
