@@ -900,6 +900,33 @@ fn published_release_promotes_to_beta_and_verifies() {
     let evidence = document["evidence"].as_array().unwrap();
     assert_eq!(evidence.len(), 5);
     assert!(evidence.iter().all(|e| e["passed"] == true), "{evidence:?}");
+    assert_release_states_its_footprint(&document, &read_json(&dir.join("build.json")));
+}
+
+/// release.json states what the release weighs as built (from build.json)
+/// and, per platform, as booted (from its boot test).
+fn assert_release_states_its_footprint(document: &serde_json::Value, build: &serde_json::Value) {
+    let built = &document["footprint"];
+    assert_eq!(built["usr_bytes"], build["usr"]["footprint"]["bytes"]);
+    assert_eq!(built["usr_stored_bytes"], build["usr"]["filesystem_bytes"]);
+    assert_eq!(built["initrd_bytes"], build["kernel"]["initrd"]["bytes"]);
+    assert_eq!(
+        built["packages"].as_u64(),
+        Some(build["packages"].as_array().unwrap().len() as u64)
+    );
+    assert!(built["uki_bytes"].as_u64().unwrap() > built["initrd_stored_bytes"].as_u64().unwrap());
+    for summary in document["evidence"].as_array().unwrap() {
+        let booted = &summary["footprint"];
+        assert!(
+            booted["memory_used_kib"].as_u64().unwrap() > 0,
+            "{summary:#}"
+        );
+        assert!(booted["processes"].as_u64().unwrap() > 0, "{summary:#}");
+        assert!(
+            booted["userspace_seconds"].as_f64().unwrap() > 0.0,
+            "{summary:#}"
+        );
+    }
 }
 
 /// First boots with configs Ignition must refuse: each stops in the initrd

@@ -265,7 +265,7 @@ fn documents_with_fields_from_a_newer_writer_verify_and_are_read() {
         Kind::Release,
         "1.0.0",
         |v| {
-            v["footprint"] = serde_json::json!({"usr_bytes": 250_000_000});
+            v["sbom"] = serde_json::json!({"format": "spdx", "file": "sbom.json"});
             v["artifacts"][0]["compressed_sha256"] = serde_json::json!("0".repeat(64));
         },
     );

@@ -162,6 +162,42 @@ pub struct ReleaseDocument {
     /// published before updates were carried have none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub update: Option<UpdatePayload>,
+    /// What the release weighs as built (releases published before it was
+    /// recorded have none; what it weighs booted is in each evidence
+    /// summary).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub footprint: Option<BuiltFootprint>,
+}
+
+/// A release's size as built, from its build record.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BuiltFootprint {
+    /// /usr's regular files before compression, each hard link once.
+    pub usr_bytes: u64,
+    pub usr_files: u64,
+    /// /usr as stored: the size of its (compressed) file system.
+    pub usr_stored_bytes: u64,
+    /// The packages installed in the image.
+    pub packages: u64,
+    /// The unified kernel image (kernel, initrd, command line).
+    pub uki_bytes: u64,
+    /// The UKI's initrd, decompressed and as stored in the UKI.
+    pub initrd_bytes: u64,
+    pub initrd_stored_bytes: u64,
+}
+
+/// A platform's booted system once the boot has finished, from its boot
+/// test: memory in use, processes and where the boot's time went.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BootedFootprint {
+    /// MemTotal - MemAvailable, in KiB.
+    pub memory_used_kib: u64,
+    /// Processes, kernel threads and the test's own aside.
+    pub processes: u64,
+    /// The boot split as systemd-analyze reports it, in seconds.
+    pub kernel_seconds: f64,
+    pub initrd_seconds: Option<f64>,
+    pub userspace_seconds: f64,
 }
 
 /// A release's A/B update: the parts a node's systemd-sysupdate installs
@@ -247,6 +283,9 @@ pub struct EvidenceSummary {
     pub failed_checks: Vec<String>,
     /// The sha256 of the full evidence.json, published next to release.json.
     pub evidence_sha256: Sha256Digest,
+    /// The booted system's footprint, when the test measured it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub footprint: Option<BootedFootprint>,
 }
 
 /// `SHA256SUMS`: a release's digests in the format `sha256sum --check`
@@ -701,6 +740,7 @@ mod tests {
             }],
             evidence: vec![],
             update: None,
+            footprint: None,
         };
         let before = sha256sums(&release);
         release.update = Some(UpdatePayload {
@@ -720,5 +760,25 @@ mod tests {
         assert_eq!(after, format!("{before}{digest}  boxcar_1.1.efi.zst\n"));
         let json = serde_json::to_value(&release).unwrap();
         assert_eq!(json["update"]["files"][0]["role"], "uki");
+        // A release from before footprints were recorded states none, and
+        // reads back the same.
+        assert!(json.get("footprint").is_none());
+        let read: ReleaseDocument = serde_json::from_value(json).unwrap();
+        assert_eq!(read, release);
+        release.footprint = Some(BuiltFootprint {
+            usr_bytes: 498_000_000,
+            usr_files: 7193,
+            usr_stored_bytes: 309_000_000,
+            packages: 204,
+            uki_bytes: 47_889_920,
+            initrd_bytes: 103_000_000,
+            initrd_stored_bytes: 35_700_000,
+        });
+        let json = serde_json::to_value(&release).unwrap();
+        assert_eq!(json["footprint"]["uki_bytes"], 47_889_920);
+        assert_eq!(
+            serde_json::from_value::<ReleaseDocument>(json).unwrap(),
+            release
+        );
     }
 }

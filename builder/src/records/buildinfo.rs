@@ -4,6 +4,7 @@
 use std::path::Path;
 
 use anyhow::{Context, Result};
+use boxcar_signing::documents::BuiltFootprint;
 use boxcar_signing::Sha256Digest;
 use serde::{Deserialize, Serialize};
 
@@ -282,5 +283,21 @@ impl BuildInfo {
             .iter()
             .find(|f| f.kind == kind)
             .with_context(|| format!("build.json lists no {kind:?} file"))
+    }
+
+    /// The figures a release states about its size, or `None` for a build
+    /// made before the footprint was recorded.
+    pub fn built_footprint(&self) -> Option<BuiltFootprint> {
+        let usr = self.usr.footprint.as_ref()?;
+        let initrd = self.kernel.initrd.as_ref()?;
+        Some(BuiltFootprint {
+            usr_bytes: usr.bytes,
+            usr_files: usr.files,
+            usr_stored_bytes: self.usr.filesystem_bytes,
+            packages: self.packages.len() as u64,
+            uki_bytes: self.file(FileKind::Uki).ok()?.size,
+            initrd_bytes: initrd.bytes,
+            initrd_stored_bytes: initrd.stored_bytes,
+        })
     }
 }

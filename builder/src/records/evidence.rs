@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 
+use boxcar_signing::documents::BootedFootprint;
 use serde::{Deserialize, Serialize};
 
 /// The record's file name inside a case's evidence directory.
@@ -153,4 +154,102 @@ pub struct Evidence {
     pub checks: Vec<Check>,
     /// True when every check passed.
     pub passed: bool,
+}
+
+impl Evidence {
+    /// The booted system's footprint as the guest reported it
+    /// (`footprint.*` facts, written by guest-evidence.sh) with the boot's
+    /// split; `None` when the test did not get that far.
+    pub fn booted_footprint(&self) -> Option<BootedFootprint> {
+        let number = |key: &str| self.guest.get(key)?.trim().parse::<u64>().ok();
+        let boot = self.boot_time.as_ref()?;
+        Some(BootedFootprint {
+            memory_used_kib: number("footprint.memory_used_kib")?,
+            processes: number("footprint.processes")?,
+            kernel_seconds: boot.kernel,
+            initrd_seconds: boot.initrd,
+            userspace_seconds: boot.userspace,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn evidence(guest: &[(&str, &str)], boot_time: Option<BootTime>) -> Evidence {
+        Evidence {
+            schema: 1,
+            case: TestCase::Platform,
+            version: "1.0".into(),
+            platform: "qemu".into(),
+            artifact: String::new(),
+            hardware: String::new(),
+            tampering: None,
+            started_at: "2026-12-03T00:00:00Z".into(),
+            accelerator: "tcg".into(),
+            accelerator_reason: String::new(),
+            qemu_command: String::new(),
+            outcome: BootOutcome::PoweredOff,
+            wall_seconds: 90.0,
+            boot_time,
+            milestones: vec![],
+            verity_errors: vec![],
+            guest: guest
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            earlier_attempt: None,
+            checks: vec![],
+            passed: true,
+        }
+    }
+
+    fn boot_time() -> BootTime {
+        BootTime {
+            firmware: Some(7.5),
+            loader: Some(2.0),
+            kernel: 7.0,
+            initrd: Some(22.0),
+            userspace: 41.0,
+            total: 79.5,
+            multi_user_after_userspace: Some(40.9),
+            systemd_analyze: String::new(),
+            early_boot_source: None,
+        }
+    }
+
+    #[test]
+    fn the_booted_footprint_joins_the_guest_facts_and_the_boot_split() {
+        let facts = [
+            ("footprint.memory_used_kib", "330848"),
+            ("footprint.processes", "20"),
+        ];
+        let footprint = evidence(&facts, Some(boot_time()))
+            .booted_footprint()
+            .unwrap();
+        assert_eq!(footprint.memory_used_kib, 330848);
+        assert_eq!(footprint.processes, 20);
+        assert_eq!(footprint.initrd_seconds, Some(22.0));
+        assert_eq!(footprint.userspace_seconds, 41.0);
+    }
+
+    #[test]
+    fn a_test_that_measured_no_footprint_states_none() {
+        assert!(evidence(&[], Some(boot_time()))
+            .booted_footprint()
+            .is_none());
+        let facts = [
+            ("footprint.memory_used_kib", "330848"),
+            ("footprint.processes", "20"),
+        ];
+        assert!(evidence(&facts, None).booted_footprint().is_none());
+        let garbled = [
+            ("footprint.memory_used_kib", "lots"),
+            ("footprint.processes", "20"),
+        ];
+        assert!(evidence(&garbled, Some(boot_time()))
+            .booted_footprint()
+            .is_none());
+    }
 }

@@ -106,6 +106,7 @@ pub fn gather_evidence(
                 boot_seconds: evidence.boot_time.as_ref().map(|t| t.total),
                 failed_checks: failed,
                 evidence_sha256,
+                footprint: evidence.booted_footprint(),
             },
             path,
         ));
@@ -373,6 +374,7 @@ fn assemble(
         artifacts,
         evidence: summaries,
         update,
+        footprint: build.built_footprint(),
     };
     let signer = writer.signer;
     let sums = documents::sha256sums(&release);

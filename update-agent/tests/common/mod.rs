@@ -157,6 +157,7 @@ impl Store {
             artifacts: vec![],
             evidence: vec![],
             update: Some(UpdatePayload { files }),
+            footprint: None,
         };
         let digest = self.write_release(&release);
         (
