@@ -261,6 +261,7 @@ fn assert_footprint_accounts_for_the_image(info: &serde_json::Value, dir: &Path)
         "{initrd:#}"
     );
     assert_lean(footprint, initrd);
+    assert_no_interpreter_installed(info);
     let printed = boxcar(&["footprint", "--build", dir.to_str().unwrap(), "--top", "5"]);
     assert!(printed.status.success());
     let text = String::from_utf8_lossy(&printed.stdout);
@@ -310,6 +311,20 @@ fn assert_lean(usr_footprint: &serde_json::Value, initrd: &serde_json::Value) {
         module_bytes < 16 << 20,
         "the initrd carries {module_bytes} bytes of modules: more than the boot disks and NICs need"
     );
+}
+
+/// No unit on the host runs Python: the one package that brought it
+/// (amazon-ec2-utils, for a udev helper) is replaced by nvme-cli and a
+/// shell helper (overlays/base/usr/lib/udev).
+fn assert_no_interpreter_installed(info: &serde_json::Value) {
+    let python: Vec<&str> = info["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .filter(|name| name.starts_with("python") || name.starts_with("libpython"))
+        .collect();
+    assert!(python.is_empty(), "Python is back in /usr: {python:?}");
 }
 
 #[test]

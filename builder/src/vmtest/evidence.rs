@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use crate::platform::{Format, HypervisorBoundAgent, Platform};
+use crate::platform::{DiskBus, Format, HypervisorBoundAgent, Platform};
 use crate::records::buildinfo::BuildInfo;
 use crate::records::evidence::{BootOutcome, BootTime, Check, Evidence, Milestone};
 
@@ -183,6 +183,13 @@ pub fn judge_platform(
         report,
         expect.platform.format == Format::Pxe,
     ));
+    checks.push(udev_rules_check(get("udev_rules_verify")));
+    if expect.platform.disk_bus == DiskBus::Nvme {
+        checks.push(ebs_name_check(
+            get("nvme_identify_bytes"),
+            get("ebs_device_name"),
+        ));
+    }
     let id = expect.platform.id.as_str();
     checks.push(check(
         "the platform id is the expected one",
@@ -266,6 +273,27 @@ pub fn judge_platform(
         });
     }
     checks
+}
+
+/// udev accepts the rules files the image adds (`udevadm verify`).
+fn udev_rules_check(verify: &str) -> Check {
+    check(
+        "udev accepts the image's own rules",
+        verify.ends_with("exit=0"),
+        "udevadm verify succeeds",
+        verify,
+    )
+}
+
+/// On an NVMe boot disk, the EBS name helper gets the controller's identify
+/// data from nvme-cli and, qemu's disk being no EBS volume, names nothing.
+fn ebs_name_check(identify_bytes: &str, name: &str) -> Check {
+    check(
+        "the EBS name helper reads the NVMe disk and names no EBS volume here",
+        identify_bytes == "4096" && name.contains("no EBS device name") && name.ends_with("exit=1"),
+        "4096 bytes of identify data; no EBS device name, exit 1",
+        format!("{identify_bytes} bytes of identify data; {name}"),
+    )
 }
 
 /// The platform's agent `unit`, if it talks to its hypervisor through an
@@ -1259,6 +1287,30 @@ update.ukis=boxcar_1.0.efi boxcar_1.1+0-3.efi
             expected_agent_state(&aws, "boxcar-ec2-hostname.service"),
             "boxcar-ec2-hostname.service active"
         );
+    }
+
+    #[test]
+    fn the_ebs_name_helper_must_read_the_disk_and_name_nothing_under_qemu() {
+        let refused = "/dev/nvme0n1: no EBS device name in its NVMe identify data exit=1";
+        assert!(ebs_name_check("4096", refused).passed);
+        // nvme-cli could not read the controller.
+        let unread = "/dev/nvme0n1: no EBS device name in its NVMe identify data exit=1";
+        assert!(!ebs_name_check("0", unread).passed);
+        // A name where there is none, or a helper that is missing.
+        assert!(!ebs_name_check("4096", "sdf exit=0").passed);
+        let missing = "sh: 1: /usr/lib/udev/boxcar-ebs-device-name: not found exit=127";
+        assert!(!ebs_name_check("4096", missing).passed);
+    }
+
+    #[test]
+    fn udev_must_accept_the_images_rules() {
+        let accepted = "1 udev rules files have been checked. Success: 1 Fail: 0 exit=0";
+        assert!(udev_rules_check(accepted).passed);
+        let refused =
+            "/usr/lib/udev/rules.d/70-boxcar-ebs-nvme.rules:12 Invalid key/value pair, ignoring. \
+                       1 udev rules files have been checked. Success: 0 Fail: 1 exit=1";
+        assert!(!udev_rules_check(refused).passed);
+        assert!(!udev_rules_check("").passed);
     }
 
     #[test]

@@ -177,6 +177,16 @@ if [ -f "$testdata/hypervisor-checks" ]; then
     done <"$testdata/hypervisor-checks"
 fi
 
+# EC2's EBS names: on an NVMe boot disk, nvme-cli reads the controller's
+# identify data and the helper behind /dev/sdX links looks for a name in
+# it (qemu's disk is no EBS volume, so it finds none); and udev accepts
+# every rules file the image adds.
+if [ -b /dev/nvme0n1 ]; then
+    say nvme_identify_bytes "$(nvme id-ctrl --raw-binary /dev/nvme0n1 2>&1 | wc -c)"
+    say ebs_device_name "$(/usr/lib/udev/boxcar-ebs-device-name /dev/nvme0n1 2>&1; echo "exit=$?")"
+fi
+say udev_rules_verify "$(udevadm verify /usr/lib/udev/rules.d/*boxcar*.rules 2>&1; echo "exit=$?")"
+
 # ROOT: mounted writable, grown to the disk.
 root_source=$(findmnt -no SOURCE /)
 say root_source "$root_source"
