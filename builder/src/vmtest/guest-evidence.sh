@@ -202,9 +202,10 @@ say root_filesystem_bytes "$(df -B1 --output=size / | tail -n 1 | tr -d ' ')"
 say footprint.memory_used_kib "$(awk '/^MemTotal:/ { total = $2 } /^MemAvailable:/ { available = $2 }
     END { print total - available }' /proc/meminfo)"
 # Where that memory goes: process memory, tmpfs files, the kernel's own
-# (unreclaimable slab, stacks, page tables, per-CPU), and the processes
-# holding the most (resident KiB).
-say footprint.memory_kib "$(awk '/^(MemTotal|MemAvailable|AnonPages|Shmem|SUnreclaim|KernelStack|PageTables|Percpu|VmallocUsed):/ {
+# (unreclaimable slab, stacks, page tables, per-CPU), the page cache the
+# kernel does not count as available (MemFree, Cached and KReclaimable
+# show how much), and the processes holding the most (resident KiB).
+say footprint.memory_kib "$(awk '/^(MemTotal|MemFree|MemAvailable|Buffers|Cached|AnonPages|Shmem|KReclaimable|SUnreclaim|KernelStack|PageTables|Percpu|VmallocUsed|Unevictable):/ {
     sub(":", "", $1); printf "%s%s=%s", separator, $1, $2; separator = ";" }' /proc/meminfo)"
 say footprint.biggest_processes "$(ps -e -o rss=,comm= --sort=-rss | head -n 8 |
     awk '{ print $2 "=" $1 }' | paste -sd ';')"
