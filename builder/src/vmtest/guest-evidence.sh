@@ -182,7 +182,7 @@ fi
 # it (qemu's disk is no EBS volume, so it finds none); and udev accepts
 # every rules file the image adds.
 if [ -b /dev/nvme0n1 ]; then
-    say nvme_identify_bytes "$(nvme id-ctrl --raw-binary /dev/nvme0n1 2>&1 | wc -c)"
+    say nvme_identify_bytes "$(nvme id-ctrl --raw-binary /dev/nvme0n1 2>/run/nvme-id-ctrl.err | wc -c) $(cat /run/nvme-id-ctrl.err)"
     say ebs_device_name "$(/usr/lib/udev/boxcar-ebs-device-name /dev/nvme0n1 2>&1; echo "exit=$?")"
 fi
 say udev_rules_verify "$(udevadm verify /usr/lib/udev/rules.d/*boxcar*.rules 2>&1; echo "exit=$?")"
