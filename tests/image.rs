@@ -52,12 +52,7 @@ fn build_produces_a_verity_protected_ab_image_that_stock_tools_confirm() {
         &["--json", dir.join("disk.raw").to_str().unwrap()],
     ))
     .unwrap();
-    let labels: Vec<&str> = sfdisk["partitiontable"]["partitions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["name"].as_str().unwrap())
-        .collect();
+    let labels = names(&sfdisk["partitiontable"]["partitions"]);
     assert_eq!(
         labels[1], "boxcar_0.0.0-e2e",
         "USR-A carries the version in its label"
@@ -65,12 +60,7 @@ fn build_produces_a_verity_protected_ab_image_that_stock_tools_confirm() {
     assert_eq!(labels[3], "_empty", "USR-B is an empty slot");
     assert_eq!(labels[4], "_empty");
 
-    let names: Vec<&str> = info["files"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| f["name"].as_str().unwrap())
-        .collect();
+    let file_names = names(&info["files"]);
     for expected in [
         "disk.raw",
         "usr.raw",
@@ -81,7 +71,7 @@ fn build_produces_a_verity_protected_ab_image_that_stock_tools_confirm() {
         "manifest.json",
     ] {
         assert!(
-            names.contains(&expected),
+            file_names.contains(&expected),
             "{expected} missing from build.json files"
         );
         assert!(
@@ -110,12 +100,7 @@ fn build_produces_a_verity_protected_ab_image_that_stock_tools_confirm() {
         ],
     );
 
-    let packages: Vec<&str> = info["packages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["name"].as_str().unwrap())
-        .collect();
+    let packages = names(&info["packages"]);
     for needed in [
         "systemd",
         "containerd",
@@ -129,12 +114,7 @@ fn build_produces_a_verity_protected_ab_image_that_stock_tools_confirm() {
         );
     }
     assert_footprint_accounts_for_the_image(&info, dir);
-    let phases: Vec<&str> = info["phases"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["name"].as_str().unwrap())
-        .collect();
+    let phases = names(&info["phases"]);
     assert_eq!(
         phases,
         [
@@ -275,17 +255,10 @@ fn assert_footprint_accounts_for_the_image(info: &serde_json::Value, dir: &Path)
 /// stays out, and the initrd carries only the modules 10-base.conf lists:
 /// each would be among the biggest directories or files if it came back.
 fn assert_lean(usr_footprint: &serde_json::Value, initrd: &serde_json::Value) {
-    let names = |list: &serde_json::Value| -> Vec<String> {
-        let entries = list.as_array().unwrap();
-        entries
-            .iter()
-            .map(|e| e["name"].as_str().unwrap().to_string())
-            .collect()
-    };
     let usr_directories = names(&usr_footprint["directories"]);
     for removed in ["/usr/share/locale", "/usr/lib/x86_64-linux-gnu/gconv"] {
         assert!(
-            !usr_directories.iter().any(|d| d == removed),
+            !usr_directories.contains(&removed),
             "{removed} is back in /usr"
         );
     }
@@ -296,7 +269,7 @@ fn assert_lean(usr_footprint: &serde_json::Value, initrd: &serde_json::Value) {
         "/usr/sbin/lvm",
     ] {
         assert!(
-            !initrd_files.iter().any(|f| f == removed),
+            !initrd_files.contains(&removed),
             "{removed} is back in the initrd"
         );
     }
@@ -317,11 +290,8 @@ fn assert_lean(usr_footprint: &serde_json::Value, initrd: &serde_json::Value) {
 /// (amazon-ec2-utils, for a udev helper) is replaced by nvme-cli and a
 /// shell helper (overlays/base/usr/lib/udev).
 fn assert_no_interpreter_installed(info: &serde_json::Value) {
-    let python: Vec<&str> = info["packages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["name"].as_str().unwrap())
+    let python: Vec<&str> = names(&info["packages"])
+        .into_iter()
         .filter(|name| name.starts_with("python") || name.starts_with("libpython"))
         .collect();
     assert!(python.is_empty(), "Python is back in /usr: {python:?}");
@@ -574,12 +544,7 @@ fn every_platform_artifact_boots_and_proves_itself() {
         "inactive"
     );
     assert_eq!(by_platform("vmware")["guest"]["virtualization"], "vmware");
-    let vmware_checks: Vec<&str> = by_platform("vmware")["checks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["name"].as_str().unwrap())
-        .collect();
+    let vmware_checks = names(&by_platform("vmware")["checks"]);
     assert!(
         vmware_checks.contains(&"the manifest's SHA256 digests match the files"),
         "{vmware_checks:?}"
@@ -789,6 +754,16 @@ fn pipeline_published_and_stops_on_a_failed_platform(lab: &PipelineLab, dir: &Pa
     assert!(!lab.server.object_file("store/releases/0.0.1-e2e").exists());
     let alpha_after = read_json(&lab.server.object_file("store/channels/alpha.json"));
     assert_eq!(alpha_after, alpha, "the channel moved without a publish");
+}
+
+/// The `name` of each entry of a JSON array (build.json's files,
+/// packages and footprint lists, sfdisk's partitions), in order.
+fn names(list: &serde_json::Value) -> Vec<&str> {
+    list.as_array()
+        .unwrap()
+        .iter()
+        .map(|entry| entry["name"].as_str().unwrap())
+        .collect()
 }
 
 /// The last `lines` lines of a log.
