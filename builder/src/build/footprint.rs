@@ -63,8 +63,23 @@ pub fn footprint(owners_text: &str, files_text: &str) -> Result<UsrFootprint> {
         bytes: files.iter().map(|f| f.size).sum(),
         files: files.len() as u64,
         packages,
-        directories: by_directory(sizes, 2),
+        directories: by_directory(sizes.clone(), 2),
+        biggest_files: biggest_files(sizes),
     })
+}
+
+/// The [`FILES_KEPT`] biggest of `files`, biggest first.
+fn biggest_files<'a>(files: impl Iterator<Item = (&'a str, u64)>) -> Vec<FootprintEntry> {
+    let mut biggest: Vec<FootprintEntry> = files
+        .map(|(name, size)| FootprintEntry {
+            name: name.to_owned(),
+            bytes: size,
+            files: 1,
+        })
+        .collect();
+    biggest_first(&mut biggest);
+    biggest.truncate(FILES_KEPT);
+    biggest
 }
 
 /// The biggest directories, each file counted in every directory it lies
@@ -221,22 +236,12 @@ pub fn initrd_footprint(path: &Path) -> Result<InitrdFootprint> {
             );
         }
     }
-    let mut biggest: Vec<FootprintEntry> = files
-        .iter()
-        .map(|(name, size)| FootprintEntry {
-            name: name.clone(),
-            bytes: *size,
-            files: 1,
-        })
-        .collect();
-    biggest_first(&mut biggest);
-    biggest.truncate(FILES_KEPT);
     Ok(InitrdFootprint {
         stored_bytes: data.len() as u64,
         bytes: files.iter().map(|(_, size)| size).sum(),
         files: files.len() as u64,
         directories: by_directory(files.iter().map(|(n, s)| (n.as_str(), *s)), 1),
-        biggest_files: biggest,
+        biggest_files: biggest_files(files.iter().map(|(n, s)| (n.as_str(), *s))),
     })
 }
 
@@ -355,6 +360,26 @@ base-files\t/etc/os-release
         assert!(!sizes.contains_key("/usr"));
         assert!(!sizes.contains_key("/usr/lib/modules/6.12/kernel/fs"));
         assert_eq!(footprint.directories[0].name, "/usr/bin");
+    }
+
+    #[test]
+    fn the_biggest_files_are_listed_each_hard_link_once() {
+        let footprint = footprint(OWNERS, FILES).unwrap();
+        let biggest: Vec<(&str, u64)> = footprint
+            .biggest_files
+            .iter()
+            .map(|f| (f.name.as_str(), f.bytes))
+            .collect();
+        assert_eq!(
+            biggest,
+            [
+                ("/usr/bin/ls", 1000),
+                ("/usr/lib/modules/6.12/kernel/fs/erofs.ko.xz", 500),
+                ("/usr/lib/modules/6.12/kernel/net/a.ko.xz", 300),
+                ("/usr/share/doc/coreutils/copyright", 50),
+                ("/usr/lib/udev/hwdb.bin", 7),
+            ]
+        );
     }
 
     /// A newc archive of `files` (path, contents), with its trailer.

@@ -184,6 +184,7 @@ pub(super) fn footprint(global: &GlobalArgs, args: &FootprintArgs) -> Result<()>
     );
     print_biggest("packages", &usr.packages, usr.bytes, args.top);
     print_biggest("directories", &usr.directories, usr.bytes, args.top);
+    print_biggest("files", &usr.biggest_files, usr.bytes, args.top);
     if let Some(initrd) = initrd {
         out!("");
         out!(

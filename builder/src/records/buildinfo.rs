@@ -115,6 +115,10 @@ pub struct UsrFootprint {
     /// The biggest directories, down to four levels under /usr (nested
     /// ones are counted in their parents too); biggest first.
     pub directories: Vec<FootprintEntry>,
+    /// The biggest files, biggest first (absent from builds before it was
+    /// recorded).
+    #[serde(default)]
+    pub biggest_files: Vec<FootprintEntry>,
 }
 
 /// A package's or a directory's share of /usr.
