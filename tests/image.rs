@@ -678,7 +678,15 @@ fn assert_footprint_reported(platform: &str, guest: &serde_json::Value) {
     let breakdown = guest["footprint.memory_kib"].as_str().unwrap();
     let biggest = guest["footprint.biggest_processes"].as_str().unwrap();
     eprintln!("{platform}: memory {breakdown}; biggest processes {biggest}");
-    for field in ["AnonPages=", "Shmem=", "SUnreclaim=", "PageTables="] {
+    assert!(number("footprint.watermark_high_kib") > 0, "{platform}");
+    for field in [
+        "AnonPages=",
+        "Shmem=",
+        "SUnreclaim=",
+        "PageTables=",
+        "Active(file)=",
+        "Inactive(file)=",
+    ] {
         assert!(breakdown.contains(field), "{platform}: {breakdown}");
     }
     assert!(biggest.contains("systemd="), "{platform}: {biggest}");

@@ -199,14 +199,18 @@ say root_filesystem_bytes "$(df -B1 --output=size / | tail -n 1 | tr -d ' ')"
 # processes (kernel threads and this test's own aside), and where the
 # boot's time went (the ten slowest units, devices aside: a device's time
 # is only when it appeared; the chain to multi-user.target).
-say footprint.memory_used_kib "$(awk '/^MemTotal:/ { total = $2 } /^MemAvailable:/ { available = $2 }
-    END { print total - available }' /proc/meminfo)"
+meminfo=$(cat /proc/meminfo)
+say footprint.memory_used_kib "$(echo "$meminfo" | awk '/^MemTotal:/ { total = $2 }
+    /^MemAvailable:/ { available = $2 } END { print total - available }')"
 # Where that memory goes: process memory, tmpfs files, the kernel's own
-# (unreclaimable slab, stacks, page tables, per-CPU), the page cache the
-# kernel does not count as available (MemFree, Cached and KReclaimable
-# show how much), and the processes holding the most (resident KiB).
-say footprint.memory_kib "$(awk '/^(MemTotal|MemFree|MemAvailable|Buffers|Cached|AnonPages|Shmem|KReclaimable|SUnreclaim|KernelStack|PageTables|Percpu|VmallocUsed|Unevictable):/ {
-    sub(":", "", $1); printf "%s%s=%s", separator, $1, $2; separator = ";" }' /proc/meminfo)"
+# (unreclaimable slab, stacks, page tables, per-CPU), and the page cache:
+# MemAvailable counts the file pages on the LRU lists (Active and
+# Inactive(file)) less what the kernel keeps free for itself, the zones'
+# high watermarks (footprint.watermark_high_kib).
+say footprint.memory_kib "$(echo "$meminfo" | awk '/^(MemTotal|MemFree|MemAvailable|Buffers|Cached|Active\(file\)|Inactive\(file\)|AnonPages|Shmem|KReclaimable|SUnreclaim|KernelStack|PageTables|Percpu|VmallocUsed|Unevictable):/ {
+    sub(":", "", $1); printf "%s%s=%s", separator, $1, $2; separator = ";" }')"
+say footprint.watermark_high_kib "$(awk -v page_kib="$(($(getconf PAGESIZE) / 1024))" \
+    '$1 == "high" { pages += $2 } END { print pages * page_kib }' /proc/zoneinfo)"
 say footprint.biggest_processes "$(ps -e -o rss=,comm= --sort=-rss | head -n 8 |
     awk '{ print $2 "=" $1 }' | paste -sd ';')"
 say footprint.processes "$(ps -e -ww -o pid=,ppid=,cgroup= |
