@@ -1,6 +1,6 @@
 //! `boxcar footprint` reads where /usr's bytes go from a build's
-//! build.json: the biggest packages and directories, as text or JSON, and
-//! a clear error for a build made without the footprint.
+//! build.json: the biggest packages, directories and files, as text or
+//! JSON, and a clear error for a build made without the footprint.
 
 mod common;
 
@@ -8,7 +8,7 @@ use common::{read_json, Lab};
 use predicates::prelude::*;
 
 #[test]
-fn footprint_lists_the_biggest_packages_and_directories() {
+fn footprint_lists_the_biggest_packages_directories_and_files() {
     let lab = Lab::new();
     let build = lab.build("1.0.0", true);
     let build_arg = build.to_str().unwrap();
@@ -28,6 +28,10 @@ fn footprint_lists_the_biggest_packages_and_directories() {
             { "name": "/usr/lib", "bytes": 2_000_000, "files": 1 },
             { "name": "/usr/bin", "bytes": 1_000_000, "files": 2 },
         ],
+        "biggest_files": [
+            { "name": "/usr/lib/modules/6.12/vmlinuz", "bytes": 2_000_000, "files": 1 },
+            { "name": "/usr/bin/runc", "bytes": 600_000, "files": 1 },
+        ],
     });
     let path = build.join("build.json");
     let mut info = read_json(&path);
@@ -42,7 +46,9 @@ fn footprint_lists_the_biggest_packages_and_directories() {
                 .and(predicate::str::contains("66.7%"))
                 .and(predicate::str::contains("linux-image-6.12"))
                 .and(predicate::str::contains("/usr/lib"))
-                .and(predicate::str::contains("containerd").not()),
+                .and(predicate::str::contains("/usr/lib/modules/6.12/vmlinuz"))
+                .and(predicate::str::contains("containerd").not())
+                .and(predicate::str::contains("runc").not()),
         );
     let json = lab
         .boxcar(&["--json", "footprint", "--build", build_arg])

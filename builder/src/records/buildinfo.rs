@@ -116,8 +116,8 @@ pub struct UsrFootprint {
     /// ones are counted in their parents too); biggest first.
     pub directories: Vec<FootprintEntry>,
     /// The biggest files, biggest first (absent from builds before it was
-    /// recorded).
-    #[serde(default)]
+    /// recorded, and then left out again when written).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub biggest_files: Vec<FootprintEntry>,
 }
 
