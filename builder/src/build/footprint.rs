@@ -236,12 +236,13 @@ pub fn initrd_footprint(path: &Path) -> Result<InitrdFootprint> {
             );
         }
     }
+    let sizes = files.iter().map(|(name, size)| (name.as_str(), *size));
     Ok(InitrdFootprint {
         stored_bytes: data.len() as u64,
         bytes: files.iter().map(|(_, size)| size).sum(),
         files: files.len() as u64,
-        directories: by_directory(files.iter().map(|(n, s)| (n.as_str(), *s)), 1),
-        biggest_files: biggest_files(files.iter().map(|(n, s)| (n.as_str(), *s))),
+        directories: by_directory(sizes.clone(), 1),
+        biggest_files: biggest_files(sizes),
     })
 }
 
