@@ -657,8 +657,8 @@ fn every_platform_artifact_boots_and_proves_itself() {
 }
 
 /// The running system's footprint, as the guest reports it after the boot:
-/// memory in use and where it goes, processes, the slowest units and the
-/// critical chain.
+/// memory in use and where it goes, processes, the slowest and the busiest
+/// units and the critical chain.
 fn assert_footprint_reported(platform: &str, guest: &serde_json::Value) {
     let number = |key: &str| -> u64 {
         guest[key]
@@ -695,6 +695,17 @@ fn assert_footprint_reported(platform: &str, guest: &serde_json::Value) {
         slowest.contains(".service") && !slowest.contains(".device"),
         "{platform}: {slowest}"
     );
+    // "12.34s dockerd.service;0.56s ...": processor time, services only.
+    let busiest = guest["footprint.busiest_units"].as_str().unwrap();
+    let entries: Vec<&str> = busiest.split(';').collect();
+    assert!(entries.len() > 3, "{platform}: {busiest}");
+    for entry in entries {
+        let (seconds, unit) = entry.split_once("s ").unwrap_or_default();
+        assert!(
+            seconds.parse::<f64>().is_ok() && unit.ends_with(".service"),
+            "{platform}: {busiest}"
+        );
+    }
     let chain = guest["footprint.critical_chain"].as_str().unwrap();
     assert!(
         chain.starts_with("multi-user.target @"),

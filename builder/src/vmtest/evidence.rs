@@ -649,12 +649,11 @@ fn failed_units_check(failed: &str, platform_units: &[String]) -> Check {
     )
 }
 
-/// systemd-sysupdate.service, started with nothing staged: it succeeds on
-/// a disk (nothing newer to install), and its condition skips it on a
-/// diskless boot, which has no slots. Either way it must not fail, as it
-/// runs from a timer on every host.
 /// The update agent runs (it is skipped on a diskless boot, which has no
-/// slots), and the boot passed the health check that gates blessing.
+/// slots), and the boot passed the health check that gates blessing. Only
+/// the agent installs updates: systemd-sysupdate's own timers, which would
+/// install whatever is staged and reboot at a fixed hour, are off. The boot
+/// loader's upkeep is scheduled after the boot.
 fn update_agent_checks(report: &BTreeMap<String, String>, diskless: bool) -> Vec<Check> {
     let get = |key: &str| report.get(key).map(String::as_str).unwrap_or("");
     let agent = if diskless {
@@ -680,8 +679,24 @@ fn update_agent_checks(report: &BTreeMap<String, String>, diskless: bool) -> Vec
             health,
             get("health_service"),
         ),
+        check(
+            "systemd-sysupdate's own timers are off",
+            get("sysupdate_timers") == SYSUPDATE_TIMERS_OFF,
+            SYSUPDATE_TIMERS_OFF,
+            get("sysupdate_timers"),
+        ),
+        check(
+            "the boot loader's upkeep is scheduled",
+            get("boot_loader_timer") == "enabled",
+            "boxcar-boot-loader.timer enabled",
+            get("boot_loader_timer"),
+        ),
     ]
 }
+
+/// `systemctl is-enabled` of systemd-sysupdate.timer and
+/// systemd-sysupdate-reboot.timer, as the guest reports it.
+const SYSUPDATE_TIMERS_OFF: &str = "disabled disabled";
 
 /// Whether a space-separated list holds `word`.
 fn has_word(list: &str, word: &str) -> bool {
@@ -1150,6 +1165,11 @@ update.ukis=boxcar_1.0.efi boxcar_1.1+0-3.efi
             BTreeMap::from([
                 ("agent_service".to_owned(), agent.to_owned()),
                 ("health_service".to_owned(), health.to_owned()),
+                (
+                    "sysupdate_timers".to_owned(),
+                    SYSUPDATE_TIMERS_OFF.to_owned(),
+                ),
+                ("boot_loader_timer".to_owned(), "enabled".to_owned()),
             ])
         };
         let healthy = "ActiveState=active Result=success";
@@ -1165,6 +1185,12 @@ update.ukis=boxcar_1.0.efi boxcar_1.1+0-3.efi
             &report(running, "ActiveState=failed Result=exit-code"),
             false
         ));
+        let mut timers_on = report(running, healthy);
+        timers_on.insert("sysupdate_timers".to_owned(), "enabled enabled".to_owned());
+        assert!(!passed(&timers_on, false));
+        let mut no_upkeep = report(running, healthy);
+        no_upkeep.insert("boot_loader_timer".to_owned(), "disabled".to_owned());
+        assert!(!passed(&no_upkeep, false));
     }
 
     #[test]

@@ -162,6 +162,10 @@ if [ -d "$agent_dir" ]; then
 fi
 say agent_service "$(systemctl show --property=ActiveState --property=Result --property=ConditionResult boxcar-update.service | sort | tr '\n' ' ')"
 say health_service "$(systemctl show --property=ActiveState --property=Result boxcar-update-health.service | sort | tr '\n' ' ')"
+# Only the agent installs updates: systemd-sysupdate's own timers stay off.
+# The boot loader's upkeep runs from its own timer, after the boot.
+say sysupdate_timers "$(systemctl is-enabled systemd-sysupdate.timer systemd-sysupdate-reboot.timer 2>&1 | tr '\n' ' ')"
+say boot_loader_timer "$(systemctl is-enabled boxcar-boot-loader.timer 2>&1)"
 say agent_status "$(boxcar-update status --json 2>&1 | tr -d '\n')"
 
 # Agents bound to a hypervisor qemu cannot be (see the platform table's
@@ -217,6 +221,15 @@ say footprint.processes "$(ps -e -ww -o pid=,ppid=,cgroup= |
     awk -v own="$(cat /proc/self/cgroup)" '$1 != 2 && $2 != 2 && $3 != own' | wc -l)"
 say footprint.kernel_threads "$(ps -e -o pid=,ppid= | awk '$1 == 2 || $2 == 2' | wc -l)"
 say footprint.slowest_units "$(systemd-analyze blame --no-pager 2>&1 | grep -v '\.device$' | head -n 10 | sed 's/^ *//' | paste -sd ';')"
+# Where the boot's processor time went, unit by unit: under emulation the
+# guest's two processors are the bottleneck, so work off the critical chain
+# slows the chain too.
+# (systemctl show prints one block per unit, separated by blank lines.)
+say footprint.busiest_units "$(systemctl show --no-pager --property=Id --property=CPUUsageNSec '*.service' 2>/dev/null |
+    awk -F= 'function flush() { if (cpu ~ /^[0-9]+$/) print cpu, id; id = ""; cpu = "" }
+        /^Id=/ { id = $2 } /^CPUUsageNSec=/ { cpu = $2 } /^$/ { flush() } END { flush() }' |
+    sort -rn | head -n 10 |
+    awk '{ printf "%.2fs %s\n", $1 / 1e9, $2 }' | paste -sd ';')"
 say footprint.critical_chain "$(systemd-analyze critical-chain --no-pager multi-user.target 2>&1 |
     grep -E '@[0-9]' | sed 's/^[^a-zA-Z0-9]*//' | paste -sd ';')"
 
