@@ -662,6 +662,12 @@ fn update_agent_checks(report: &BTreeMap<String, String>, diskless: bool) -> Vec
         "ActiveState=active ConditionResult=yes Result=success"
     };
     let health = "ActiveState=active Result=success";
+    // A network boot has no systemd-boot and no UKI: nothing to look after.
+    let upkeep = if diskless {
+        "ConditionResult=no Result=success"
+    } else {
+        "ConditionResult=yes Result=success"
+    };
     vec![
         check(
             if diskless {
@@ -686,10 +692,14 @@ fn update_agent_checks(report: &BTreeMap<String, String>, diskless: bool) -> Vec
             get("sysupdate_timers"),
         ),
         check(
-            "the boot loader's upkeep is scheduled",
-            get("boot_loader_timer") == "enabled",
-            "boxcar-boot-loader.timer enabled",
-            get("boot_loader_timer"),
+            "the boot loader's upkeep is scheduled and succeeds",
+            get("boot_loader_timer") == "enabled" && get("boot_loader_service") == upkeep,
+            format!("timer enabled; service {upkeep}"),
+            format!(
+                "timer {}; service {}",
+                get("boot_loader_timer"),
+                get("boot_loader_service")
+            ),
         ),
     ]
 }
@@ -1170,6 +1180,10 @@ update.ukis=boxcar_1.0.efi boxcar_1.1+0-3.efi
                     SYSUPDATE_TIMERS_OFF.to_owned(),
                 ),
                 ("boot_loader_timer".to_owned(), "enabled".to_owned()),
+                (
+                    "boot_loader_service".to_owned(),
+                    "ConditionResult=yes Result=success".to_owned(),
+                ),
             ])
         };
         let healthy = "ActiveState=active Result=success";
@@ -1180,7 +1194,12 @@ update.ukis=boxcar_1.0.efi boxcar_1.1+0-3.efi
         };
         assert!(passed(&report(running, healthy), false));
         assert!(!passed(&report(running, healthy), true));
-        assert!(passed(&report(skipped, healthy), true));
+        let mut diskless = report(skipped, healthy);
+        diskless.insert(
+            "boot_loader_service".to_owned(),
+            "ConditionResult=no Result=success".to_owned(),
+        );
+        assert!(passed(&diskless, true));
         assert!(!passed(
             &report(running, "ActiveState=failed Result=exit-code"),
             false
@@ -1191,6 +1210,12 @@ update.ukis=boxcar_1.0.efi boxcar_1.1+0-3.efi
         let mut no_upkeep = report(running, healthy);
         no_upkeep.insert("boot_loader_timer".to_owned(), "disabled".to_owned());
         assert!(!passed(&no_upkeep, false));
+        let mut upkeep_failed = report(running, healthy);
+        upkeep_failed.insert(
+            "boot_loader_service".to_owned(),
+            "ConditionResult=yes Result=exit-code".to_owned(),
+        );
+        assert!(!passed(&upkeep_failed, false));
     }
 
     #[test]

@@ -163,9 +163,13 @@ fi
 say agent_service "$(systemctl show --property=ActiveState --property=Result --property=ConditionResult boxcar-update.service | sort | tr '\n' ' ')"
 say health_service "$(systemctl show --property=ActiveState --property=Result boxcar-update-health.service | sort | tr '\n' ' ')"
 # Only the agent installs updates: systemd-sysupdate's own timers stay off.
-# The boot loader's upkeep runs from its own timer, after the boot.
+# The boot loader's upkeep runs from its own timer, minutes after the boot:
+# started here, it must succeed (or be skipped where no systemd-boot booted
+# the machine, as on a network boot).
 say sysupdate_timers "$(systemctl is-enabled systemd-sysupdate.timer systemd-sysupdate-reboot.timer 2>&1 | tr '\n' ' ')"
 say boot_loader_timer "$(systemctl is-enabled boxcar-boot-loader.timer 2>&1)"
+systemctl start boxcar-boot-loader.service >/dev/null 2>&1
+say boot_loader_service "$(systemctl show --property=ConditionResult --property=Result boxcar-boot-loader.service | sort | tr '\n' ' ')"
 say agent_status "$(boxcar-update status --json 2>&1 | tr -d '\n')"
 
 # Agents bound to a hypervisor qemu cannot be (see the platform table's
