@@ -121,6 +121,7 @@ fn build_produces_a_verity_protected_ab_image_that_stock_tools_confirm() {
             "compose",
             "collect",
             "inspect",
+            "secure boot",
             "package",
             "package qemu",
             "package vmware",
@@ -179,6 +180,70 @@ fn build_produces_a_verity_protected_ab_image_that_stock_tools_confirm() {
     let agent = &info["update_agent"];
     assert_eq!(agent["channel"], "alpha");
     assert_eq!(agent["keys"].as_array().unwrap().len(), 1);
+    assert_signed_for_secure_boot(&info, dir);
+}
+
+/// The boot chain is signed with the suite's Secure Boot key, as stock
+/// sbverify sees it: the UKI, every platform addon and the boot loader
+/// read back from the ESP; the build ships the certificate operators
+/// enroll, and build.json names its fingerprint.
+fn assert_signed_for_secure_boot(info: &serde_json::Value, dir: &Path) {
+    let record = &info["secure_boot"];
+    assert_eq!(record["certificate"], "secure-boot.crt");
+    let certificate = dir.join("secure-boot.crt");
+    assert_eq!(
+        std::fs::read(&certificate).unwrap(),
+        std::fs::read(shared_secure_boot_key().certificate()).unwrap(),
+        "the build ships the certificate it was signed with"
+    );
+    let fingerprint = host_tool(
+        "openssl",
+        &[
+            "x509",
+            "-noout",
+            "-fingerprint",
+            "-sha256",
+            "-in",
+            certificate.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(
+        fingerprint
+            .trim()
+            .rsplit('=')
+            .next()
+            .unwrap()
+            .replace(':', "")
+            .to_lowercase(),
+        record["certificate_sha256"].as_str().unwrap()
+    );
+    let signed = names(&record["signed"]);
+    for platform in ["qemu", "vmware", "aws", "metal", "pxe"] {
+        assert!(signed.contains(&format!("platform-{platform}.addon.efi").as_str()));
+    }
+    let scratch = tempfile::tempdir_in(scratch_dir()).unwrap();
+    let loader = scratch.path().join("BOOTX64.EFI");
+    copy_from_esp(dir, "EFI/BOOT/BOOTX64.EFI", &loader);
+    let mut files = vec![dir.join("uki.efi"), loader];
+    files.extend(
+        ["qemu", "vmware", "aws", "metal", "pxe"]
+            .iter()
+            .map(|p| dir.join(format!("platform-{p}.addon.efi"))),
+    );
+    for file in files {
+        let output = host_tool(
+            "sbverify",
+            &[
+                "--cert",
+                certificate.to_str().unwrap(),
+                file.to_str().unwrap(),
+            ],
+        );
+        assert!(
+            output.contains("Signature verification OK"),
+            "{file:?}: {output}"
+        );
+    }
 }
 
 /// Every platform's artifact is in build.json and on disk, each in its
@@ -621,6 +686,18 @@ fn every_platform_artifact_boots_and_proves_itself() {
             .map(|c| c["name"].as_str().unwrap().to_owned())
             .collect()
     };
+    // The signed build booted under enforcing Secure Boot wherever its
+    // platform boots UEFI; the PXE boot is BIOS (iPXE).
+    for id in ["qemu", "vmware", "aws", "metal"] {
+        let names = check_names(id);
+        for expected in [
+            "the firmware enforces Secure Boot",
+            "the kernel is locked down",
+        ] {
+            assert!(names.iter().any(|n| n == expected), "{id}: {expected}");
+        }
+        assert_eq!(by_platform(id)["guest"]["secure_boot"], "enabled", "{id}");
+    }
     for id in ["qemu", "vmware", "aws", "metal", "pxe"] {
         let names = check_names(id);
         for expected in [
@@ -973,6 +1050,15 @@ fn assert_release_states_its_footprint(document: &serde_json::Value, build: &ser
     }
 }
 
+/// `boxcar test --build SHARED CASE --json`: whether it passed, and the
+/// evidence it printed.
+fn boot_test_shared_build(case: &str) -> (bool, Vec<serde_json::Value>) {
+    let dir = shared_build();
+    let output = boxcar(&["test", "--build", dir.to_str().unwrap(), case, "--json"]);
+    let all = serde_json::from_slice(&output.stdout).expect("test --json prints JSON");
+    (output.status.success(), all)
+}
+
 /// First boots with configs Ignition must refuse: each stops in the initrd
 /// with Ignition's error on the console, never reaches multi-user, and
 /// halts instead of rebooting.
@@ -982,16 +1068,8 @@ fn bad_ignition_configs_stop_the_first_boot() {
         return;
     }
     let dir = shared_build();
-    let output = boxcar(&[
-        "test",
-        "--build",
-        dir.to_str().unwrap(),
-        "--bad-configs",
-        "--json",
-    ]);
-    let all: Vec<serde_json::Value> =
-        serde_json::from_slice(&output.stdout).expect("test --json prints JSON");
-    assert!(output.status.success(), "bad-config tests failed: {all:#?}");
+    let (passed, all) = boot_test_shared_build("--bad-configs");
+    assert!(passed, "bad-config tests failed: {all:#?}");
     let cases: Vec<&str> = all.iter().map(|e| e["case"].as_str().unwrap()).collect();
     assert_eq!(cases, ["bad-config"; 4]);
     let expected = [
@@ -1030,20 +1108,9 @@ fn tampered_usr_is_refused_at_boot() {
     }
     let dir = shared_build();
     let usr_digest_before = host_tool("sha256sum", &[dir.join("usr.raw").to_str().unwrap()]);
-    let output = boxcar(&[
-        "test",
-        "--build",
-        dir.to_str().unwrap(),
-        "--tamper-usr",
-        "--json",
-    ]);
-    let all: Vec<serde_json::Value> =
-        serde_json::from_slice(&output.stdout).expect("test --json prints JSON");
+    let (passed, all) = boot_test_shared_build("--tamper-usr");
     let evidence = &all[0];
-    assert!(
-        output.status.success(),
-        "tamper test did not pass: {evidence:#}"
-    );
+    assert!(passed, "tamper test did not pass: {evidence:#}");
     assert_eq!(evidence["case"], "tamper-usr");
     assert!(evidence["tampering"].as_str().unwrap().contains("USR-A"));
     assert_ne!(
@@ -1065,6 +1132,74 @@ fn tampered_usr_is_refused_at_boot() {
     );
     assert!(dir.join("evidence/tamper-usr/evidence.json").is_file());
     assert!(!dir.join("evidence/.tamper-usr.partial").exists());
+}
+
+/// Copies `path` out of the ESP of the build's disk image with mtools.
+fn copy_from_esp(dir: &Path, path: &str, to: &Path) {
+    let info = read_json(&dir.join("build.json"));
+    let esp = info["disk"]["partition_table"]["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["role"] == "esp")
+        .expect("an ESP");
+    let image = format!("{}@@{}", dir.join("disk.raw").display(), esp["offset"]);
+    let status = Command::new("mcopy")
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .args(["-n", "-i", &image, &format!("::/{path}")])
+        .arg(to)
+        .status()
+        .unwrap();
+    assert!(status.success(), "mcopy could not read {path} from the ESP");
+}
+
+/// One flipped byte in the signed UKI on the ESP: under enforcing Secure
+/// Boot, with the build's certificate enrolled, systemd-boot refuses to
+/// start it and no kernel runs.
+#[test]
+fn tampered_uki_is_refused_under_secure_boot() {
+    if !can_run("tampered_uki_is_refused_under_secure_boot") {
+        return;
+    }
+    let dir = shared_build();
+    let (passed, all) = boot_test_shared_build("--tamper-uki");
+    let evidence = &all[0];
+    assert!(passed, "Secure Boot tamper test did not pass: {evidence:#}");
+    assert_eq!(evidence["case"], "tamper-uki");
+    assert_eq!(evidence["outcome"], "refused");
+    assert!(evidence["tampering"]
+        .as_str()
+        .unwrap()
+        .contains("\\EFI\\Linux\\boxcar_0.0.0-e2e.efi"));
+    let refusals = evidence["boot_refusals"].as_array().unwrap();
+    assert!(
+        refusals.iter().any(|line| {
+            let line = line.as_str().unwrap();
+            line.contains("boxcar_0.0.0-e2e.efi") && line.contains("Access denied")
+        }),
+        "{refusals:?}"
+    );
+    let console = std::fs::read_to_string(dir.join("evidence/tamper-uki/console.log")).unwrap();
+    assert!(!console.contains("Linux version"), "a kernel started");
+    assert!(evidence["qemu_command"]
+        .as_str()
+        .unwrap()
+        .contains("secboot"));
+    // The build was not touched: the tampering was done on a copy, and the
+    // UKI on the build's own ESP still verifies.
+    let scratch = tempfile::tempdir_in(scratch_dir()).unwrap();
+    let uki = scratch.path().join("uki.efi");
+    copy_from_esp(dir, "EFI/Linux/boxcar_0.0.0-e2e.efi", &uki);
+    let certificate = dir.join("secure-boot.crt");
+    let verified = host_tool(
+        "sbverify",
+        &[
+            "--cert",
+            certificate.to_str().unwrap(),
+            uki.to_str().unwrap(),
+        ],
+    );
+    assert!(verified.contains("Signature verification OK"), "{verified}");
 }
 
 /// Runs `boxcar test` of the newer build over the shared one, its agent

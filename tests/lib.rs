@@ -126,6 +126,10 @@ pub fn shared_build() -> &'static Path {
             out_arg,
             "--update-key",
             &shared_store_key().public(),
+            "--secure-boot-key",
+            &shared_secure_boot_key().key(),
+            "--secure-boot-certificate",
+            &shared_secure_boot_key().certificate(),
             "--json",
         ]);
         assert!(output.status.success(), "boxcar build failed");
@@ -153,6 +157,10 @@ pub fn shared_newer_build() -> &'static Path {
             "--no-artifacts",
             "--update-key",
             &shared_store_key().public(),
+            "--secure-boot-key",
+            &shared_secure_boot_key().key(),
+            "--secure-boot-certificate",
+            &shared_secure_boot_key().certificate(),
             "--json",
         ]);
         assert!(output.status.success(), "the second build failed");
@@ -190,6 +198,45 @@ impl KeyPair {
 pub fn shared_store_key() -> &'static KeyPair {
     static KEY: OnceLock<KeyPair> = OnceLock::new();
     KEY.get_or_init(|| KeyPair::generate(&scratch_dir().join("store-key")))
+}
+
+/// The suite's Secure Boot key and self-signed certificate, made with stock
+/// openssl as an operator would: the shared builds are signed with it, and
+/// `boxcar test` enrolls the certificate in the firmware it boots them on.
+pub struct SecureBootKey {
+    pub dir: PathBuf,
+}
+
+impl SecureBootKey {
+    pub fn key(&self) -> String {
+        self.dir.join("db.key").display().to_string()
+    }
+
+    pub fn certificate(&self) -> String {
+        self.dir.join("db.crt").display().to_string()
+    }
+}
+
+pub fn shared_secure_boot_key() -> &'static SecureBootKey {
+    static KEY: OnceLock<SecureBootKey> = OnceLock::new();
+    KEY.get_or_init(|| {
+        let dir = scratch_dir().join("secure-boot-key");
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let key = SecureBootKey { dir };
+        let status = Command::new("openssl")
+            .args(["req", "-new", "-x509", "-newkey", "rsa:2048", "-nodes"])
+            .args(["-keyout", &key.key(), "-out", &key.certificate()])
+            .args(["-days", "3650", "-subj", "/CN=Boxcar e2e Secure Boot/"])
+            .stderr(std::process::Stdio::null())
+            .status()
+            .expect("running openssl");
+        assert!(
+            status.success(),
+            "openssl could not make the Secure Boot key"
+        );
+        key
+    })
 }
 
 /// A copy of the checkout's configuration (recipes, overlays, channels) in

@@ -270,3 +270,65 @@ fn a_missing_key_file_is_named_and_its_cause_given_once() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_secure_boot_key_without_its_certificate_is_refused_before_any_work() {
+    let project = project_copy();
+    let out = project.path().join("out");
+    let key = project.path().join("db.key");
+    std::fs::write(&key, "not read").unwrap();
+    boxcar()
+        .args(["build", "--project"])
+        .arg(project.path())
+        .arg("--out")
+        .arg(&out)
+        .arg("--secure-boot-key")
+        .arg(&key)
+        .env_remove("BOXCAR_SECURE_BOOT_CERTIFICATE_FILE")
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains(
+            "a Secure Boot key needs its certificate",
+        ));
+    assert!(!out.exists(), "nothing is written before the checks pass");
+}
+
+/// A key that is not the certificate's would sign images no firmware
+/// trusting that certificate boots: refused before mkosi runs.
+#[test]
+fn a_secure_boot_key_that_is_not_the_certificates_is_refused_before_any_work() {
+    let project = project_copy();
+    let out = project.path().join("out");
+    let dir = project.path();
+    for name in ["one", "two"] {
+        let status = std::process::Command::new("openssl")
+            .args(["req", "-new", "-x509", "-newkey", "rsa:2048", "-nodes"])
+            .arg("-keyout")
+            .arg(dir.join(format!("{name}.key")))
+            .arg("-out")
+            .arg(dir.join(format!("{name}.crt")))
+            .args(["-days", "1", "-subj", "/CN=test/"])
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+    let output = boxcar()
+        .args(["build", "--project"])
+        .arg(dir)
+        .arg("--out")
+        .arg(&out)
+        .arg("--secure-boot-key")
+        .arg(dir.join("one.key"))
+        .arg("--secure-boot-certificate")
+        .arg(dir.join("two.crt"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    if stderr.contains("must run as root") {
+        return;
+    }
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("is not the key of certificate"), "{stderr}");
+    assert!(!out.exists(), "nothing is written before the checks pass");
+}

@@ -33,6 +33,8 @@ pub struct MkosiRun {
     pub volatile_package_dirs: Vec<PathBuf>,
     /// Variables for the recipe's scripts.
     pub environment: Vec<(String, String)>,
+    /// Further options, by name (the Secure Boot signing key).
+    pub options: Vec<(&'static str, OsString)>,
 }
 
 impl MkosiRun {
@@ -64,6 +66,9 @@ impl MkosiRun {
         }
         for (key, value) in &self.environment {
             option("environment", format!("{key}={value}").into());
+        }
+        for (name, value) in &self.options {
+            option(name, value.clone());
         }
         // One --force replaces a previous build's outputs; a second one also
         // drops the incremental cache.
@@ -116,6 +121,7 @@ mod tests {
                 "BOXCAR_PLATFORM_CMDLINE_qemu".into(),
                 "boxcar.platform=qemu console=ttyS0".into(),
             )],
+            options: vec![("secure-boot", "yes".into())],
         }
         .arguments()
         .into_iter()

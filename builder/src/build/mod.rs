@@ -26,6 +26,7 @@ pub mod payload;
 mod plan;
 mod record;
 mod requirements;
+pub mod secure_boot;
 mod source;
 mod staging;
 mod timing;
@@ -44,6 +45,7 @@ use crate::records::buildinfo::{BuildInfo, PhaseTiming};
 use cachelock::CacheLock;
 pub use plan::{BuildPlan, BuildRequest};
 pub use requirements::requirements;
+pub use secure_boot::requirements as secure_boot_requirements;
 use staging::Staging;
 use timing::{phase_timing, timed};
 
@@ -61,6 +63,9 @@ pub struct BuildOutcome {
 /// kept next to it and named in the error.
 pub fn run(plan: &BuildPlan, tools: &HostTools, progress: &Progress) -> Result<BuildOutcome> {
     let started = Instant::now();
+    if let Some(key) = &plan.secure_boot {
+        key.check(tools)?;
+    }
     cachelock::create_cache_dirs(&plan.cache)?;
     let _lock = CacheLock::acquire(&plan.cache, progress)?;
     let staging = Staging::create(&plan.staging_dir)?;
@@ -105,6 +110,14 @@ fn assemble(
         let summary = format!("/usr verity root hash {}", inspected.usr.root_hash);
         Ok((inspected, summary))
     })?;
+    let secure_boot = match &plan.secure_boot {
+        None => None,
+        Some(key) => Some(timed(progress, timings, "secure boot", |_| {
+            let info = sign_and_verify(plan, key, tools, staging, &inspected)?;
+            let summary = format!("{} boot files signed and checked", info.signed.len());
+            Ok((info, summary))
+        })?),
+    };
     let selected = plan.selected();
     let (packaged, platform_timings) = timed(progress, timings, "package", |_| {
         let result = package::package(plan, &inspected, staging, &selected, tools, progress)?;
@@ -141,7 +154,33 @@ fn assemble(
         );
         Ok((payload, summary))
     })?;
-    record::build_info(
+    let mut info = record::build_info(
         plan, tools, staging, inspected, &packaged, digests, update, timings,
-    )
+    )?;
+    info.secure_boot = secure_boot;
+    Ok(info)
+}
+
+/// Signs the platform addons (mkosi signed the rest) and checks every boot
+/// file against the certificate, before any artifact is packaged.
+fn sign_and_verify(
+    plan: &BuildPlan,
+    key: &secure_boot::SigningKey,
+    tools: &HostTools,
+    staging: &Path,
+    inspected: &inspect::Inspected,
+) -> Result<crate::records::buildinfo::SecureBootInfo> {
+    let addons: Vec<String> = plan
+        .platform_table
+        .platforms
+        .iter()
+        .map(|platform| convert::Parts::addon_name(&platform.id))
+        .collect();
+    for addon in &addons {
+        key.sign(tools, &staging.join(addon))?;
+    }
+    let mut signed = vec!["uki.efi".to_owned()];
+    signed.extend(addons);
+    let esp = inspected.table.require(crate::image::Role::Esp)?;
+    secure_boot::verify_build(tools, key, staging, &signed, esp.offset)
 }

@@ -11,6 +11,7 @@ use time::OffsetDateTime;
 use super::agent_tree::AgentInputs;
 use super::convert;
 use super::mkosi::MkosiRun;
+use super::secure_boot::SigningKey;
 use super::source::{git_commit_time, git_source};
 use crate::channel::{ChannelConfig, ChannelName, Channels};
 use crate::platform::{Platform, PlatformId, PlatformTable, IMAGE_ID};
@@ -40,6 +41,10 @@ pub struct BuildRequest {
     pub update_keys: Vec<PathBuf>,
     /// The store nodes follow by default.
     pub update_store: Option<String>,
+    /// The Secure Boot key and certificate files; `None`: from the
+    /// environment, else an unsigned build.
+    pub secure_boot_key: Option<PathBuf>,
+    pub secure_boot_certificate: Option<PathBuf>,
 }
 
 /// Everything a build will do, decided and checked up front.
@@ -64,6 +69,8 @@ pub struct BuildPlan {
     pub selected_platforms: Vec<PlatformId>,
     /// The node agent and what it trusts.
     pub agent: AgentInputs,
+    /// The key the boot chain is signed with; `None`: an unsigned build.
+    pub secure_boot: Option<SigningKey>,
 }
 
 /// A file mkosi writes that becomes a part of the build.
@@ -130,6 +137,11 @@ impl BuildPlan {
             request.update_store.as_deref(),
             &project.root,
         )?;
+        let secure_boot = SigningKey::resolve(
+            request.secure_boot_key.as_deref(),
+            request.secure_boot_certificate.as_deref(),
+            |name| std::env::var(name).ok(),
+        )?;
         let source = git_source(&project.root);
         let source_date_epoch =
             git_commit_time(&project.root).unwrap_or_else(|| now.unix_timestamp());
@@ -147,6 +159,7 @@ impl BuildPlan {
             platform_table,
             selected_platforms,
             agent,
+            secure_boot,
         })
     }
 
@@ -176,6 +189,11 @@ impl BuildPlan {
                     (format!("BOXCAR_PLATFORM_CMDLINE_{}", p.id), encoded)
                 })
                 .collect(),
+            options: self
+                .secure_boot
+                .as_ref()
+                .map(SigningKey::mkosi_options)
+                .unwrap_or_default(),
         }
     }
 
@@ -284,6 +302,8 @@ mod tests {
             update_agent: Some(agent),
             update_keys: Vec::new(),
             update_store: None,
+            secure_boot_key: None,
+            secure_boot_certificate: None,
         }
     }
 

@@ -76,6 +76,8 @@ pub(super) fn build_info(
         artifacts,
         update: Some(update),
         update_agent: Some(plan.agent.record(&plan.channel.name)?),
+        // Filled in by the caller from the Secure Boot phase.
+        secure_boot: None,
         platforms: plan.platform_table.platforms.clone(),
         packages,
         phases: timings.to_vec(),

@@ -659,6 +659,20 @@ pub struct BuildArgs {
     /// store.url in /etc/boxcar/update.toml.
     #[arg(long, value_name = "URL")]
     pub update_store: Option<String>,
+
+    /// Sign the boot chain for Secure Boot with this private key (PEM):
+    /// systemd-boot, the UKI and every platform addon. Default:
+    /// $BOXCAR_SECURE_BOOT_KEY_FILE, or the key itself in
+    /// $BOXCAR_SECURE_BOOT_KEY. Without a key the build is unsigned. The
+    /// key never enters the build; its certificate ships as
+    /// secure-boot.crt for enrollment.
+    #[arg(long, value_name = "FILE")]
+    pub secure_boot_key: Option<PathBuf>,
+
+    /// The X.509 certificate (PEM) of --secure-boot-key. Default:
+    /// $BOXCAR_SECURE_BOOT_CERTIFICATE_FILE.
+    #[arg(long, value_name = "FILE")]
+    pub secure_boot_certificate: Option<PathBuf>,
 }
 
 /// Boot every artifact of a build in qemu and record evidence of what it is.
@@ -703,6 +717,17 @@ pub struct BuildArgs {
 /// flipped is booted instead, and the test passes only if dm-verity catches
 /// it and the system does not run on the tampered data.
 ///
+/// A build signed for Secure Boot (`boxcar build --secure-boot-key`) is
+/// booted under enforcing Secure Boot: OVMF's Secure Boot firmware with the
+/// build's secure-boot.crt enrolled as PK, KEK and db and nothing else
+/// trusted (the update cases aside, which boot the older build). Its
+/// platform boots also check that the firmware reports Secure Boot on and
+/// that the kernel is locked down.
+///
+/// With --tamper-uki, a copy of a signed build's disk image with one byte
+/// of its UKI flipped on the ESP is booted under Secure Boot, and the test
+/// passes only if systemd-boot refuses to start it and no kernel runs.
+///
 /// With --update-from OLD --stores DIR, the disk image of the older build
 /// OLD is booted and its own update agent (boxcar-update) is pointed at
 /// the release store DIR/good/ (which must carry this build on the build's
@@ -746,6 +771,11 @@ pub struct TestArgs {
     /// Boot a copy with one byte of /usr flipped, and expect it to be caught.
     #[arg(long, conflicts_with_all = ["platforms", "update_from"])]
     pub tamper_usr: bool,
+
+    /// Boot a copy with one byte of the UKI flipped, under enforcing Secure
+    /// Boot, and expect it refused (the build must be signed).
+    #[arg(long, conflicts_with_all = ["platforms", "update_from", "tamper_usr", "bad_configs"])]
+    pub tamper_uki: bool,
 
     /// Boot the older build in DIR and let its update agent update it to
     /// this build from --stores; check the VM comes back running this build.

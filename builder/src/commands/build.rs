@@ -56,11 +56,16 @@ pub(super) fn build(global: &GlobalArgs, args: &BuildArgs, progress: &Progress) 
         update_agent: args.update_agent.clone(),
         update_keys: args.update_keys.clone(),
         update_store: args.update_store.clone(),
+        secure_boot_key: args.secure_boot_key.clone(),
+        secure_boot_certificate: args.secure_boot_certificate.clone(),
     };
     let plan = BuildPlan::new(project, cache, &request, OffsetDateTime::now_utc())?;
     require_root("boxcar build")?;
     let mut requirements = build::requirements();
     requirements.extend(convert::requirements(&plan.selected()));
+    if plan.secure_boot.is_some() {
+        requirements.extend(build::secure_boot_requirements());
+    }
     let tools = hosttools::check(&requirements, &locator(&plan.cache), "build")?;
     progress.note(&format!(
         "building {} {} for channel {} (cache {})",

@@ -22,6 +22,7 @@ pub(super) fn test(global: &GlobalArgs, args: &TestArgs, progress: &Progress) ->
         build_dir: args.build.clone(),
         platforms: args.platforms.clone(),
         tamper_usr: args.tamper_usr,
+        tamper_uki: args.tamper_uki,
         update_from: args.update_from.clone(),
         stores: args.stores.clone(),
         fleet_lock: args.fleet_lock,

@@ -52,6 +52,9 @@ pub struct BuildInfo {
     /// updates were published have none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub update: Option<boxcar_signing::documents::UpdatePayload>,
+    /// How the boot chain is signed for Secure Boot; `None`: unsigned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secure_boot: Option<SecureBootInfo>,
     /// The platform table the build was made with.
     pub platforms: Vec<Platform>,
     /// Every package installed in the image.
@@ -60,6 +63,22 @@ pub struct BuildInfo {
     pub phases: Vec<PhaseTiming>,
     /// The versions of the tools that made the image.
     pub tools: Vec<ToolVersion>,
+}
+
+/// The Secure Boot signature of a build's boot chain.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecureBootInfo {
+    /// The signing certificate (PEM), as a file of this build: what
+    /// operators enroll in their firmware's db.
+    pub certificate: String,
+    /// The certificate's SHA-256 fingerprint (hex, of its DER form).
+    pub certificate_sha256: String,
+    /// The certificate's subject (RFC 2253).
+    pub subject: String,
+    /// Every boot file checked against the certificate after signing: the
+    /// build's files by name, the ESP's as `disk.raw:ESP/PATH`.
+    pub signed: Vec<String>,
 }
 
 /// Where the recipe came from.

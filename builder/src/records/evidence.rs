@@ -38,6 +38,10 @@ pub enum TestCase {
     /// Boot a platform's artifact with a config Ignition must refuse: the
     /// first boot must stop, its error on the console, without rebooting.
     BadConfig,
+    /// Boot a copy of a signed disk image with one byte of its UKI flipped,
+    /// under enforcing Secure Boot: the boot loader must refuse to start
+    /// it.
+    TamperUki,
 }
 
 impl TestCase {
@@ -48,6 +52,7 @@ impl TestCase {
             TestCase::Update => "update",
             TestCase::UpdateFallback => "update-fallback",
             TestCase::BadConfig => "bad-config",
+            TestCase::TamperUki => "tamper-uki",
         }
     }
 }
@@ -72,6 +77,9 @@ pub enum BootOutcome {
     /// reporting RCU stalls. Under software emulation on a busy host that
     /// is the emulator starving, not the image; the case is booted again.
     EmulationStalled,
+    /// The firmware or the boot loader refused to start an image: its
+    /// Secure Boot signature did not verify.
+    Refused,
     /// The user interrupted the test.
     Interrupted,
 }
@@ -145,6 +153,10 @@ pub struct Evidence {
     pub milestones: Vec<Milestone>,
     /// Kernel lines from the console that report verity corruption.
     pub verity_errors: Vec<String>,
+    /// Firmware and boot loader lines from the console that refused to
+    /// start an image (Secure Boot).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub boot_refusals: Vec<String>,
     /// Everything the guest reported, raw.
     pub guest: BTreeMap<String, String>,
     /// When this is the case's second boot: why the first was not judged
@@ -195,6 +207,7 @@ mod tests {
             boot_time,
             milestones: vec![],
             verity_errors: vec![],
+            boot_refusals: vec![],
             guest: guest
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))

@@ -85,6 +85,31 @@ pub struct Expectations<'a> {
     /// Whether sshd should listen: only a provisioned machine gives an
     /// account a key.
     pub ssh: bool,
+    /// Whether the firmware enforced Secure Boot with the build's
+    /// certificate enrolled.
+    pub secure_boot: bool,
+}
+
+/// Under enforcing Secure Boot: the firmware says so, and the kernel, seeing
+/// it, locked itself down (no unsigned modules, no /dev/mem, no kexec of
+/// unsigned kernels).
+fn secure_boot_checks(report: &BTreeMap<String, String>) -> Vec<Check> {
+    let get = |key: &str| report.get(key).map(String::as_str).unwrap_or("");
+    let lockdown = get("lockdown");
+    vec![
+        check(
+            "the firmware enforces Secure Boot",
+            get("secure_boot") == "enabled",
+            "enabled",
+            get("secure_boot"),
+        ),
+        check(
+            "the kernel is locked down",
+            lockdown.contains("[integrity]") || lockdown.contains("[confidentiality]"),
+            "[integrity] or [confidentiality]",
+            lockdown,
+        ),
+    ]
 }
 
 /// The reports of each boot of one VM run, in order (a guest that reboots
@@ -184,6 +209,9 @@ pub fn judge_platform(
         expect.platform.format == Format::Pxe,
     ));
     checks.push(udev_rules_check(get("udev_rules_verify")));
+    if expect.secure_boot {
+        checks.extend(secure_boot_checks(report));
+    }
     if expect.platform.disk_bus == DiskBus::Nvme {
         checks.push(ebs_name_check(
             get("nvme_identify_bytes"),
@@ -747,6 +775,35 @@ pub fn judge_tamper(
     ]
 }
 
+/// Judges the boot of a disk whose UKI was tampered with, under enforcing
+/// Secure Boot: the boot loader must have refused that UKI, and no kernel
+/// may have started.
+pub fn judge_tamper_uki(
+    uki_path: &str,
+    refusals: &[String],
+    kernel_starts: usize,
+    outcome: BootOutcome,
+) -> Vec<Check> {
+    let refused_uki = refusals.iter().find(|line| line.contains(uki_path));
+    vec![
+        check(
+            "the tampered UKI was refused",
+            refused_uki.is_some(),
+            format!("systemd-boot refusing {uki_path}"),
+            refused_uki
+                .or(refusals.first())
+                .cloned()
+                .unwrap_or_else(|| "no refusal on the console".to_owned()),
+        ),
+        check(
+            "no kernel started",
+            kernel_starts == 0,
+            "0 kernel starts",
+            format!("{kernel_starts} kernel starts ({outcome:?})"),
+        ),
+    ]
+}
+
 /// Judges a boot with a config Ignition must refuse.
 pub fn judge_bad_config(
     report: &BTreeMap<String, String>,
@@ -918,6 +975,9 @@ pub fn summary(evidence: &Evidence) -> String {
     for line in &evidence.verity_errors {
         let _ = writeln!(text, "kernel: {line}");
     }
+    for line in &evidence.boot_refusals {
+        let _ = writeln!(text, "refused: {line}");
+    }
     let _ = writeln!(text);
     for c in &evidence.checks {
         let mark = if c.passed { "ok  " } else { "FAIL" };
@@ -960,12 +1020,50 @@ update.ukis=boxcar_1.0.efi boxcar_1.1.efi
 update.partitions=1:esp 2:boxcar_1.0 3:boxcar_1.0_verity 4:boxcar_1.1 5:boxcar_1.1_verity 6:root-x86-64
 ";
 
-    fn failed_update_checks(report: &str) -> Vec<String> {
-        update_checks(&parse_report(report), &update_expectation())
+    fn failed(checks: Vec<Check>) -> Vec<String> {
+        checks
             .into_iter()
             .filter(|c| !c.passed)
             .map(|c| c.name)
             .collect()
+    }
+
+    #[test]
+    fn secure_boot_needs_the_firmware_on_and_the_kernel_locked_down() {
+        let good = parse_report("secure_boot=enabled\nlockdown=none [integrity] confidentiality\n");
+        assert!(failed(secure_boot_checks(&good)).is_empty());
+        let off = parse_report("secure_boot=disabled\nlockdown=[none] integrity confidentiality\n");
+        assert_eq!(
+            failed(secure_boot_checks(&off)),
+            [
+                "the firmware enforces Secure Boot",
+                "the kernel is locked down"
+            ]
+        );
+        assert_eq!(failed(secure_boot_checks(&BTreeMap::new())).len(), 2);
+    }
+
+    #[test]
+    fn a_tampered_uki_must_be_refused_by_name_before_any_kernel() {
+        let uki = "\\EFI\\Linux\\boxcar_1.efi";
+        let refusal = format!("Error loading {uki}: Access denied");
+        let judge = |refusals: &[String], kernels| {
+            failed(judge_tamper_uki(
+                uki,
+                refusals,
+                kernels,
+                BootOutcome::Refused,
+            ))
+        };
+        assert!(judge(std::slice::from_ref(&refusal), 0).is_empty());
+        assert_eq!(judge(&[], 0), ["the tampered UKI was refused"]);
+        let other = "Error loading \\EFI\\other.efi: Access denied".to_owned();
+        assert_eq!(judge(&[other], 0), ["the tampered UKI was refused"]);
+        assert_eq!(judge(&[refusal], 1), ["no kernel started"]);
+    }
+
+    fn failed_update_checks(report: &str) -> Vec<String> {
+        failed(update_checks(&parse_report(report), &update_expectation()))
     }
 
     #[test]

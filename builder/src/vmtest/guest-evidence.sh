@@ -172,6 +172,17 @@ systemctl start boxcar-boot-loader.service >/dev/null 2>&1
 say boot_loader_service "$(systemctl show --property=ConditionResult --property=Result boxcar-boot-loader.service | sort | tr '\n' ' ')"
 say agent_status "$(boxcar-update status --json 2>&1 | tr -d '\n')"
 
+# Secure Boot as the firmware reports it (the SecureBoot variable's one data
+# byte, after its four attribute bytes), and the kernel's lockdown mode,
+# which Secure Boot switches on.
+secure_boot_var=/sys/firmware/efi/efivars/SecureBoot-8be4df61-93ca-11d2-aa0d-00e098032b8c
+case "$(od -An -tu1 -j4 -N1 "$secure_boot_var" 2>/dev/null | tr -d ' ')" in
+    1) say secure_boot enabled ;;
+    0) say secure_boot disabled ;;
+    *) say secure_boot "unknown (no SecureBoot variable)" ;;
+esac
+say lockdown "$(cat /sys/kernel/security/lockdown 2>&1)"
+
 # Agents bound to a hypervisor qemu cannot be (see the platform table's
 # hypervisor-bound-agents) come with a check that says whether this is that
 # hypervisor; each check the image has runs (the harness lists them, one

@@ -27,7 +27,7 @@ use crate::hosttools::{self, HostTools, Requirement};
 use crate::image::Role;
 use crate::platform::{
     ArtifactRole, ConfigDelivery, DiskBus, Firmware, Format, GuestAgent, HypervisorCpuid,
-    MetadataService, Nic, Platform, PlatformId, SmbiosSystem,
+    MetadataService, Nic, Platform, PlatformId, SmbiosSystem, IMAGE_ID,
 };
 use crate::process::{terminate, Step};
 use crate::progress::{Phase, Progress};
@@ -124,6 +124,20 @@ pub fn requirements() -> Vec<Requirement> {
             package: "tar",
         },
         Requirement {
+            program: "mcopy",
+            purpose: "tampers with the UKI on a copy of the ESP",
+            min_version: None,
+            version_args: &["--version"],
+            package: "mtools",
+        },
+        Requirement {
+            program: "virt-fw-vars",
+            purpose: "enrolls a signed build's certificate in the firmware's variables",
+            min_version: None,
+            version_args: &[],
+            package: "python3-virt-firmware (bookworm-backports)",
+        },
+        Requirement {
             program: "cp",
             purpose: "copies the image for the tamper test",
             min_version: None,
@@ -166,6 +180,9 @@ pub struct TestRequest {
     pub platforms: Vec<PlatformId>,
     /// Boot a tampered copy of the disk image instead.
     pub tamper_usr: bool,
+    /// Boot a copy of the disk image with its UKI tampered with, under
+    /// Secure Boot, instead (the build must be signed).
+    pub tamper_uki: bool,
     /// Boot this older build's disk image; its update agent updates it to
     /// the build from `stores`.
     pub update_from: Option<PathBuf>,
@@ -206,6 +223,9 @@ enum Case<'a> {
     /// The disk image with one byte of USR-A flipped, booted on the
     /// hardware of `like` (see [`composed_disk_platform`]).
     TamperUsr { like: &'a Platform },
+    /// The signed disk image with one byte of its UKI flipped, booted on
+    /// `like`'s hardware under enforcing Secure Boot.
+    TamperUki { like: &'a Platform },
     /// An older build's disk image, updated to this build by its own
     /// update agent.
     UpdateFrom {
@@ -301,6 +321,7 @@ impl<'a> Case<'a> {
         match self {
             Case::Platform(platform) => platform.id.to_string(),
             Case::TamperUsr { .. } => "tamper-usr".to_owned(),
+            Case::TamperUki { .. } => "tamper-uki".to_owned(),
             Case::UpdateFrom {
                 older,
                 mode: update_agent::Mode::FleetLock,
@@ -319,6 +340,7 @@ impl<'a> Case<'a> {
         match self {
             Case::Platform(platform) => platform,
             Case::TamperUsr { like }
+            | Case::TamperUki { like }
             | Case::UpdateFrom { like, .. }
             | Case::UpdateFallback { like, .. }
             | Case::BadConfig { like, .. } => like,
@@ -329,7 +351,9 @@ impl<'a> Case<'a> {
     fn expectation(self) -> BootExpectation {
         match self {
             Case::Platform(_) | Case::UpdateFrom { .. } => BootExpectation::Success,
-            Case::TamperUsr { .. } | Case::BadConfig { .. } => BootExpectation::Failure,
+            Case::TamperUsr { .. } | Case::TamperUki { .. } | Case::BadConfig { .. } => {
+                BootExpectation::Failure
+            }
             Case::UpdateFallback { .. } => BootExpectation::SuccessAfterFailures,
         }
     }
@@ -352,6 +376,9 @@ struct TestContext<'a> {
     build: &'a BuildInfo,
     tools: &'a HostTools,
     firmware: FirmwareFiles,
+    /// For a signed build: a variable store with its certificate enrolled
+    /// and Secure Boot on, which platform boots start from.
+    secure_boot_vars: Option<PathBuf>,
     accel: AccelChoice,
     progress: &'a Progress,
 }
@@ -394,11 +421,14 @@ pub fn run(
         accel.accel.name(),
         accel.reason
     ));
+    let secure_boot_vars =
+        secure_boot_vars(tools, &firmware, &build, &request.build_dir, &evidence_root)?;
     let context = TestContext {
         request,
         build: &build,
         tools,
         firmware,
+        secure_boot_vars,
         accel,
         progress,
     };
@@ -419,6 +449,15 @@ pub fn run(
     } else if request.tamper_usr {
         let like = composed_disk_platform(&build.platforms)?;
         outcomes.push(run_case(&context, Case::TamperUsr { like })?);
+    } else if request.tamper_uki {
+        if context.secure_boot_vars.is_none() {
+            bail!(
+                "build {} is not signed for Secure Boot, so nothing would refuse a tampered UKI; build it with --secure-boot-key",
+                build.version
+            );
+        }
+        let like = composed_disk_platform(&build.platforms)?;
+        outcomes.push(run_case(&context, Case::TamperUki { like })?);
     } else if request.bad_configs {
         let like = fw_cfg_platform(&platforms)?;
         for config in BadConfig::ALL {
@@ -430,6 +469,52 @@ pub fn run(
         }
     }
     Ok(outcomes)
+}
+
+/// The owner GUID the test's firmware records with the keys it enrolls.
+const KEY_OWNER_GUID: &str = "b0c5ca71-5ec0-4b00-a0c5-ca71b0075ec0";
+
+/// For a signed build, an OVMF variable store with Secure Boot on and the
+/// build's certificate enrolled as PK, KEK and db, as an operator would
+/// enroll it (nothing else trusted: no Microsoft keys).
+fn secure_boot_vars(
+    tools: &HostTools,
+    firmware: &FirmwareFiles,
+    build: &BuildInfo,
+    build_dir: &Path,
+    evidence_root: &Path,
+) -> Result<Option<PathBuf>> {
+    let Some(signed) = &build.secure_boot else {
+        return Ok(None);
+    };
+    if firmware.secure_boot_code.is_none() {
+        bail!(
+            "the build is signed for Secure Boot, but no Secure Boot build of OVMF was found next to {}; install Debian's ovmf package ({})",
+            firmware.code.display(),
+            hosttools::SETUP_HINT
+        );
+    }
+    let name = boxcar_client::layout::SafeName::new("certificate file", &signed.certificate)?;
+    let certificate = build_dir.join(name.as_str());
+    let vars = evidence_root.join("secure-boot-vars.fd");
+    let _ = fs::remove_file(&vars);
+    Step::new(
+        "enrolling the build's Secure Boot certificate in the firmware",
+        tools.path("virt-fw-vars"),
+    )
+    .arg("--input")
+    .arg(&firmware.vars_template)
+    .arg("--output")
+    .arg(&vars)
+    .args(["--set-pk", KEY_OWNER_GUID])
+    .arg(&certificate)
+    .args(["--add-kek", KEY_OWNER_GUID])
+    .arg(&certificate)
+    .args(["--add-db", KEY_OWNER_GUID])
+    .arg(&certificate)
+    .arg("--secure-boot")
+    .run()?;
+    Ok(Some(vars))
 }
 
 /// Loads the build an update test starts from; it must be older than the
@@ -582,6 +667,7 @@ fn run_case_once(
             prepared
         }
         Case::TamperUsr { like } => prepare_tamper(context, like, &work.path)?,
+        Case::TamperUki { like } => prepare_tamper_uki(context, like, &work.path)?,
         Case::UpdateFrom { older, like, mode } => {
             prepare_update(context, older, like, mode, &work.path)?
         }
@@ -615,11 +701,16 @@ fn run_case_once(
             FirmwareSetup::Bios
         } else {
             let vars = work.path.join("efi-vars.fd");
-            fs::copy(&context.firmware.vars_template, &vars)
-                .with_context(|| format!("copying {}", context.firmware.vars_template.display()))?;
+            let secure_boot = secure_boot_firmware(context, case);
+            let (code, template) = match secure_boot {
+                Some((code, template)) => (code, template),
+                None => (&context.firmware.code, &context.firmware.vars_template),
+            };
+            fs::copy(template, &vars).with_context(|| format!("copying {}", template.display()))?;
             FirmwareSetup::Uefi {
-                code: context.firmware.code.clone(),
+                code: code.clone(),
                 vars,
+                secure_boot: secure_boot.is_some(),
             }
         },
         boot: prepared.boot,
@@ -700,6 +791,8 @@ fn run_case_once(
                 hostname: metadata_imitation(platform.metadata_service)
                     .map(|imitation| imitation.hostname.to_owned()),
                 ssh: provisioning.is_some(),
+                secure_boot: secure_boot_firmware(context, case).is_some()
+                    && platform.firmware == Firmware::Uefi,
             };
             let mut checks = evidence::judge_platform(&report, build, run.outcome, &expectations);
             if let Some(provisioning) = &provisioning {
@@ -721,6 +814,12 @@ fn run_case_once(
             run.outcome,
         ),
         Case::TamperUsr { .. } => evidence::judge_tamper(&report, &run.verity_errors, run.outcome),
+        Case::TamperUki { .. } => evidence::judge_tamper_uki(
+            &esp_uki_path(build),
+            &run.boot_refusals,
+            run.kernel_starts,
+            run.outcome,
+        ),
         Case::UpdateFrom { older, mode, .. } => {
             let mut checks = evidence::judge_update(
                 &report,
@@ -772,6 +871,7 @@ fn run_case_once(
         case: match case {
             Case::Platform(_) => TestCase::Platform,
             Case::TamperUsr { .. } => TestCase::TamperUsr,
+            Case::TamperUki { .. } => TestCase::TamperUki,
             Case::UpdateFrom { .. } => TestCase::Update,
             Case::UpdateFallback { .. } => TestCase::UpdateFallback,
             Case::BadConfig { .. } => TestCase::BadConfig,
@@ -790,6 +890,7 @@ fn run_case_once(
         boot_time,
         milestones: run.milestones,
         verity_errors: run.verity_errors,
+        boot_refusals: run.boot_refusals,
         guest: report,
         earlier_attempt,
         checks,
@@ -1069,6 +1170,71 @@ fn prepare_tamper(context: &TestContext, like: &Platform, work: &Path) -> Result
         boot,
         format!("{} (tampered copy)", context.build.disk.file),
         Some(tampering),
+    ))
+}
+
+/// The Secure Boot firmware (code, variable template) a case boots with:
+/// every case that boots the signed build under test, under enforcing
+/// Secure Boot with its certificate enrolled. The update cases boot the
+/// older build, signed or not, on the plain firmware.
+fn secure_boot_firmware<'c>(
+    context: &'c TestContext,
+    case: Case,
+) -> Option<(&'c PathBuf, &'c PathBuf)> {
+    let vars = context.secure_boot_vars.as_ref()?;
+    let code = context.firmware.secure_boot_code.as_ref()?;
+    match case {
+        Case::Platform(_)
+        | Case::TamperUsr { .. }
+        | Case::TamperUki { .. }
+        | Case::BadConfig { .. } => Some((code, vars)),
+        Case::UpdateFrom { .. } | Case::UpdateFallback { .. } => None,
+    }
+}
+
+/// Where systemd-boot finds the build's UKI on the ESP, as it prints it.
+fn esp_uki_path(build: &BuildInfo) -> String {
+    format!("\\EFI\\Linux\\{}_{}.efi", IMAGE_ID, build.version)
+}
+
+/// The Secure Boot tamper case: a copy of the signed disk image with one
+/// byte in the middle of its UKI (inside the kernel) flipped on the ESP,
+/// booted on `like`'s hardware.
+fn prepare_tamper_uki(context: &TestContext, like: &Platform, work: &Path) -> Result<Prepared> {
+    let tools = context.tools;
+    let build = context.build;
+    let copy = work.join("tampered.raw");
+    Step::new("copying the image to tamper with", tools.path("cp"))
+        .args(["--sparse=always", "--"])
+        .arg(context.request.build_dir.join(&build.disk.file))
+        .arg(&copy)
+        .run()?;
+    let esp = build.disk.partition_table.require(Role::Esp)?;
+    let image = format!("{}@@{}", copy.display(), esp.offset);
+    let on_esp = format!("::/EFI/Linux/{}_{}.efi", IMAGE_ID, build.version);
+    let uki = work.join("uki.efi");
+    Step::new("reading the UKI from the ESP", tools.path("mcopy"))
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .args(["-n", "-i", &image, &on_esp])
+        .arg(&uki)
+        .run()?;
+    let offset = fs::metadata(&uki)?.len() / 2;
+    let (before, after) = flip_byte(&uki, offset)?;
+    Step::new("writing the tampered UKI to the ESP", tools.path("mcopy"))
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .args(["-o", "-i", &image])
+        .arg(&uki)
+        .arg(&on_esp)
+        .run()?;
+    let boot = overlay_disk(context, &copy, "raw", like.disk_bus, work)?;
+    Ok(plain_boot(
+        like,
+        boot,
+        format!("{} (tampered copy)", build.disk.file),
+        Some(format!(
+            "byte {offset} of the UKI {} on the ESP flipped from {before:#04x} to {after:#04x}",
+            esp_uki_path(build)
+        )),
     ))
 }
 
@@ -1405,6 +1571,8 @@ struct BootRun {
     command: String,
     milestones: Vec<Milestone>,
     verity_errors: Vec<String>,
+    /// Firmware and boot loader refusals to start an image.
+    boot_refusals: Vec<String>,
     /// Ignition's error lines on the console.
     ignition_errors: Vec<String>,
     /// The machine halted (a failed boot that is no update's trial).
@@ -1542,6 +1710,7 @@ fn boot(
         command,
         milestones,
         verity_errors: verity_errors(&console.text),
+        boot_refusals: boot_refusals(&console.text),
         ignition_errors: console
             .text
             .lines()
@@ -1580,6 +1749,8 @@ fn fatal_sign(console: &str) -> Option<BootOutcome> {
         Some(BootOutcome::EmergencyMode)
     } else if console.contains("Kernel panic") {
         Some(BootOutcome::KernelPanic)
+    } else if !boot_refusals(console).is_empty() {
+        Some(BootOutcome::Refused)
     } else {
         None
     }
@@ -1610,6 +1781,46 @@ fn verity_errors(console: &str) -> Vec<String> {
         }
     }
     errors
+}
+
+/// Lines where the firmware (OVMF's boot manager) or systemd-boot refused
+/// to start an image, each once: what a failed Secure Boot check prints.
+/// The firmware also refuses its own built-in shell under Secure Boot
+/// ("Security Violation"); that is no refusal of ours and is left out.
+fn boot_refusals(console: &str) -> Vec<String> {
+    let mut refusals: Vec<String> = Vec::new();
+    for line in console.lines() {
+        let line = strip_terminal_escapes(line);
+        let refused = (line.contains("BdsDxe: failed to load Boot")
+            || line.contains("Error loading \\"))
+            && line.to_ascii_lowercase().contains("access denied");
+        if refused && !refusals.contains(&line) {
+            refusals.push(line);
+        }
+    }
+    refusals
+}
+
+/// A console line without the ANSI escape sequences the firmware draws
+/// its screen with.
+fn strip_terminal_escapes(line: &str) -> String {
+    let mut text = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // CSI: ESC [ parameters, then one final letter.
+            if chars.next() == Some('[') {
+                for c in chars.by_ref() {
+                    if c.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            }
+        } else if c != '\r' {
+            text.push(c);
+        }
+    }
+    text.trim().to_owned()
 }
 
 fn strip_kernel_timestamp(line: &str) -> &str {
@@ -1839,6 +2050,33 @@ mod tests {
         assert_eq!(
             verity_errors(console),
             ["device-mapper: verity: 254:0: data block 0 is corrupted"]
+        );
+    }
+
+    #[test]
+    fn finds_secure_boot_refusals_and_not_the_firmware_shell() {
+        // As OVMF and systemd-boot print them on the serial console.
+        let console = "\u{1b}[2J\u{1b}[01;01HBdsDxe: starting Boot0001 \"UEFI Misc Device\"\r\n\
+            ../src/boot/boot.c:2576@image_start: Error loading \\EFI\\Linux\\boxcar_1.efi: Access denied\r\n\
+            BdsDxe: failed to start Boot0002 \"EFI Internal Shell\": Security Violation\r\n\
+            ../src/boot/boot.c:2576@image_start: Error loading \\EFI\\Linux\\boxcar_1.efi: Access denied\r\n\
+            BdsDxe: failed to load Boot0003 \"UEFI QEMU HARDDISK QM00001 \" from PciRoot(0x0): Access Denied\n";
+        assert_eq!(
+            boot_refusals(console),
+            [
+                "../src/boot/boot.c:2576@image_start: Error loading \\EFI\\Linux\\boxcar_1.efi: Access denied",
+                "BdsDxe: failed to load Boot0003 \"UEFI QEMU HARDDISK QM00001 \" from PciRoot(0x0): Access Denied",
+            ]
+        );
+        assert_eq!(fatal_sign(console), Some(BootOutcome::Refused));
+        assert!(boot_refusals("BdsDxe: failed to start Boot0002: Security Violation").is_empty());
+    }
+
+    #[test]
+    fn strips_the_firmware_screen_escapes() {
+        assert_eq!(
+            strip_terminal_escapes("\u{1b}[0m\u{1b}[30m\u{1b}[47mboxcar\u{1b}[=3h menu\r"),
+            "boxcar menu"
         );
     }
 

@@ -21,31 +21,40 @@ use crate::process::{terminate, Step};
 pub struct Firmware {
     pub code: PathBuf,
     pub vars_template: PathBuf,
+    /// The build of the same firmware that can enforce Secure Boot (its
+    /// variable store protected by SMM), when installed.
+    pub secure_boot_code: Option<PathBuf>,
 }
 
-/// Where Debian (ovmf) and Fedora (edk2-ovmf) put OVMF.
-const FIRMWARE_CANDIDATES: &[(&str, &str)] = &[
+/// Where Debian (ovmf) and Fedora (edk2-ovmf) put OVMF: its code, the
+/// empty variable store, and the Secure Boot build of the code.
+const FIRMWARE_CANDIDATES: &[(&str, &str, &str)] = &[
     (
         "/usr/share/OVMF/OVMF_CODE_4M.fd",
         "/usr/share/OVMF/OVMF_VARS_4M.fd",
+        "/usr/share/OVMF/OVMF_CODE_4M.secboot.fd",
     ),
     (
         "/usr/share/OVMF/OVMF_CODE.fd",
         "/usr/share/OVMF/OVMF_VARS.fd",
+        "/usr/share/OVMF/OVMF_CODE.secboot.fd",
     ),
     (
         "/usr/share/edk2/ovmf/OVMF_CODE.fd",
         "/usr/share/edk2/ovmf/OVMF_VARS.fd",
+        "/usr/share/edk2/ovmf/OVMF_CODE.secboot.fd",
     ),
 ];
 
 impl Firmware {
     pub fn find() -> Result<Self> {
-        for (code, vars) in FIRMWARE_CANDIDATES {
+        for (code, vars, secure_boot_code) in FIRMWARE_CANDIDATES {
             if Path::new(code).is_file() && Path::new(vars).is_file() {
                 return Ok(Self {
                     code: code.into(),
                     vars_template: vars.into(),
+                    secure_boot_code: Some(PathBuf::from(secure_boot_code))
+                        .filter(|path| path.is_file()),
                 });
             }
         }
@@ -53,7 +62,7 @@ impl Firmware {
             "no UEFI firmware for qemu found (looked for {}); install Debian's ovmf package ({})",
             FIRMWARE_CANDIDATES
                 .iter()
-                .map(|(c, _)| *c)
+                .map(|(c, _, _)| *c)
                 .collect::<Vec<_>>()
                 .join(", "),
             crate::hosttools::SETUP_HINT
@@ -224,8 +233,14 @@ pub enum BootSource {
 /// Which firmware runs.
 #[derive(Clone, Debug)]
 pub enum FirmwareSetup {
-    /// OVMF, with this VM's own copy of the variable store.
-    Uefi { code: PathBuf, vars: PathBuf },
+    /// OVMF, with this VM's own copy of the variable store. With
+    /// `secure_boot`, `code` is the Secure Boot build and the machine has
+    /// the SMM mode that build needs to protect its variables.
+    Uefi {
+        code: PathBuf,
+        vars: PathBuf,
+        secure_boot: bool,
+    },
     /// qemu's default SeaBIOS (with iPXE option ROMs on its NICs).
     Bios,
 }
@@ -284,7 +299,20 @@ impl VmSpec {
             // thread=multi: one host thread per guest CPU.
             Accel::Tcg => args.push(&["-accel", "tcg,thread=multi", "-cpu", &format!("max{hide}")]),
         }
-        args.push(&["-machine", "q35", "-nodefaults", "-display", "none"]);
+        let secure_boot = matches!(
+            self.firmware,
+            FirmwareSetup::Uefi {
+                secure_boot: true,
+                ..
+            }
+        );
+        let machine = if secure_boot { "q35,smm=on" } else { "q35" };
+        args.push(&["-machine", machine, "-nodefaults", "-display", "none"]);
+        if secure_boot {
+            // Only code running in SMM may write the variable store, so the
+            // guest cannot change the enrolled keys behind the firmware.
+            args.push(&["-global", "driver=cfi.pflash01,property=secure,value=on"]);
+        }
         if !self.reboots {
             args.push(&["-no-reboot"]);
         }
@@ -294,7 +322,7 @@ impl VmSpec {
             "-smp",
             &self.cpus.to_string(),
         ]);
-        if let FirmwareSetup::Uefi { code, vars } = &self.firmware {
+        if let FirmwareSetup::Uefi { code, vars, .. } = &self.firmware {
             args.pair("-drive", pflash_arg(code, true, false));
             args.pair("-drive", pflash_arg(vars, false, false));
         }
@@ -474,6 +502,7 @@ mod tests {
             firmware: FirmwareSetup::Uefi {
                 code: "/fw/code.fd".into(),
                 vars: "/w/vars.fd".into(),
+                secure_boot: false,
             },
             nic: Nic::Virtio,
             guest_forwards: Vec::new(),
@@ -499,6 +528,26 @@ mod tests {
             .map(|a| a.to_string_lossy().into_owned())
             .collect::<Vec<_>>()
             .join(" ")
+    }
+
+    #[test]
+    fn secure_boot_firmware_gets_smm_and_a_protected_variable_store() {
+        let plain = joined(&spec(), Accel::Tcg);
+        assert!(plain.contains("-machine q35 "), "{plain}");
+        assert!(!plain.contains("smm") && !plain.contains("cfi.pflash01"));
+        let mut secure = spec();
+        secure.firmware = FirmwareSetup::Uefi {
+            code: "/fw/code.secboot.fd".into(),
+            vars: "/w/vars.fd".into(),
+            secure_boot: true,
+        };
+        let args = joined(&secure, Accel::Tcg);
+        assert!(args.contains("-machine q35,smm=on "), "{args}");
+        assert!(
+            args.contains("-global driver=cfi.pflash01,property=secure,value=on"),
+            "{args}"
+        );
+        assert!(args.contains("file=/fw/code.secboot.fd"), "{args}");
     }
 
     #[test]

@@ -379,6 +379,7 @@ impl Lab {
             artifacts,
             update: Some(synthetic_update(&dir, version)),
             update_agent: None,
+            secure_boot: None,
             platforms,
             packages: vec![],
             phases: vec![],
@@ -494,6 +495,7 @@ pub fn write_evidence(build: &Path, version: &str, platform: &str, passed: bool)
         boot_time: None,
         milestones: vec![],
         verity_errors: vec![],
+        boot_refusals: vec![],
         guest: Default::default(),
         earlier_attempt: None,
         checks: vec![Check {
