@@ -217,10 +217,21 @@ fn assert_signed_for_secure_boot(info: &serde_json::Value, dir: &Path) {
             .to_lowercase(),
         record["certificate_sha256"].as_str().unwrap()
     );
-    let signed = names(&record["signed"]);
+    let signed: Vec<&str> = record["signed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|name| name.as_str().unwrap())
+        .collect();
     for platform in ["qemu", "vmware", "aws", "metal", "pxe"] {
-        assert!(signed.contains(&format!("platform-{platform}.addon.efi").as_str()));
+        let addon = format!("platform-{platform}.addon.efi");
+        assert!(signed.contains(&addon.as_str()), "{signed:?}");
     }
+    assert!(signed.contains(&"uki.efi"), "{signed:?}");
+    assert!(
+        signed.contains(&"disk.raw:ESP/EFI/BOOT/BOOTX64.EFI"),
+        "{signed:?}"
+    );
     let scratch = tempfile::tempdir_in(scratch_dir()).unwrap();
     let loader = scratch.path().join("BOOTX64.EFI");
     copy_from_esp(dir, "EFI/BOOT/BOOTX64.EFI", &loader);

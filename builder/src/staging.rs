@@ -190,7 +190,8 @@ impl Selection {
 }
 
 /// The artifacts (of one platform, or all with the update parts) a build
-/// records, with their sha256.
+/// records, with their sha256, and the Secure Boot certificate of a signed
+/// build (every platform's boot test enrolls it).
 fn build_files(build: &BuildInfo, platform: Option<&PlatformId>) -> Vec<(String, Sha256Digest)> {
     let mut files: Vec<(String, Sha256Digest)> = build
         .artifacts
@@ -198,6 +199,9 @@ fn build_files(build: &BuildInfo, platform: Option<&PlatformId>) -> Vec<(String,
         .filter(|a| platform.is_none_or(|p| &a.platform == p))
         .map(|a| (a.file.clone(), a.sha256))
         .collect();
+    if let Some(secure_boot) = &build.secure_boot {
+        files.push((secure_boot.certificate.clone(), secure_boot.file_sha256));
+    }
     if platform.is_none() {
         if let Some(update) = &build.update {
             files.extend(update.files.iter().map(|f| (f.name.clone(), f.sha256)));

@@ -152,6 +152,58 @@ fn publish_promote_verify_and_download_through_s3s_fs() {
     lab.verify().assert().success();
 }
 
+/// Each boot-test job pulls build.json, its platform's artifacts and the
+/// Secure Boot certificate it enrolls, each checked against build.json: a
+/// certificate swapped in staging is refused and leaves nothing behind.
+#[test]
+fn a_boot_test_job_pulls_its_platform_and_the_secure_boot_certificate() {
+    let server = S3Server::s3s_fs();
+    let lab = S3Lab::new(&server, "staging");
+    let build = lab.lab.build("2.0.0", false);
+    common::sign_for_secure_boot(&build);
+    let stage = format!("s3://{BUCKET}/staging/2.0.0");
+    let build_arg = build.display().to_string();
+    lab.boxcar(&[
+        "--quiet", "stage", "push", "--build", &build_arg, "--to", &stage,
+    ])
+    .assert()
+    .success();
+    let pull = |to: &Path| {
+        lab.boxcar(&["stage", "pull", "--from", &stage, "--platform", "qemu"])
+            .arg("--to")
+            .arg(to)
+            .output()
+            .unwrap()
+    };
+    let pulled = lab.lab.path("qemu-job");
+    let output = pull(&pulled);
+    assert!(output.status.success(), "{output:?}");
+    let mut names: Vec<String> = std::fs::read_dir(&pulled)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        ["boxcar-2.0.0-qemu.qcow2", "build.json", "secure-boot.crt"]
+    );
+    assert_eq!(
+        std::fs::read(pulled.join("secure-boot.crt")).unwrap(),
+        std::fs::read(build.join("secure-boot.crt")).unwrap()
+    );
+    std::fs::write(
+        server.object_file("staging/2.0.0/secure-boot.crt"),
+        "someone else's certificate",
+    )
+    .unwrap();
+    let refused_dir = lab.lab.path("refused-job");
+    let refused = pull(&refused_dir);
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("is not the build's"), "{stderr}");
+    assert!(!refused_dir.join("secure-boot.crt").exists());
+}
+
 #[test]
 fn readers_download_from_the_bucket_without_credentials() {
     let server = S3Server::s3s_fs();

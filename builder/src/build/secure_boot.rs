@@ -19,6 +19,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+use boxcar_signing::digest::sha256_bytes;
+use boxcar_signing::Sha256Digest;
 use tempfile::NamedTempFile;
 
 use crate::hosttools::{HostTools, Requirement};
@@ -175,7 +177,7 @@ pub fn verify_build(
     esp_offset: u64,
 ) -> Result<SecureBootInfo> {
     let certificate = staging.join(CERTIFICATE_FILE);
-    copy_new(&key.certificate, &certificate)?;
+    let file_sha256 = copy_new(&key.certificate, &certificate)?;
     let mut verified = Vec::new();
     for name in signed {
         sbverify(tools, &certificate, &staging.join(name), name)?;
@@ -210,6 +212,7 @@ pub fn verify_build(
         .output_text()?;
     Ok(SecureBootInfo {
         certificate: CERTIFICATE_FILE.to_owned(),
+        file_sha256,
         certificate_sha256: fingerprint_hex(&fingerprint)?,
         subject: subject
             .trim()
@@ -232,7 +235,8 @@ fn sbverify(tools: &HostTools, certificate: &Path, file: &Path, shown: &str) -> 
     .with_context(|| format!("{shown} is not signed with the build's Secure Boot key"))
 }
 
-fn copy_new(from: &Path, to: &Path) -> Result<()> {
+/// Copies `from` to a new file `to`; returns the sha256 of what it wrote.
+fn copy_new(from: &Path, to: &Path) -> Result<Sha256Digest> {
     let bytes = fs::read(from).with_context(|| format!("reading {}", from.display()))?;
     let mut file = fs::OpenOptions::new()
         .write(true)
@@ -240,7 +244,7 @@ fn copy_new(from: &Path, to: &Path) -> Result<()> {
         .open(to)
         .with_context(|| format!("creating {}", to.display()))?;
     file.write_all(&bytes)?;
-    Ok(())
+    Ok(sha256_bytes(&bytes))
 }
 
 /// The hex digits of openssl's `sha256 Fingerprint=AB:CD:...` line.

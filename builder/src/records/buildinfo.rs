@@ -72,6 +72,8 @@ pub struct SecureBootInfo {
     /// The signing certificate (PEM), as a file of this build: what
     /// operators enroll in their firmware's db.
     pub certificate: String,
+    /// The sha256 of that file (staging and downloads check it).
+    pub file_sha256: Sha256Digest,
     /// The certificate's SHA-256 fingerprint (hex, of its DER form).
     pub certificate_sha256: String,
     /// The certificate's subject (RFC 2253).

@@ -394,6 +394,26 @@ impl Lab {
     }
 }
 
+/// Marks a synthetic build as signed for Secure Boot: a certificate file
+/// (its bytes are never parsed on the release side) recorded in build.json.
+pub fn sign_for_secure_boot(build: &Path) {
+    let certificate = b"-----BEGIN CERTIFICATE-----\nsynthetic\n-----END CERTIFICATE-----\n";
+    fs::write(build.join("secure-boot.crt"), certificate).unwrap();
+    let mut info = BuildInfo::load(build).unwrap();
+    info.secure_boot = Some(SecureBootInfo {
+        certificate: "secure-boot.crt".into(),
+        file_sha256: boxcar_signing::digest::sha256_bytes(certificate),
+        certificate_sha256: "00".repeat(32),
+        subject: "CN=synthetic".into(),
+        signed: vec!["uki.efi".into()],
+    });
+    fs::write(
+        build.join("build.json"),
+        serde_json::to_string_pretty(&info).unwrap(),
+    )
+    .unwrap();
+}
+
 /// A synthetic build's update payload: three small parts, really
 /// compressed, under the names a real build gives them.
 fn synthetic_update(dir: &Path, version: &str) -> UpdatePayload {
