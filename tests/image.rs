@@ -844,6 +844,11 @@ fn pipeline_published_and_stops_on_a_failed_platform(lab: &PipelineLab, dir: &Pa
         std::fs::read(downloads.join(qcow2)).unwrap(),
         std::fs::read(dir.join(qcow2)).unwrap()
     );
+    // The image comes with the Secure Boot certificate to enroll for it.
+    assert_eq!(
+        std::fs::read(downloads.join("secure-boot.crt")).unwrap(),
+        std::fs::read(dir.join("secure-boot.crt")).unwrap()
+    );
 
     // A copy of the build as 0.0.1-e2e whose metal artifact is damaged
     // after build.json recorded it: the metal job must fail and the
@@ -859,6 +864,8 @@ fn pipeline_published_and_stops_on_a_failed_platform(lab: &PipelineLab, dir: &Pa
         let file = file["name"].as_str().unwrap();
         std::fs::hard_link(dir.join(file), broken.join(file)).unwrap();
     }
+    let certificate = info["secure_boot"]["certificate"].as_str().unwrap();
+    std::fs::hard_link(dir.join(certificate), broken.join(certificate)).unwrap();
     let mut renamed = info.clone();
     renamed["version"] = "0.0.1-e2e".into();
     std::fs::write(broken.join("build.json"), renamed.to_string()).unwrap();
@@ -1032,7 +1039,20 @@ fn published_release_promotes_to_beta_and_verifies() {
     let evidence = document["evidence"].as_array().unwrap();
     assert_eq!(evidence.len(), 5);
     assert!(evidence.iter().all(|e| e["passed"] == true), "{evidence:?}");
-    assert_release_states_its_footprint(&document, &read_json(&dir.join("build.json")));
+    let build = read_json(&dir.join("build.json"));
+    assert_release_states_its_footprint(&document, &build);
+    // The release ships the Secure Boot certificate its boot chain is
+    // signed with; SHA256SUMS (checked above) covers it.
+    let secure_boot = &document["secure_boot"];
+    assert_eq!(secure_boot["certificate"], "secure-boot.crt");
+    assert_eq!(
+        secure_boot["fingerprint_sha256"],
+        build["secure_boot"]["certificate_sha256"]
+    );
+    assert_eq!(
+        std::fs::read(release.join("secure-boot.crt")).unwrap(),
+        std::fs::read(dir.join("secure-boot.crt")).unwrap()
+    );
 }
 
 /// release.json states what the release weighs as built (from build.json)

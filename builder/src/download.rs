@@ -118,6 +118,18 @@ pub fn download(request: &DownloadRequest, progress: &Progress) -> Result<Downlo
         }
         files.push(file);
     }
+    // A signed release's certificate comes with every image: it is what
+    // the operator enrolls for the image to boot under Secure Boot.
+    if let (Some(certificate), Some(signed)) =
+        (release.secure_boot_certificate(), &release.secure_boot)
+    {
+        let file = client.fetch_file(&resolved.version, certificate, &request.to)?;
+        progress.note(&format!(
+            "{}: the Secure Boot certificate to enroll (subject {}, SHA-256 fingerprint {}), sha256 verified",
+            certificate.name, signed.subject, signed.fingerprint_sha256
+        ));
+        files.push(file);
+    }
     let decompressed = if request.decompress {
         decompress_if_compressed(&files, limit, progress)?
     } else {

@@ -231,6 +231,45 @@ fn every_platform_artifact_downloads_and_verifies() {
         .stdout(predicate::str::contains("already here"));
 }
 
+/// A release signed for Secure Boot gives every platform's download the
+/// certificate to enroll with it, verified like the image.
+#[test]
+fn a_signed_release_downloads_with_its_secure_boot_certificate() {
+    let lab = Lab::new();
+    let build = lab.full_build("2.0.0", 100_000);
+    common::sign_for_secure_boot(&build);
+    lab.publish(&build, Some("alpha")).assert().success();
+    let server = Server::start(lab.store());
+    let output = download(
+        &lab,
+        &server,
+        &["--channel", "alpha", "--platform", "aws", "--json"],
+    )
+    .output()
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("the Secure Boot certificate to enroll (subject CN=synthetic"),
+        "{stderr}"
+    );
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let paths: Vec<&str> = report["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["path"].as_str().unwrap())
+        .collect();
+    assert!(
+        paths.iter().any(|p| p.ends_with("/secure-boot.crt")),
+        "{paths:?}"
+    );
+    assert_eq!(
+        fs::read(out(&lab, "secure-boot.crt")).unwrap(),
+        fs::read(build.join("secure-boot.crt")).unwrap()
+    );
+}
+
 #[test]
 fn decompress_turns_the_metal_image_into_the_raw_disk() {
     let (lab, server) = published(1_000_000);

@@ -227,6 +227,53 @@ fn a_published_version_is_never_replaced_but_the_same_build_finishes_its_publish
     lab.verify_passes_with("channels/alpha.json: serial 1, points at 1.0.0");
 }
 
+/// A build signed for Secure Boot publishes its certificate as a file of
+/// the release: listed in SHA256SUMS, named with its fingerprint in
+/// release.json, checked by verify and promote like any artifact; a build
+/// of the same version signed with another certificate is another build.
+#[test]
+fn a_signed_build_publishes_its_secure_boot_certificate() {
+    let lab = Lab::new();
+    let build = lab.build("1.0.0", true);
+    common::sign_for_secure_boot(&build);
+    lab.publish(&build, Some("alpha")).assert().success();
+    let release = lab.store().join("releases/1.0.0");
+    assert_eq!(
+        fs::read(release.join("secure-boot.crt")).unwrap(),
+        fs::read(build.join("secure-boot.crt")).unwrap()
+    );
+    let sums = fs::read_to_string(release.join("SHA256SUMS")).unwrap();
+    assert!(sums.ends_with("  secure-boot.crt\n"), "{sums}");
+    common::assert_sums_check(&release);
+    let document = read_json(&release.join("release.json"));
+    assert_eq!(document["secure_boot"]["certificate"], "secure-boot.crt");
+    assert_eq!(document["secure_boot"]["subject"], "CN=synthetic");
+    assert_eq!(
+        document["secure_boot"]["fingerprint_sha256"],
+        "00".repeat(32)
+    );
+    lab.verify_passes_with("releases/1.0.0/release.json: signed; 6 files match their digests");
+    // Publishing it again finishes nothing new; with another certificate
+    // it is another build of a published version, refused.
+    lab.publish(&build, Some("alpha")).assert().success();
+    fs::write(build.join("secure-boot.crt"), "another certificate").unwrap();
+    let path = build.join("build.json");
+    let mut info: serde_json::Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+    info["secure_boot"]["file_sha256"] = serde_json::json!("0".repeat(64));
+    fs::write(&path, serde_json::to_vec(&info).unwrap()).unwrap();
+    lab.publish(&build, Some("alpha"))
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("already published"));
+    // A certificate swapped in the store is caught.
+    fs::write(release.join("secure-boot.crt"), "an attacker's certificate").unwrap();
+    lab.verify_fails_with("secure-boot.crt: expected");
+    lab.promote("beta", &[])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("does not match release.json"));
+}
+
 #[test]
 fn soak_time_is_enforced() {
     let lab = Lab::new();

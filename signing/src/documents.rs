@@ -167,6 +167,25 @@ pub struct ReleaseDocument {
     /// summary).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub footprint: Option<BuiltFootprint>,
+    /// The certificate the boot chain is signed with for Secure Boot
+    /// (unsigned releases have none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secure_boot: Option<ReleaseSecureBoot>,
+}
+
+/// The Secure Boot certificate a release ships: what operators enroll in
+/// their firmware's db so its boot loader, UKI and addons are accepted.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleaseSecureBoot {
+    /// The certificate (PEM): a file name inside `releases/<version>/`.
+    pub certificate: String,
+    pub size: u64,
+    pub sha256: Sha256Digest,
+    /// Its SHA-256 fingerprint (hex, of its DER form), as `openssl x509
+    /// -fingerprint -sha256` and firmware setup screens show it.
+    pub fingerprint_sha256: String,
+    /// Its subject (RFC 2253).
+    pub subject: String,
 }
 
 /// A release's size as built, from its build record.
@@ -307,7 +326,7 @@ pub struct StoredFile<'a> {
 
 impl ReleaseDocument {
     /// Every file of the release in its directory: the artifacts, then the
-    /// update's parts.
+    /// update's parts, then the Secure Boot certificate.
     pub fn stored_files(&self) -> impl Iterator<Item = StoredFile<'_>> {
         let artifacts = self.artifacts.iter().map(|a| StoredFile {
             name: &a.name,
@@ -323,7 +342,18 @@ impl ReleaseDocument {
                 size: f.size,
                 sha256: f.sha256,
             });
-        artifacts.chain(update)
+        artifacts
+            .chain(update)
+            .chain(self.secure_boot_certificate())
+    }
+
+    /// The Secure Boot certificate, as a file of the release.
+    pub fn secure_boot_certificate(&self) -> Option<StoredFile<'_>> {
+        self.secure_boot.as_ref().map(|s| StoredFile {
+            name: &s.certificate,
+            size: s.size,
+            sha256: s.sha256,
+        })
     }
 
     /// The evidence for a platform, if the release has any.
@@ -741,6 +771,7 @@ mod tests {
             evidence: vec![],
             update: None,
             footprint: None,
+            secure_boot: None,
         };
         let before = sha256sums(&release);
         release.update = Some(UpdatePayload {
@@ -758,7 +789,25 @@ mod tests {
         });
         let after = sha256sums(&release);
         assert_eq!(after, format!("{before}{digest}  boxcar_1.1.efi.zst\n"));
+        // A signed release's certificate is a file of it, listed last.
+        let mut signed = release.clone();
+        signed.secure_boot = Some(ReleaseSecureBoot {
+            certificate: "secure-boot.crt".into(),
+            size: 1,
+            sha256: digest,
+            fingerprint_sha256: "ab".repeat(32),
+            subject: "CN=Boxcar".into(),
+        });
+        assert_eq!(
+            sha256sums(&signed),
+            format!("{after}{digest}  secure-boot.crt\n")
+        );
+        let json = serde_json::to_value(&signed).unwrap();
+        assert_eq!(json["secure_boot"]["certificate"], "secure-boot.crt");
+        let read: ReleaseDocument = serde_json::from_value(json).unwrap();
+        assert_eq!(read, signed);
         let json = serde_json::to_value(&release).unwrap();
+        assert!(json.get("secure_boot").is_none());
         assert_eq!(json["update"]["files"][0]["role"], "uki");
         // A release from before footprints were recorded states none, and
         // reads back the same.

@@ -19,14 +19,16 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use boxcar_client::layout::{self, SafeName};
-use boxcar_signing::documents::{self, EvidenceSummary, Kind, ReleaseArtifact, ReleaseDocument};
+use boxcar_signing::documents::{
+    self, EvidenceSummary, Kind, ReleaseArtifact, ReleaseDocument, ReleaseSecureBoot,
+};
 use boxcar_signing::Sha256Digest;
 
 use super::backend::{crash_point, ReleaseDraft};
 use super::documents::Writer;
 use crate::channel::{ChannelConfig, EvidencePolicy};
 use crate::progress::Progress;
-use crate::records::buildinfo::BuildInfo;
+use crate::records::buildinfo::{BuildInfo, SecureBootInfo};
 use crate::records::evidence::{Evidence, EVIDENCE_JSON};
 
 /// What a publish did.
@@ -228,9 +230,12 @@ fn already_there(
         .iter()
         .map(|a| (a.file.as_str(), a.size, a.sha256))
         .collect();
+    let published_certificate = existing.document.secure_boot.as_ref().map(|s| s.sha256);
+    let built_certificate = build.secure_boot.as_ref().map(|s| s.file_sha256);
     if published != built
         || existing.document.usr_root_hash != build.usr.root_hash
         || existing.document.update != build.update
+        || published_certificate != built_certificate
     {
         return Err(refuse());
     }
@@ -293,6 +298,34 @@ fn copy_checked(
     Ok(())
 }
 
+/// Copies a signed build's Secure Boot certificate into the release:
+/// operators download it with the image to enroll it in their firmware.
+fn copy_certificate(
+    draft: &mut dyn ReleaseDraft,
+    build_dir: &Path,
+    signed: &SecureBootInfo,
+    bar: &indicatif::ProgressBar,
+) -> Result<ReleaseSecureBoot> {
+    let name = SafeName::new("certificate name", &signed.certificate)?;
+    let source = build_dir.join(name.as_str());
+    let size = fs::symlink_metadata(&source)
+        .with_context(|| format!("reading {}", source.display()))?
+        .len();
+    copy_checked(
+        draft,
+        build_dir,
+        (name.as_str(), size, signed.file_sha256),
+        bar,
+    )?;
+    Ok(ReleaseSecureBoot {
+        certificate: name.to_string(),
+        size,
+        sha256: signed.file_sha256,
+        fingerprint_sha256: signed.certificate_sha256.clone(),
+        subject: signed.subject.clone(),
+    })
+}
+
 /// Copies the build into a new release, writes and signs its SHA256SUMS
 /// and release.json, and commits it.
 fn assemble(
@@ -348,6 +381,10 @@ fn assemble(
             None
         }
     };
+    let secure_boot = match &build.secure_boot {
+        Some(signed) => Some(copy_certificate(draft.as_mut(), build_dir, signed, &bar)?),
+        None => None,
+    };
     bar.finish_and_clear();
     let mut summaries = Vec::new();
     for (summary, path) in evidence {
@@ -375,6 +412,7 @@ fn assemble(
         evidence: summaries,
         update,
         footprint: build.built_footprint(),
+        secure_boot,
     };
     let signer = writer.signer;
     let sums = documents::sha256sums(&release);

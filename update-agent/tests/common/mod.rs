@@ -158,6 +158,7 @@ impl Store {
             evidence: vec![],
             update: Some(UpdatePayload { files }),
             footprint: None,
+            secure_boot: None,
         };
         let digest = self.write_release(&release);
         (
