@@ -12,7 +12,7 @@ use super::agent_tree::AgentInputs;
 use super::convert;
 use super::mkosi::MkosiRun;
 use super::secure_boot::SigningKey;
-use super::source::{git_commit_time, git_source};
+use super::source::{git_commit_time, source_info};
 use crate::channel::{ChannelConfig, ChannelName, Channels};
 use crate::platform::{Platform, PlatformId, PlatformTable, IMAGE_ID};
 use crate::project::{Cache, Project};
@@ -142,7 +142,7 @@ impl BuildPlan {
             request.secure_boot_certificate.as_deref(),
             |name| std::env::var(name).ok(),
         )?;
-        let source = git_source(&project.root);
+        let source = source_info(&project)?;
         let source_date_epoch =
             git_commit_time(&project.root).unwrap_or_else(|| now.unix_timestamp());
         Ok(Self {

@@ -91,6 +91,13 @@ pub struct SourceInfo {
     pub git_commit: Option<String>,
     /// Whether the checkout had uncommitted changes.
     pub git_dirty: Option<bool>,
+    /// The recipe tree (recipes/) and the overlay trees (overlays/) as
+    /// built, each digested whole (paths, modes, links and contents):
+    /// equal digests are the same inputs, committed or not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recipe_sha256: Option<Sha256Digest>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overlays_sha256: Option<Sha256Digest>,
 }
 
 /// The read-only /usr and its integrity protection.

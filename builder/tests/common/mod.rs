@@ -345,6 +345,8 @@ impl Lab {
             source: SourceInfo {
                 git_commit: None,
                 git_dirty: None,
+                recipe_sha256: None,
+                overlays_sha256: None,
             },
             usr: UsrInfo {
                 root_hash: "ab".repeat(32),
