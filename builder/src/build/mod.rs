@@ -14,6 +14,7 @@
 pub mod agent_tree;
 mod cachelock;
 mod collect;
+pub mod comparison;
 mod compose;
 pub mod convert;
 mod digest;

@@ -39,13 +39,7 @@ pub fn read_uki(path: &Path) -> Result<UkiInfo> {
 /// The named text sections of a PE file, in the order asked for. Only the
 /// headers and those sections are read.
 fn read_text_sections(path: &Path, names: &[&str]) -> Result<Vec<String>> {
-    let mut file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let mut headers = Vec::with_capacity(HEADER_BYTES);
-    file.by_ref()
-        .take(HEADER_BYTES as u64)
-        .read_to_end(&mut headers)
-        .with_context(|| format!("reading {}", path.display()))?;
-    let sections = pe_sections(&headers).with_context(|| format!("parsing {}", path.display()))?;
+    let (mut file, sections) = section_table(path)?;
     let mut texts = Vec::with_capacity(names.len());
     for name in names {
         let (offset, size) = sections
@@ -73,6 +67,20 @@ fn read_text_sections(path: &Path, names: &[&str]) -> Result<Vec<String>> {
     Ok(texts)
 }
 
+/// "PE section .linux + 12" for the byte at `offset` of a PE file, "the
+/// PE headers" before its first section, `None` past its last one.
+pub fn section_at(path: &Path, offset: u64) -> Result<Option<String>> {
+    let (_, sections) = section_table(path)?;
+    let offset = offset as usize;
+    if sections.iter().all(|(_, start, _)| offset < *start) {
+        return Ok(Some("the PE headers".to_owned()));
+    }
+    Ok(sections
+        .iter()
+        .find(|(_, start, size)| (*start..start + size).contains(&offset))
+        .map(|(name, start, _)| format!("PE section {name} + {}", offset - start)))
+}
+
 /// The kernel command line a UKI addon carries.
 pub fn read_addon_cmdline(path: &Path) -> Result<String> {
     let mut sections = read_text_sections(path, &[".cmdline"])?;
@@ -84,8 +92,23 @@ const HEADER_BYTES: usize = 64 * 1024;
 /// The text sections are a few hundred bytes; anything huge is corrupt.
 const MAX_TEXT_SECTION: usize = 1024 * 1024;
 
+/// The open file and its sections, from its headers only.
+fn section_table(path: &Path) -> Result<(File, Sections)> {
+    let mut file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut headers = Vec::with_capacity(HEADER_BYTES);
+    file.by_ref()
+        .take(HEADER_BYTES as u64)
+        .read_to_end(&mut headers)
+        .with_context(|| format!("reading {}", path.display()))?;
+    let sections = pe_sections(&headers).with_context(|| format!("parsing {}", path.display()))?;
+    Ok((file, sections))
+}
+
 /// (name, file offset, size) of every section of a PE image.
-fn pe_sections(data: &[u8]) -> Result<Vec<(String, usize, usize)>> {
+type Sections = Vec<(String, usize, usize)>;
+
+/// Parses the section table from a PE image's first bytes.
+fn pe_sections(data: &[u8]) -> Result<Sections> {
     let u16_at = |offset: usize| -> Result<usize> {
         let bytes = data
             .get(offset..offset + 2)
@@ -189,5 +212,18 @@ mod tests {
         std::fs::write(file.path(), fake_pe(&[(".text", b"x")])).unwrap();
         let err = read_uki(file.path()).unwrap_err();
         assert!(format!("{err:#}").contains(".cmdline"), "{err:#}");
+    }
+
+    #[test]
+    fn a_byte_is_placed_in_its_section_or_the_headers() {
+        let pe = fake_pe(&[(".osrel", b"ID=boxcar\n"), (".linux", &[1u8; 700])]);
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), &pe).unwrap();
+        let sections = pe_sections(&pe).unwrap();
+        let (_, linux, _) = sections.iter().find(|(n, _, _)| n == ".linux").unwrap();
+        let at = |offset: usize| section_at(file.path(), offset as u64).unwrap();
+        assert_eq!(at(2).as_deref(), Some("the PE headers"));
+        assert_eq!(at(linux + 12), Some("PE section .linux + 12".to_owned()));
+        assert_eq!(at(pe.len() + 1), None);
     }
 }

@@ -86,6 +86,7 @@ pub enum Command {
     Check(CheckArgs),
     Platforms(PlatformsArgs),
     Footprint(FootprintArgs),
+    Compare(CompareArgs),
     Keys(KeysArgs),
     Publish(PublishArgs),
     Promote(PromoteArgs),
@@ -587,6 +588,28 @@ pub struct FootprintArgs {
     /// How many packages and directories to list.
     #[arg(long, value_name = "N", default_value_t = 20)]
     pub top: usize,
+}
+
+/// Check that two builds are the same bits, or show where they part.
+///
+/// Compares the inputs both build.json files record (version,
+/// SOURCE_DATE_EPOCH, git commit, digests of recipes/ and overlays/, every
+/// package version, the tool versions, the Secure Boot certificate, the
+/// update agent) and lists those that differ; then every output (parts,
+/// artifacts, update payload, certificate) by its sha256. For an output
+/// that differs, the first differing byte is found and placed: in which
+/// partition of a disk image, in which PE section of a UKI or addon.
+/// `diffoscope BUILD/FILE WITH/FILE` explains a difference in detail.
+///
+/// Exits 0 when every output is identical, 1 when any differs.
+#[derive(Debug, Args)]
+pub struct CompareArgs {
+    /// One build directory (holding build.json).
+    #[arg(long, value_name = "DIR")]
+    pub build: PathBuf,
+    /// The build directory to compare it with.
+    #[arg(long, value_name = "DIR")]
+    pub with: PathBuf,
 }
 
 /// Compose a Boxcar Linux image and package it for every platform.

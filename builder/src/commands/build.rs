@@ -1,4 +1,5 @@
-//! `boxcar build`, `boxcar check` and `boxcar platforms`.
+//! `boxcar build`, `boxcar check`, `boxcar platforms`, `boxcar footprint`
+//! and `boxcar compare`.
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
@@ -11,7 +12,7 @@ use time::OffsetDateTime;
 use crate::build::convert;
 use crate::build::{self, BuildPlan, BuildRequest};
 use crate::channel::Channels;
-use crate::cmdline::{BuildArgs, CheckArgs, FootprintArgs, GlobalArgs, PlatformsArgs};
+use crate::cmdline::{BuildArgs, CheckArgs, CompareArgs, FootprintArgs, GlobalArgs, PlatformsArgs};
 use crate::hosttools::{self, Locator};
 use crate::platform::{Nic, PlatformTable};
 use crate::progress::Progress;
@@ -278,4 +279,60 @@ pub(super) fn check(global: &GlobalArgs, _args: &CheckArgs) -> Result<()> {
         bail!("the host is missing tools; see above");
     }
     Ok(())
+}
+
+pub(super) fn compare(global: &GlobalArgs, args: &CompareArgs) -> Result<()> {
+    let comparison = build::comparison::compare(&args.build, &args.with)?;
+    if global.json {
+        out!("{}", serde_json::to_string_pretty(&comparison)?);
+    } else {
+        print_comparison(&comparison, args);
+    }
+    let differing = comparison.differing().count();
+    if differing > 0 {
+        bail!(
+            "the builds differ in {differing} of {} outputs",
+            comparison.outputs.len()
+        );
+    }
+    Ok(())
+}
+
+fn print_comparison(comparison: &build::comparison::Comparison, args: &CompareArgs) {
+    let (a, b) = (args.build.display(), args.with.display());
+    if comparison.inputs.is_empty() {
+        out!("inputs: the same in both build.json files");
+    } else {
+        out!("inputs that differ ({a} | {b}):");
+        for input in &comparison.inputs {
+            out!("  {}: {} | {}", input.input, input.build, input.with);
+        }
+    }
+    let same = comparison.outputs.iter().filter(|o| o.same).count();
+    out!("outputs: {same} of {} identical", comparison.outputs.len());
+    for output in comparison.differing() {
+        let detail = match (
+            &output.build_sha256,
+            &output.with_sha256,
+            &output.first_difference,
+        ) {
+            (None, _, _) => format!("only in {b}"),
+            (_, None, _) => format!("only in {a}"),
+            (_, _, Some(first)) => match &first.within {
+                Some(within) => format!("first differs at byte {} ({within})", first.offset),
+                None => format!("first differs at byte {}", first.offset),
+            },
+            _ => "differs".to_owned(),
+        };
+        out!("  differs  {}: {detail}", output.name);
+    }
+    if let Some(first) = comparison
+        .differing()
+        .find(|o| o.first_difference.is_some())
+    {
+        out!(
+            "explain: diffoscope {a}/{name} {b}/{name}",
+            name = first.name
+        );
+    }
 }
