@@ -170,6 +170,15 @@ fn inputs(info: &BuildInfo) -> BTreeMap<String, String> {
             package.version.clone(),
         );
     }
+    for package in &info.tools_tree {
+        inputs.insert(
+            format!(
+                "tools-tree package {}:{}",
+                package.name, package.architecture
+            ),
+            package.version.clone(),
+        );
+    }
     for tool in &info.tools {
         inputs.insert(format!("tool {}", tool.name), tool.version.clone());
     }

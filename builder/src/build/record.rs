@@ -56,6 +56,12 @@ pub(super) fn build_info(
         })
         .collect();
     let packages = read_manifest(&staging.join("manifest.json"))?;
+    let tools_tree = plan.cache.mkosi_output().join("tools/var/lib/dpkg/status");
+    let tools_tree = if tools_tree.exists() {
+        read_dpkg_status(&tools_tree)?
+    } else {
+        Vec::new()
+    };
     Ok(BuildInfo {
         schema: SCHEMA_VERSION,
         name: IMAGE_ID.to_owned(),
@@ -82,6 +88,7 @@ pub(super) fn build_info(
         packages,
         phases: timings.to_vec(),
         tools: tool_versions(tools),
+        tools_tree,
     })
 }
 
@@ -121,6 +128,31 @@ fn read_manifest(path: &Path) -> Result<Vec<PackageInfo>> {
     Ok(packages)
 }
 
+/// The installed packages a dpkg status file lists, by name.
+fn read_dpkg_status(path: &Path) -> Result<Vec<PackageInfo>> {
+    let text = fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut packages: Vec<PackageInfo> = text
+        .split("\n\n")
+        .filter_map(|stanza| {
+            let field = |name: &str| {
+                stanza.lines().find_map(|line| {
+                    let value = line.strip_prefix(name)?.strip_prefix(':')?;
+                    Some(value.trim().to_owned())
+                })
+            };
+            let installed = field("Status")?.ends_with(" installed");
+            installed.then_some(())?;
+            Some(PackageInfo {
+                name: field("Package")?,
+                version: field("Version")?,
+                architecture: field("Architecture")?,
+            })
+        })
+        .collect();
+    packages.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(packages)
+}
+
 /// Writes build.json into the build directory.
 pub(super) fn write_build_json(dir: &Path, info: &BuildInfo) -> Result<()> {
     let path = dir.join(BUILD_JSON);
@@ -146,4 +178,36 @@ fn tool_versions(tools: &HostTools) -> Vec<ToolVersion> {
 fn allocated_bytes(meta: &fs::Metadata) -> u64 {
     use std::os::unix::fs::MetadataExt;
     meta.blocks() * 512
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_dpkg_status_lists_installed_packages_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let status = dir.path().join("status");
+        fs::write(
+            &status,
+            "Package: systemd-repart\nStatus: install ok installed\nArchitecture: amd64\n\
+             Version: 257.13-1~deb13u1\nDescription: repart\n more text\n\n\
+             Package: gone\nStatus: deinstall ok config-files\nArchitecture: amd64\nVersion: 1\n\n\
+             Package: erofs-utils\nStatus: install ok installed\nArchitecture: amd64\n\
+             Version: 1.8.6-1\n",
+        )
+        .unwrap();
+        let packages = read_dpkg_status(&status).unwrap();
+        let listed: Vec<(&str, &str)> = packages
+            .iter()
+            .map(|p| (p.name.as_str(), p.version.as_str()))
+            .collect();
+        assert_eq!(
+            listed,
+            [
+                ("erofs-utils", "1.8.6-1"),
+                ("systemd-repart", "257.13-1~deb13u1")
+            ]
+        );
+    }
 }

@@ -61,8 +61,13 @@ pub struct BuildInfo {
     pub packages: Vec<PackageInfo>,
     /// How long each phase took.
     pub phases: Vec<PhaseTiming>,
-    /// The versions of the tools that made the image.
+    /// The versions of the host tools that drove the build.
     pub tools: Vec<ToolVersion>,
+    /// Every package of the tools tree mkosi made the image with (its
+    /// systemd-repart, mkfs.erofs, ukify, sbsign): the programs that wrote
+    /// the bits. Empty for builds from before it was recorded.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tools_tree: Vec<PackageInfo>,
 }
 
 /// The Secure Boot signature of a build's boot chain.

@@ -386,6 +386,7 @@ impl Lab {
             packages: vec![],
             phases: vec![],
             tools: vec![],
+            tools_tree: vec![],
         };
         fs::write(
             dir.join("build.json"),
