@@ -244,8 +244,10 @@ fn package_platform(
                 )
                 // zstd rather than zlib inside the qcow2: the same size here
                 // (most of the image is lz4-compressed /usr already) in a
-                // quarter of the time; readable by qemu 5.1 and later.
-                .args(["convert", "-q", "-c", "-W", "-f", "raw", "-O", "qcow2"])
+                // quarter of the time; readable by qemu 5.1 and later. No
+                // -W: out-of-order writes place the clusters differently on
+                // every run, and the image must be reproducible.
+                .args(["convert", "-q", "-c", "-f", "raw", "-O", "qcow2"])
                 .args(["-o", "compression_type=zstd"])
                 .arg(&raw)
                 .arg(path_of(ArtifactRole::Disk)?)
@@ -288,6 +290,7 @@ fn package_platform(
                         usr_bytes: parts.usr_bytes,
                         verity_bytes: parts.verity_bytes,
                         cmdline,
+                        source_date_epoch: parts.source_date_epoch,
                     },
                     &pxe::PxeOutputs {
                         kernel: &path_of(ArtifactRole::Kernel)?,
@@ -330,12 +333,17 @@ fn platform_disk(parts: &Parts, platform: &Platform, tools: &HostTools, out: &Pa
         );
     }
     let image = mtools_image(out, esp.offset);
+    // mtools stamps what it creates with SOURCE_DATE_EPOCH, not the time of
+    // the build: the same addon makes the same ESP.
+    let epoch = parts.source_date_epoch.to_string();
     Step::new("creating /loader/addons on the ESP", tools.path("mmd"))
         .env("MTOOLS_SKIP_CHECK", "1")
+        .env("SOURCE_DATE_EPOCH", &epoch)
         .args(["-i", &image, ESP_ADDON_DIR])
         .run()?;
     Step::new("writing the platform addon to the ESP", tools.path("mcopy"))
         .env("MTOOLS_SKIP_CHECK", "1")
+        .env("SOURCE_DATE_EPOCH", &epoch)
         .args(["-i", &image])
         .arg(&addon)
         .arg(format!("{ESP_ADDON_DIR}/{ESP_ADDON_NAME}"))

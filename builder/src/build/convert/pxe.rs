@@ -77,6 +77,8 @@ pub struct PxeInputs<'a> {
     /// The kernel command line: the UKI's, then root=tmpfs, then the
     /// platform's additions.
     pub cmdline: String,
+    /// Every file the initrd addition carries is stamped with this time.
+    pub source_date_epoch: i64,
 }
 
 /// Where the three files go.
@@ -109,7 +111,7 @@ pub fn write_pxe(
     )?;
     mask_unit(&tree, "systemd-repart.service")?;
     let cpio = work.join("pxe.cpio");
-    write_cpio(tools, &tree, &cpio)?;
+    write_cpio(tools, &tree, &cpio, inputs.source_date_epoch)?;
     fs::remove_dir_all(&tree)?;
 
     // The build's initrd, then ours: the kernel unpacks both.
@@ -172,8 +174,11 @@ fn write_usr_disk(tools: &HostTools, inputs: &PxeInputs, out: &Path) -> Result<(
     let file = File::create(out)?;
     file.set_len(disk_size)?;
     drop(file);
+    // A disk GUID of its own, derived from the build's (sfdisk would pick a
+    // random one, and the artifact must be reproducible).
     let script = format!(
-        "label: gpt\nunit: sectors\nsector-size: {SECTOR}\n{}\n{}\n",
+        "label: gpt\nlabel-id: {}\nunit: sectors\nsector-size: {SECTOR}\n{}\n{}\n",
+        derived_uuid(&format!("boxcar pxe usr disk {}", inputs.table.disk_uuid)),
         sfdisk_line(usr, FIRST_PARTITION_OFFSET, usr_size),
         sfdisk_line(verity, verity_offset, verity_size)
     );
@@ -248,11 +253,32 @@ fn mask_unit(tree: &Path, name: &str) -> Result<()> {
     Ok(())
 }
 
-/// A newc cpio archive of `tree`, owned by root, in a stable order.
-fn write_cpio(tools: &HostTools, tree: &Path, out: &Path) -> Result<()> {
+/// A UUID (version 4 form) that depends only on `seed`.
+fn derived_uuid(seed: &str) -> String {
+    let (digest, _) =
+        boxcar_signing::sha256_reader(seed.as_bytes()).expect("hashing memory cannot fail");
+    let hex = digest.to_string();
+    let variant = ["8", "9", "a", "b"][usize::from(hex.as_bytes()[16] % 4)];
+    format!(
+        "{}-{}-4{}-{variant}{}-{}",
+        &hex[..8],
+        &hex[8..12],
+        &hex[13..16],
+        &hex[17..20],
+        &hex[20..32]
+    )
+}
+
+/// A newc cpio archive of `tree`, owned by root, in a stable order, every
+/// entry stamped with `epoch` (cpio keeps modification times, and the
+/// files were made just now).
+fn write_cpio(tools: &HostTools, tree: &Path, out: &Path, epoch: i64) -> Result<()> {
     let mut paths = Vec::new();
     collect_paths(tree, tree, &mut paths)?;
     paths.sort();
+    for path in &paths {
+        stamp(&tree.join(path), epoch)?;
+    }
     let list = out.with_extension("list");
     fs::write(&list, paths.join("\n") + "\n")?;
     Step::new("packing the PXE initrd addition", tools.path("cpio"))
@@ -269,6 +295,21 @@ fn write_cpio(tools: &HostTools, tree: &Path, out: &Path) -> Result<()> {
         .run()?;
     fs::remove_file(&list)?;
     Ok(())
+}
+
+/// Sets a file's (or a symlink's own) access and modification times.
+fn stamp(path: &Path, epoch: i64) -> Result<()> {
+    use rustix::fs::{utimensat, AtFlags, Timestamps, CWD};
+    let time = rustix::fs::Timespec {
+        tv_sec: epoch,
+        tv_nsec: 0,
+    };
+    let times = Timestamps {
+        last_access: time,
+        last_modification: time,
+    };
+    utimensat(CWD, path, &times, AtFlags::SYMLINK_NOFOLLOW)
+        .with_context(|| format!("setting the times of {}", path.display()))
 }
 
 fn collect_paths(root: &Path, dir: &Path, paths: &mut Vec<String>) -> Result<()> {
@@ -309,6 +350,25 @@ mod tests {
             .path()
             .join("etc/systemd/system/systemd-repart.service");
         assert_eq!(fs::read_link(link).unwrap(), Path::new("/dev/null"));
+    }
+
+    #[test]
+    fn the_carried_tree_is_stamped_with_the_epoch_and_uuids_are_stable() {
+        let tree = tempfile::tempdir().unwrap();
+        mask_unit(tree.path(), "systemd-repart.service").unwrap();
+        let link = tree
+            .path()
+            .join("etc/systemd/system/systemd-repart.service");
+        stamp(&link, 1_700_000_000).unwrap();
+        stamp(tree.path(), 1_700_000_000).unwrap();
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(fs::symlink_metadata(&link).unwrap().mtime(), 1_700_000_000);
+        assert_eq!(fs::metadata(tree.path()).unwrap().mtime(), 1_700_000_000);
+        let uuid = derived_uuid("a");
+        assert_eq!(uuid, derived_uuid("a"));
+        assert_ne!(uuid, derived_uuid("b"));
+        assert_eq!(uuid.len(), 36);
+        assert_eq!(&uuid[14..15], "4");
     }
 
     #[test]
