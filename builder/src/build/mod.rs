@@ -178,7 +178,7 @@ fn sign_and_verify(
         .map(|platform| convert::Parts::addon_name(&platform.id))
         .collect();
     for addon in &addons {
-        key.sign(tools, &staging.join(addon))?;
+        key.sign(tools, &staging.join(addon), plan.source_date_epoch)?;
     }
     let mut signed = vec!["uki.efi".to_owned()];
     signed.extend(addons);

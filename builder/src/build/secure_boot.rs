@@ -129,14 +129,20 @@ impl SigningKey {
         ]
     }
 
-    /// Signs `file` in place (through a new file renamed over it).
-    pub fn sign(&self, tools: &HostTools, file: &Path) -> Result<()> {
+    /// Signs `file` in place (through a new file renamed over it), at
+    /// `epoch`: sbsign stamps the signature with the time it reads, so the
+    /// clock is frozen there (faketime) and a rebuild signs alike.
+    pub fn sign(&self, tools: &HostTools, file: &Path, epoch: i64) -> Result<()> {
         let signed = file.with_extension("efi.signing");
         let _ = fs::remove_file(&signed);
         Step::new(
             format!("signing {} for Secure Boot", file.display()),
-            tools.path("sbsign"),
+            tools.path("faketime"),
         )
+        .env("TZ", "UTC")
+        .arg("-f")
+        .arg(frozen_time(epoch)?)
+        .arg(tools.path("sbsign"))
         .arg("--key")
         .arg(&self.key)
         .arg("--cert")
@@ -147,6 +153,14 @@ impl SigningKey {
         .run()?;
         fs::rename(&signed, file).with_context(|| format!("replacing {}", file.display()))
     }
+}
+
+/// libfaketime's frozen clock at `epoch` ("2026-12-01 10:00:00", UTC).
+fn frozen_time(epoch: i64) -> Result<String> {
+    let time = time::OffsetDateTime::from_unix_timestamp(epoch)
+        .with_context(|| format!("SOURCE_DATE_EPOCH {epoch} is out of range"))?;
+    let format = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second]");
+    Ok(time.format(&format)?)
 }
 
 /// Writes key text to a new private file (mode 0600, never through a
@@ -273,6 +287,13 @@ pub fn requirements() -> Vec<Requirement> {
             package: "sbsigntool",
         },
         Requirement {
+            program: "faketime",
+            purpose: "signs at SOURCE_DATE_EPOCH, so a rebuild signs alike",
+            min_version: None,
+            version_args: &["--version"],
+            package: "faketime",
+        },
+        Requirement {
             program: "sbverify",
             purpose: "checks every signed boot file against the certificate",
             min_version: None,
@@ -295,6 +316,12 @@ mod tests {
 
     fn no_env(_: &str) -> Option<String> {
         None
+    }
+
+    #[test]
+    fn signatures_are_dated_at_the_epoch_in_utc() {
+        assert_eq!(frozen_time(1_764_583_200).unwrap(), "2025-12-01 10:00:00");
+        assert!(frozen_time(i64::MAX).is_err());
     }
 
     #[test]
