@@ -1435,6 +1435,116 @@ fn a_failing_update_falls_back_and_the_agent_marks_it_bad() {
         .is_file());
 }
 
+/// Reproducible builds: the same inputs (recipe and overlays, version and
+/// SOURCE_DATE_EPOCH, the package cache, the keys) build the same bits,
+/// every part, artifact and update file. build.json records those inputs;
+/// `boxcar compare` checks the outputs and, when they differ, places the
+/// first differing byte in its partition or PE section, and diffoscope
+/// explains the smallest differing file.
+#[test]
+fn a_second_build_from_the_same_inputs_is_bit_for_bit_the_same() {
+    if !can_run("a_second_build_from_the_same_inputs_is_bit_for_bit_the_same") {
+        return;
+    }
+    let first = shared_build();
+    let info = read_json(&first.join("build.json"));
+    for digest in ["recipe_sha256", "overlays_sha256"] {
+        let value = info["source"][digest].as_str().unwrap_or_default();
+        assert_eq!(
+            value.len(),
+            64,
+            "build.json lacks source.{digest}: {value:?}"
+        );
+    }
+    assert!(info["source_date_epoch"].as_i64().unwrap() > 1_600_000_000);
+    assert!(info["packages"].as_array().unwrap().len() > 100);
+    let tools = info["tools"].as_array().unwrap();
+    let tools_tree = info["tools_tree"].as_array().unwrap();
+    for (list, tool) in [
+        (tools, "boxcar"),
+        (tools, "mkosi"),
+        (tools_tree, "systemd-repart"),
+        (tools_tree, "erofs-utils"),
+        (tools_tree, "systemd-ukify"),
+    ] {
+        assert!(
+            list.iter().any(|t| t["name"] == tool),
+            "build.json lacks {tool}'s version"
+        );
+    }
+
+    let out = scratch_dir().join("rebuild");
+    let second = build_like_the_shared_one(&out);
+    let (first_arg, second_arg) = (first.to_str().unwrap(), second.to_str().unwrap());
+    let text = boxcar_captured(&["compare", "--build", first_arg, "--with", second_arg]);
+    let output = boxcar_captured(&[
+        "--json", "compare", "--build", first_arg, "--with", second_arg,
+    ]);
+    let report: serde_json::Value =
+        serde_json::from_slice(&output.stdout).expect("compare --json prints JSON");
+    if !output.status.success() {
+        explain_with_diffoscope(first, &second, &report);
+    }
+    assert!(
+        output.status.success() && report["identical"] == true,
+        "the rebuild differs:\n{}",
+        String::from_utf8_lossy(&text.stdout)
+    );
+    let compared: Vec<&str> = report["outputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["name"].as_str().unwrap())
+        .collect();
+    for name in [
+        "usr.raw",
+        "uki.efi",
+        "disk.raw",
+        "boxcar-0.0.0-e2e-qemu.qcow2",
+    ] {
+        assert!(
+            compared.contains(&name),
+            "{name} not compared: {compared:?}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+/// Prints diffoscope's account of the smallest output that differs (a
+/// bounded report, in the test's log).
+fn explain_with_diffoscope(first: &Path, second: &Path, report: &serde_json::Value) {
+    let smallest = report["outputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|o| o["same"] == false && !o["first_difference"].is_null())
+        .filter_map(|o| {
+            let name = o["name"].as_str()?;
+            Some((std::fs::metadata(first.join(name)).ok()?.len(), name))
+        })
+        .min();
+    let Some((_, name)) = smallest else { return };
+    let explained = Command::new("timeout")
+        .args([
+            "600",
+            "diffoscope",
+            "--text",
+            "-",
+            "--max-report-size",
+            "200000",
+        ])
+        .arg(first.join(name))
+        .arg(second.join(name))
+        .output();
+    match explained {
+        Ok(out) => eprintln!(
+            "diffoscope on {name}:\n{}",
+            String::from_utf8_lossy(&out.stdout)
+        ),
+        Err(e) => eprintln!("diffoscope did not run: {e}"),
+    }
+}
+
 /// A copy of the checkout whose post-installation script fails: mkosi
 /// fails late, after the image tree exists, and the build must leave no
 /// build directory. (A broken package list would fail too, but it would

@@ -111,34 +111,48 @@ pub fn boxcar_captured(args: &[&str]) -> Output {
 /// One real build of the default recipe, made once per test run and shared.
 pub fn shared_build() -> &'static Path {
     static BUILD: OnceLock<PathBuf> = OnceLock::new();
-    BUILD.get_or_init(|| {
-        let out = scratch_dir().join("build");
-        let _ = std::fs::remove_dir_all(&out);
-        std::fs::create_dir_all(&out).unwrap();
-        let out_arg = out.to_str().unwrap();
-        let output = boxcar(&[
-            "build",
-            "--channel",
-            "alpha",
-            "--version",
-            "0.0.0-e2e",
-            "--out",
-            out_arg,
-            "--update-key",
-            &shared_store_key().public(),
-            "--secure-boot-key",
-            &shared_secure_boot_key().key(),
-            "--secure-boot-certificate",
-            &shared_secure_boot_key().certificate(),
-            "--json",
-        ]);
-        assert!(output.status.success(), "boxcar build failed");
-        let printed: serde_json::Value =
-            serde_json::from_slice(&output.stdout).expect("build --json prints JSON");
-        let dir = PathBuf::from(printed["dir"].as_str().expect("a dir field"));
-        assert_eq!(dir, out.join("0.0.0-e2e"));
-        dir
-    })
+    BUILD.get_or_init(|| build_like_the_shared_one(&scratch_dir().join("build")))
+}
+
+/// A build made exactly as [`shared_build`] is (same version, channel and
+/// keys) into `out`, emptied first; returns its build directory.
+pub fn build_like_the_shared_one(out: &Path) -> PathBuf {
+    let _ = std::fs::remove_dir_all(out);
+    std::fs::create_dir_all(out).unwrap();
+    let output = signed_build(out, "0.0.0-e2e", &["--channel", "alpha"]);
+    assert!(output.status.success(), "boxcar build failed");
+    let printed: serde_json::Value =
+        serde_json::from_slice(&output.stdout).expect("build --json prints JSON");
+    let dir = PathBuf::from(printed["dir"].as_str().expect("a dir field"));
+    assert_eq!(dir, out.join("0.0.0-e2e"));
+    dir
+}
+
+/// `boxcar build` of `version` into `out`, signed for Secure Boot with the
+/// suite's key and pinning the suite's store key, with `extra` arguments.
+fn signed_build(out: &Path, version: &str, extra: &[&str]) -> Output {
+    let (store_key, secure_boot) = (shared_store_key(), shared_secure_boot_key());
+    let (update_key, key, certificate) = (
+        store_key.public(),
+        secure_boot.key(),
+        secure_boot.certificate(),
+    );
+    let mut args = vec![
+        "build",
+        "--version",
+        version,
+        "--out",
+        out.to_str().unwrap(),
+        "--update-key",
+        &update_key,
+        "--secure-boot-key",
+        &key,
+        "--secure-boot-certificate",
+        &certificate,
+        "--json",
+    ];
+    args.extend(extra);
+    boxcar(&args)
 }
 
 /// A second build, newer than `shared_build`, for the update tests: compose
@@ -148,21 +162,7 @@ pub fn shared_newer_build() -> &'static Path {
     static BUILD: OnceLock<PathBuf> = OnceLock::new();
     BUILD.get_or_init(|| {
         let out = shared_build().parent().unwrap().to_owned();
-        let output = boxcar(&[
-            "build",
-            "--version",
-            "0.0.1-e2e",
-            "--out",
-            out.to_str().unwrap(),
-            "--no-artifacts",
-            "--update-key",
-            &shared_store_key().public(),
-            "--secure-boot-key",
-            &shared_secure_boot_key().key(),
-            "--secure-boot-certificate",
-            &shared_secure_boot_key().certificate(),
-            "--json",
-        ]);
+        let output = signed_build(&out, "0.0.1-e2e", &["--no-artifacts"]);
         assert!(output.status.success(), "the second build failed");
         out.join("0.0.1-e2e")
     })

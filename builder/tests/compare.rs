@@ -1,6 +1,7 @@
 //! `boxcar compare` on two builds: identical builds pass; a build whose
 //! inputs and bits differ names the inputs, the outputs, and the partition
-//! holding the first differing byte, and exits 1.
+//! holding the first differing byte, and exits 1; a file that no longer
+//! matches its build.json is an error.
 
 mod common;
 
@@ -103,6 +104,16 @@ fn a_file_only_one_build_has_is_listed_and_a_missing_build_is_an_error() {
         .stdout(
             predicate::str::contains("boxcar-1.0.0-pxe.ipxe: only in")
                 .and(predicate::str::contains("platform table")),
+        );
+    // A file changed after its build is not a difference but an error.
+    std::fs::write(b.join("boxcar-1.0.0-pxe.ipxe"), "#!ipxe\nchain evil\n").unwrap();
+    first
+        .boxcar(&["compare", "--build", a_arg, "--with", b_arg])
+        .assert()
+        .code(1)
+        .stderr(
+            predicate::str::contains("boxcar-1.0.0-pxe.ipxe does not match the sha256")
+                .and(predicate::str::contains("changed after the build")),
         );
     let missing = first.path("nowhere");
     first

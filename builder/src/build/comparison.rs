@@ -1,20 +1,23 @@
 //! `boxcar compare`: are two builds the same bits? The inputs each
 //! build.json records are compared first (they explain most differences),
-//! then every output by its recorded sha256, and for each output that
-//! differs, the first differing byte is found and placed: in which
-//! partition of a disk image, in which section of a UKI or addon.
+//! then every output: each file is hashed and must match the sha256 its
+//! build.json records (a build directory changed afterwards is an error,
+//! not a difference), the two builds' digests are compared, and for each
+//! output that differs, the first differing byte is found and placed: in
+//! which partition of a disk image, in which section of a UKI or addon.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use boxcar_signing::Sha256Digest;
 use serde::Serialize;
 
 use super::uki;
 use crate::image::PartitionTable;
 use crate::platform::Format;
+use crate::progress::Progress;
 use crate::records::buildinfo::{BuildInfo, FileKind};
 use crate::sparse::{open_source, HoleFilledReader};
 
@@ -71,12 +74,15 @@ impl Comparison {
 }
 
 /// Compares the build in `build` with the one in `with`.
-pub fn compare(build: &Path, with: &Path) -> Result<Comparison> {
+pub fn compare(build: &Path, with: &Path, progress: &Progress) -> Result<Comparison> {
     let first = BuildInfo::load(build)?;
     let second = BuildInfo::load(with)?;
     let inputs = input_differences(&first, &second);
     let ours = outputs(&first);
-    let theirs: BTreeMap<String, Sha256Digest> = outputs(&second).into_iter().collect();
+    check_recorded(build, &ours, progress)?;
+    let theirs = outputs(&second);
+    check_recorded(with, &theirs, progress)?;
+    let theirs: BTreeMap<String, Sha256Digest> = theirs.into_iter().collect();
     let mut compared = Vec::new();
     for (name, sha256) in &ours {
         let other = theirs.get(name).copied();
@@ -86,12 +92,7 @@ pub fn compare(build: &Path, with: &Path) -> Result<Comparison> {
                 first_difference(&build.join(name), &with.join(name))?
                     .map(|offset| locate(&first, name, build, offset))
                     .transpose()?
-                    .with_context(|| {
-                        format!(
-                            "build.json records different sha256s for {name}, but the files are equal: \
-                             one of the build directories changed after it was built"
-                        )
-                    })?,
+                    .with_context(|| format!("{name} is equal in both builds after all"))?,
             ),
             _ => None,
         };
@@ -225,6 +226,33 @@ fn outputs(info: &BuildInfo) -> Vec<(String, Sha256Digest)> {
         .filter(|(name, _)| seen.insert(name.as_str()))
         .map(|(name, sha256)| (name.clone(), *sha256))
         .collect()
+}
+
+/// Hashes every output file of the build in `dir` (holes from memory) and
+/// fails on the first that is not what its build.json records.
+fn check_recorded(
+    dir: &Path,
+    outputs: &[(String, Sha256Digest)],
+    progress: &Progress,
+) -> Result<()> {
+    let mut phase = progress.phase(&format!("check {}", dir.display()));
+    for (name, recorded) in outputs {
+        phase.status(&format!("hashing {name}"));
+        let path = dir.join(name);
+        let (file, length) = open_source(&path)?;
+        let (actual, _) = boxcar_signing::sha256_reader(HoleFilledReader::new(file, length))
+            .with_context(|| reading(&path))?;
+        if actual != *recorded {
+            phase.failed();
+            bail!(
+                "{} does not match the sha256 its build.json records ({recorded}, the file has {actual}): \
+                 the build directory changed after the build",
+                path.display()
+            );
+        }
+    }
+    phase.done(&format!("{} files match build.json", outputs.len()));
+    Ok(())
 }
 
 /// The offset of the first byte where two files differ (a shorter file

@@ -594,9 +594,11 @@ pub struct FootprintArgs {
 ///
 /// Compares the inputs both build.json files record (version,
 /// SOURCE_DATE_EPOCH, git commit, digests of recipes/ and overlays/, every
-/// package version, the tool versions, the Secure Boot certificate, the
-/// update agent) and lists those that differ; then every output (parts,
-/// artifacts, update payload, certificate) by its sha256. For an output
+/// package version, the tool and tools-tree versions, the Secure Boot
+/// certificate, the update agent) and lists those that differ; then every
+/// output (parts, artifacts, update payload, certificate): each file is
+/// hashed and must match its build.json (else an error: the directory
+/// changed after its build), then the two compared by sha256. For an output
 /// that differs, the first differing byte is found and placed: in which
 /// partition of a disk image, in which PE section of a UKI or addon.
 /// `diffoscope BUILD/FILE WITH/FILE` explains a difference in detail.

@@ -281,8 +281,8 @@ pub(super) fn check(global: &GlobalArgs, _args: &CheckArgs) -> Result<()> {
     Ok(())
 }
 
-pub(super) fn compare(global: &GlobalArgs, args: &CompareArgs) -> Result<()> {
-    let comparison = build::comparison::compare(&args.build, &args.with)?;
+pub(super) fn compare(global: &GlobalArgs, args: &CompareArgs, progress: &Progress) -> Result<()> {
+    let comparison = build::comparison::compare(&args.build, &args.with, progress)?;
     if global.json {
         out!("{}", serde_json::to_string_pretty(&comparison)?);
     } else {

@@ -34,7 +34,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Check(args) => build::check(&cli.global, &args),
         Command::Platforms(args) => build::platforms(&cli.global, &args),
         Command::Footprint(args) => build::footprint(&cli.global, &args),
-        Command::Compare(args) => build::compare(&cli.global, &args),
+        Command::Compare(args) => build::compare(&cli.global, &args, &progress),
         Command::Internal(args) => test::internal(&args),
         Command::Keys(args) => release::keys(&cli.global, &args, &progress),
         Command::Publish(args) => release::publish(&cli.global, &args, &progress),
