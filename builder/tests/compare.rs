@@ -115,6 +115,16 @@ fn a_file_only_one_build_has_is_listed_and_a_missing_build_is_an_error() {
             predicate::str::contains("boxcar-1.0.0-pxe.ipxe does not match the sha256")
                 .and(predicate::str::contains("changed after the build")),
         );
+    // A name in build.json that would lead out of the build directory.
+    let path = b.join("build.json");
+    let mut info = read_json(&path);
+    info["artifacts"][0]["file"] = "../../etc/passwd".into();
+    std::fs::write(&path, serde_json::to_vec_pretty(&info).unwrap()).unwrap();
+    first
+        .boxcar(&["compare", "--build", a_arg, "--with", b_arg])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("build.json file name"));
     let missing = first.path("nowhere");
     first
         .boxcar(&[

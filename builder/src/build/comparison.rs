@@ -11,6 +11,7 @@ use std::io::Read;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
+use boxcar_client::layout::SafeName;
 use boxcar_signing::Sha256Digest;
 use serde::Serialize;
 
@@ -78,9 +79,9 @@ pub fn compare(build: &Path, with: &Path, progress: &Progress) -> Result<Compari
     let first = BuildInfo::load(build)?;
     let second = BuildInfo::load(with)?;
     let inputs = input_differences(&first, &second);
-    let ours = outputs(&first);
+    let ours = outputs(&first)?;
     check_recorded(build, &ours, progress)?;
-    let theirs = outputs(&second);
+    let theirs = outputs(&second)?;
     check_recorded(with, &theirs, progress)?;
     let theirs: BTreeMap<String, Sha256Digest> = theirs.into_iter().collect();
     let mut compared = Vec::new();
@@ -208,8 +209,10 @@ fn input_differences(first: &BuildInfo, second: &BuildInfo) -> Vec<InputDifferen
 }
 
 /// Every file a build made, by name, with its recorded sha256: the parts,
-/// the artifacts, the update payload and the Secure Boot certificate.
-fn outputs(info: &BuildInfo) -> Vec<(String, Sha256Digest)> {
+/// the artifacts, the update payload and the Secure Boot certificate. Each
+/// name becomes a path in the build directory, so each must be a plain
+/// file name.
+fn outputs(info: &BuildInfo) -> Result<Vec<(String, Sha256Digest)>> {
     let parts = info.files.iter().map(|f| (&f.name, &f.sha256));
     let artifacts = info.artifacts.iter().map(|a| (&a.file, &a.sha256));
     let update = info.update.iter().flat_map(|u| &u.files);
@@ -224,7 +227,10 @@ fn outputs(info: &BuildInfo) -> Vec<(String, Sha256Digest)> {
         .chain(update)
         .chain(certificate)
         .filter(|(name, _)| seen.insert(name.as_str()))
-        .map(|(name, sha256)| (name.clone(), *sha256))
+        .map(|(name, sha256)| {
+            let name = SafeName::new("build.json file name", name)?;
+            Ok((name.as_str().to_owned(), *sha256))
+        })
         .collect()
 }
 
