@@ -1490,12 +1490,7 @@ fn a_second_build_from_the_same_inputs_is_bit_for_bit_the_same() {
         "the rebuild differs:\n{}",
         String::from_utf8_lossy(&text.stdout)
     );
-    let compared: Vec<&str> = report["outputs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|o| o["name"].as_str().unwrap())
-        .collect();
+    let compared = names(&report["outputs"]);
     for name in [
         "usr.raw",
         "uki.efi",

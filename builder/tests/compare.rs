@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{read_json, Lab};
+use common::{edit_json, Lab};
 use predicates::prelude::*;
 
 #[test]
@@ -29,24 +29,23 @@ fn identical_builds_compare_equal_and_differences_are_named_and_placed() {
     let mut bytes = std::fs::read(&raw).unwrap();
     bytes[40_000] ^= 0xff;
     std::fs::write(&raw, &bytes).unwrap();
-    let path = b.join("build.json");
-    let mut info = read_json(&path);
-    info["packages"] = serde_json::json!([
-        { "name": "containerd", "version": "1.7.2", "architecture": "amd64" }
-    ]);
-    info["disk"]["partition_table"]["partitions"] = serde_json::json!([{
-        "number": 2, "role": "usr-a", "type": "usr-x86-64",
-        "type_uuid": "8484680c-9521-48c6-9c11-b0720656f69e", "label": "usr-a",
-        "uuid": "0fc63daf-8483-4772-8e79-3d69d8477de4",
-        "offset": 32_768, "size": 16_384, "flags": []
-    }]);
     let (sha256, _) = boxcar_signing::sha256_file(&raw).unwrap();
-    for artifact in info["artifacts"].as_array_mut().unwrap() {
-        if artifact["file"] == "boxcar-1.0.0-aws.raw" {
-            artifact["sha256"] = sha256.to_string().into();
+    edit_json(&b.join("build.json"), |info| {
+        info["packages"] = serde_json::json!([
+            { "name": "containerd", "version": "1.7.2", "architecture": "amd64" }
+        ]);
+        info["disk"]["partition_table"]["partitions"] = serde_json::json!([{
+            "number": 2, "role": "usr-a", "type": "usr-x86-64",
+            "type_uuid": "8484680c-9521-48c6-9c11-b0720656f69e", "label": "usr-a",
+            "uuid": "0fc63daf-8483-4772-8e79-3d69d8477de4",
+            "offset": 32_768, "size": 16_384, "flags": []
+        }]);
+        for artifact in info["artifacts"].as_array_mut().unwrap() {
+            if artifact["file"] == "boxcar-1.0.0-aws.raw" {
+                artifact["sha256"] = sha256.to_string().into();
+            }
         }
-    }
-    std::fs::write(&path, serde_json::to_vec_pretty(&info).unwrap()).unwrap();
+    });
 
     // Placed by the partition table of the build named first.
     second
@@ -116,10 +115,9 @@ fn a_file_only_one_build_has_is_listed_and_a_missing_build_is_an_error() {
                 .and(predicate::str::contains("changed after the build")),
         );
     // A name in build.json that would lead out of the build directory.
-    let path = b.join("build.json");
-    let mut info = read_json(&path);
-    info["artifacts"][0]["file"] = "../../etc/passwd".into();
-    std::fs::write(&path, serde_json::to_vec_pretty(&info).unwrap()).unwrap();
+    edit_json(&b.join("build.json"), |info| {
+        info["artifacts"][0]["file"] = "../../etc/passwd".into();
+    });
     first
         .boxcar(&["compare", "--build", a_arg, "--with", b_arg])
         .assert()

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{read_json, Lab};
+use common::{edit_json, Lab};
 use predicates::prelude::*;
 
 #[test]
@@ -33,10 +33,9 @@ fn footprint_lists_the_biggest_packages_directories_and_files() {
             { "name": "/usr/bin/runc", "bytes": 600_000, "files": 1 },
         ],
     });
-    let path = build.join("build.json");
-    let mut info = read_json(&path);
-    info["usr"]["footprint"] = footprint.clone();
-    std::fs::write(&path, serde_json::to_vec_pretty(&info).unwrap()).unwrap();
+    edit_json(&build.join("build.json"), |info| {
+        info["usr"]["footprint"] = footprint.clone();
+    });
 
     lab.boxcar(&["footprint", "--build", build_arg, "--top", "1"])
         .assert()

@@ -586,3 +586,10 @@ pub fn read_json(path: &Path) -> serde_json::Value {
         fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("parsing {}: {e}", path.display()))
 }
+
+/// Rewrites a JSON file (a build's build.json, say) through `change`.
+pub fn edit_json(path: &Path, change: impl FnOnce(&mut serde_json::Value)) {
+    let mut value = read_json(path);
+    change(&mut value);
+    fs::write(path, serde_json::to_vec_pretty(&value).unwrap()).unwrap();
+}
