@@ -42,8 +42,10 @@ fn build_produces_a_verity_protected_ab_image_that_stock_tools_confirm() {
             "esp",
             "usr-a",
             "usr-a-verity",
+            "usr-a-signature",
             "usr-b",
             "usr-b-verity",
+            "usr-b-signature",
             "root"
         ]
     );
@@ -57,14 +59,17 @@ fn build_produces_a_verity_protected_ab_image_that_stock_tools_confirm() {
         labels[1], "boxcar_0.0.0-e2e",
         "USR-A carries the version in its label"
     );
-    assert_eq!(labels[3], "_empty", "USR-B is an empty slot");
-    assert_eq!(labels[4], "_empty");
+    assert_eq!(labels[3], "boxcar_0.0.0-e2e_sig");
+    assert_eq!(labels[4], "_empty", "USR-B is an empty slot");
+    assert_eq!(labels[5], "_empty");
+    assert_eq!(labels[6], "_empty");
 
     let file_names = names(&info["files"]);
     for expected in [
         "disk.raw",
         "usr.raw",
         "usr-verity.raw",
+        "usr-verity-sig.raw",
         "uki.efi",
         "vmlinuz",
         "initrd",
@@ -232,6 +237,8 @@ fn assert_signed_for_secure_boot(info: &serde_json::Value, dir: &Path) {
         signed.contains(&"disk.raw:ESP/EFI/BOOT/BOOTX64.EFI"),
         "{signed:?}"
     );
+    assert!(signed.contains(&"usr-verity-sig.raw"), "{signed:?}");
+    assert_usr_signed(info, dir, &certificate);
     let scratch = tempfile::tempdir_in(scratch_dir()).unwrap();
     let loader = scratch.path().join("BOOTX64.EFI");
     copy_from_esp(dir, "EFI/BOOT/BOOTX64.EFI", &loader);
@@ -255,6 +262,57 @@ fn assert_signed_for_secure_boot(info: &serde_json::Value, dir: &Path) {
             "{file:?}: {output}"
         );
     }
+}
+
+/// Slot A's signature partition signs the /usr root hash with the Secure
+/// Boot key, as stock openssl sees it: a PKCS#7 signature over the root
+/// hash (hex) whose signer is the build's certificate, named by its
+/// fingerprint in the partition and in build.json.
+fn assert_usr_signed(info: &serde_json::Value, dir: &Path, certificate: &Path) {
+    let root_hash = info["usr"]["root_hash"].as_str().unwrap();
+    let fingerprint = info["secure_boot"]["certificate_sha256"].as_str().unwrap();
+    assert_eq!(info["usr"]["signature_file"], "usr-verity-sig.raw");
+    assert_eq!(info["usr"]["signed_by"], fingerprint);
+    let partition = std::fs::read(dir.join("usr-verity-sig.raw")).unwrap();
+    assert_eq!(partition.len(), 16384);
+    let end = partition.iter().rposition(|&b| b != 0).unwrap() + 1;
+    let document: serde_json::Value = serde_json::from_slice(&partition[..end]).unwrap();
+    assert_eq!(document["rootHash"], root_hash);
+    assert_eq!(document["certificateFingerprint"], fingerprint);
+    let scratch = tempfile::tempdir_in(scratch_dir()).unwrap();
+    let (der, content) = (
+        scratch.path().join("usr.p7s"),
+        scratch.path().join("roothash"),
+    );
+    std::fs::write(&der, base64_decode(document["signature"].as_str().unwrap())).unwrap();
+    std::fs::write(&content, root_hash).unwrap();
+    let verified = |content: &Path| {
+        std::process::Command::new("openssl")
+            .args(["smime", "-verify", "-binary", "-inform", "DER", "-noverify"])
+            .args(["-nointern", "-certfile", certificate.to_str().unwrap()])
+            .args(["-in", der.to_str().unwrap(), "-content"])
+            .arg(content)
+            .args(["-out", "/dev/null"])
+            .output()
+            .unwrap()
+            .status
+            .success()
+    };
+    assert!(
+        verified(&content),
+        "openssl does not verify the /usr signature"
+    );
+    // A signature of this root hash, of no other.
+    let other = scratch.path().join("other");
+    std::fs::write(&other, "ab".repeat(32)).unwrap();
+    assert!(!verified(&other));
+}
+
+fn base64_decode(text: &str) -> Vec<u8> {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .unwrap()
 }
 
 /// Every platform's artifact is in build.json and on disk, each in its
@@ -1184,6 +1242,54 @@ fn copy_from_esp(dir: &Path, path: &str, to: &Path) {
     assert!(status.success(), "mcopy could not read {path} from the ESP");
 }
 
+/// One changed character in /usr's root hash signature (slot A's
+/// usr-verity-sig partition, still valid JSON and base64): under enforcing
+/// Secure Boot the kernel refuses the signature, the initrd says so, and
+/// the boot stops before /usr is used. The platform boots show the other
+/// side: there the kernel verified the untouched signature.
+#[test]
+fn tampered_usr_signature_is_refused_under_secure_boot() {
+    if !can_run("tampered_usr_signature_is_refused_under_secure_boot") {
+        return;
+    }
+    let (passed, all) = boot_test_shared_build("--tamper-usr-signature");
+    let evidence = &all[0];
+    assert!(passed, "signature tamper test did not pass: {evidence:#}");
+    assert_eq!(evidence["case"], "tamper-usr-signature");
+    assert_eq!(evidence["outcome"], "refused");
+    assert!(evidence["tampering"]
+        .as_str()
+        .unwrap()
+        .contains("boxcar_0.0.0-e2e_sig"));
+    let refusals = evidence["boot_refusals"].as_array().unwrap();
+    assert!(
+        refusals.iter().any(|line| line
+            .as_str()
+            .unwrap()
+            .contains("the kernel refused the /usr root hash signature")),
+        "{refusals:?}"
+    );
+    let milestones = names_of_events(&evidence["milestones"]);
+    assert!(milestones.contains(&"initrd started"), "{milestones:?}");
+    assert!(
+        !milestones.contains(&"initrd set up dm-verity for /usr"),
+        "{milestones:?}"
+    );
+    assert!(
+        !milestones.contains(&"multi-user reached"),
+        "{milestones:?}"
+    );
+}
+
+fn names_of_events(milestones: &serde_json::Value) -> Vec<&str> {
+    milestones
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["event"].as_str().unwrap())
+        .collect()
+}
+
 /// One flipped byte in the signed UKI on the ESP: under enforcing Secure
 /// Boot, with the build's certificate enrolled, systemd-boot refuses to
 /// start it and no kernel runs.
@@ -1317,7 +1423,7 @@ fn an_image_updates_itself_through_its_agent_to_the_next_build_in_its_other_slot
     assert_eq!(guest["os_image_version"], "0.0.1-e2e");
     assert_eq!(
         guest["update.usr"],
-        "4:boxcar_0.0.1-e2e 5:boxcar_0.0.1-e2e_verity"
+        "5:boxcar_0.0.1-e2e 6:boxcar_0.0.1-e2e_verity"
     );
     assert!(guest["usr_dm_table"]
         .as_str()

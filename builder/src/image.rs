@@ -50,10 +50,42 @@ pub enum Role {
     Esp,
     UsrA,
     UsrAVerity,
+    /// Slot A's root hash signature (empty when the build is not signed).
+    UsrASignature,
     UsrB,
     UsrBVerity,
+    UsrBSignature,
     Root,
     Other,
+}
+
+impl Role {
+    /// The partitions of a Boxcar disk, in disk order.
+    pub const LAYOUT: [Role; 8] = [
+        Role::Esp,
+        Role::UsrA,
+        Role::UsrAVerity,
+        Role::UsrASignature,
+        Role::UsrB,
+        Role::UsrBVerity,
+        Role::UsrBSignature,
+        Role::Root,
+    ];
+
+    /// The role as build.json names it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Esp => "esp",
+            Role::UsrA => "usr-a",
+            Role::UsrAVerity => "usr-a-verity",
+            Role::UsrASignature => "usr-a-signature",
+            Role::UsrB => "usr-b",
+            Role::UsrBVerity => "usr-b-verity",
+            Role::UsrBSignature => "usr-b-signature",
+            Role::Root => "root",
+            Role::Other => "other",
+        }
+    }
 }
 
 /// One partition of the image, as recorded in build.json.
@@ -152,6 +184,7 @@ fn from_sfdisk(table: SfdiskTable) -> Result<PartitionTable> {
     let sector_size = table.sectorsize.unwrap_or(512);
     let mut usr_seen = 0;
     let mut usr_verity_seen = 0;
+    let mut usr_signature_seen = 0;
     let mut partitions = Vec::new();
     for part in table.partitions {
         let type_uuid = part.type_uuid.to_ascii_lowercase();
@@ -177,6 +210,14 @@ fn from_sfdisk(table: SfdiskTable) -> Result<PartitionTable> {
                 match usr_verity_seen {
                     1 => Role::UsrAVerity,
                     2 => Role::UsrBVerity,
+                    _ => Role::Other,
+                }
+            }
+            "usr-x86-64-verity-sig" => {
+                usr_signature_seen += 1;
+                match usr_signature_seen {
+                    1 => Role::UsrASignature,
+                    2 => Role::UsrBSignature,
                     _ => Role::Other,
                 }
             }
@@ -259,22 +300,30 @@ mod tests {
     const SFDISK: &str = r#"{
    "partitiontable": {
       "label": "gpt", "id": "7261FCEC-084C-4C9A-ACB9-5C8E7B57F09E",
-      "device": "boxcar_0.0.1.raw", "unit": "sectors", "firstlba": 2048, "lastlba": 9701382,
+      "device": "disk.raw", "unit": "sectors", "firstlba": 2048, "lastlba": 6555718,
       "sectorsize": 512,
       "partitions": [
-         {"node": "boxcar_0.0.1.raw1", "start": 2048, "size": 1048576,
+         {"node": "disk.raw1", "start": 2048, "size": 1048576,
           "type": "C12A7328-F81F-11D2-BA4B-00A0C93EC93B", "uuid": "278EFF35-7818-4FBD-B6E4-6C35A5D064C8", "name": "esp"},
-         {"node": "boxcar_0.0.1.raw2", "start": 1050624, "size": 3145728,
-          "type": "8484680C-9521-48C6-9C11-B0720656F69E", "uuid": "77FF98C8-FAF0-1899-FB58-23883037AD27",
-          "name": "boxcar_0.0.1", "attrs": "GUID:60"},
-         {"node": "boxcar_0.0.1.raw3", "start": 4196352, "size": 131072,
-          "type": "77FF5F63-E7B6-4633-ACF4-1565B864C0E6", "uuid": "0B384612-750D-4616-0EE1-B883CAAD67C1",
-          "name": "boxcar_0.0.1_verity", "attrs": "GUID:60"},
-         {"node": "boxcar_0.0.1.raw4", "start": 4327424, "size": 3145728,
-          "type": "8484680C-9521-48C6-9C11-B0720656F69E", "uuid": "406FB74E-D440-4E06-8032-F1120BEBA02E", "name": "_empty"},
-         {"node": "boxcar_0.0.1.raw5", "start": 7473152, "size": 131072,
-          "type": "77FF5F63-E7B6-4633-ACF4-1565B864C0E6", "uuid": "76290D9D-C715-40F4-9A79-32C6044EF94A", "name": "_empty"},
-         {"node": "boxcar_0.0.1.raw6", "start": 7604224, "size": 2097152,
+         {"node": "disk.raw2", "start": 1050624, "size": 2097152,
+          "type": "8484680C-9521-48C6-9C11-B0720656F69E", "uuid": "ABFA1CFE-8F9F-7ED6-ABD8-B39412551C1C",
+          "name": "boxcar_9.9.10", "attrs": "GUID:60"},
+         {"node": "disk.raw3", "start": 3147776, "size": 131072,
+          "type": "77FF5F63-E7B6-4633-ACF4-1565B864C0E6", "uuid": "C865813F-7C34-3C53-618E-1143FE22A8FF",
+          "name": "boxcar_9.9.10_verity", "attrs": "GUID:60"},
+         {"node": "disk.raw4", "start": 3278848, "size": 32,
+          "type": "E7BB33FB-06CF-4E81-8273-E543B413E2E2", "uuid": "50B5654A-B46C-4411-9611-7417147B9996",
+          "name": "boxcar_9.9.10_sig"},
+         {"node": "disk.raw5", "start": 3278880, "size": 2097152,
+          "type": "8484680C-9521-48C6-9C11-B0720656F69E", "uuid": "406FB74E-D440-4E06-8032-F1120BEBA02E",
+          "name": "_empty", "attrs": "GUID:59"},
+         {"node": "disk.raw6", "start": 5376032, "size": 131072,
+          "type": "77FF5F63-E7B6-4633-ACF4-1565B864C0E6", "uuid": "76290D9D-C715-40F4-9A79-32C6044EF94A",
+          "name": "_empty", "attrs": "GUID:60"},
+         {"node": "disk.raw7", "start": 5507104, "size": 32,
+          "type": "E7BB33FB-06CF-4E81-8273-E543B413E2E2", "uuid": "85187F9C-84A8-4B4F-924D-89C10E1346CC",
+          "name": "_empty"},
+         {"node": "disk.raw8", "start": 5507136, "size": 1048576,
           "type": "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709", "uuid": "4D17FB0F-BF95-4AA8-B3CD-349815171027",
           "name": "root-x86-64", "attrs": "GUID:59"}
       ]
@@ -285,22 +334,15 @@ mod tests {
     fn assigns_roles_offsets_and_flags() {
         let table = parse_sfdisk_json(SFDISK).unwrap();
         let roles: Vec<Role> = table.partitions.iter().map(|p| p.role).collect();
-        assert_eq!(
-            roles,
-            [
-                Role::Esp,
-                Role::UsrA,
-                Role::UsrAVerity,
-                Role::UsrB,
-                Role::UsrBVerity,
-                Role::Root
-            ]
-        );
+        assert_eq!(roles, Role::LAYOUT);
         let usr = table.require(Role::UsrA).unwrap();
         assert_eq!(
             (usr.number, usr.offset, usr.size),
-            (2, 1050624 * 512, 3145728 * 512)
+            (2, 1050624 * 512, 2097152 * 512)
         );
+        let signature = table.require(Role::UsrASignature).unwrap();
+        assert_eq!((signature.number, signature.size), (4, 16384));
+        assert_eq!(signature.type_name, "usr-x86-64-verity-sig");
         assert_eq!(usr.type_name, "usr-x86-64");
         assert_eq!(usr.flags, ["read-only"]);
         assert_eq!(
@@ -308,6 +350,13 @@ mod tests {
             ["grow-file-system"]
         );
         assert_eq!(table.disk_uuid, "7261fcec-084c-4c9a-acb9-5c8e7b57f09e");
+    }
+
+    #[test]
+    fn role_names_are_what_build_json_says() {
+        for role in Role::LAYOUT.into_iter().chain([Role::Other]) {
+            assert_eq!(serde_json::to_value(role).unwrap(), role.name());
+        }
     }
 
     #[test]
@@ -319,7 +368,7 @@ mod tests {
         );
         assert_eq!(
             hash,
-            "77ff98c8faf01899fb5823883037ad270b384612750d46160ee1b883caad67c1"
+            "abfa1cfe8f9f7ed6abd8b39412551c1cc865813f7c343c53618e1143fe22a8ff"
         );
     }
 

@@ -306,10 +306,18 @@ const REPART_TYPES: &[&str] = &[
     "usr-arm64-verity",
 ];
 
-/// The split artifacts the pipeline reads after mkosi: `/usr` and its
-/// verity tree, named by `SplitName=` in the repart definitions.
+/// The split artifacts the pipeline reads after mkosi: `/usr`, its
+/// verity tree and its root hash signature partition, named by
+/// `SplitName=` in the repart definitions.
 pub const USR_SPLIT_NAME: &str = "usr";
 pub const USR_VERITY_SPLIT_NAME: &str = "usr-verity";
+pub const USR_SIGNATURE_SPLIT_NAME: &str = "usr-verity-sig";
+
+/// Where slot A's signature partition is defined, under the recipe: one
+/// directory for builds that sign /usr and one for builds that do not
+/// (systemd-repart refuses `Verity=signature` without a key). A build adds
+/// one of them to mkosi's repart directories.
+pub const USR_SIGNATURE_DIR: &str = "usr-signature";
 
 /// How a file's syntax differs between mkosi and systemd.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -411,6 +419,8 @@ pub struct Recipe {
     pub repart_files: Vec<PathBuf>,
     /// All repart settings, by file.
     pub partitions: Vec<(PathBuf, Vec<Setting>)>,
+    /// Slot A's signature partition: the signed and the unsigned variant.
+    pub usr_signature_files: [PathBuf; 2],
 }
 
 impl Recipe {
@@ -435,18 +445,58 @@ impl Recipe {
             let text = read(path)?;
             partitions.push((path.clone(), check_repart_file(path, &text)?));
         }
-        check_partition_set(dir, &partitions)?;
+        let usr_signature_files = [
+            only_definition(&usr_signature_dir(dir, true))?,
+            only_definition(&usr_signature_dir(dir, false))?,
+        ];
+        // The layout is checked as each kind of build composes it.
+        for variant in &usr_signature_files {
+            let mut layout = partitions.clone();
+            layout.push((
+                variant.clone(),
+                check_repart_file(variant, &read(variant)?)?,
+            ));
+            check_partition_set(dir, &layout)?;
+        }
         Ok(Self {
             dir: dir.to_owned(),
             config_files,
             repart_files,
             partitions,
+            usr_signature_files,
         })
     }
 
     /// Every file the recipe consists of: what a build depends on.
     pub fn files(&self) -> impl Iterator<Item = &PathBuf> {
-        self.config_files.iter().chain(self.repart_files.iter())
+        self.config_files
+            .iter()
+            .chain(self.repart_files.iter())
+            .chain(self.usr_signature_files.iter())
+    }
+
+    /// The repart directory that defines slot A's signature partition for
+    /// a build that signs /usr (`signed`) or not.
+    pub fn usr_signature_dir(&self, signed: bool) -> PathBuf {
+        usr_signature_dir(&self.dir, signed)
+    }
+}
+
+fn usr_signature_dir(recipe_dir: &Path, signed: bool) -> PathBuf {
+    recipe_dir
+        .join(USR_SIGNATURE_DIR)
+        .join(if signed { "signed" } else { "unsigned" })
+}
+
+/// The one repart definition in `dir`.
+fn only_definition(dir: &Path) -> Result<PathBuf> {
+    match sorted_files(dir, "conf")?.as_slice() {
+        [one] => Ok(one.clone()),
+        found => anyhow::bail!(
+            "{} must hold exactly one repart definition (slot A's signature partition), found {}",
+            dir.display(),
+            found.len()
+        ),
     }
 }
 
@@ -607,6 +657,10 @@ fn check_partition_set(
     for (split_name, what) in [
         (USR_SPLIT_NAME, "the /usr partition"),
         (USR_VERITY_SPLIT_NAME, "its verity hash partition"),
+        (
+            USR_SIGNATURE_SPLIT_NAME,
+            "its root hash signature partition",
+        ),
     ] {
         let found = partitions
             .iter()
@@ -731,6 +785,12 @@ mod tests {
         ];
         let err = check_partition_set(dir, &parts).unwrap_err();
         assert!(err.message.contains("SplitName=usr-verity"), "{err}");
+        let unsigned = [
+            p("[Partition]\nType=usr\nVerity=data\nVerityMatchKey=u\nSplitName=usr\n"),
+            p("[Partition]\nType=usr-verity\nVerity=hash\nVerityMatchKey=u\nSplitName=usr-verity\n"),
+        ];
+        let err = check_partition_set(dir, &unsigned).unwrap_err();
+        assert!(err.message.contains("SplitName=usr-verity-sig"), "{err}");
     }
 }
 
@@ -744,7 +804,10 @@ mod shipped {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../recipes");
         let recipe = Recipe::load(&dir).unwrap();
         assert!(recipe.config_files.len() >= 3);
-        assert_eq!(recipe.repart_files.len(), 6);
+        assert_eq!(recipe.repart_files.len(), 7);
+        assert!(recipe
+            .usr_signature_dir(true)
+            .ends_with("usr-signature/signed"));
     }
 
     /// The emergency-reboot credential on the kernel command line is the

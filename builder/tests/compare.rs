@@ -20,7 +20,7 @@ fn identical_builds_compare_equal_and_differences_are_named_and_placed() {
         .success()
         .stdout(
             predicate::str::contains("inputs: the same")
-                .and(predicate::str::contains("outputs: 10 of 10 identical")),
+                .and(predicate::str::contains("outputs: 11 of 11 identical")),
         );
 
     // The second build used a newer package and its AWS disk differs in
@@ -54,7 +54,7 @@ fn identical_builds_compare_equal_and_differences_are_named_and_placed() {
         .code(1)
         .stdout(
             predicate::str::contains("package containerd:amd64: 1.7.2 | (none)")
-                .and(predicate::str::contains("outputs: 9 of 10 identical"))
+                .and(predicate::str::contains("outputs: 10 of 11 identical"))
                 .and(predicate::str::contains(
                     "boxcar-1.0.0-aws.raw: first differs at byte 40000 \
                      (partition 2 (usr-a, label \"usr-a\") + 7232)",
@@ -62,7 +62,7 @@ fn identical_builds_compare_equal_and_differences_are_named_and_placed() {
                 .and(predicate::str::contains("explain: diffoscope")),
         )
         .stderr(predicate::str::contains(
-            "the builds differ in 1 of 10 outputs",
+            "the builds differ in 1 of 11 outputs",
         ));
 
     let output = first

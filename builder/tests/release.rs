@@ -252,7 +252,7 @@ fn a_signed_build_publishes_its_secure_boot_certificate() {
         document["secure_boot"]["fingerprint_sha256"],
         "00".repeat(32)
     );
-    lab.verify_passes_with("releases/1.0.0/release.json: signed; 6 files match their digests");
+    lab.verify_passes_with("releases/1.0.0/release.json: signed; 7 files match their digests");
     // Publishing it again finishes nothing new; with another certificate
     // it is another build of a published version, refused.
     lab.publish(&build, Some("alpha")).assert().success();
@@ -446,7 +446,7 @@ fn verify_reads_a_store_over_http() {
             .unwrap();
         if output.status.success() {
             passed = String::from_utf8_lossy(&output.stdout)
-                .contains("releases/1.0.0/release.json: signed; 5 files match");
+                .contains("releases/1.0.0/release.json: signed; 6 files match");
             break;
         }
     }
@@ -617,8 +617,8 @@ fn a_release_carries_its_update_and_its_channel_the_waves() {
     let release = read_json(&lab.store().join("releases/1.0.0/release.json"));
     let files = release["update"]["files"].as_array().unwrap();
     let roles: Vec<&str> = files.iter().map(|f| f["role"].as_str().unwrap()).collect();
-    assert_eq!(roles, ["usr", "usr-verity", "uki"]);
-    assert_eq!(files[2]["installed_name"], "boxcar_1.0.0.efi");
+    assert_eq!(roles, ["usr", "usr-verity", "usr-signature", "uki"]);
+    assert_eq!(files[3]["installed_name"], "boxcar_1.0.0.efi");
     let sums = fs::read_to_string(lab.store().join("releases/1.0.0/SHA256SUMS")).unwrap();
     for file in files {
         assert!(sums.contains(file["name"].as_str().unwrap()), "{sums}");
@@ -629,7 +629,7 @@ fn a_release_carries_its_update_and_its_channel_the_waves() {
     assert_eq!(rollout["waves"][0]["after_seconds"], 3600);
     assert_eq!(rollout["waves"][1]["percent"], 100);
     assert!(rollout.get("paused_at").is_none());
-    lab.verify_passes_with("releases/1.0.0/release.json: signed; 5 files match");
+    lab.verify_passes_with("releases/1.0.0/release.json: signed; 6 files match");
 
     let uki = lab.store().join("releases/1.0.0/boxcar_1.0.0.efi.zst");
     let mut bytes = fs::read(&uki).unwrap();

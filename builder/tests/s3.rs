@@ -110,7 +110,7 @@ fn publish_promote_verify_and_download_through_s3s_fs() {
         "{report}"
     );
     assert!(
-        report.contains("releases/1.0.0/release.json: signed; 10 files match"),
+        report.contains("releases/1.0.0/release.json: signed; 11 files match"),
         "{report}"
     );
     // What s3s-fs keeps on disk is the bucket's website tree: objects at

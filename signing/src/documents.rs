@@ -235,6 +235,9 @@ pub enum UpdateRole {
     Usr,
     /// Its dm-verity hash tree, for the idle usr-verity slot.
     UsrVerity,
+    /// Its root hash signature partition (all zeros when the build is
+    /// not signed), for the idle usr-verity-sig slot.
+    UsrSignature,
     /// The unified kernel image, whose `usrhash=` names the new /usr.
     Uki,
 }

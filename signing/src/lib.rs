@@ -10,12 +10,14 @@ pub mod documents;
 pub mod keyring;
 pub mod keys;
 pub mod minisig;
+pub mod usr_signature;
 
 pub use digest::{
     data_regions, sha256_bytes, sha256_file, sha256_reader, DigestingReader, Hasher, Sha256Digest,
 };
 pub use keys::{KeyId, PublicKey, SecretKey, Sign};
 pub use minisig::{TrustedKeys, Verified};
+pub use usr_signature::UsrSignature;
 
 fn list_keys(keys: &[KeyId]) -> String {
     if keys.is_empty() {

@@ -206,7 +206,8 @@ impl Check<'_> {
             staged.decompress_time.as_secs_f64()
         );
         let started = Instant::now();
-        let checked = install::check_staged(&staged, release);
+        let secure_boot = crate::host::secure_boot_on(self.paths);
+        let checked = install::check_staged(&staged, release, secure_boot);
         let verify_seconds = started.elapsed().as_secs_f64();
         if let Err(error) = checked {
             staging::clean(self.paths, false)?;

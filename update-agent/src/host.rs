@@ -34,6 +34,11 @@ pub fn is_trial_boot(paths: &Paths) -> bool {
     paths.boot_count_variable().exists()
 }
 
+/// Whether the firmware enforces Secure Boot on this boot.
+pub fn secure_boot_on(paths: &Paths) -> bool {
+    std::fs::read(paths.secure_boot_variable()).is_ok_and(|bytes| bytes.get(4) == Some(&1))
+}
+
 /// Whether a unit is active, as systemctl says.
 pub fn unit_state(unit: &str) -> Result<String> {
     let output = Command::new("systemctl")

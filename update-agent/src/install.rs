@@ -2,20 +2,26 @@
 //! checked as a whole: the staged UKI boots the /usr staged next to it,
 //! that /usr and its hash tree really have that root hash (`veritysetup
 //! verify`), the partition UUIDs are the halves of the root hash (how the
-//! boot finds the slot), and the UKI fits on the ESP. Then the image's own
-//! systemd-sysupdate installs it: hash tree, /usr, and the UKI last.
+//! boot finds the slot), the root hash signature is for that /usr and by
+//! the release's certificate (a node under Secure Boot takes only signed
+//! releases), and the UKI fits on the ESP. Then the image's own
+//! systemd-sysupdate installs it: hash tree, /usr, signature, and the UKI
+//! last.
 
+use std::path::Path;
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 use boxcar_signing::documents::{ReleaseDocument, UpdateRole};
+use boxcar_signing::usr_signature::{self, UsrSignature};
 
 use crate::host;
 use crate::staging::Staged;
 use crate::uki;
 
-/// Checks the staged update of `release`.
-pub fn check_staged(staged: &Staged, release: &ReleaseDocument) -> Result<()> {
+/// Checks the staged update of `release` (on a node whose firmware
+/// enforces Secure Boot when `secure_boot`).
+pub fn check_staged(staged: &Staged, release: &ReleaseDocument, secure_boot: bool) -> Result<()> {
     let root_hash = release.usr_root_hash.to_lowercase();
     let uki_path = staged.path(UpdateRole::Uki)?;
     let cmdline = uki::cmdline(uki_path)?;
@@ -28,6 +34,7 @@ pub fn check_staged(staged: &Staged, release: &ReleaseDocument) -> Result<()> {
         );
     }
     check_partition_uuids(release, &root_hash)?;
+    check_usr_signature(staged.path(UpdateRole::UsrSignature)?, release, secure_boot)?;
     let usr = staged.path(UpdateRole::Usr)?;
     let verity = staged.path(UpdateRole::UsrVerity)?;
     host::run(
@@ -65,6 +72,51 @@ fn check_partition_uuids(release: &ReleaseDocument, root_hash: &str) -> Result<(
         }
     }
     Ok(())
+}
+
+/// The staged signature partition goes with this release: a signed
+/// release's signs its /usr root hash with its Secure Boot certificate's
+/// key (the kernel checks the signature itself at boot), an unsigned
+/// release's is empty, and a node under Secure Boot, whose firmware would
+/// refuse an unsigned UKI, takes only a signed release.
+fn check_usr_signature(path: &Path, release: &ReleaseDocument, secure_boot: bool) -> Result<()> {
+    let size = std::fs::metadata(path)?.len();
+    if size > usr_signature::MAX_PARTITION_BYTES as u64 {
+        bail!("the staged signature partition is {size} bytes, more than any signature partition holds");
+    }
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let signature = UsrSignature::parse(&bytes)
+        .with_context(|| format!("reading the staged {}", path.display()))?;
+    let version = &release.version;
+    match (signature, &release.secure_boot) {
+        (Some(signature), Some(certificate)) => {
+            if signature.root_hash != release.usr_root_hash.to_lowercase() {
+                bail!(
+                    "the staged /usr signature is for root hash {}, but release {version} has /usr root hash {}",
+                    signature.root_hash,
+                    release.usr_root_hash
+                );
+            }
+            if signature.certificate_fingerprint != certificate.fingerprint_sha256.to_lowercase() {
+                bail!(
+                    "the staged /usr signature is by certificate {}, but release {version} ships certificate {}",
+                    signature.certificate_fingerprint,
+                    certificate.fingerprint_sha256
+                );
+            }
+            Ok(())
+        }
+        (None, None) if secure_boot => bail!(
+            "this node boots with Secure Boot on, and release {version} is not signed for it: its UKI would be refused"
+        ),
+        (None, None) => Ok(()),
+        (None, Some(_)) => bail!(
+            "release {version} is signed for Secure Boot, but its /usr signature partition is empty"
+        ),
+        (Some(_), None) => bail!(
+            "release {version} ships no Secure Boot certificate, but its /usr signature partition holds a signature"
+        ),
+    }
 }
 
 /// The partition UUIDs of the /usr slot and its hash tree that a verity

@@ -100,4 +100,10 @@ impl Paths {
             "/sys/firmware/efi/efivars/LoaderBootCountPath-4a67b082-0a4c-41cf-b6c7-440b29bb8c4f",
         )
     }
+
+    /// The UEFI global variable that says whether the firmware enforces
+    /// Secure Boot (four attribute bytes, then 1 or 0).
+    pub fn secure_boot_variable(&self) -> PathBuf {
+        self.at("/sys/firmware/efi/efivars/SecureBoot-8be4df61-93ca-11d2-aa0d-00e098032b8c")
+    }
 }

@@ -53,6 +53,40 @@ fn a_good_update_passes_every_check_before_installing() {
         .stdout(predicate::str::contains("\"outcome\": \"up-to-date\""));
 }
 
+/// The /usr signature an update carries must sign that update's /usr.
+#[test]
+fn a_signature_of_another_usr_is_refused() {
+    let store = Store::new();
+    let other = "cd".repeat(32);
+    let (_, digest) = store.publish_signed("2.0.0", UsrSigning::SignedFor(&other));
+    store.point_alpha("2.0.0", digest, 1, None, false);
+    let host = Host::new(&store, "1.0.0");
+    assert_refused(&host, &format!("signature is for root hash {other}"));
+}
+
+/// A node whose firmware enforces Secure Boot takes a signed release (and
+/// goes on to the ESP), and refuses an unsigned one, whose UKI its
+/// firmware would refuse, before installing anything.
+#[test]
+fn a_node_under_secure_boot_takes_only_signed_releases() {
+    let store = Store::new();
+    let (_, digest) = store.publish_signed("2.0.0", UsrSigning::Signed);
+    store.point_alpha("2.0.0", digest, 1, None, false);
+    let host = Host::new(&store, "1.0.0");
+    let variable =
+        host.path("sys/firmware/efi/efivars/SecureBoot-8be4df61-93ca-11d2-aa0d-00e098032b8c");
+    std::fs::create_dir_all(variable.parent().unwrap()).unwrap();
+    std::fs::write(&variable, [6, 0, 0, 0, 1]).unwrap();
+    host.boxcar_update(&["check"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("finding the ESP"));
+
+    let (_, digest) = store.publish("2.0.1");
+    store.point_alpha("2.0.1", digest, 2, None, false);
+    assert_refused(&host, "is not signed for it");
+}
+
 #[test]
 fn a_tampered_payload_is_refused_with_the_digest_mismatch() {
     let store = Store::new();

@@ -19,8 +19,8 @@ pub(super) fn collect_outputs(plan: &BuildPlan, staging: &Path) -> Result<()> {
         let source = output_dir.join(plan.mkosi_output_name(&part.mkosi_suffix));
         if !source.is_file() {
             bail!(
-                "mkosi finished but did not write {}; the recipe must produce a disk image with split /usr and \
-                 usr-verity partitions, a UKI, a manifest, and (from mkosi.finalize) the root tree and one addon \
+                "mkosi finished but did not write {}; the recipe must produce a disk image with split /usr, \
+                 usr-verity and usr-verity-sig partitions, a UKI, a manifest, and (from mkosi.finalize) the root tree and one addon \
                  per platform",
                 source.display()
             );

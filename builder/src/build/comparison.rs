@@ -337,10 +337,7 @@ fn disk_location(table: &PartitionTable, offset: u64) -> String {
         Some(p) => format!(
             "partition {} ({}, label {:?}) + {}",
             p.number,
-            serde_json::to_value(p.role)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_owned))
-                .unwrap_or_default(),
+            p.role.name(),
             p.label,
             offset - p.offset
         ),

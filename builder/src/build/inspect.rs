@@ -7,6 +7,7 @@ use std::fs::{self, File};
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
+use boxcar_signing::UsrSignature;
 
 use super::collect::{take_usr_footprint, take_usr_stats};
 use super::convert;
@@ -23,7 +24,12 @@ pub(super) struct Inspected {
     pub(super) table: PartitionTable,
     pub(super) usr: UsrInfo,
     pub(super) kernel: KernelInfo,
+    /// The /usr root hash signature, when the build signs /usr.
+    pub(super) usr_signature: Option<UsrSignature>,
 }
+
+/// Slot A's root hash signature partition, as a file of the build.
+pub const USR_SIGNATURE_FILE: &str = "usr-verity-sig.raw";
 
 /// Reads the image back and checks it is what the design says: the UKI's
 /// usrhash= matches the /usr partition UUIDs, the split /usr and verity
@@ -32,15 +38,9 @@ pub(super) fn inspect(plan: &BuildPlan, tools: &HostTools, staging: &Path) -> Re
     let disk = staging.join("disk.raw");
     let usr_file = staging.join("usr.raw");
     let hash_file = staging.join("usr-verity.raw");
+    let signature_file = staging.join(USR_SIGNATURE_FILE);
     let table = image::read_partition_table(tools.path("sfdisk"), &disk)?;
-    for role in [
-        Role::Esp,
-        Role::UsrA,
-        Role::UsrAVerity,
-        Role::UsrB,
-        Role::UsrBVerity,
-        Role::Root,
-    ] {
+    for role in Role::LAYOUT {
         table.require(role)?;
     }
     let usr_a = table.require(Role::UsrA)?;
@@ -56,7 +56,12 @@ pub(super) fn inspect(plan: &BuildPlan, tools: &HostTools, staging: &Path) -> Re
     if usrhash != from_uuids {
         bail!("the UKI's usrhash={usrhash} does not match the /usr partition UUIDs, which encode {from_uuids}");
     }
-    for (file, partition) in [(&usr_file, usr_a), (&hash_file, usr_a_verity)] {
+    let usr_a_signature = table.require(Role::UsrASignature)?;
+    for (file, partition) in [
+        (&usr_file, usr_a),
+        (&hash_file, usr_a_verity),
+        (&signature_file, usr_a_signature),
+    ] {
         let size = fs::metadata(file)?.len();
         if size != partition.size {
             bail!(
@@ -69,6 +74,7 @@ pub(super) fn inspect(plan: &BuildPlan, tools: &HostTools, staging: &Path) -> Re
         }
     }
     let verity = read_verity_header(tools, &hash_file)?;
+    let usr_signature = read_usr_signature(&signature_file, usrhash, plan.secure_boot.is_some())?;
     let (content_bytes, content_files) = take_usr_stats(staging)?;
     let footprint = take_usr_footprint(staging)?;
     for platform in &plan.platform_table.platforms {
@@ -97,6 +103,10 @@ pub(super) fn inspect(plan: &BuildPlan, tools: &HostTools, staging: &Path) -> Re
             filesystem: filesystem_of(&usr_file)?,
             data_file: "usr.raw".to_owned(),
             hash_file: "usr-verity.raw".to_owned(),
+            signature_file: Some(USR_SIGNATURE_FILE.to_owned()),
+            signed_by: usr_signature
+                .as_ref()
+                .map(|s| s.certificate_fingerprint.clone()),
             data_block_size: verity.data_block_size,
             hash_block_size: verity.hash_block_size,
             salt: verity.salt,
@@ -112,7 +122,35 @@ pub(super) fn inspect(plan: &BuildPlan, tools: &HostTools, staging: &Path) -> Re
             initrd: Some(footprint::initrd_footprint(&staging.join("initrd"))?),
         },
         table,
+        usr_signature,
     })
+}
+
+/// Slot A's signature partition: a signed build's carries the signature
+/// of this /usr's root hash (the secure boot phase checks it against the
+/// certificate), an unsigned build's is empty.
+fn read_usr_signature(file: &Path, usrhash: &str, signed: bool) -> Result<Option<UsrSignature>> {
+    let bytes = fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    let signature =
+        UsrSignature::parse(&bytes).with_context(|| format!("reading {}", file.display()))?;
+    match (signature, signed) {
+        (Some(signature), true) if signature.root_hash == usrhash => Ok(Some(signature)),
+        (Some(signature), true) => bail!(
+            "{} signs /usr root hash {}, but the UKI boots usrhash={usrhash}",
+            file.display(),
+            signature.root_hash
+        ),
+        (None, true) => bail!(
+            "the build signs /usr, but {} is empty: the recipe's {}/signed definition must have Verity=signature",
+            file.display(),
+            crate::recipe::USR_SIGNATURE_DIR
+        ),
+        (Some(_), false) => bail!(
+            "the build does not sign /usr, but {} holds a signature",
+            file.display()
+        ),
+        (None, false) => Ok(None),
+    }
 }
 
 struct VerityHeader {

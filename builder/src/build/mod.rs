@@ -183,5 +183,12 @@ fn sign_and_verify(
     let mut signed = vec!["uki.efi".to_owned()];
     signed.extend(addons);
     let esp = inspected.table.require(crate::image::Role::Esp)?;
-    secure_boot::verify_build(tools, key, staging, &signed, esp.offset)
+    let mut info = secure_boot::verify_build(tools, key, staging, &signed, esp.offset)?;
+    let signature = inspected
+        .usr_signature
+        .as_ref()
+        .context("the build signs /usr, but inspect found no signature")?;
+    secure_boot::verify_usr_signature(tools, &info, staging, signature)?;
+    info.signed.push(inspect::USR_SIGNATURE_FILE.to_owned());
+    Ok(info)
 }

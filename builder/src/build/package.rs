@@ -30,6 +30,7 @@ pub(super) fn package(
         initrd: "initrd",
         usr: "usr.raw",
         usr_verity: "usr-verity.raw",
+        usr_signature: super::inspect::USR_SIGNATURE_FILE,
         root_tar: "root.tar",
         uki_cmdline: &inspected.kernel.cmdline,
         usr_bytes: inspected.usr.filesystem_bytes,

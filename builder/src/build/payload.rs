@@ -1,5 +1,6 @@
 //! The update payload: what a node downloads to update itself to this
-//! build. The /usr image, its verity hash tree and the UKI, each compressed
+//! build. The /usr image, its verity hash tree, its root hash signature
+//! partition and the UKI, each compressed
 //! with zstd under the name systemd-sysupdate's transfers in the image
 //! (overlays/base/usr/lib/sysupdate.d) match, plus `.zst`.
 //!
@@ -31,7 +32,8 @@ const ZSTD_LEVEL: i32 = 3;
 
 /// The name systemd-sysupdate matches for each part (the transfers'
 /// `MatchPattern`s: `boxcar_@v_@u.usr.raw`, `boxcar_@v_@u.usr-verity.raw`,
-/// `boxcar_@v.efi`), and the partition UUID it carries.
+/// `boxcar_@v.usr-verity-sig.raw`, `boxcar_@v.efi`), and the partition
+/// UUID it carries.
 pub fn installed_name(
     role: UpdateRole,
     version: &Version,
@@ -50,6 +52,9 @@ pub fn installed_name(
                 Some(uuid),
             )
         }
+        // Nothing finds a signature partition by its UUID: the initrd
+        // reads every one for the signature of its root hash.
+        UpdateRole::UsrSignature => (format!("boxcar_{version}.usr-verity-sig.raw"), None),
         UpdateRole::Uki => (format!("boxcar_{version}.efi"), None),
     })
 }
@@ -67,6 +72,7 @@ pub(super) fn write_payload(
     let parts = [
         (UpdateRole::Usr, FileKind::Usr),
         (UpdateRole::UsrVerity, FileKind::UsrVerity),
+        (UpdateRole::UsrSignature, FileKind::UsrSignature),
         (UpdateRole::Uki, FileKind::Uki),
     ];
     let mut payload = Vec::new();
@@ -80,7 +86,9 @@ pub(super) fn write_payload(
         let length = match role {
             UpdateRole::Usr => usr.filesystem_bytes.min(part.size),
             UpdateRole::UsrVerity => usr.hash_tree_bytes.min(part.size),
-            UpdateRole::Uki => part.size,
+            // Whole, zeros included: they overwrite what an older
+            // signature left in the slot.
+            UpdateRole::UsrSignature | UpdateRole::Uki => part.size,
         };
         let compressed = compress(&dir.join(&part.name), length, &dir.join(&name))
             .with_context(|| format!("compressing {} into {name}", part.name))?;

@@ -2,6 +2,7 @@
 //! and everything decided from it before anything runs (version, paths,
 //! the parts mkosi must write, the mkosi invocation).
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
@@ -90,6 +91,11 @@ const COMMON_PARTS: &[(&str, &str, FileKind)] = &[
     (".raw", "disk.raw", FileKind::Disk),
     (".usr.raw", "usr.raw", FileKind::Usr),
     (".usr-verity.raw", "usr-verity.raw", FileKind::UsrVerity),
+    (
+        ".usr-verity-sig.raw",
+        "usr-verity-sig.raw",
+        FileKind::UsrSignature,
+    ),
     (".efi", "uki.efi", FileKind::Uki),
     (".vmlinuz", "vmlinuz", FileKind::Kernel),
     (".initrd", "initrd", FileKind::Initrd),
@@ -189,12 +195,21 @@ impl BuildPlan {
                     (format!("BOXCAR_PLATFORM_CMDLINE_{}", p.id), encoded)
                 })
                 .collect(),
-            options: self
-                .secure_boot
-                .as_ref()
-                .map(SigningKey::mkosi_options)
-                .unwrap_or_default(),
+            options: self.mkosi_options(),
         }
+    }
+
+    /// Signing options, and the repart directory with slot A's signature
+    /// partition for a signed or an unsigned build.
+    fn mkosi_options(&self) -> Vec<(&'static str, OsString)> {
+        let mut options = self
+            .secure_boot
+            .as_ref()
+            .map(SigningKey::mkosi_options)
+            .unwrap_or_default();
+        let signature_dir = self.recipe.usr_signature_dir(self.secure_boot.is_some());
+        options.push(("repart-directory", signature_dir.into()));
+        options
     }
 
     /// Every platform's agent packages, once each, sorted (the list is part
@@ -335,6 +350,13 @@ mod tests {
             "--output-directory={}",
             temp.path().join("cache/output").display()
         )));
+        // Not signed: slot A's signature partition is the empty one, and
+        // mkosi gets no key to sign the root hash with.
+        assert!(args.contains(&format!(
+            "--repart-directory={}",
+            temp.path().join("recipes/usr-signature/unsigned").display()
+        )));
+        assert!(!args.iter().any(|a| a.starts_with("--verity-key")));
         assert_eq!(
             plan.mkosi_output_name(".raw"),
             "boxcar_2026.1122.102030.raw"

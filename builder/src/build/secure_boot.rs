@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use boxcar_signing::digest::sha256_bytes;
-use boxcar_signing::Sha256Digest;
+use boxcar_signing::{Sha256Digest, UsrSignature};
 use tempfile::NamedTempFile;
 
 use crate::hosttools::{HostTools, Requirement};
@@ -120,12 +120,17 @@ impl SigningKey {
         Ok(())
     }
 
-    /// mkosi's options that sign systemd-boot and the UKI.
+    /// mkosi's options that sign systemd-boot and the UKI, and the /usr
+    /// root hash. The root hash is signed with the same key: the kernel
+    /// trusts a signature when its certificate is in the firmware's db,
+    /// where an operator enrolls this one for Secure Boot anyway.
     pub fn mkosi_options(&self) -> Vec<(&'static str, OsString)> {
         vec![
             ("secure-boot", "yes".into()),
             ("secure-boot-key", self.key.clone().into()),
             ("secure-boot-certificate", self.certificate.clone().into()),
+            ("verity-key", self.key.clone().into()),
+            ("verity-certificate", self.certificate.clone().into()),
         ]
     }
 
@@ -237,6 +242,55 @@ pub fn verify_build(
     })
 }
 
+/// Checks the /usr root hash signature as the kernel will: a PKCS#7
+/// signature over the root hash (hex) by the build's certificate, which
+/// the signature partition also names by fingerprint.
+pub fn verify_usr_signature(
+    tools: &HostTools,
+    info: &SecureBootInfo,
+    staging: &Path,
+    signature: &UsrSignature,
+) -> Result<()> {
+    if signature.certificate_fingerprint != info.certificate_sha256 {
+        bail!(
+            "the /usr root hash is signed by certificate {}, not the build's ({})",
+            signature.certificate_fingerprint,
+            info.certificate_sha256
+        );
+    }
+    let scratch = tempfile::tempdir()?;
+    let der = scratch.path().join("usr.p7s");
+    let content = scratch.path().join("roothash");
+    fs::write(&der, signature.der()?)?;
+    fs::write(&content, &signature.root_hash)?;
+    let certificate = staging.join(&info.certificate);
+    Step::new(
+        "checking the /usr root hash signature",
+        tools.path("openssl"),
+    )
+    // The signer must be this certificate (-nointern: not one the
+    // signature carries); like the kernel, no chain is built above it.
+    .args([
+        "smime",
+        "-verify",
+        "-binary",
+        "-inform",
+        "DER",
+        "-noverify",
+        "-nointern",
+    ])
+    .arg("-in")
+    .arg(&der)
+    .arg("-content")
+    .arg(&content)
+    .arg("-certfile")
+    .arg(&certificate)
+    .arg("-out")
+    .arg("/dev/null")
+    .run()
+    .context("the /usr root hash signature does not verify against the build's certificate")
+}
+
 fn sbverify(tools: &HostTools, certificate: &Path, file: &Path, shown: &str) -> Result<()> {
     Step::new(
         format!("checking the Secure Boot signature of {shown}"),
@@ -322,6 +376,30 @@ mod tests {
     fn signatures_are_dated_at_the_epoch_in_utc() {
         assert_eq!(frozen_time(1_764_583_200).unwrap(), "2025-12-01 10:00:00");
         assert!(frozen_time(i64::MAX).is_err());
+    }
+
+    #[test]
+    fn the_secure_boot_key_signs_the_usr_root_hash_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let (key, crt) = (dir.path().join("db.key"), dir.path().join("db.crt"));
+        fs::write(&key, "k").unwrap();
+        fs::write(&crt, "c").unwrap();
+        let signing = SigningKey::resolve(Some(&key), Some(&crt), no_env)
+            .unwrap()
+            .unwrap();
+        let options = signing.mkosi_options();
+        let value = |name: &str| {
+            options
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, v)| PathBuf::from(v))
+        };
+        assert_eq!(value("verity-key"), value("secure-boot-key"));
+        assert_eq!(
+            value("verity-certificate"),
+            value("secure-boot-certificate")
+        );
+        assert_eq!(value("verity-certificate"), Some(crt));
     }
 
     #[test]

@@ -745,13 +745,22 @@ pub struct BuildArgs {
 /// A build signed for Secure Boot (`boxcar build --secure-boot-key`) is
 /// booted under enforcing Secure Boot: OVMF's Secure Boot firmware with the
 /// build's secure-boot.crt enrolled as PK, KEK and db and nothing else
-/// trusted (the update cases aside, which boot the older build). Its
-/// platform boots also check that the firmware reports Secure Boot on and
-/// that the kernel is locked down.
+/// trusted (the update cases too when the older build was signed with the
+/// same certificate; otherwise they boot on the plain firmware). Its boots
+/// also check that the firmware reports Secure Boot on, that the kernel is
+/// locked down, and that the kernel verified the /usr root hash signature
+/// before the initrd set up /usr.
 ///
 /// With --tamper-uki, a copy of a signed build's disk image with one byte
 /// of its UKI flipped on the ESP is booted under Secure Boot, and the test
 /// passes only if systemd-boot refuses to start it and no kernel runs.
+///
+/// With --tamper-usr-signature, a copy of a signed build's disk image whose
+/// /usr root hash signature (slot A's usr-verity-sig partition) has one
+/// character of its signature changed is booted under Secure Boot, and the
+/// test passes only if the kernel refuses the signature and the boot stops
+/// before /usr is used. Every platform boot of a signed build checks the
+/// other side: the kernel verified the untouched signature.
 ///
 /// With --update-from OLD --stores DIR, the disk image of the older build
 /// OLD is booted and its own update agent (boxcar-update) is pointed at
@@ -801,6 +810,15 @@ pub struct TestArgs {
     /// Boot, and expect it refused (the build must be signed).
     #[arg(long, conflicts_with_all = ["platforms", "update_from", "tamper_usr", "bad_configs"])]
     pub tamper_uki: bool,
+
+    /// Boot a copy whose /usr root hash signature was altered, under
+    /// enforcing Secure Boot, and expect the kernel to refuse it (the
+    /// build must be signed).
+    #[arg(
+        long,
+        conflicts_with_all = ["platforms", "update_from", "tamper_usr", "tamper_uki", "bad_configs"]
+    )]
+    pub tamper_usr_signature: bool,
 
     /// Boot the older build in DIR and let its update agent update it to
     /// this build from --stores; check the VM comes back running this build.

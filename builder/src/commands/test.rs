@@ -23,6 +23,7 @@ pub(super) fn test(global: &GlobalArgs, args: &TestArgs, progress: &Progress) ->
         platforms: args.platforms.clone(),
         tamper_usr: args.tamper_usr,
         tamper_uki: args.tamper_uki,
+        tamper_usr_signature: args.tamper_usr_signature,
         update_from: args.update_from.clone(),
         stores: args.stores.clone(),
         fleet_lock: args.fleet_lock,

@@ -117,6 +117,14 @@ pub struct UsrInfo {
     pub data_file: String,
     /// The verity hash tree, as a file of this build.
     pub hash_file: String,
+    /// Slot A's root hash signature partition, as a file of this build
+    /// (absent from builds made before /usr was signed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature_file: Option<String>,
+    /// The SHA-256 fingerprint (hex) of the certificate whose key signed
+    /// the root hash; none when the build is not signed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signed_by: Option<String>,
     pub data_block_size: u64,
     pub hash_block_size: u64,
     /// The verity salt (hex).
@@ -259,6 +267,8 @@ pub enum FileKind {
     Usr,
     /// The /usr verity hash tree.
     UsrVerity,
+    /// Slot A's root hash signature partition (empty when not signed).
+    UsrSignature,
     /// The unified kernel image.
     Uki,
     Kernel,

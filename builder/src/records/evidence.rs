@@ -42,6 +42,10 @@ pub enum TestCase {
     /// under enforcing Secure Boot: the boot loader must refuse to start
     /// it.
     TamperUki,
+    /// Boot a copy of a signed disk image whose /usr root hash signature
+    /// was altered, under enforcing Secure Boot: the kernel must refuse
+    /// it and /usr must not be used.
+    TamperUsrSignature,
 }
 
 impl TestCase {
@@ -53,6 +57,7 @@ impl TestCase {
             TestCase::UpdateFallback => "update-fallback",
             TestCase::BadConfig => "bad-config",
             TestCase::TamperUki => "tamper-uki",
+            TestCase::TamperUsrSignature => "tamper-usr-signature",
         }
     }
 }
@@ -153,8 +158,8 @@ pub struct Evidence {
     pub milestones: Vec<Milestone>,
     /// Kernel lines from the console that report verity corruption.
     pub verity_errors: Vec<String>,
-    /// Firmware and boot loader lines from the console that refused to
-    /// start an image (Secure Boot).
+    /// Firmware, boot loader and initrd lines from the console that refused
+    /// to start an image or to use its /usr (Secure Boot).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub boot_refusals: Vec<String>,
     /// Everything the guest reported, raw.

@@ -90,13 +90,20 @@ pub struct Expectations<'a> {
     pub secure_boot: bool,
 }
 
-/// Under enforcing Secure Boot: the firmware says so, and the kernel, seeing
+/// Under enforcing Secure Boot: the firmware says so, the kernel, seeing
 /// it, locked itself down (no unsigned modules, no /dev/mem, no kexec of
-/// unsigned kernels).
-fn secure_boot_checks(report: &BTreeMap<String, String>) -> Vec<Check> {
+/// unsigned kernels), and it checked /usr's root hash signature before
+/// /usr was set up.
+pub fn secure_boot_checks(report: &BTreeMap<String, String>) -> Vec<Check> {
     let get = |key: &str| report.get(key).map(String::as_str).unwrap_or("");
     let lockdown = get("lockdown");
     vec![
+        check(
+            "the kernel verified the /usr root hash signature",
+            get("usr_signature").starts_with("verified by the kernel"),
+            "verified by the kernel",
+            get("usr_signature"),
+        ),
         check(
             "the firmware enforces Secure Boot",
             get("secure_boot") == "enabled",
@@ -511,6 +518,8 @@ pub struct UpdateExpectation {
     pub new_version: String,
     pub old_slot: (u32, u32),
     pub new_slot: (u32, u32),
+    /// The partition the new /usr's root hash signature goes to.
+    pub new_signature: Option<u32>,
 }
 
 /// Judges an update test: everything a normal boot needs holds for this
@@ -561,6 +570,23 @@ fn update_checks(report: &BTreeMap<String, String>, expect: &UpdateExpectation) 
             format!("boxcar_{new}.efi, its boot counter dropped"),
             ukis,
         ),
+        match expect.new_signature {
+            Some(number) => {
+                let label = format!("{number}:boxcar_{new}_sig");
+                check(
+                    "the new /usr's signature went to the other slot",
+                    has_word(partitions, &label),
+                    label,
+                    partitions,
+                )
+            }
+            None => check(
+                "the new /usr's signature went to the other slot",
+                true,
+                "(an older layout without signature partitions)",
+                partitions,
+            ),
+        },
         check(
             "the older version is kept to fall back to",
             has_word(ukis, &format!("boxcar_{old}.efi"))
@@ -804,6 +830,60 @@ pub fn judge_tamper_uki(
     ]
 }
 
+/// What the initrd prints when the kernel refuses /usr's root hash
+/// signature (recipes/initrd/usr/lib/boxcar/usr-verity-setup).
+pub const KERNEL_REFUSED_SIGNATURE: &str = "the kernel refused the /usr root hash signature";
+
+/// What dm-verity prints when it refuses a root hash signature.
+pub const KERNEL_REFUSED_ROOT_HASH: &str = "Root hash verification failed";
+
+/// Judges the boot of a disk whose /usr root hash signature was altered,
+/// under enforcing Secure Boot: the kernel must have refused the signature
+/// (dm-verity says so, and the initrd), and the boot must have stopped
+/// before /usr was used.
+pub fn judge_tamper_usr_signature(
+    report: &BTreeMap<String, String>,
+    refusals: &[String],
+    kernel_errors: &[String],
+    outcome: BootOutcome,
+) -> Vec<Check> {
+    let refused = refusals
+        .iter()
+        .find(|line| line.contains(KERNEL_REFUSED_SIGNATURE));
+    let kernel = kernel_errors
+        .iter()
+        .find(|line| line.contains(KERNEL_REFUSED_ROOT_HASH));
+    let reached = report.get("multi_user").map(String::as_str) == Some("active");
+    vec![
+        check(
+            "dm-verity refused the tampered signature",
+            kernel.is_some(),
+            KERNEL_REFUSED_ROOT_HASH,
+            kernel
+                .cloned()
+                .unwrap_or_else(|| "no dm-verity refusal on the console".to_owned()),
+        ),
+        check(
+            "the initrd refused to use /usr",
+            refused.is_some(),
+            KERNEL_REFUSED_SIGNATURE,
+            refused
+                .or(refusals.first())
+                .cloned()
+                .unwrap_or_else(|| "no refusal on the console".to_owned()),
+        ),
+        check(
+            "the boot stopped before /usr was used",
+            !reached && outcome != BootOutcome::PoweredOff,
+            "no multi-user, no report",
+            format!(
+                "{outcome:?}, multi-user {}",
+                if reached { "reached" } else { "not reached" }
+            ),
+        ),
+    ]
+}
+
 /// Judges a boot with a config Ignition must refuse.
 pub fn judge_bad_config(
     report: &BTreeMap<String, String>,
@@ -1006,6 +1086,7 @@ mod tests {
             new_version: "1.1".into(),
             old_slot: (2, 3),
             new_slot: (4, 5),
+            new_signature: Some(6),
         }
     }
 
@@ -1017,7 +1098,7 @@ update.installed_ukis=boxcar_1.0.efi boxcar_1.1+3-0.efi
 update.usr=4:boxcar_1.1 5:boxcar_1.1_verity
 update.loader_entry=boxcar_1.1.efi
 update.ukis=boxcar_1.0.efi boxcar_1.1.efi
-update.partitions=1:esp 2:boxcar_1.0 3:boxcar_1.0_verity 4:boxcar_1.1 5:boxcar_1.1_verity 6:root-x86-64
+update.partitions=1:esp 2:boxcar_1.0 3:boxcar_1.0_verity 4:boxcar_1.1 5:boxcar_1.1_verity 6:boxcar_1.1_sig 7:root-x86-64
 ";
 
     fn failed(checks: Vec<Check>) -> Vec<String> {
@@ -1030,17 +1111,68 @@ update.partitions=1:esp 2:boxcar_1.0 3:boxcar_1.0_verity 4:boxcar_1.1 5:boxcar_1
 
     #[test]
     fn secure_boot_needs_the_firmware_on_and_the_kernel_locked_down() {
-        let good = parse_report("secure_boot=enabled\nlockdown=none [integrity] confidentiality\n");
+        let good = parse_report(
+            "secure_boot=enabled\nlockdown=none [integrity] confidentiality\n\
+             usr_signature=verified by the kernel: certificate sha256 e9f9, signature in /dev/vda4\n",
+        );
         assert!(failed(secure_boot_checks(&good)).is_empty());
-        let off = parse_report("secure_boot=disabled\nlockdown=[none] integrity confidentiality\n");
+        let off = parse_report(
+            "secure_boot=disabled\nlockdown=[none] integrity confidentiality\n\
+             usr_signature=not checked: Secure Boot is off\n",
+        );
         assert_eq!(
             failed(secure_boot_checks(&off)),
             [
+                "the kernel verified the /usr root hash signature",
                 "the firmware enforces Secure Boot",
                 "the kernel is locked down"
             ]
         );
-        assert_eq!(failed(secure_boot_checks(&BTreeMap::new())).len(), 2);
+        assert_eq!(failed(secure_boot_checks(&BTreeMap::new())).len(), 3);
+    }
+
+    #[test]
+    fn a_tampered_usr_signature_must_be_refused_by_the_kernel_and_stop_the_boot() {
+        let refusal = format!(
+            "boxcar-usr-verity: {KERNEL_REFUSED_SIGNATURE} in /dev/vda4: refusing to use /usr"
+        );
+        let kernel =
+            format!("device-mapper: table: 254:0: verity: {KERNEL_REFUSED_ROOT_HASH} (-EINVAL)");
+        let none = BTreeMap::new();
+        assert!(failed(judge_tamper_usr_signature(
+            &none,
+            std::slice::from_ref(&refusal),
+            std::slice::from_ref(&kernel),
+            BootOutcome::Refused
+        ))
+        .is_empty());
+        let missing = "boxcar-usr-verity: Secure Boot is on, and no usr-verity-sig partition signs /usr root hash ab: refusing to use /usr".to_owned();
+        assert_eq!(
+            failed(judge_tamper_usr_signature(
+                &none,
+                &[missing],
+                &[],
+                BootOutcome::Refused
+            )),
+            [
+                "dm-verity refused the tampered signature",
+                "the initrd refused to use /usr"
+            ]
+        );
+        let booted = parse_report("multi_user=active\n");
+        assert_eq!(
+            failed(judge_tamper_usr_signature(
+                &booted,
+                &[],
+                &[],
+                BootOutcome::PoweredOff
+            )),
+            [
+                "dm-verity refused the tampered signature",
+                "the initrd refused to use /usr",
+                "the boot stopped before /usr was used"
+            ]
+        );
     }
 
     #[test]
@@ -1197,6 +1329,11 @@ update.partitions=1:esp 2:boxcar_1.0 3:boxcar_1.0_verity 4:boxcar_1.1 5:boxcar_1
         assert_eq!(
             failed_update_checks(&no_fallback),
             ["the older version is kept to fall back to"]
+        );
+        let unsigned = GOOD_UPDATE.replace("6:boxcar_1.1_sig", "6:_empty");
+        assert_eq!(
+            failed_update_checks(&unsigned),
+            ["the new /usr's signature went to the other slot"]
         );
     }
 

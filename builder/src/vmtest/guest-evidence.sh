@@ -182,6 +182,9 @@ case "$(od -An -tu1 -j4 -N1 "$secure_boot_var" 2>/dev/null | tr -d ' ')" in
     *) say secure_boot "unknown (no SecureBoot variable)" ;;
 esac
 say lockdown "$(cat /sys/kernel/security/lockdown 2>&1)"
+# What the initrd did with /usr's root hash signature (its usr-verity-setup
+# writes the outcome under /run, which outlives the switch to this root).
+say usr_signature "$(cat /run/boxcar/usr-signature 2>&1)"
 
 # Agents bound to a hypervisor qemu cannot be (see the platform table's
 # hypervisor-bound-agents) come with a check that says whether this is that

@@ -183,6 +183,9 @@ pub struct TestRequest {
     /// Boot a copy of the disk image with its UKI tampered with, under
     /// Secure Boot, instead (the build must be signed).
     pub tamper_uki: bool,
+    /// Boot a copy of the disk image with its /usr root hash signature
+    /// altered, under Secure Boot, instead (the build must be signed).
+    pub tamper_usr_signature: bool,
     /// Boot this older build's disk image; its update agent updates it to
     /// the build from `stores`.
     pub update_from: Option<PathBuf>,
@@ -226,6 +229,10 @@ enum Case<'a> {
     /// The signed disk image with one byte of its UKI flipped, booted on
     /// `like`'s hardware under enforcing Secure Boot.
     TamperUki { like: &'a Platform },
+    /// The signed disk image with one character of slot A's /usr root
+    /// hash signature changed, booted on `like`'s hardware under enforcing
+    /// Secure Boot.
+    TamperUsrSignature { like: &'a Platform },
     /// An older build's disk image, updated to this build by its own
     /// update agent.
     UpdateFrom {
@@ -322,6 +329,7 @@ impl<'a> Case<'a> {
             Case::Platform(platform) => platform.id.to_string(),
             Case::TamperUsr { .. } => "tamper-usr".to_owned(),
             Case::TamperUki { .. } => "tamper-uki".to_owned(),
+            Case::TamperUsrSignature { .. } => "tamper-usr-signature".to_owned(),
             Case::UpdateFrom {
                 older,
                 mode: update_agent::Mode::FleetLock,
@@ -341,6 +349,7 @@ impl<'a> Case<'a> {
             Case::Platform(platform) => platform,
             Case::TamperUsr { like }
             | Case::TamperUki { like }
+            | Case::TamperUsrSignature { like }
             | Case::UpdateFrom { like, .. }
             | Case::UpdateFallback { like, .. }
             | Case::BadConfig { like, .. } => like,
@@ -351,9 +360,10 @@ impl<'a> Case<'a> {
     fn expectation(self) -> BootExpectation {
         match self {
             Case::Platform(_) | Case::UpdateFrom { .. } => BootExpectation::Success,
-            Case::TamperUsr { .. } | Case::TamperUki { .. } | Case::BadConfig { .. } => {
-                BootExpectation::Failure
-            }
+            Case::TamperUsr { .. }
+            | Case::TamperUki { .. }
+            | Case::TamperUsrSignature { .. }
+            | Case::BadConfig { .. } => BootExpectation::Failure,
             Case::UpdateFallback { .. } => BootExpectation::SuccessAfterFailures,
         }
     }
@@ -450,14 +460,13 @@ pub fn run(
         let like = composed_disk_platform(&build.platforms)?;
         outcomes.push(run_case(&context, Case::TamperUsr { like })?);
     } else if request.tamper_uki {
-        if context.secure_boot_vars.is_none() {
-            bail!(
-                "build {} is not signed for Secure Boot, so nothing would refuse a tampered UKI; build it with --secure-boot-key",
-                build.version
-            );
-        }
+        require_secure_boot(&context, "nothing would refuse a tampered UKI")?;
         let like = composed_disk_platform(&build.platforms)?;
         outcomes.push(run_case(&context, Case::TamperUki { like })?);
+    } else if request.tamper_usr_signature {
+        require_secure_boot(&context, "nothing checks its /usr root hash signature")?;
+        let like = composed_disk_platform(&build.platforms)?;
+        outcomes.push(run_case(&context, Case::TamperUsrSignature { like })?);
     } else if request.bad_configs {
         let like = fw_cfg_platform(&platforms)?;
         for config in BadConfig::ALL {
@@ -469,6 +478,17 @@ pub fn run(
         }
     }
     Ok(outcomes)
+}
+
+/// A Secure Boot case needs a signed build: without one, `unchecked`.
+fn require_secure_boot(context: &TestContext, unchecked: &str) -> Result<()> {
+    if context.secure_boot_vars.is_none() {
+        bail!(
+            "build {} is not signed for Secure Boot, so {unchecked}; build it with --secure-boot-key",
+            context.build.version
+        );
+    }
+    Ok(())
 }
 
 /// The owner GUID the test's firmware records with the keys it enrolls.
@@ -668,6 +688,9 @@ fn run_case_once(
         }
         Case::TamperUsr { like } => prepare_tamper(context, like, &work.path)?,
         Case::TamperUki { like } => prepare_tamper_uki(context, like, &work.path)?,
+        Case::TamperUsrSignature { like } => {
+            prepare_tamper_usr_signature(context, like, &work.path)?
+        }
         Case::UpdateFrom { older, like, mode } => {
             prepare_update(context, older, like, mode, &work.path)?
         }
@@ -820,6 +843,12 @@ fn run_case_once(
             run.kernel_starts,
             run.outcome,
         ),
+        Case::TamperUsrSignature { .. } => evidence::judge_tamper_usr_signature(
+            &report,
+            &run.boot_refusals,
+            &run.verity_errors,
+            run.outcome,
+        ),
         Case::UpdateFrom { older, mode, .. } => {
             let mut checks = evidence::judge_update(
                 &report,
@@ -856,6 +885,13 @@ fn run_case_once(
             checks
         }
     });
+    // An update under Secure Boot ends on a build whose /usr signature the
+    // kernel must have checked like any platform boot's.
+    if matches!(case, Case::UpdateFrom { .. } | Case::UpdateFallback { .. })
+        && secure_boot_firmware(context, case).is_some()
+    {
+        checks.extend(evidence::secure_boot_checks(&report));
+    }
     let passed = checks.iter().all(|c| c.passed);
     // A platform's boot time is its first boot's: the one that provisions.
     let timed_boot = match case {
@@ -872,6 +908,7 @@ fn run_case_once(
             Case::Platform(_) => TestCase::Platform,
             Case::TamperUsr { .. } => TestCase::TamperUsr,
             Case::TamperUki { .. } => TestCase::TamperUki,
+            Case::TamperUsrSignature { .. } => TestCase::TamperUsrSignature,
             Case::UpdateFrom { .. } => TestCase::Update,
             Case::UpdateFallback { .. } => TestCase::UpdateFallback,
             Case::BadConfig { .. } => TestCase::BadConfig,
@@ -1176,7 +1213,9 @@ fn prepare_tamper(context: &TestContext, like: &Platform, work: &Path) -> Result
 /// The Secure Boot firmware (code, variable template) a case boots with:
 /// every case that boots the signed build under test, under enforcing
 /// Secure Boot with its certificate enrolled. The update cases boot the
-/// older build, signed or not, on the plain firmware.
+/// older build first and this one after the update, so they run under
+/// Secure Boot when the older build was signed with the same certificate
+/// (the one enrolled), and on the plain firmware otherwise.
 fn secure_boot_firmware<'c>(
     context: &'c TestContext,
     case: Case,
@@ -1187,8 +1226,13 @@ fn secure_boot_firmware<'c>(
         Case::Platform(_)
         | Case::TamperUsr { .. }
         | Case::TamperUki { .. }
+        | Case::TamperUsrSignature { .. }
         | Case::BadConfig { .. } => Some((code, vars)),
-        Case::UpdateFrom { .. } | Case::UpdateFallback { .. } => None,
+        Case::UpdateFrom { older, .. } | Case::UpdateFallback { older, .. } => {
+            let certificate =
+                |info: &BuildInfo| info.secure_boot.as_ref().map(|signed| signed.file_sha256);
+            (certificate(&older.info) == certificate(context.build)).then_some((code, vars))
+        }
     }
 }
 
@@ -1203,12 +1247,7 @@ fn esp_uki_path(build: &BuildInfo) -> String {
 fn prepare_tamper_uki(context: &TestContext, like: &Platform, work: &Path) -> Result<Prepared> {
     let tools = context.tools;
     let build = context.build;
-    let copy = work.join("tampered.raw");
-    Step::new("copying the image to tamper with", tools.path("cp"))
-        .args(["--sparse=always", "--"])
-        .arg(context.request.build_dir.join(&build.disk.file))
-        .arg(&copy)
-        .run()?;
+    let copy = copy_to_tamper(context, work)?;
     let esp = build.disk.partition_table.require(Role::Esp)?;
     let image = format!("{}@@{}", copy.display(), esp.offset);
     let on_esp = format!("::/EFI/Linux/{}_{}.efi", IMAGE_ID, build.version);
@@ -1226,16 +1265,102 @@ fn prepare_tamper_uki(context: &TestContext, like: &Platform, work: &Path) -> Re
         .arg(&uki)
         .arg(&on_esp)
         .run()?;
-    let boot = overlay_disk(context, &copy, "raw", like.disk_bus, work)?;
+    boot_tampered_copy(
+        context,
+        like,
+        &copy,
+        work,
+        format!(
+            "byte {offset} of the UKI {} on the ESP flipped from {before:#04x} to {after:#04x}",
+            esp_uki_path(build)
+        ),
+    )
+}
+
+/// The Secure Boot case for the signed /usr: a copy of the signed disk
+/// image with one character in the middle of the base64 signature in
+/// slot A's usr-verity-sig partition changed (still base64, still JSON),
+/// booted on `like`'s hardware.
+fn prepare_tamper_usr_signature(
+    context: &TestContext,
+    like: &Platform,
+    work: &Path,
+) -> Result<Prepared> {
+    let copy = copy_to_tamper(context, work)?;
+    let partition = context
+        .build
+        .disk
+        .partition_table
+        .require(Role::UsrASignature)?;
+    let mut bytes = vec![0u8; partition.size as usize];
+    let mut file = fs::OpenOptions::new().read(true).write(true).open(&copy)?;
+    file.seek(SeekFrom::Start(partition.offset))?;
+    file.read_exact(&mut bytes)?;
+    let offset = signature_character(&bytes).with_context(|| {
+        format!(
+            "partition {} ({}) holds no signature to tamper with",
+            partition.number, partition.label
+        )
+    })?;
+    let before = bytes[offset];
+    let after = if before == b'A' { b'B' } else { b'A' };
+    file.seek(SeekFrom::Start(partition.offset + offset as u64))?;
+    file.write_all(&[after])?;
+    file.sync_all()?;
+    boot_tampered_copy(
+        context,
+        like,
+        &copy,
+        work,
+        format!(
+            "byte {offset} of partition {} ({}), inside its base64 signature, changed from {:?} to {:?}",
+            partition.number,
+            partition.label,
+            before as char,
+            after as char
+        ),
+    )
+}
+
+/// A copy of the build's disk image to tamper with, in `work`.
+fn copy_to_tamper(context: &TestContext, work: &Path) -> Result<PathBuf> {
+    let copy = work.join("tampered.raw");
+    Step::new("copying the image to tamper with", context.tools.path("cp"))
+        .args(["--sparse=always", "--"])
+        .arg(context.request.build_dir.join(&context.build.disk.file))
+        .arg(&copy)
+        .run()?;
+    Ok(copy)
+}
+
+/// Boots the tampered `copy` on `like`'s hardware; `tampering` says what
+/// was done to it.
+fn boot_tampered_copy(
+    context: &TestContext,
+    like: &Platform,
+    copy: &Path,
+    work: &Path,
+    tampering: String,
+) -> Result<Prepared> {
+    let boot = overlay_disk(context, copy, "raw", like.disk_bus, work)?;
     Ok(plain_boot(
         like,
         boot,
-        format!("{} (tampered copy)", build.disk.file),
-        Some(format!(
-            "byte {offset} of the UKI {} on the ESP flipped from {before:#04x} to {after:#04x}",
-            esp_uki_path(build)
-        )),
+        format!("{} (tampered copy)", context.build.disk.file),
+        Some(tampering),
     ))
+}
+
+/// Where to change a signature partition: a character near the end of its
+/// base64 `"signature"` value, inside the RSA signature that closes the
+/// PKCS#7 structure (its last 256 bytes) and before any `=` padding, so the
+/// structure still parses and only the signature itself is wrong.
+fn signature_character(partition: &[u8]) -> Option<usize> {
+    const KEY: &[u8] = b"\"signature\":\"";
+    const FROM_END: usize = 20;
+    let start = partition.windows(KEY.len()).position(|w| w == KEY)? + KEY.len();
+    let length = partition[start..].iter().position(|&b| b == b'"')?;
+    (length > 2 * FROM_END).then(|| start + length - FROM_END)
 }
 
 /// A disk image (not a platform's artifact) booted on `like`'s firmware,
@@ -1326,6 +1451,8 @@ fn update_expectation(build: &BuildInfo, older: &BuildInfo) -> Result<UpdateExpe
         new_version: build.version.to_string(),
         old_slot: (number(Role::UsrA)?, number(Role::UsrAVerity)?),
         new_slot: (number(Role::UsrB)?, number(Role::UsrBVerity)?),
+        // Older layouts had no signature partitions.
+        new_signature: number(Role::UsrBSignature).ok(),
     })
 }
 
@@ -1769,11 +1896,17 @@ fn emulation_stalled(console: &str) -> bool {
     console.matches(RCU_STALL).count() >= STALL_REPORTS
 }
 
-/// Kernel messages about verity corruption, each once.
+/// Kernel messages about verity corruption, or a root hash signature it
+/// refused, each once.
 fn verity_errors(console: &str) -> Vec<String> {
     let mut errors: Vec<String> = Vec::new();
     for line in console.lines() {
-        if line.contains("verity") && (line.contains("corrupted") || line.contains("corruption")) {
+        let refused_signature =
+            line.contains("device-mapper") && line.contains(evidence::KERNEL_REFUSED_ROOT_HASH);
+        if refused_signature
+            || line.contains("verity")
+                && (line.contains("corrupted") || line.contains("corruption"))
+        {
             let message = strip_kernel_timestamp(line).to_owned();
             if !errors.contains(&message) {
                 errors.push(message);
@@ -1783,17 +1916,24 @@ fn verity_errors(console: &str) -> Vec<String> {
     errors
 }
 
+/// What the initrd (recipes/initrd/usr/lib/boxcar/usr-verity-setup) prints
+/// when it will not set up /usr.
+const USR_REFUSAL: &str = "refusing to use /usr";
+
 /// Lines where the firmware (OVMF's boot manager) or systemd-boot refused
-/// to start an image, each once: what a failed Secure Boot check prints.
+/// to start an image, or the initrd to use its /usr, each once: what a
+/// failed Secure Boot check prints.
 /// The firmware also refuses its own built-in shell under Secure Boot
 /// ("Security Violation"); that is no refusal of ours and is left out.
 fn boot_refusals(console: &str) -> Vec<String> {
     let mut refusals: Vec<String> = Vec::new();
     for line in console.lines() {
         let line = strip_terminal_escapes(line);
-        let refused = (line.contains("BdsDxe: failed to load Boot")
+        let refused = ((line.contains("BdsDxe: failed to load Boot")
             || line.contains("Error loading \\"))
-            && line.to_ascii_lowercase().contains("access denied");
+            && line.to_ascii_lowercase().contains("access denied"))
+            // The initrd's usr-verity-setup, refusing /usr.
+            || line.contains(USR_REFUSAL);
         if refused && !refusals.contains(&line) {
             refusals.push(line);
         }
@@ -2070,6 +2210,38 @@ mod tests {
         );
         assert_eq!(fatal_sign(console), Some(BootOutcome::Refused));
         assert!(boot_refusals("BdsDxe: failed to start Boot0002: Security Violation").is_empty());
+    }
+
+    #[test]
+    fn the_initrd_refusing_usr_is_a_refusal() {
+        let console = "[   12.1] usr-verity-setup[301]: boxcar-usr-verity: the kernel refused the /usr root hash signature in /dev/vda4: refusing to use /usr\n";
+        assert_eq!(boot_refusals(console).len(), 1);
+        assert_eq!(fatal_sign(console), Some(BootOutcome::Refused));
+        let kernel = "[   22.3] device-mapper: table: 254:0: verity: Root hash verification failed (-EINVAL)\n";
+        assert_eq!(
+            verity_errors(kernel),
+            ["device-mapper: table: 254:0: verity: Root hash verification failed (-EINVAL)"]
+        );
+    }
+
+    #[test]
+    fn tampers_inside_the_base64_signature() {
+        let signature = format!("MIIErAYJKoZIhvcN{}QRSTUVWXYZabcdefghij==", "A".repeat(40));
+        let mut partition = format!(
+            r#"{{"rootHash":"ab","certificateFingerprint":"cd","signature":"{signature}"}}"#
+        )
+        .into_bytes();
+        partition.resize(16384, 0);
+        let offset = signature_character(&partition).unwrap();
+        let start = partition
+            .windows(13)
+            .position(|w| w == b"\"signature\":\"")
+            .unwrap()
+            + 13;
+        assert_eq!(offset, start + signature.len() - 20);
+        assert_eq!(partition[offset], b'S');
+        assert_eq!(signature_character(&[0; 16384]), None);
+        assert_eq!(signature_character(br#"{"signature":"MII"}"#), None);
     }
 
     #[test]

@@ -353,6 +353,8 @@ impl Lab {
                 filesystem: "erofs".into(),
                 data_file: "usr.raw".into(),
                 hash_file: "usr-verity.raw".into(),
+                signature_file: Some("usr-verity-sig.raw".into()),
+                signed_by: None,
                 data_block_size: 4096,
                 hash_block_size: 4096,
                 salt: "00".into(),
@@ -417,7 +419,7 @@ pub fn sign_for_secure_boot(build: &Path) {
     .unwrap();
 }
 
-/// A synthetic build's update payload: three small parts, really
+/// A synthetic build's update payload: four small parts, really
 /// compressed, under the names a real build gives them.
 fn synthetic_update(dir: &Path, version: &str) -> UpdatePayload {
     let uuid = "0fc63daf-8483-4772-8e79-3d69d8477de4";
@@ -431,6 +433,11 @@ fn synthetic_update(dir: &Path, version: &str) -> UpdatePayload {
             UpdateRole::UsrVerity,
             format!("boxcar_{version}_{uuid}.usr-verity.raw"),
             Some(uuid),
+        ),
+        (
+            UpdateRole::UsrSignature,
+            format!("boxcar_{version}.usr-verity-sig.raw"),
+            None,
         ),
         (UpdateRole::Uki, format!("boxcar_{version}.efi"), None),
     ];

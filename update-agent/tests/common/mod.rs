@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use boxcar_signing::documents::{
     self, ChannelDocument, ChannelEntry, IndexChannel, IndexDocument, IndexRelease, Kind,
-    ReleaseDocument, Rollout, UpdateFile, UpdatePayload, UpdateRole, Wave,
+    ReleaseDocument, ReleaseSecureBoot, Rollout, UpdateFile, UpdatePayload, UpdateRole, Wave,
 };
 use boxcar_signing::{SecretKey, Sha256Digest};
 
@@ -84,6 +84,11 @@ impl Store {
     /// Publishes `version` with a real update payload; returns the
     /// release.json digest.
     pub fn publish(&self, version: &str) -> (Release, Sha256Digest) {
+        self.publish_signed(version, UsrSigning::Unsigned)
+    }
+
+    /// Publishes `version`, its /usr root hash signed as `signing` says.
+    pub fn publish_signed(&self, version: &str, signing: UsrSigning) -> (Release, Sha256Digest) {
         let work = tempfile::tempdir().unwrap();
         let usr = work.path().join("usr");
         let data: Vec<u8> = (0..(2u32 << 20))
@@ -121,6 +126,12 @@ impl Store {
                 std::fs::read(&verity).unwrap(),
                 Some(verity_uuid),
             ),
+            (
+                UpdateRole::UsrSignature,
+                format!("boxcar_{version}.usr-verity-sig.raw"),
+                signing.partition(&root_hash),
+                None,
+            ),
             (UpdateRole::Uki, format!("boxcar_{version}.efi"), uki, None),
         ];
         let mut files = Vec::new();
@@ -145,6 +156,13 @@ impl Store {
                 partition_uuid,
             });
         }
+        if let Some(certificate) = signing.certificate() {
+            std::fs::write(
+                self.path(&format!("releases/{version}/{}", certificate.certificate)),
+                b"",
+            )
+            .unwrap();
+        }
         let release = ReleaseDocument {
             schema: documents::SCHEMA_VERSION,
             name: "boxcar".into(),
@@ -158,7 +176,7 @@ impl Store {
             evidence: vec![],
             update: Some(UpdatePayload { files }),
             footprint: None,
-            secure_boot: None,
+            secure_boot: signing.certificate(),
         };
         let digest = self.write_release(&release);
         (
@@ -254,6 +272,56 @@ impl Store {
 }
 
 /// A rollout started `hours_ago`, one wave of `percent` after `after_hours`.
+/// How a test release's /usr root hash is signed (the agent checks what
+/// the signature names; the kernel checks the signature itself at boot).
+#[derive(Clone, Copy)]
+pub enum UsrSigning<'a> {
+    /// An empty signature partition and no Secure Boot certificate.
+    Unsigned,
+    /// A signature of the release's own root hash.
+    Signed,
+    /// A signature of this other root hash.
+    SignedFor(&'a str),
+}
+
+/// The fingerprint test releases give their certificate.
+pub const CERTIFICATE_FINGERPRINT: &str =
+    "e9f9f2267797ee9e3b1673676783cfa326061f5a94e41267419d2374abe36c73";
+
+impl UsrSigning<'_> {
+    /// The signature partition as systemd-repart writes it: JSON, zeros.
+    fn partition(self, root_hash: &str) -> Vec<u8> {
+        let signed = match self {
+            UsrSigning::Unsigned => None,
+            UsrSigning::Signed => Some(root_hash),
+            UsrSigning::SignedFor(other) => Some(other),
+        };
+        let mut bytes = signed
+            .map(|hash| {
+                format!(
+                    r#"{{"rootHash":"{hash}","certificateFingerprint":"{CERTIFICATE_FINGERPRINT}","signature":"MIIE"}}"#
+                )
+                .into_bytes()
+            })
+            .unwrap_or_default();
+        bytes.resize(16384, 0);
+        bytes
+    }
+
+    fn certificate(self) -> Option<ReleaseSecureBoot> {
+        match self {
+            UsrSigning::Unsigned => None,
+            UsrSigning::Signed | UsrSigning::SignedFor(_) => Some(ReleaseSecureBoot {
+                certificate: "secure-boot.crt".into(),
+                size: 0,
+                sha256: boxcar_signing::sha256_bytes(b""),
+                fingerprint_sha256: CERTIFICATE_FINGERPRINT.into(),
+                subject: "CN=Boxcar test".into(),
+            }),
+        }
+    }
+}
+
 pub fn rollout(hours_ago: i64, waves: &[(u64, u8)], paused: bool) -> Rollout {
     let start = time::OffsetDateTime::now_utc() - time::Duration::hours(hours_ago);
     Rollout {

@@ -113,6 +113,7 @@ pub struct Parts<'a> {
     pub initrd: &'a str,
     pub usr: &'a str,
     pub usr_verity: &'a str,
+    pub usr_signature: &'a str,
     pub root_tar: &'a str,
     /// The UKI's own command line.
     pub uki_cmdline: &'a str,
@@ -285,6 +286,7 @@ fn package_platform(
                         initrd: &parts.path(parts.initrd),
                         usr: &parts.path(parts.usr),
                         usr_verity: &parts.path(parts.usr_verity),
+                        usr_signature: &parts.path(parts.usr_signature),
                         root_tar: &parts.path(parts.root_tar),
                         table: parts.table,
                         usr_bytes: parts.usr_bytes,

@@ -3,8 +3,9 @@
 //!
 //! /usr stays verity-protected over the network: the initrd is the build's
 //! own (the UKI's) plus one more cpio archive holding a small GPT disk image
-//! with the slot-A /usr and verity partitions (same types and UUIDs as on
-//! disk, so the same `usrhash=` finds them), two units that attach it as a
+//! with the slot-A /usr, verity and signature partitions (same types and
+//! UUIDs as on disk, so the same `usrhash=` finds them, and under Secure
+//! Boot the initrd the signature), two units that attach it as a
 //! loop device and fill the tmpfs root with the image's /etc and /var, and
 //! that root tree. The kernel unpacks concatenated cpio archives into one
 //! initramfs.
@@ -68,6 +69,8 @@ pub struct PxeInputs<'a> {
     pub initrd: &'a Path,
     pub usr: &'a Path,
     pub usr_verity: &'a Path,
+    /// Slot A's signature partition, whole (16 KiB).
+    pub usr_signature: &'a Path,
     pub root_tar: &'a Path,
     pub table: &'a PartitionTable,
     /// Bytes of /usr that verity covers (the file system).
@@ -160,27 +163,34 @@ pub fn ipxe_script(kernel: &str, initrd: &str, cmdline: &str) -> String {
     script
 }
 
-/// A GPT disk image holding just USR-A and its verity tree, trimmed to the
-/// bytes verity covers, with the partition types, UUIDs and labels of the
-/// built disk.
+/// A GPT disk image holding just USR-A, its verity tree (both trimmed to
+/// the bytes verity covers) and its signature, with the partition types,
+/// UUIDs and labels of the built disk.
 fn write_usr_disk(tools: &HostTools, inputs: &PxeInputs, out: &Path) -> Result<()> {
     let usr = inputs.table.require(Role::UsrA)?;
     let verity = inputs.table.require(Role::UsrAVerity)?;
+    let signature = inputs.table.require(Role::UsrASignature)?;
     let usr_size = round_up(inputs.usr_bytes, FIRST_PARTITION_OFFSET);
     let verity_size = round_up(inputs.verity_bytes, FIRST_PARTITION_OFFSET);
     let verity_offset = FIRST_PARTITION_OFFSET + usr_size;
+    let signature_offset = verity_offset + verity_size;
+    let signature_bytes = fs::metadata(inputs.usr_signature)
+        .with_context(|| format!("reading {}", inputs.usr_signature.display()))?
+        .len();
+    let signature_size = round_up(signature_bytes, FIRST_PARTITION_OFFSET);
     // Room for the backup GPT at the end.
-    let disk_size = verity_offset + verity_size + FIRST_PARTITION_OFFSET;
+    let disk_size = signature_offset + signature_size + FIRST_PARTITION_OFFSET;
     let file = File::create(out)?;
     file.set_len(disk_size)?;
     drop(file);
     // A disk GUID of its own, derived from the build's (sfdisk would pick a
     // random one, and the artifact must be reproducible).
     let script = format!(
-        "label: gpt\nlabel-id: {}\nunit: sectors\nsector-size: {SECTOR}\n{}\n{}\n",
+        "label: gpt\nlabel-id: {}\nunit: sectors\nsector-size: {SECTOR}\n{}\n{}\n{}\n",
         derived_uuid(&format!("boxcar pxe usr disk {}", inputs.table.disk_uuid)),
         sfdisk_line(usr, FIRST_PARTITION_OFFSET, usr_size),
-        sfdisk_line(verity, verity_offset, verity_size)
+        sfdisk_line(verity, verity_offset, verity_size),
+        sfdisk_line(signature, signature_offset, signature_size)
     );
     let script_path = out.with_extension("sfdisk");
     fs::write(&script_path, script)?;
@@ -197,6 +207,7 @@ fn write_usr_disk(tools: &HostTools, inputs: &PxeInputs, out: &Path) -> Result<(
     fs::remove_file(&script_path)?;
     copy_range(inputs.usr, out, FIRST_PARTITION_OFFSET, inputs.usr_bytes)?;
     copy_range(inputs.usr_verity, out, verity_offset, inputs.verity_bytes)?;
+    copy_range(inputs.usr_signature, out, signature_offset, signature_bytes)?;
     Ok(())
 }
 
