@@ -181,6 +181,11 @@ fn build_produces_a_verity_protected_ab_image_that_stock_tools_confirm() {
             root_hash,
         ],
     );
+    // The signature partition travels whole, zeros included.
+    assert_eq!(
+        std::fs::read(part("usr-signature")).unwrap(),
+        std::fs::read(dir.join("usr-verity-sig.raw")).unwrap()
+    );
     // The agent in the image pins the suite's store key.
     let agent = &info["update_agent"];
     assert_eq!(agent["channel"], "alpha");
