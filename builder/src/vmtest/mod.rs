@@ -1806,7 +1806,11 @@ fn boot(
             }
         }
         let stop = if let Some((seen, outcome)) = failure_seen {
-            (seen.elapsed() > GRACE_AFTER_FAILURE).then_some(outcome)
+            // Judged again on the whole console: a line forwarded late
+            // (a unit's own output reaches the console through journald,
+            // after systemd's emergency lines) may name the cause.
+            (seen.elapsed() > GRACE_AFTER_FAILURE)
+                .then(|| fatal_sign(&console.text).unwrap_or(outcome))
         } else if emulation_stalled(&console.text) {
             phase.println("the emulated CPUs stalled (RCU stalls on the console)");
             Some(BootOutcome::EmulationStalled)
@@ -1862,9 +1866,12 @@ fn exit_outcome(console: &str) -> BootOutcome {
     }
 }
 
-/// A console line that means the boot cannot succeed.
+/// A console line that means the boot cannot succeed. A refusal comes
+/// first: it says why, and the emergency mode that follows it does not.
 fn fatal_sign(console: &str) -> Option<BootOutcome> {
-    if console.contains("You are in emergency mode")
+    if !boot_refusals(console).is_empty() {
+        Some(BootOutcome::Refused)
+    } else if console.contains("You are in emergency mode")
         || console.contains("Entering emergency mode")
         // recipes/emergency-reboot.conf: the image reboots a failed trial
         // boot, and stops any other failed boot, where it would have
@@ -1876,8 +1883,6 @@ fn fatal_sign(console: &str) -> Option<BootOutcome> {
         Some(BootOutcome::EmergencyMode)
     } else if console.contains("Kernel panic") {
         Some(BootOutcome::KernelPanic)
-    } else if !boot_refusals(console).is_empty() {
-        Some(BootOutcome::Refused)
     } else {
         None
     }
@@ -2217,6 +2222,10 @@ mod tests {
         let console = "[   12.1] usr-verity-setup[301]: boxcar-usr-verity: the kernel refused the /usr root hash signature in /dev/vda4: refusing to use /usr\n";
         assert_eq!(boot_refusals(console).len(), 1);
         assert_eq!(fatal_sign(console), Some(BootOutcome::Refused));
+        // systemd's emergency lines may reach the console first; the
+        // refusal still names the outcome.
+        let both = format!("[  !!  ] Entering emergency mode.\n{console}");
+        assert_eq!(fatal_sign(&both), Some(BootOutcome::Refused));
         let kernel = "[   22.3] device-mapper: table: 254:0: verity: Root hash verification failed (-EINVAL)\n";
         assert_eq!(
             verity_errors(kernel),
