@@ -35,9 +35,22 @@ pub enum UsrSignatureError {
     Malformed(String),
     #[error("the signature partition's signature is not base64")]
     NotBase64,
+    #[error("reading the signature partition: {0}")]
+    Io(String),
 }
 
 impl UsrSignature {
+    /// Reads a signature partition image from `path`, refusing one larger
+    /// than any signature partition before reading it.
+    pub fn read_file(path: &std::path::Path) -> Result<Option<Self>, UsrSignatureError> {
+        let io = |e: std::io::Error| UsrSignatureError::Io(format!("{}: {e}", path.display()));
+        let size = std::fs::metadata(path).map_err(io)?.len();
+        if size > MAX_PARTITION_BYTES as u64 {
+            return Err(UsrSignatureError::TooLarge(size as usize));
+        }
+        Self::parse(&std::fs::read(path).map_err(io)?)
+    }
+
     /// Reads a signature partition's bytes: `None` when it is empty (all
     /// zeros, an unsigned build's).
     pub fn parse(partition: &[u8]) -> Result<Option<Self>, UsrSignatureError> {
@@ -85,6 +98,23 @@ mod tests {
         assert_eq!(signature.root_hash, "ab12");
         assert_eq!(signature.certificate_fingerprint, "e9f9");
         assert_eq!(signature.der().unwrap(), [0x30, 0x82, 0x04]);
+    }
+
+    #[test]
+    fn files_are_read_within_the_cap() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("usr-verity-sig.raw");
+        std::fs::write(&path, [0; 16384]).unwrap();
+        assert_eq!(UsrSignature::read_file(&path).unwrap(), None);
+        std::fs::write(&path, vec![0; MAX_PARTITION_BYTES + 1]).unwrap();
+        assert_eq!(
+            UsrSignature::read_file(&path),
+            Err(UsrSignatureError::TooLarge(MAX_PARTITION_BYTES + 1))
+        );
+        assert!(matches!(
+            UsrSignature::read_file(&dir.path().join("missing")),
+            Err(UsrSignatureError::Io(_))
+        ));
     }
 
     #[test]

@@ -13,7 +13,7 @@ use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 use boxcar_signing::documents::{ReleaseDocument, UpdateRole};
-use boxcar_signing::usr_signature::{self, UsrSignature};
+use boxcar_signing::UsrSignature;
 
 use crate::host;
 use crate::staging::Staged;
@@ -34,7 +34,12 @@ pub fn check_staged(staged: &Staged, release: &ReleaseDocument, secure_boot: boo
         );
     }
     check_partition_uuids(release, &root_hash)?;
-    check_usr_signature(staged.path(UpdateRole::UsrSignature)?, release, secure_boot)?;
+    check_usr_signature(
+        staged.path(UpdateRole::UsrSignature)?,
+        release,
+        &root_hash,
+        secure_boot,
+    )?;
     let usr = staged.path(UpdateRole::Usr)?;
     let verity = staged.path(UpdateRole::UsrVerity)?;
     host::run(
@@ -79,18 +84,18 @@ fn check_partition_uuids(release: &ReleaseDocument, root_hash: &str) -> Result<(
 /// key (the kernel checks the signature itself at boot), an unsigned
 /// release's is empty, and a node under Secure Boot, whose firmware would
 /// refuse an unsigned UKI, takes only a signed release.
-fn check_usr_signature(path: &Path, release: &ReleaseDocument, secure_boot: bool) -> Result<()> {
-    let size = std::fs::metadata(path)?.len();
-    if size > usr_signature::MAX_PARTITION_BYTES as u64 {
-        bail!("the staged signature partition is {size} bytes, more than any signature partition holds");
-    }
-    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    let signature = UsrSignature::parse(&bytes)
+fn check_usr_signature(
+    path: &Path,
+    release: &ReleaseDocument,
+    root_hash: &str,
+    secure_boot: bool,
+) -> Result<()> {
+    let signature = UsrSignature::read_file(path)
         .with_context(|| format!("reading the staged {}", path.display()))?;
     let version = &release.version;
     match (signature, &release.secure_boot) {
         (Some(signature), Some(certificate)) => {
-            if signature.root_hash != release.usr_root_hash.to_lowercase() {
+            if signature.root_hash != root_hash {
                 bail!(
                     "the staged /usr signature is for root hash {}, but release {version} has /usr root hash {}",
                     signature.root_hash,

@@ -130,9 +130,8 @@ pub(super) fn inspect(plan: &BuildPlan, tools: &HostTools, staging: &Path) -> Re
 /// of this /usr's root hash (the secure boot phase checks it against the
 /// certificate), an unsigned build's is empty.
 fn read_usr_signature(file: &Path, usrhash: &str, signed: bool) -> Result<Option<UsrSignature>> {
-    let bytes = fs::read(file).with_context(|| format!("reading {}", file.display()))?;
     let signature =
-        UsrSignature::parse(&bytes).with_context(|| format!("reading {}", file.display()))?;
+        UsrSignature::read_file(file).with_context(|| format!("reading {}", file.display()))?;
     match (signature, signed) {
         (Some(signature), true) if signature.root_hash == usrhash => Ok(Some(signature)),
         (Some(signature), true) => bail!(
