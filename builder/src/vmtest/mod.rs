@@ -1201,13 +1201,7 @@ fn prepare_tamper(context: &TestContext, like: &Platform, work: &Path) -> Result
         &context.request.build_dir,
         &copy,
     )?;
-    let boot = overlay_disk(context, &copy, "raw", like.disk_bus, work)?;
-    Ok(plain_boot(
-        like,
-        boot,
-        format!("{} (tampered copy)", context.build.disk.file),
-        Some(tampering),
-    ))
+    boot_tampered_copy(context, like, &copy, work, tampering)
 }
 
 /// The Secure Boot firmware (code, variable template) a case boots with:
@@ -1278,9 +1272,9 @@ fn prepare_tamper_uki(context: &TestContext, like: &Platform, work: &Path) -> Re
 }
 
 /// The Secure Boot case for the signed /usr: a copy of the signed disk
-/// image with one character in the middle of the base64 signature in
-/// slot A's usr-verity-sig partition changed (still base64, still JSON),
-/// booted on `like`'s hardware.
+/// image with one character near the end of the base64 signature in slot
+/// A's usr-verity-sig partition changed (still base64, still JSON; see
+/// [`signature_character`]), booted on `like`'s hardware.
 fn prepare_tamper_usr_signature(
     context: &TestContext,
     like: &Platform,
