@@ -1137,6 +1137,9 @@ fn assert_release_states_its_footprint(document: &serde_json::Value, build: &ser
             "{summary:#}"
         );
         assert!(booted["processes"].as_u64().unwrap() > 0, "{summary:#}");
+        // The suite's boots are provisioned, so their config's container
+        // may be running; the count says whether it was.
+        assert!(booted["containers_running"].is_u64(), "{summary:#}");
         assert!(
             booted["userspace_seconds"].as_f64().unwrap() > 0.0,
             "{summary:#}"

@@ -217,6 +217,11 @@ pub struct BootedFootprint {
     pub kernel_seconds: f64,
     pub initrd_seconds: Option<f64>,
     pub userspace_seconds: f64,
+    /// Containers running when the memory was read (a provisioned boot
+    /// runs its config's container): issue #13's target is for none.
+    /// Absent from evidence older than this field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub containers_running: Option<u64>,
 }
 
 /// A release's A/B update: the parts a node's systemd-sysupdate installs

@@ -186,6 +186,7 @@ impl Evidence {
             kernel_seconds: boot.kernel,
             initrd_seconds: boot.initrd,
             userspace_seconds: boot.userspace,
+            containers_running: number("footprint.containers_running"),
         })
     }
 }
@@ -250,6 +251,17 @@ mod tests {
         assert_eq!(footprint.processes, 20);
         assert_eq!(footprint.initrd_seconds, Some(22.0));
         assert_eq!(footprint.userspace_seconds, 41.0);
+        // Evidence from before the guest counted containers states none.
+        assert_eq!(footprint.containers_running, None);
+        let provisioned = [
+            ("footprint.memory_used_kib", "330848"),
+            ("footprint.processes", "22"),
+            ("footprint.containers_running", "1"),
+        ];
+        let footprint = evidence(&provisioned, Some(boot_time()))
+            .booted_footprint()
+            .unwrap();
+        assert_eq!(footprint.containers_running, Some(1));
     }
 
     #[test]

@@ -231,6 +231,8 @@ say footprint.memory_used_kib "$(echo "$meminfo" | awk '/^MemTotal:/ { total = $
 # high watermarks (footprint.watermark_high_kib).
 say footprint.memory_kib "$(echo "$meminfo" | awk '/^(MemTotal|MemFree|MemAvailable|Buffers|Cached|Active\(file\)|Inactive\(file\)|AnonPages|Shmem|KReclaimable|SUnreclaim|KernelStack|PageTables|Percpu|VmallocUsed|Unevictable):/ {
     sub(":", "", $1); printf "%s%s=%s", separator, $1, $2; separator = ";" }')"
+# A running container has its shim: a provisioned boot runs its config's.
+say footprint.containers_running "$(ps -e -o comm= | grep -c '^containerd-shim')"
 say footprint.watermark_high_kib "$(awk -v page_kib="$(($(getconf PAGESIZE) / 1024))" \
     '$1 == "high" { pages += $2 } END { print pages * page_kib }' /proc/zoneinfo)"
 say footprint.biggest_processes "$(ps -e -o rss=,comm= --sort=-rss | head -n 8 |
