@@ -140,11 +140,24 @@ pub fn split_boots(text: &str) -> Vec<BTreeMap<String, String>> {
 
 /// Who can get in: never anyone with a password, and over SSH only once
 /// provisioning gave an account a key (`ssh`); an unprovisioned host must
-/// refuse a connection to port 22 outright.
+/// refuse a connection to port 22 outright. Either way sshd runs only as
+/// ssh.service, never from a socket of its own (systemd's ssh generator
+/// adds AF_UNIX and AF_VSOCK ones unless told not to).
 fn access_checks(report: &BTreeMap<String, String>, ssh: bool) -> Vec<Check> {
     let get = |key: &str| report.get(key).map(String::as_str).unwrap_or("");
     let listeners = get("ssh_listeners").parse::<u32>().unwrap_or(0);
+    let sockets = get("ssh_sockets").trim();
     vec![
+        check(
+            "sshd starts only as ssh.service",
+            report.contains_key("ssh_sockets") && sockets.is_empty(),
+            "no active ssh*.socket unit",
+            if sockets.is_empty() {
+                "none".to_owned()
+            } else {
+                format!("active: {sockets}")
+            },
+        ),
         check(
             "no account can log in with a password",
             report.contains_key("password_accounts") && get("password_accounts").is_empty(),
@@ -1247,12 +1260,12 @@ update.partitions=1:esp 2:boxcar_1.0 3:boxcar_1.0_verity 4:boxcar_1.1 5:boxcar_1
                 .map(|c| c.name)
                 .collect()
         };
-        let closed =
-            "ssh_listeners=0\nssh_connect=bash: connect: Connection refused\npassword_accounts=\n";
+        let closed = "ssh_listeners=0\nssh_connect=bash: connect: Connection refused\n\
+                      ssh_sockets=\npassword_accounts=\n";
         assert!(failed(closed, false).is_empty());
         assert_eq!(
             failed(
-                "ssh_listeners=1\nssh_connect=connected\npassword_accounts=\n",
+                "ssh_listeners=1\nssh_connect=connected\nssh_sockets=\npassword_accounts=\n",
                 false
             ),
             ["an unprovisioned host exposes no SSH"]
@@ -1261,9 +1274,20 @@ update.partitions=1:esp 2:boxcar_1.0 3:boxcar_1.0_verity 4:boxcar_1.1 5:boxcar_1
         assert_eq!(
             failed("", false),
             [
+                "sshd starts only as ssh.service",
                 "no account can log in with a password",
                 "an unprovisioned host exposes no SSH"
             ]
+        );
+        // The ssh generator's own sockets are another way in, provisioned
+        // or not.
+        let generated = closed.replace(
+            "ssh_sockets=",
+            "ssh_sockets=sshd-unix-local.socket sshd-vsock.socket ",
+        );
+        assert_eq!(
+            failed(&generated, false),
+            ["sshd starts only as ssh.service"]
         );
         assert_eq!(
             failed(

@@ -279,7 +279,8 @@ if [ -d "$agent_dir" ]; then
 fi
 
 # Provisioning: what the first boot's Ignition left, whether this boot ran
-# it, whether anything listens for SSH, and which accounts could log in
+# it, whether anything listens for SSH (on port 22, or on a socket systemd
+# would start sshd from), and which accounts could log in
 # with a password (none may).
 boot_count=/var/lib/boxcar-test/boots
 mkdir -p "${boot_count%/*}"
@@ -290,6 +291,7 @@ say provisioned "$(tr '\n' ' ' </var/lib/boxcar/provisioned 2>&1)"
 say ignition_messages "$(journalctl -b -q -t ignition 2>/dev/null | wc -l)"
 say ssh_listeners "$(ss -ltnH 'sport = :22' 2>&1 | wc -l)"
 say ssh_connect "$(timeout 5 bash -c 'exec 3<>/dev/tcp/127.0.0.1/22 && echo connected' 2>&1 | tr '\n' ' ')"
+say ssh_sockets "$(systemctl list-units --state=active --plain --no-legend 'ssh*.socket' 2>&1 | awk '{ print $1 }' | tr '\n' ' ')"
 say password_accounts "$(awk -F: '$2 !~ /^[!*]/ { print $1 }' /etc/shadow | tr '\n' ' ')"
 
 say end 1
