@@ -716,8 +716,9 @@ pub struct BuildArgs {
 /// the platform id is the expected one and the platform's agents are active
 /// (and no other platform's); no unit failed; the update service
 /// (systemd-sysupdate) runs cleanly with nothing staged, or is skipped on a
-/// diskless boot; containerd and docker are active; docker runs a container
-/// imported from a local file (no registry); and the boot time.
+/// diskless boot; containerd and docker are active, and containerd loaded
+/// every plugin it was not told to skip; docker runs a container imported
+/// from a local file (no registry); and the boot time.
 ///
 /// Each artifact is provisioned on its first boot by an Ignition config
 /// delivered the platform's way (qemu's fw_cfg, EC2 user data from the

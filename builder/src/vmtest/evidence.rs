@@ -50,6 +50,28 @@ fn parse_verity_table(table: &str) -> Option<VerityTable> {
     })
 }
 
+/// A check that the guest reported `key` as an empty list (of sockets, of
+/// failures); a report that never said fails it too.
+fn nothing_listed(
+    report: &BTreeMap<String, String>,
+    key: &str,
+    name: &str,
+    expected: &str,
+    listed_as: &str,
+) -> Check {
+    let listed = report.get(key).map(|value| value.trim());
+    check(
+        name,
+        listed == Some(""),
+        expected,
+        match listed {
+            None => "not reported".to_owned(),
+            Some("") => "none".to_owned(),
+            Some(items) => format!("{listed_as}: {items}"),
+        },
+    )
+}
+
 pub(super) fn check(
     name: &str,
     passed: bool,
@@ -146,17 +168,13 @@ pub fn split_boots(text: &str) -> Vec<BTreeMap<String, String>> {
 fn access_checks(report: &BTreeMap<String, String>, ssh: bool) -> Vec<Check> {
     let get = |key: &str| report.get(key).map(String::as_str).unwrap_or("");
     let listeners = get("ssh_listeners").parse::<u32>().unwrap_or(0);
-    let sockets = get("ssh_sockets").trim();
     vec![
-        check(
+        nothing_listed(
+            report,
+            "ssh_sockets",
             "sshd starts only as ssh.service",
-            report.contains_key("ssh_sockets") && sockets.is_empty(),
             "no active ssh*.socket unit",
-            if sockets.is_empty() {
-                "none".to_owned()
-            } else {
-                format!("active: {sockets}")
-            },
+            "active",
         ),
         check(
             "no account can log in with a password",
@@ -496,24 +514,7 @@ fn judge_common(
             get("usr_remount_rw")
         ),
     ));
-    checks.push(check(
-        "containerd is active",
-        get("containerd") == "active",
-        "active",
-        get("containerd"),
-    ));
-    checks.push(check(
-        "docker is active",
-        get("docker") == "active",
-        "active",
-        get("docker"),
-    ));
-    checks.push(check(
-        "docker ran a container",
-        get("container_output") == CONTAINER_GREETING,
-        CONTAINER_GREETING,
-        get("container_output"),
-    ));
+    checks.extend(container_runtime_checks(report));
     checks.push(check(
         "boot time was recorded",
         boot_time(report).is_some(),
@@ -521,6 +522,41 @@ fn judge_common(
         get("analyze"),
     ));
     checks
+}
+
+/// The container runtime: containerd and docker are up, containerd loaded
+/// every plugin it was not told to skip (it starts even when one fails,
+/// e.g. because another it needs was disabled), and docker runs a
+/// container.
+fn container_runtime_checks(report: &BTreeMap<String, String>) -> Vec<Check> {
+    let get = |key: &str| report.get(key).map(String::as_str).unwrap_or("");
+    vec![
+        check(
+            "containerd is active",
+            get("containerd") == "active",
+            "active",
+            get("containerd"),
+        ),
+        nothing_listed(
+            report,
+            "containerd_plugin_failures",
+            "containerd loaded all its plugins",
+            "no \"failed to load plugin\" in its log",
+            "failed",
+        ),
+        check(
+            "docker is active",
+            get("docker") == "active",
+            "active",
+            get("docker"),
+        ),
+        check(
+            "docker ran a container",
+            get("container_output") == CONTAINER_GREETING,
+            CONTAINER_GREETING,
+            get("container_output"),
+        ),
+    ]
 }
 
 /// What an update test must show: the versions before and after, and the
@@ -1249,6 +1285,33 @@ update.partitions=1:esp 2:boxcar_1.0 3:boxcar_1.0_verity 4:boxcar_1.1 5:boxcar_1
             failed(&errors, "resource not found", "", false, 3),
             ["it stopped instead of rebooting"]
         );
+    }
+
+    #[test]
+    fn containerd_must_load_every_plugin_it_was_not_told_to_skip() {
+        let failed = |report: &str| -> Vec<String> {
+            container_runtime_checks(&parse_report(report))
+                .into_iter()
+                .filter(|c| !c.passed)
+                .map(|c| c.name)
+                .collect()
+        };
+        let healthy = format!(
+            "containerd=active\ncontainerd_plugin_failures=\ndocker=active\n\
+             container_output={CONTAINER_GREETING}\n"
+        );
+        assert!(failed(&healthy).is_empty());
+        // Disabling the v1 runtime leaves containerd active, but without
+        // its task service: no container could start.
+        let crippled = healthy.replace(
+            "containerd_plugin_failures=",
+            "containerd_plugin_failures=io.containerd.grpc.v1.tasks \
+             io.containerd.service.v1.tasks-service",
+        );
+        assert_eq!(failed(&crippled), ["containerd loaded all its plugins"]);
+        // A report that never said is not a pass.
+        let silent = healthy.replace("containerd_plugin_failures=\n", "");
+        assert_eq!(failed(&silent), ["containerd loaded all its plugins"]);
     }
 
     #[test]

@@ -255,6 +255,11 @@ say footprint.critical_chain "$(systemd-analyze critical-chain --no-pager multi-
 
 # The container runtime.
 say containerd "$(systemctl is-active containerd.service 2>&1)"
+# containerd starts even when a plugin fails to load (one another plugin
+# requires was disabled, say), so its log is read too: the plugins it
+# could not load, by id.
+say containerd_plugin_failures "$(journalctl -b -q -u containerd.service -o cat 2>/dev/null |
+    sed -n 's/.*msg="failed to load plugin \([^ "]*\).*/\1/p' | sort -u | paste -sd ' ')"
 say docker "$(systemctl is-active docker.service 2>&1)"
 if docker import "$testdata/rootfs.tar" boxcar-test/busybox:latest >/run/boxcar-import.log 2>&1; then
     say container_output "$(docker run --rm --network none boxcar-test/busybox:latest /bin/busybox echo boxcar-container-ok 2>&1)"
