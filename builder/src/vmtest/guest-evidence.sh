@@ -255,8 +255,8 @@ say footprint.critical_chain "$(systemd-analyze critical-chain --no-pager multi-
 
 # The container runtime.
 say containerd "$(systemctl is-active containerd.service 2>&1)"
-# containerd starts even when a plugin fails to load (one another plugin
-# requires was disabled, say), so its log is read too: the plugins it
+# containerd starts even when a plugin fails to load (because a plugin it
+# needs was disabled, say), so its log is read too: the plugins it
 # could not load, by id.
 say containerd_plugin_failures "$(journalctl -b -q -u containerd.service -o cat 2>/dev/null |
     sed -n 's/.*msg="failed to load plugin \([^ "]*\).*/\1/p' | sort -u | paste -sd ' ')"
