@@ -1251,28 +1251,24 @@ update.partitions=1:esp 2:boxcar_1.0 3:boxcar_1.0_verity 4:boxcar_1.1 5:boxcar_1
     fn a_bad_config_must_stop_with_its_own_error_and_halt() {
         let errors =
             ["[ 26.5] ignition[372]: CRITICAL : Ignition failed: resource not found".to_owned()];
-        let failed =
+        let failures =
             |errors: &[String], expected: &str, report: &str, halted: bool, starts: usize| {
-                judge_bad_config(
+                failed(judge_bad_config(
                     &parse_report(report),
                     errors,
                     expected,
                     halted,
                     starts,
                     BootOutcome::EmergencyMode,
-                )
-                .into_iter()
-                .filter(|c| !c.passed)
-                .map(|c| c.name)
-                .collect::<Vec<_>>()
+                ))
             };
-        assert!(failed(&errors, "resource not found", "", true, 1).is_empty());
+        assert!(failures(&errors, "resource not found", "", true, 1).is_empty());
         assert_eq!(
-            failed(&errors, "config is not valid", "", true, 1),
+            failures(&errors, "config is not valid", "", true, 1),
             ["Ignition's error is on the console"]
         );
         assert_eq!(
-            failed(
+            failures(
                 &errors,
                 "resource not found",
                 "begin=1\nmulti_user=active\n",
@@ -1282,25 +1278,19 @@ update.partitions=1:esp 2:boxcar_1.0 3:boxcar_1.0_verity 4:boxcar_1.1 5:boxcar_1
             ["the first boot stopped before the system came up"]
         );
         assert_eq!(
-            failed(&errors, "resource not found", "", false, 3),
+            failures(&errors, "resource not found", "", false, 3),
             ["it stopped instead of rebooting"]
         );
     }
 
     #[test]
     fn containerd_must_load_every_plugin_it_was_not_told_to_skip() {
-        let failed = |report: &str| -> Vec<String> {
-            container_runtime_checks(&parse_report(report))
-                .into_iter()
-                .filter(|c| !c.passed)
-                .map(|c| c.name)
-                .collect()
-        };
+        let failures = |report: &str| failed(container_runtime_checks(&parse_report(report)));
         let healthy = format!(
             "containerd=active\ncontainerd_plugin_failures=\ndocker=active\n\
              container_output={CONTAINER_GREETING}\n"
         );
-        assert!(failed(&healthy).is_empty());
+        assert!(failures(&healthy).is_empty());
         // Disabling the v1 runtime leaves containerd active, but without
         // its task service: no container could start.
         let crippled = healthy.replace(
@@ -1308,26 +1298,20 @@ update.partitions=1:esp 2:boxcar_1.0 3:boxcar_1.0_verity 4:boxcar_1.1 5:boxcar_1
             "containerd_plugin_failures=io.containerd.grpc.v1.tasks \
              io.containerd.service.v1.tasks-service",
         );
-        assert_eq!(failed(&crippled), ["containerd loaded all its plugins"]);
+        assert_eq!(failures(&crippled), ["containerd loaded all its plugins"]);
         // A report that never said is not a pass.
         let silent = healthy.replace("containerd_plugin_failures=\n", "");
-        assert_eq!(failed(&silent), ["containerd loaded all its plugins"]);
+        assert_eq!(failures(&silent), ["containerd loaded all its plugins"]);
     }
 
     #[test]
     fn an_unprovisioned_host_must_refuse_ssh_and_passwords() {
-        let failed = |report: &str, ssh: bool| -> Vec<String> {
-            access_checks(&parse_report(report), ssh)
-                .into_iter()
-                .filter(|c| !c.passed)
-                .map(|c| c.name)
-                .collect()
-        };
+        let failures = |report: &str, ssh: bool| failed(access_checks(&parse_report(report), ssh));
         let closed = "ssh_listeners=0\nssh_connect=bash: connect: Connection refused\n\
                       ssh_sockets=\npassword_accounts=\n";
-        assert!(failed(closed, false).is_empty());
+        assert!(failures(closed, false).is_empty());
         assert_eq!(
-            failed(
+            failures(
                 "ssh_listeners=1\nssh_connect=connected\nssh_sockets=\npassword_accounts=\n",
                 false
             ),
@@ -1335,7 +1319,7 @@ update.partitions=1:esp 2:boxcar_1.0 3:boxcar_1.0_verity 4:boxcar_1.1 5:boxcar_1
         );
         // A report that never said is not a pass.
         assert_eq!(
-            failed("", false),
+            failures("", false),
             [
                 "sshd starts only as ssh.service",
                 "no account can log in with a password",
@@ -1349,18 +1333,18 @@ update.partitions=1:esp 2:boxcar_1.0 3:boxcar_1.0_verity 4:boxcar_1.1 5:boxcar_1
             "ssh_sockets=sshd-unix-local.socket sshd-vsock.socket ",
         );
         assert_eq!(
-            failed(&generated, false),
+            failures(&generated, false),
             ["sshd starts only as ssh.service"]
         );
         assert_eq!(
-            failed(
+            failures(
                 &closed.replace("password_accounts=", "password_accounts=core"),
                 false
             ),
             ["no account can log in with a password"]
         );
         assert_eq!(
-            failed(closed, true),
+            failures(closed, true),
             ["sshd listens once an account has a key"]
         );
     }
@@ -1436,11 +1420,11 @@ update.ukis=boxcar_1.0.efi boxcar_1.1+0-3.efi
 ";
 
     fn failed_fallback_checks(report: &str, kernel_starts: usize) -> Vec<String> {
-        fallback_checks(&parse_report(report), &update_expectation(), kernel_starts)
-            .into_iter()
-            .filter(|c| !c.passed)
-            .map(|c| c.name)
-            .collect()
+        failed(fallback_checks(
+            &parse_report(report),
+            &update_expectation(),
+            kernel_starts,
+        ))
     }
 
     #[test]
