@@ -220,6 +220,11 @@ impl Check<'_> {
         let installed = install::install(version.as_str());
         staging::clean(self.paths, false)?;
         installed.with_context(|| format!("installing {version}"))?;
+        if let Err(error) = install::forget_update_done(self.paths) {
+            eprintln!(
+                "warning: {error:#}: the first boot of {version} may not refresh /etc and /var"
+            );
+        }
         state.pending = Some(Pending {
             version: version.to_string(),
             from_version: running.to_owned(),

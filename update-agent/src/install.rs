@@ -16,6 +16,7 @@ use boxcar_signing::documents::{ReleaseDocument, UpdateRole};
 use boxcar_signing::UsrSignature;
 
 use crate::host;
+use crate::paths::Paths;
 use crate::staging::Staged;
 use crate::uki;
 
@@ -177,6 +178,24 @@ fn check_esp_space(staged: &Staged) -> Result<()> {
     Ok(())
 }
 
+/// Has the next boot bring /etc and /var up to date for the new /usr.
+/// systemd decides that from /usr's time against the stamps, and two
+/// builds of one commit share that time (SOURCE_DATE_EPOCH), so a rebuild's
+/// new packages would otherwise boot without their linker cache entries,
+/// system users and journal catalog. A fallback to the older /usr redoes
+/// the same work for it, which does no harm.
+pub fn forget_update_done(paths: &Paths) -> Result<()> {
+    for stamp in paths.update_done_stamps() {
+        match std::fs::remove_file(&stamp) {
+            Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+                return Err(error).with_context(|| format!("removing {}", stamp.display()));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// systemd-sysupdate, where systemd installs it (not on PATH).
 pub const SYSUPDATE: &str = "/usr/lib/systemd/systemd-sysupdate";
 
@@ -187,4 +206,34 @@ pub fn install(version: &str) -> Result<()> {
         Command::new(SYSUPDATE).args(["--no-pager", "update", version]),
     )?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forgetting_update_done_removes_both_stamps_and_minds_no_missing_one() {
+        let root = tempfile::tempdir().unwrap();
+        let paths = Paths::under(root.path());
+        let [etc, var] = paths.update_done_stamps();
+        for dir in ["etc", "var"] {
+            std::fs::create_dir(root.path().join(dir)).unwrap();
+        }
+        std::fs::write(&etc, "TIMESTAMP_NSEC=1\n").unwrap();
+        forget_update_done(&paths).unwrap();
+        assert!(!etc.exists() && !var.exists());
+        // Nothing left to remove is no error either.
+        forget_update_done(&paths).unwrap();
+    }
+
+    #[test]
+    fn a_stamp_that_cannot_be_removed_is_an_error_naming_it() {
+        let root = tempfile::tempdir().unwrap();
+        let paths = Paths::under(root.path());
+        // A directory where the stamp should be: remove_file refuses it.
+        std::fs::create_dir_all(root.path().join("etc/.updated")).unwrap();
+        let error = forget_update_done(&paths).unwrap_err();
+        assert!(format!("{error:#}").contains("etc/.updated"), "{error:#}");
+    }
 }

@@ -85,6 +85,13 @@ impl Paths {
         self.at("/run/reboot-required")
     }
 
+    /// systemd-update-done's stamps: while they are as new as /usr, the
+    /// units with `ConditionNeedsUpdate=` (ldconfig, sysusers, the journal
+    /// catalog) skip their work.
+    pub fn update_done_stamps(&self) -> [PathBuf; 2] {
+        [self.at("/etc/.updated"), self.at("/var/.updated")]
+    }
+
     pub fn os_release(&self) -> PathBuf {
         self.at("/usr/lib/os-release")
     }

@@ -769,8 +769,9 @@ pub struct BuildArgs {
 /// channel), served to the guest over HTTP: the agent alone downloads,
 /// verifies and installs the update (into the idle A/B slot) and reboots.
 /// The test passes only if the second boot runs this build from the other
-/// slot, with boot counting, blessed, the old version still there to fall
-/// back to, and the agent reports it settled.
+/// slot, with boot counting, blessed, /etc and /var brought up to date
+/// for the new /usr (ldconfig, sysusers, update-done), the old version
+/// still there to fall back to, and the agent reports it settled.
 /// Evidence goes to BUILD/evidence/update-from-OLDVERSION/.
 ///
 /// With --fleet-lock as well, the agent's strategy is fleet_lock against a

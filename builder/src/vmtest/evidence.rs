@@ -636,6 +636,7 @@ fn update_checks(report: &BTreeMap<String, String>, expect: &UpdateExpectation) 
                 partitions,
             ),
         },
+        refreshed_check(get("update.refreshed")),
         check(
             "the older version is kept to fall back to",
             has_word(ukis, &format!("boxcar_{old}.efi"))
@@ -645,6 +646,29 @@ fn update_checks(report: &BTreeMap<String, String>, expect: &UpdateExpectation) 
         ),
     ]);
     checks
+}
+
+/// The new /usr's first boot brought /etc and /var up to date for it: the
+/// units with `ConditionNeedsUpdate=` ran, although both builds may share
+/// /usr's time (two builds of one commit do).
+fn refreshed_check(refreshed: &str) -> Check {
+    let units = [
+        "ldconfig.service",
+        "systemd-sysusers.service",
+        "systemd-update-done.service",
+    ];
+    check(
+        "the new /usr's first boot refreshed /etc and /var",
+        units
+            .iter()
+            .all(|unit| has_word(refreshed, &format!("{unit}=yes"))),
+        "ldconfig, sysusers and update-done ran",
+        if refreshed.is_empty() {
+            "not reported"
+        } else {
+            refreshed
+        },
+    )
 }
 
 /// "number:label" of a slot's data and hash partitions holding `version`,
@@ -1148,6 +1172,7 @@ update.usr=4:boxcar_1.1 5:boxcar_1.1_verity
 update.loader_entry=boxcar_1.1.efi
 update.ukis=boxcar_1.0.efi boxcar_1.1.efi
 update.partitions=1:esp 2:boxcar_1.0 3:boxcar_1.0_verity 4:boxcar_1.1 5:boxcar_1.1_verity 6:boxcar_1.1_sig 7:root-x86-64
+update.refreshed=ldconfig.service=yes systemd-sysusers.service=yes systemd-update-done.service=yes 
 ";
 
     fn failed(checks: Vec<Check>) -> Vec<String> {
@@ -1406,6 +1431,19 @@ update.partitions=1:esp 2:boxcar_1.0 3:boxcar_1.0_verity 4:boxcar_1.1 5:boxcar_1
             failed_update_checks(&unsigned),
             ["the new /usr's signature went to the other slot"]
         );
+    }
+
+    #[test]
+    fn a_new_usr_booted_with_the_old_caches_is_caught() {
+        let refreshed = "the new /usr's first boot refreshed /etc and /var";
+        let skipped = GOOD_UPDATE.replace("ldconfig.service=yes", "ldconfig.service=no");
+        assert_eq!(failed_update_checks(&skipped), [refreshed]);
+        let silent: String = GOOD_UPDATE
+            .lines()
+            .filter(|line| !line.starts_with("update.refreshed="))
+            .map(|line| format!("{line}\n"))
+            .collect();
+        assert_eq!(failed_update_checks(&silent), [refreshed]);
     }
 
     /// What the guest reports after a failing update from 1.0 to 1.1 fell

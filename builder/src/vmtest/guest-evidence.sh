@@ -281,6 +281,11 @@ if [ -d "$agent_dir" ]; then
     say update.partitions "$(disk_partitions "$(lsblk -no PKNAME "$root_source")")"
     say update.bless "$(systemctl show --property=ActiveState --property=Result systemd-bless-boot.service | tr '\n' ' ')"
     say update.ukis "$(esp_ukis)"
+    # Whether this first boot of the new /usr brought /etc and /var up to
+    # date for it (the agent removed the stamps that would say they are).
+    say update.refreshed "$(for unit in ldconfig.service systemd-sysusers.service systemd-update-done.service; do
+        printf '%s=%s ' "$unit" "$(systemctl show --property=ConditionResult --value "$unit")"
+    done)"
 fi
 
 # Provisioning: what the first boot's Ignition left, whether this boot ran
