@@ -126,37 +126,51 @@ enum Hostile {
     Endless,
     /// A Content-Length of 1 GiB, then zeros.
     Huge,
+    /// The file `path.stale` next to it, the first `times` it is asked
+    /// for: a store caught by its readers between a writer's document and
+    /// that writer's signature, again and again.
+    Stale { times: usize },
 }
 
 /// Serves `root`, except `path`, which it answers as `how`.
 fn hostile_server(root: PathBuf, path: &'static str, how: Hostile) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
+    let asked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     std::thread::spawn(move || {
         for stream in listener.incoming().flatten() {
-            let root = root.clone();
+            let (root, asked) = (root.clone(), asked.clone());
             std::thread::spawn(move || {
-                let _ = answer(stream, &root, path, how);
+                let _ = answer(stream, &root, path, how, &asked);
             });
         }
     });
     format!("http://127.0.0.1:{port}")
 }
 
-fn answer(mut stream: TcpStream, root: &Path, hostile: &str, how: Hostile) -> std::io::Result<()> {
-    let (path, _) = read_request(&stream)?;
+fn answer(
+    mut stream: TcpStream,
+    root: &Path,
+    hostile: &str,
+    how: Hostile,
+    asked: &std::sync::atomic::AtomicUsize,
+) -> std::io::Result<()> {
+    let (mut path, _) = read_request(&stream)?;
     let zeros = vec![0u8; 64 * 1024];
     if path == hostile {
-        match how {
-            Hostile::Endless => {
-                stream.write_all(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n")?
+        if let Hostile::Stale { times } = how {
+            if asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < times {
+                path.push_str(".stale");
             }
-            Hostile::Huge => stream.write_all(
-                b"HTTP/1.1 200 OK\r\nContent-Length: 1073741824\r\nConnection: close\r\n\r\n",
-            )?,
-        }
-        loop {
-            stream.write_all(&zeros)?;
+        } else {
+            stream.write_all(if matches!(how, Hostile::Endless) {
+                b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n"
+            } else {
+                b"HTTP/1.1 200 OK\r\nContent-Length: 1073741824\r\nConnection: close\r\n\r\n"
+            })?;
+            loop {
+                stream.write_all(&zeros)?;
+            }
         }
     }
     let file = root.join(&path);
@@ -232,6 +246,38 @@ fn endless_and_huge_documents_are_refused_without_reading_them_into_memory() {
         peak < 96 << 20,
         "a reader held {} MiB at its peak: a document was read into memory",
         peak >> 20
+    );
+}
+
+#[test]
+fn a_reader_waits_out_writers_caught_between_a_document_and_its_signature() {
+    let lab = Lab::new();
+    lab.publish_to_alpha("2.0.0");
+    let signature = lab.store().join("channels/alpha.json.minisig");
+    let older = fs::read(&signature).unwrap();
+    lab.publish_to_alpha("2.1.0");
+    fs::write(lab.path("store/channels/alpha.json.minisig.stale"), older).unwrap();
+    let download = |times: usize| {
+        let url = hostile_server(
+            lab.store(),
+            "channels/alpha.json.minisig",
+            Hostile::Stale { times },
+        );
+        let _ = fs::remove_dir_all(lab.path("out"));
+        boxcar()
+            .args(["download", "--store", &url, "--key", &lab.public_key()])
+            .args(["--channel", "alpha", "--platform", "qemu", "--retries", "0"])
+            .args(["--to", lab.path("out").to_str().unwrap()])
+            .timeout(Duration::from_secs(120))
+            .assert()
+    };
+    // The new document with the older signature four reads in a row, as
+    // writers racing to promote can leave it: the fifth read is whole.
+    download(4).success();
+    assert!(lab.path("out/boxcar-2.1.0-qemu.qcow2").is_file());
+    // A pair that never verifies is refused, with why.
+    download(usize::MAX).code(1).stderr(
+        predicate::str::contains("channels/alpha.json").and(predicate::str::contains("signature")),
     );
 }
 
