@@ -401,7 +401,7 @@ fn a_publish_killed_mid_upload_resumes_where_it_stopped() {
 #[test]
 fn a_server_that_ignores_conditional_writes_is_refused() {
     let server = S3Server::moto();
-    let proxy = StrippingProxy::start(&server.endpoint);
+    let proxy = Proxy::start(&server.endpoint, Meddling::DropConditions);
     let lab = S3Lab::new(&server, "careless");
     let root = &lab.root;
     let public = lab.lab.public_key();
@@ -430,30 +430,80 @@ fn a_server_that_ignores_conditional_writes_is_refused() {
     lab.init_keyring();
 }
 
-/// An HTTP proxy that drops `If-None-Match` and `If-Match` from every
-/// request: what a server (or a middlebox) that ignores conditional writes
-/// looks like to a client.
-struct StrippingProxy {
-    endpoint: String,
+#[test]
+fn a_writer_asks_again_when_the_server_fails_a_listing() {
+    let server = S3Server::moto();
+    let proxy = Proxy::start(&server.endpoint, Meddling::FailListings(2));
+    let lab = S3Lab::new(&server, "busy");
+    lab.init_keyring();
+    let build = lab.lab.build("1.0.0", true);
+    // Publishing first lists interrupted writers' leftovers: that listing
+    // fails twice, and the third try is answered.
+    lab.publish(&build, "alpha")
+        .env("AWS_ENDPOINT_URL", &proxy.endpoint)
+        .assert()
+        .success();
+    assert!(proxy.failed() >= 2, "the proxy failed no listing");
+    lab.verify().assert().success();
+    // A server that keeps failing is asked four times, then the writer
+    // stops, having written nothing, and says what the server answered.
+    let broken = Proxy::start(&server.endpoint, Meddling::FailListings(usize::MAX));
+    lab.promote("beta", &[])
+        .env("AWS_ENDPOINT_URL", &broken.endpoint)
+        .assert()
+        .failure()
+        .stderr(predicates::str::contains("500 Internal Server Error"));
+    assert_eq!(broken.failed(), 4);
+    lab.verify().assert().success();
 }
 
-impl StrippingProxy {
-    fn start(upstream: &str) -> Self {
+/// What a proxy in front of a real server does to the requests it relays.
+#[derive(Clone, Copy)]
+enum Meddling {
+    /// Drops `If-None-Match` and `If-Match` from every request: what a
+    /// server (or a middlebox) that ignores conditional writes looks like
+    /// to a client.
+    DropConditions,
+    /// Answers the first `n` listings 500 Internal Server Error, as moto
+    /// did under load and as S3 may (it asks clients to retry).
+    FailListings(usize),
+}
+
+/// An HTTP proxy on loopback, relaying to a real server with `Meddling`.
+struct Proxy {
+    endpoint: String,
+    /// How many requests it failed on purpose.
+    failed: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Proxy {
+    fn start(upstream: &str, meddling: Meddling) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let endpoint = format!("http://{}", listener.local_addr().unwrap());
         let upstream = upstream.trim_start_matches("http://").to_owned();
+        let failed = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = failed.clone();
         std::thread::spawn(move || {
             for client in listener.incoming().flatten() {
-                let upstream = upstream.clone();
-                std::thread::spawn(move || relay(client, &upstream));
+                let (upstream, counter) = (upstream.clone(), counter.clone());
+                std::thread::spawn(move || relay(client, &upstream, meddling, &counter));
             }
         });
-        Self { endpoint }
+        Self { endpoint, failed }
+    }
+
+    fn failed(&self) -> usize {
+        self.failed.load(std::sync::atomic::Ordering::SeqCst)
     }
 }
 
-/// Relays one request with its conditions dropped, then closes.
-fn relay(mut client: TcpStream, upstream: &str) {
+/// Relays one request as `meddling` says, then closes.
+fn relay(
+    mut client: TcpStream,
+    upstream: &str,
+    meddling: Meddling,
+    failed: &std::sync::atomic::AtomicUsize,
+) {
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
@@ -463,11 +513,23 @@ fn relay(mut client: TcpStream, upstream: &str) {
         head.push(byte[0]);
     }
     let text = String::from_utf8_lossy(&head);
+    if let Meddling::FailListings(n) = meddling {
+        let listing = text
+            .lines()
+            .next()
+            .is_some_and(|l| l.contains("list-type=2"));
+        if listing && failed.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < n {
+            let _ = client.write_all(
+                b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            );
+            return;
+        }
+    }
     let mut kept = String::new();
     for line in text.split("\r\n").filter(|l| !l.is_empty()) {
         let lower = line.to_ascii_lowercase();
-        if lower.starts_with("if-none-match:")
-            || lower.starts_with("if-match:")
+        let condition = lower.starts_with("if-none-match:") || lower.starts_with("if-match:");
+        if (condition && matches!(meddling, Meddling::DropConditions))
             || lower.starts_with("connection:")
         {
             continue;

@@ -18,6 +18,17 @@ use super::location::S3Location;
 const SIGNED_FOR: Duration = Duration::from_secs(3600);
 /// The largest object read whole into memory (documents, upload records).
 const SMALL_OBJECT_LIMIT: u64 = 16 << 20;
+/// How many times a request that changes nothing (a read, a listing, a
+/// delete) is sent when the server fails it in a way that may pass: a 5xx
+/// answer (S3 asks clients to retry 500 and 503 "slow down") or a
+/// connection that could not be made. Not a request that ran out of time:
+/// its deadline is long enough for a whole upload, and a hung server would
+/// hold the writer four times as long. Conditional writes are sent once: a
+/// write the server applied but whose answer was lost would come back as a
+/// failed condition, a conflict that is not one.
+const IDEMPOTENT_TRIES: u32 = 4;
+/// The pause before the second try, doubling for each one after.
+const FIRST_PAUSE: Duration = Duration::from_millis(200);
 
 /// What a conditional write asks of the object already at the key.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -148,7 +159,7 @@ impl Bucket {
             .bucket
             .get_object(Some(&self.credentials), &key)
             .sign(SIGNED_FOR);
-        self.answer(path, self.http.get(url).send())
+        self.answer(path, resent(|| self.http.get(url.clone()).send()))
     }
 
     /// The object at `path`, read whole; `None` if there is none.
@@ -213,7 +224,7 @@ impl Bucket {
             .head_object(Some(&self.credentials), &key)
             .sign(SIGNED_FOR);
         Ok(self
-            .answer(path, self.http.head(url).send())?
+            .answer(path, resent(|| self.http.head(url.clone()).send()))?
             .map(|response| Head {
                 etag: etag_of(&response),
                 size: response.content_length().unwrap_or(0),
@@ -228,7 +239,7 @@ impl Bucket {
             .bucket
             .delete_object(Some(&self.credentials), &key)
             .sign(SIGNED_FOR);
-        self.answer(path, self.http.delete(url).send())?;
+        self.answer(path, resent(|| self.http.delete(url.clone()).send()))?;
         Ok(())
     }
 
@@ -243,7 +254,8 @@ impl Bucket {
             if let Some(token) = &token {
                 action.with_continuation_token(token.clone());
             }
-            let response = self.send(path_prefix, self.http.get(action.sign(SIGNED_FOR)).send())?;
+            let url = action.sign(SIGNED_FOR);
+            let response = self.send(path_prefix, resent(|| self.http.get(url.clone()).send()))?;
             let text = self.success(path_prefix, response)?.text()?;
             let page = ListObjectsV2::parse_response(&text).map_err(|e| {
                 anyhow!("{}: an unreadable listing: {e}", self.describe(path_prefix))
@@ -318,8 +330,8 @@ impl Bucket {
             if let Some(marker) = marker {
                 action.set_part_number_marker(marker);
             }
-            let Some(response) =
-                self.answer(path, self.http.get(action.sign(SIGNED_FOR)).send())?
+            let url = action.sign(SIGNED_FOR);
+            let Some(response) = self.answer(path, resent(|| self.http.get(url.clone()).send()))?
             else {
                 return Ok(None);
             };
@@ -435,6 +447,26 @@ impl Bucket {
             }
         )
     }
+}
+
+/// Sends a request that changes nothing on the server (see
+/// [`IDEMPOTENT_TRIES`]) until it gets an answer that is not a failure that
+/// may pass, or runs out of tries; returns the last outcome.
+fn resent(send: impl Fn() -> reqwest::Result<Response>) -> reqwest::Result<Response> {
+    let mut pause = FIRST_PAUSE;
+    for _ in 1..IDEMPOTENT_TRIES {
+        let sent = send();
+        let may_pass = match &sent {
+            Ok(response) => response.status().is_server_error(),
+            Err(error) => error.is_connect(),
+        };
+        if !may_pass {
+            return sent;
+        }
+        std::thread::sleep(pause);
+        pause *= 2;
+    }
+    send()
 }
 
 /// What the body of a successful write without an ETag header says: a
