@@ -156,20 +156,21 @@ fn answer(
     asked: &std::sync::atomic::AtomicUsize,
 ) -> std::io::Result<()> {
     let (mut path, _) = read_request(&stream)?;
-    let zeros = vec![0u8; 64 * 1024];
     if path == hostile {
-        if let Hostile::Stale { times } = how {
-            if asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < times {
-                path.push_str(".stale");
+        match how {
+            Hostile::Endless => {
+                return zeros_forever(stream, b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n")
             }
-        } else {
-            stream.write_all(if matches!(how, Hostile::Endless) {
-                b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n"
-            } else {
-                b"HTTP/1.1 200 OK\r\nContent-Length: 1073741824\r\nConnection: close\r\n\r\n"
-            })?;
-            loop {
-                stream.write_all(&zeros)?;
+            Hostile::Huge => {
+                return zeros_forever(
+                    stream,
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 1073741824\r\nConnection: close\r\n\r\n",
+                )
+            }
+            Hostile::Stale { times } => {
+                if asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < times {
+                    path.push_str(".stale");
+                }
             }
         }
     }
@@ -187,6 +188,15 @@ fn answer(
         content.len()
     )?;
     stream.write_all(&content)
+}
+
+/// Sends `head`, then zeros until the reader hangs up.
+fn zeros_forever(mut stream: TcpStream, head: &[u8]) -> std::io::Result<()> {
+    stream.write_all(head)?;
+    let zeros = vec![0u8; 64 * 1024];
+    loop {
+        stream.write_all(&zeros)?;
+    }
 }
 
 /// The largest resident set of any child this test process has waited
