@@ -43,12 +43,12 @@ pub struct Trust {
     pub keyring: Option<KeyringDocument>,
 }
 
-/// Walking back further than this many keyring versions to find one the
-/// pinned keys signed is refused: a store does not rotate keys that often,
-/// and a hostile one must not make a reader fetch forever.
-const MAX_KEYRING_VERSIONS: u64 = 10_000;
+/// A keyring with more versions than this is refused: a store renews its
+/// keyring about once a year and rotates keys more rarely still, and a
+/// hostile one must not make a reader fetch forever.
+const MAX_KEYRING_VERSIONS: u64 = 1_000;
 
-/// Just the serial of a keyring not yet trusted: how far back to look.
+/// Just the serial of a keyring not yet trusted: how far there is to walk.
 #[derive(serde::Deserialize)]
 struct SerialOnly {
     serial: u64,
@@ -238,11 +238,13 @@ impl Client {
     }
 
     /// The keys to judge the store's documents by, reached from the keys
-    /// the caller pinned: the store's keyring is followed from the newest
+    /// the caller pinned: the store's keyring is followed from the oldest
     /// version those keys signed, through every rotation since, to the
     /// current one (see [`boxcar_signing::keyring`]). Its expiry is
-    /// enforced unless `expiry` says otherwise, and with `state` its serial
-    /// must not be below one this machine accepted (and is remembered).
+    /// enforced unless `expiry` says otherwise. With `state`, its serial
+    /// must not be below one this machine accepted, and the walk starts
+    /// from the version this machine accepted last, which must be unchanged;
+    /// the one accepted now is remembered.
     pub fn trust(
         &self,
         pinned: &TrustedKeys,
@@ -253,7 +255,8 @@ impl Client {
         let identity = self.transport.identity();
         let location = self.location(layout::KEYRING);
         let seen = state.as_ref().and_then(|s| s.highest_keyring(&identity));
-        let Some(keyring) = self.keyring_chain(pinned)? else {
+        let accepted = state.as_ref().and_then(|s| s.accepted_keyring(&identity));
+        let Some((keyring, sha256)) = self.keyring_chain(pinned, accepted)? else {
             if let Some(seen) = seen {
                 return Err(Error::Inconsistent(format!(
                     "{location} is gone, but this machine has accepted its serial {seen}: refusing a store that dropped its keyring"
@@ -265,7 +268,7 @@ impl Client {
         keyring.check_expiry(now, expiry).map_err(untrusted)?;
         keyring.check_serial(seen).map_err(untrusted)?;
         if let Some(state) = state {
-            state.accept_keyring(&identity, keyring.serial)?;
+            state.accept_keyring(&identity, keyring.serial, sha256)?;
         }
         Ok(Trust {
             keys: keyring.signing_keys().map_err(untrusted)?,
@@ -273,9 +276,14 @@ impl Client {
         })
     }
 
-    /// The store's current keyring, verified from `pinned`; `None` if the
-    /// store has none.
-    fn keyring_chain(&self, pinned: &TrustedKeys) -> Result<Option<KeyringDocument>, Error> {
+    /// The store's current keyring and the digest of its bytes, verified
+    /// from the version `accepted` names if there is one, else from
+    /// `pinned`; `None` if the store has no keyring.
+    fn keyring_chain(
+        &self,
+        pinned: &TrustedKeys,
+        accepted: Option<(u64, Sha256Digest)>,
+    ) -> Result<Option<(KeyringDocument, Sha256Digest)>, Error> {
         let limit = self.limits.keyring;
         let Some(latest) = found(self.signed_pair(layout::KEYRING, "keyring", limit))? else {
             return Ok(None);
@@ -292,50 +300,103 @@ impl Client {
                 )
             })?
             .serial;
+        if latest_serial > MAX_KEYRING_VERSIONS {
+            return Err(Error::Inconsistent(format!(
+                "{location} has serial {latest_serial}: more versions than a reader walks ({MAX_KEYRING_VERSIONS})"
+            )));
+        }
         let version = |serial: u64| -> Result<Option<(Vec<u8>, String)>, Error> {
             if serial == latest_serial {
                 return Ok(Some(latest.clone()));
             }
             found(self.signed_pair(&layout::keyring_version(serial), "keyring", limit))
         };
-        // The newest version the pinned keys vouch for...
-        let mut anchor = None;
-        let mut why_not_latest = None;
-        let oldest = latest_serial.saturating_sub(MAX_KEYRING_VERSIONS).max(1);
-        for serial in (oldest..=latest_serial).rev() {
-            let Some((bytes, signatures)) = version(serial)? else {
-                break;
-            };
-            match KeyringDocument::verify(&bytes, &signatures, Authority::Pinned(pinned)) {
-                Ok(keyring) if keyring.serial == serial => {
-                    anchor = Some(keyring);
-                    break;
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    why_not_latest.get_or_insert(e);
-                }
+        // Never the newest version the pinned keys signed: a root key that
+        // was removed, or one of several that must sign together, could
+        // sign a new keyring on its own. Its chain must start where the
+        // reader's trust started and hold at every step.
+        let mut current = match accepted {
+            Some((serial, sha256)) => {
+                self.accepted_anchor(serial, sha256, latest_serial, version)?
             }
-        }
-        let Some(mut current) = anchor else {
-            let why = why_not_latest.map_or_else(String::new, |e| format!(" ({e})"));
-            return Err(Error::Inconsistent(format!(
-                "{location}: no version of the keyring is signed by the keys you pinned{why}; pin the store's root key"
-            )));
+            None => self.pinned_anchor(pinned, latest_serial, version)?,
         };
-        // ...then every rotation since, each signed by the root before it.
         while current.serial < latest_serial {
             let serial = current.serial + 1;
             let path = layout::keyring_version(serial);
             let (bytes, signatures) = version(serial)?.ok_or_else(|| Error::NotFound {
                 location: self.location(&path),
-                detail: "a keyring version between the pinned one and the current one is missing"
+                detail: "a keyring version between the trusted one and the current one is missing"
                     .into(),
             })?;
             current = KeyringDocument::verify(&bytes, &signatures, Authority::Successor(&current))
                 .map_err(|e| Error::untrusted(self.location(&path), e))?;
         }
-        Ok(Some(current))
+        Ok(Some((current, boxcar_signing::sha256_bytes(&latest.0))))
+    }
+
+    /// The oldest keyring version the pinned keys signed (to its root's
+    /// threshold). Versions that are missing or that they did not sign are
+    /// passed over: a reader may pin a root added long after the first.
+    fn pinned_anchor(
+        &self,
+        pinned: &TrustedKeys,
+        latest_serial: u64,
+        version: impl Fn(u64) -> Result<Option<(Vec<u8>, String)>, Error>,
+    ) -> Result<KeyringDocument, Error> {
+        let mut why_not = None;
+        for serial in 1..=latest_serial {
+            let Some((bytes, signatures)) = version(serial)? else {
+                continue;
+            };
+            match KeyringDocument::verify(&bytes, &signatures, Authority::Pinned(pinned)) {
+                Ok(keyring) if keyring.serial == serial => return Ok(keyring),
+                Ok(_) => {}
+                Err(e) => {
+                    why_not = Some(e);
+                }
+            }
+        }
+        let why = why_not.map_or_else(String::new, |e| format!(" ({e})"));
+        Err(Error::Inconsistent(format!(
+            "{}: no version of the keyring is signed by the keys you pinned{why}; pin the store's root key",
+            self.location(layout::KEYRING)
+        )))
+    }
+
+    /// The keyring version this machine accepted last, read again: it was
+    /// verified then, so it must be byte for byte what was accepted.
+    fn accepted_anchor(
+        &self,
+        serial: u64,
+        sha256: Sha256Digest,
+        latest_serial: u64,
+        version: impl Fn(u64) -> Result<Option<(Vec<u8>, String)>, Error>,
+    ) -> Result<KeyringDocument, Error> {
+        let path = layout::keyring_version(serial);
+        let location = self.location(&path);
+        if serial > latest_serial {
+            return Err(Error::untrusted(
+                self.location(layout::KEYRING),
+                boxcar_signing::Error::Rollback {
+                    what: "keys.json".into(),
+                    found: latest_serial,
+                    seen: serial,
+                },
+            ));
+        }
+        let (bytes, _) = version(serial)?.ok_or_else(|| {
+            Error::Inconsistent(format!(
+                "{location} is gone, but this machine accepted it: refusing a store that dropped part of its keyring's history"
+            ))
+        })?;
+        let found = boxcar_signing::sha256_bytes(&bytes);
+        if found != sha256 {
+            return Err(Error::Inconsistent(format!(
+                "{location} is not the keyring this machine accepted (sha256 {found}, accepted {sha256}): its history was rewritten"
+            )));
+        }
+        KeyringDocument::parse(&bytes).map_err(|e| Error::untrusted(location, e))
     }
 
     /// The signed index of every release and channel.

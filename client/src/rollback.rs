@@ -1,10 +1,13 @@
 //! The highest channel serial this machine has accepted, per store and
 //! channel. A store that later offers a lower serial is replaying an old
-//! document (a rollback attack, or a stale mirror), and is refused.
+//! document (a rollback attack, or a stale mirror), and is refused. For the
+//! keyring, the digest of the version accepted is kept too: the next read
+//! walks forward from exactly that version.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use boxcar_signing::Sha256Digest;
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
@@ -22,6 +25,12 @@ pub struct SerialState {
 struct Seen {
     /// "<store identity> <channel>" -> the highest serial accepted.
     channels: BTreeMap<String, u64>,
+    /// Store identity -> the SHA-256 of the keyring accepted last (the
+    /// serial is its `#keyring` entry above): the next reader walks forward
+    /// from it, not from the pinned keys. Files written before it was kept
+    /// have none, and readers then start from the pinned keys.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    keyrings: BTreeMap<String, Sha256Digest>,
 }
 
 impl SerialState {
@@ -64,9 +73,32 @@ impl SerialState {
         self.highest(store, KEYRING_ENTRY)
     }
 
-    /// Remembers that keyring `serial` of `store` was accepted, and saves.
-    pub fn accept_keyring(&mut self, store: &str, serial: u64) -> Result<(), Error> {
-        self.accept(store, KEYRING_ENTRY, serial)
+    /// The keyring accepted last from `store`: its serial and digest.
+    pub fn accepted_keyring(&self, store: &str) -> Option<(u64, Sha256Digest)> {
+        let serial = self.highest_keyring(store)?;
+        Some((serial, *self.seen.keyrings.get(store)?))
+    }
+
+    /// Remembers that keyring `serial` of `store`, whose bytes have the
+    /// digest `sha256`, was accepted, and saves.
+    pub fn accept_keyring(
+        &mut self,
+        store: &str,
+        serial: u64,
+        sha256: Sha256Digest,
+    ) -> Result<(), Error> {
+        if self.accepted_keyring(store) == Some((serial, sha256)) {
+            return Ok(());
+        }
+        if self
+            .highest_keyring(store)
+            .is_some_and(|seen| seen > serial)
+        {
+            return Ok(());
+        }
+        self.seen.channels.insert(key(store, KEYRING_ENTRY), serial);
+        self.seen.keyrings.insert(store.to_owned(), sha256);
+        self.save()
     }
 
     /// Remembers that `serial` of `channel` was accepted, and saves.
@@ -76,6 +108,10 @@ impl SerialState {
             return Ok(());
         }
         *entry = serial;
+        self.save()
+    }
+
+    fn save(&self) -> Result<(), Error> {
         if let Some(dir) = self.path.parent() {
             std::fs::create_dir_all(dir)
                 .map_err(|e| Error::local(format!("creating {}", dir.display()), e))?;

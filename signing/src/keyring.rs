@@ -16,7 +16,9 @@
 //! - A reader starts from keys it pinned, never from what a keyring says of
 //!   itself: the first keyring it accepts must be signed, to its own root's
 //!   threshold, by root keys the reader pinned. A keyring that lists its
-//!   author among the roots and signs itself vouches for nothing.
+//!   author among the roots and signs itself vouches for nothing. It is the
+//!   oldest such version, not the newest: a removed root, or one root of
+//!   several, can sign a new version alone, but not its place in the chain.
 
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -96,10 +98,13 @@ fn malformed(reason: String) -> Error {
 }
 
 impl Role {
-    /// The role's keys, checked: each entry's id is its key's, no id twice,
-    /// and a threshold between 1 and the number of keys.
+    /// The role's keys, checked: each entry's id is its key's, no id or key
+    /// twice, and a threshold between 1 and the number of keys. (A key id
+    /// is not signed: one key listed again under another id would count
+    /// twice towards the threshold with a relabelled copy of its signature.)
     pub fn trusted(&self, name: &str) -> Result<TrustedKeys, Error> {
         let mut keys = TrustedKeys::default();
+        let mut loaded: Vec<PublicKey> = Vec::new();
         for entry in &self.keys {
             let key = PublicKey::from_base64(&entry.public_key)?;
             if key.id() != entry.key_id {
@@ -112,6 +117,14 @@ impl Role {
             if keys.get(key.id()).is_some() {
                 return Err(malformed(format!("{name} lists key {} twice", key.id())));
             }
+            if let Some(twin) = loaded.iter().find(|k| k.same_key_as(&key)) {
+                return Err(malformed(format!(
+                    "{name} lists one key twice, as {} and as {}",
+                    twin.id(),
+                    key.id()
+                )));
+            }
+            loaded.push(key.clone());
             keys.add(key);
         }
         if self.threshold == 0 || self.threshold as usize > self.keys.len() {
@@ -181,13 +194,9 @@ impl KeyringDocument {
         }
     }
 
-    /// Checks a keyring's bytes and signatures against `authority` (see
-    /// [`Authority`]); its expiry is the caller's to check.
-    pub fn verify(
-        bytes: &[u8],
-        signatures: &str,
-        authority: Authority,
-    ) -> Result<KeyringDocument, Error> {
+    /// A keyring's bytes read and its roles checked, its signatures not:
+    /// for a keyring verified before (see [`KeyringDocument::verify`]).
+    pub fn parse(bytes: &[u8]) -> Result<KeyringDocument, Error> {
         let keyring: KeyringDocument =
             serde_json::from_slice(bytes).map_err(|e| malformed(e.to_string()))?;
         if keyring.schema != KEYRING_SCHEMA {
@@ -196,8 +205,20 @@ impl KeyringDocument {
                 keyring.schema
             )));
         }
-        let own_root = keyring.root_keys()?;
+        keyring.root_keys()?;
         keyring.signing_keys()?;
+        Ok(keyring)
+    }
+
+    /// Checks a keyring's bytes and signatures against `authority` (see
+    /// [`Authority`]); its expiry is the caller's to check.
+    pub fn verify(
+        bytes: &[u8],
+        signatures: &str,
+        authority: Authority,
+    ) -> Result<KeyringDocument, Error> {
+        let keyring = Self::parse(bytes)?;
+        let own_root = keyring.root_keys()?;
         let comment = trusted_comment(Kind::Keyring, KEYRING_SUBJECT);
         let signers_among = |keys: &TrustedKeys| -> Vec<KeyId> {
             minisig::valid_signers(bytes, signatures, keys)
@@ -327,6 +348,17 @@ mod tests {
         assert!(KeyringDocument::verify(&bytes, &sigs, Authority::Successor(&first)).is_err());
     }
 
+    /// A root of two entries that are one key: the second under another id.
+    fn relabelled_twin(key: &SecretKey) -> Role {
+        let mut role = role(2, &[key, key]);
+        use base64::{engine::general_purpose::STANDARD, Engine};
+        let mut blob = STANDARD.decode(&role.keys[1].public_key).unwrap();
+        blob[2] ^= 0xff;
+        let twin = PublicKey::from_base64(&STANDARD.encode(&blob)).unwrap();
+        role.keys[1] = KeyringEntry::new(&twin, "2026-12-01T00:00:00Z", "twin");
+        role
+    }
+
     #[test]
     fn malformed_roles_are_refused() {
         let root = key(1);
@@ -335,6 +367,7 @@ mod tests {
             keyring(1, role(0, &[&root]), role(1, &[&root])),
             keyring(1, role(2, &[&root]), role(1, &[&root])),
             keyring(1, role(1, &[&root, &root]), role(1, &[&root])),
+            keyring(1, relabelled_twin(&root), role(1, &[&root])),
             keyring(1, role(1, &[&root]), role(1, &[])),
         ] {
             let (bytes, sigs) = signed(&bad, &[&root]);

@@ -113,6 +113,11 @@ impl PublicKey {
         &self.key
     }
 
+    /// Whether both are the same key, whatever ids they carry.
+    pub fn same_key_as(&self, other: &PublicKey) -> bool {
+        self.key == other.key
+    }
+
     /// The one-line form: base64 of "Ed", the key id and the key, as in the
     /// second line of a minisign public key file (what `minisign -P` takes).
     pub fn to_base64(&self) -> String {
