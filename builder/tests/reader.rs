@@ -9,6 +9,8 @@ use std::fs;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use boxcar_signing::documents::{self, Kind};
@@ -130,13 +132,25 @@ enum Hostile {
     /// for: a store caught by its readers between a writer's document and
     /// that writer's signature, again and again.
     Stale { times: usize },
+    /// A byte every 0.3 s, without end: never silent for a read timeout.
+    Dripping,
 }
 
 /// Serves `root`, except `path`, which it answers as `how`.
 fn hostile_server(root: PathBuf, path: &'static str, how: Hostile) -> String {
+    hostile_server_counting(root, path, how).0
+}
+
+/// As [`hostile_server`], and how many times `path` was asked for.
+fn hostile_server_counting(
+    root: PathBuf,
+    path: &'static str,
+    how: Hostile,
+) -> (String, Arc<AtomicUsize>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
-    let asked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let asked = Arc::new(AtomicUsize::new(0));
+    let counter = asked.clone();
     std::thread::spawn(move || {
         for stream in listener.incoming().flatten() {
             let (root, asked) = (root.clone(), asked.clone());
@@ -145,7 +159,7 @@ fn hostile_server(root: PathBuf, path: &'static str, how: Hostile) -> String {
             });
         }
     });
-    format!("http://127.0.0.1:{port}")
+    (format!("http://127.0.0.1:{port}"), counter)
 }
 
 fn answer(
@@ -153,10 +167,11 @@ fn answer(
     root: &Path,
     hostile: &str,
     how: Hostile,
-    asked: &std::sync::atomic::AtomicUsize,
+    asked: &AtomicUsize,
 ) -> std::io::Result<()> {
     let (mut path, _) = read_request(&stream)?;
     if path == hostile {
+        let times_before = asked.fetch_add(1, Ordering::SeqCst);
         match how {
             Hostile::Endless => {
                 return zeros_forever(stream, b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n")
@@ -168,8 +183,15 @@ fn answer(
                 )
             }
             Hostile::Stale { times } => {
-                if asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < times {
+                if times_before < times {
                     path.push_str(".stale");
+                }
+            }
+            Hostile::Dripping => {
+                stream.write_all(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n")?;
+                loop {
+                    std::thread::sleep(Duration::from_millis(300));
+                    stream.write_all(b" ")?;
                 }
             }
         }
@@ -256,6 +278,29 @@ fn endless_and_huge_documents_are_refused_without_reading_them_into_memory() {
         peak < 96 << 20,
         "a reader held {} MiB at its peak: a document was read into memory",
         peak >> 20
+    );
+}
+
+#[test]
+fn a_document_trickling_in_gets_its_deadline_once_not_once_per_retry() {
+    let lab = Lab::new();
+    lab.publish_to_alpha("2.0.0");
+    let (url, asked) = hostile_server_counting(lab.store(), "keys.json", Hostile::Dripping);
+    // --timeout 1: a read may wait 1 s, a document may take 4 s in all.
+    boxcar()
+        .args(["verify", "--store", &url, "--key", &lab.public_key()])
+        .args(["--timeout", "1", "--retries", "3"])
+        .env("BOXCAR_RETRY_BACKOFF_MS", "10")
+        .timeout(Duration::from_secs(120))
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains(
+            "keys.json: still arriving after 4s",
+        ));
+    assert_eq!(
+        asked.load(Ordering::SeqCst),
+        1,
+        "keys.json was asked for again"
     );
 }
 

@@ -72,6 +72,9 @@ pub struct Verified<T> {
     /// release.json).
     pub sha256: Sha256Digest,
     pub signed_by: KeyId,
+    /// The bytes checked: what a writer signs again, never a second read,
+    /// which could be someone else's.
+    pub bytes: Vec<u8>,
 }
 
 /// How long a reader waits before reading again a document pair that did
@@ -161,11 +164,23 @@ impl Client {
     }
 
     /// A whole document of kind `what`, at most `limit` bytes, retried when
-    /// the failure may pass.
+    /// the failure may pass, all within the document deadline: a server
+    /// that trickles it in is not given that deadline again at every try.
     pub fn document(&self, path: &str, what: &'static str, limit: u64) -> Result<Vec<u8>, Error> {
-        self.network.retry.run(path, self.observer(), || {
-            transport::read_document(self.transport(), path, what, limit, &self.network)
-        })
+        let started = std::time::Instant::now();
+        let deadline = started + self.network.document_deadline;
+        self.network
+            .retry
+            .run_until(Some(deadline), path, self.observer(), || {
+                transport::read_document(
+                    self.transport(),
+                    path,
+                    what,
+                    limit,
+                    &self.network,
+                    started,
+                )
+            })
     }
 
     /// A document and its detached signature. A document without its
@@ -234,6 +249,7 @@ impl Client {
             document,
             sha256: boxcar_signing::sha256_bytes(&bytes),
             signed_by,
+            bytes,
         })
     }
 
@@ -508,6 +524,9 @@ impl Client {
         }
         for evidence in &release.evidence {
             SafeName::new("platform", &evidence.platform)?;
+        }
+        if let Some(certificate) = release.secure_boot_certificate() {
+            SafeName::new("Secure Boot certificate", certificate.name)?;
         }
         // A node hands the installed names to systemd-sysupdate as files
         // in its staging directory: they are paths too.

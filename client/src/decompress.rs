@@ -14,21 +14,29 @@ use crate::files;
 
 /// Decompresses the zstd file `from` into the new file `to` (mode 0644),
 /// leaving holes for zeros and writing at most `limit` bytes. Returns the
-/// sha256 and size of what was written; on any failure `to` is removed.
+/// sha256 and size of what was written; on a failure after `to` was
+/// created, it is removed (a file that was there already is left alone).
 pub fn zstd_sparse(from: &Path, to: &Path, limit: u64) -> Result<(Sha256Digest, u64), Error> {
-    let result = write_sparse(from, to, limit);
+    let reading = |e| Error::local(format!("decompressing {}", from.display()), e);
+    let source = File::open(from).map_err(reading)?;
+    let decoder = zstd::stream::read::Decoder::new(source).map_err(reading)?;
+    let out = files::create_new(to, 0o644)?;
+    let result = write_sparse(decoder, from, out, to, limit);
     if result.is_err() {
         let _ = fs::remove_file(to);
     }
     result
 }
 
-fn write_sparse(from: &Path, to: &Path, limit: u64) -> Result<(Sha256Digest, u64), Error> {
+fn write_sparse(
+    mut decoder: impl Read,
+    from: &Path,
+    mut out: File,
+    to: &Path,
+    limit: u64,
+) -> Result<(Sha256Digest, u64), Error> {
     let reading = |e| Error::local(format!("decompressing {}", from.display()), e);
     let writing = |e| Error::local(format!("writing {}", to.display()), e);
-    let source = File::open(from).map_err(reading)?;
-    let mut decoder = zstd::stream::read::Decoder::new(source).map_err(reading)?;
-    let mut out = files::create_new(to, 0o644)?;
     let mut hasher = Hasher::new();
     let mut buffer = vec![0u8; 1 << 20];
     loop {
@@ -80,5 +88,16 @@ mod tests {
         let err = zstd_sparse(&packed, &out, 1 << 20).unwrap_err();
         assert!(err.to_string().contains("more than the"), "{err}");
         assert!(!out.exists());
+    }
+
+    #[test]
+    fn a_file_already_there_is_refused_and_kept() {
+        let temp = tempfile::tempdir().unwrap();
+        let packed = temp.path().join("a.zst");
+        fs::write(&packed, zstd::encode_all(&b"new"[..], 3).unwrap()).unwrap();
+        let out = temp.path().join("a");
+        fs::write(&out, "kept").unwrap();
+        assert!(zstd_sparse(&packed, &out, 3).is_err());
+        assert_eq!(fs::read_to_string(&out).unwrap(), "kept");
     }
 }

@@ -1,7 +1,7 @@
 //! Trying again after a failure that may pass (a lost connection, a
 //! timeout, a server error), with a wait that doubles each time.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::error::{Error, ErrorKind};
 use crate::Observer;
@@ -36,13 +36,31 @@ impl RetryPolicy {
         &self,
         what: &str,
         observer: &dyn Observer,
+        attempt: impl FnMut() -> Result<T, Error>,
+    ) -> Result<T, Error> {
+        self.run_until(None, what, observer, attempt)
+    }
+
+    /// As [`RetryPolicy::run`], but no retry starts that could not begin
+    /// before `deadline`: what must arrive within a deadline gets it once
+    /// over all its tries, not once per try.
+    pub fn run_until<T>(
+        &self,
+        deadline: Option<Instant>,
+        what: &str,
+        observer: &dyn Observer,
         mut attempt: impl FnMut() -> Result<T, Error>,
     ) -> Result<T, Error> {
         let mut wait = self.first_wait;
         let mut tries = 0;
         loop {
+            let too_late = |wait| deadline.is_some_and(|d| Instant::now() + wait >= d);
             match attempt() {
-                Err(error) if error.kind() == ErrorKind::RetryLater && tries < self.retries => {
+                Err(error)
+                    if error.kind() == ErrorKind::RetryLater
+                        && tries < self.retries
+                        && !too_late(wait) =>
+                {
                     tries += 1;
                     observer.notice(&format!(
                         "{error}; retrying {what} in {:.1}s ({tries} of {})",
@@ -102,6 +120,21 @@ mod tests {
             .unwrap_err();
         assert!(err.to_string().contains("gave up after 2 retries"), "{err}");
         assert_eq!(err.kind(), ErrorKind::RetryLater);
+    }
+
+    #[test]
+    fn no_retry_starts_past_the_deadline() {
+        let mut calls = 0;
+        let deadline = Instant::now() + Duration::from_millis(50);
+        let err = quick(100)
+            .run_until(Some(deadline), "x", &Silent, || {
+                calls += 1;
+                std::thread::sleep(Duration::from_millis(20));
+                Err::<(), _>(unavailable())
+            })
+            .unwrap_err();
+        assert!((2..=3).contains(&calls), "{calls} calls");
+        assert!(err.to_string().contains("gave up after"), "{err}");
     }
 
     #[test]

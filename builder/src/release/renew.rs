@@ -110,10 +110,14 @@ fn resign_release(writer: &Writer, version: &SafeName) -> Result<Vec<RenewedDocu
         &format!("{version} SHA256SUMS"),
     )?;
     let release_path = layout::release_document(version);
-    // The bytes that are there (a newer writer's fields included).
-    let bytes = client.document(&release_path, "release document", client.limits().release)?;
-    let release_signature =
-        documents::sign_bytes(writer.signer, &bytes, Kind::Release, version.as_str())?;
+    // The bytes that were checked, a newer writer's fields included; read
+    // again, they could be what someone without a key put there since.
+    let release_signature = documents::sign_bytes(
+        writer.signer,
+        &release.bytes,
+        Kind::Release,
+        version.as_str(),
+    )?;
     writer
         .store
         .replace_signature(&sums_path, &sums_signature)?;

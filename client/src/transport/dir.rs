@@ -151,14 +151,23 @@ mod tests {
         std::fs::write(temp.path().join("index.json"), b"{}").unwrap();
         let store = DirTransport::new(temp.path());
         let settings = NetworkSettings::default();
+        let read = |path, limit| {
+            read_document(
+                &store,
+                path,
+                "index",
+                limit,
+                &settings,
+                std::time::Instant::now(),
+            )
+        };
+        assert_eq!(read("index.json", 10).unwrap(), b"{}");
         assert_eq!(
-            read_document(&store, "index.json", "index", 10, &settings).unwrap(),
-            b"{}"
+            read("missing.json", 10).unwrap_err().kind(),
+            ErrorKind::NotFound
         );
-        let missing = read_document(&store, "missing.json", "index", 10, &settings).unwrap_err();
-        assert_eq!(missing.kind(), ErrorKind::NotFound);
-        assert!(read_document(&store, "../etc/passwd", "index", 10, &settings).is_err());
-        let large = read_document(&store, "index.json", "index", 1, &settings).unwrap_err();
+        assert!(read("../etc/passwd", 10).is_err());
+        let large = read("index.json", 1).unwrap_err();
         assert!(matches!(large, Error::TooLarge { .. }), "{large}");
         assert_eq!(store.digest("index.json").unwrap().1, 2);
     }

@@ -115,16 +115,17 @@ pub fn open_store(location: &str, settings: &NetworkSettings) -> Result<Box<dyn 
 
 /// Reads a whole document of kind `what`, refusing one larger than
 /// `limit` bytes before keeping more than `limit` of it, and giving up
-/// after `deadline`.
+/// once the document deadline has passed since `started` (the first try,
+/// when this one is a retry).
 pub fn read_document(
     transport: &dyn Transport,
     path: &str,
     what: &'static str,
     limit: u64,
     settings: &NetworkSettings,
+    started: Instant,
 ) -> Result<Vec<u8>, Error> {
     layout::check_path(path)?;
-    let started = Instant::now();
     let location = || transport.location(path);
     let too_large = || Error::TooLarge {
         location: location(),
