@@ -36,18 +36,25 @@ pub fn check(paths: &Paths, config: &Config) -> Result<String> {
             }
         }
     }
-    let checks = operator_checks(paths);
-    for check in &checks {
-        host::run(
-            &format!("health check {}", check.display()),
-            &mut Command::new(check),
-        )?;
-    }
+    let passed = run_checks(&operator_checks(paths), deadline, config)?;
     Ok(format!(
-        "{} active; {} operator checks passed",
+        "{} active; {passed} operator checks passed",
         REQUIRED_UNITS.join(" and "),
-        checks.len()
     ))
+}
+
+/// Runs the operator's checks in order, each stopped at the deadline the
+/// whole health check has; returns how many passed.
+fn run_checks(checks: &[PathBuf], deadline: Instant, config: &Config) -> Result<usize> {
+    for check in checks {
+        let what = format!(
+            "health check {} (within the {} s health timeout)",
+            check.display(),
+            config.agent.health_timeout_seconds
+        );
+        host::run_until(&what, &mut Command::new(check), deadline)?;
+    }
+    Ok(checks.len())
 }
 
 /// The executables in the health.d directories, in name order.
@@ -66,4 +73,46 @@ fn operator_checks(paths: &Paths) -> Vec<PathBuf> {
         .collect();
     checks.sort_by_key(|p| p.file_name().map(|n| n.to_owned()));
     checks
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn script(dir: &std::path::Path, name: &str, body: &str) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let path = dir.join(name);
+        std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        path
+    }
+
+    #[test]
+    fn a_check_that_hangs_is_stopped_at_the_deadline_and_fails_the_boot() {
+        let temp = tempfile::tempdir().unwrap();
+        let passing = script(temp.path(), "10-ok", "echo fine");
+        // A check that starts a child of its own which hangs, as curl
+        // without a timeout would: both are stopped.
+        let hanging = script(temp.path(), "20-hangs", "sleep 1000 & wait");
+        let config = Config::default();
+        let soon = Instant::now() + Duration::from_millis(500);
+        let err = run_checks(&[passing.clone(), hanging], soon, &config).unwrap_err();
+        assert!(err.to_string().contains("20-hangs"), "{err}");
+        assert!(err.to_string().contains("did not finish in time"), "{err}");
+        let later = Instant::now() + Duration::from_secs(60);
+        assert_eq!(run_checks(&[passing], later, &config).unwrap(), 1);
+    }
+
+    #[test]
+    fn a_failing_check_is_named_with_what_it_said() {
+        let temp = tempfile::tempdir().unwrap();
+        let failing = script(
+            temp.path(),
+            "30-fails",
+            "echo 'disk /data missing' >&2; exit 3",
+        );
+        let later = Instant::now() + Duration::from_secs(60);
+        let err = run_checks(&[failing], later, &Config::default()).unwrap_err();
+        assert!(err.to_string().contains("disk /data missing"), "{err}");
+    }
 }

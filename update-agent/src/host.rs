@@ -1,7 +1,10 @@
 //! The running system: which version it runs, whether this boot is a trial
 //! of a new version, and the commands that act on it.
 
-use std::process::Command;
+use std::io::Read;
+use std::process::{Command, Output, Stdio};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
@@ -53,6 +56,60 @@ pub fn run(what: &str, command: &mut Command) -> Result<String> {
     let output = command
         .output()
         .with_context(|| format!("{what}: running {:?}", command.get_program()))?;
+    judged(what, output)
+}
+
+/// As [`run`], but the command, and whatever it started, is killed at
+/// `deadline`: a command that hangs (an operator's check calling a server
+/// without a timeout) must not hold up the boot for ever.
+pub fn run_until(what: &str, command: &mut Command, deadline: Instant) -> Result<String> {
+    use std::os::unix::process::CommandExt;
+    let mut child = command
+        .process_group(0)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("{what}: running {:?}", command.get_program()))?;
+    let stdout = drain(child.stdout.take());
+    let stderr = drain(child.stderr.take());
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            if let Some(group) = rustix::process::Pid::from_raw(child.id() as i32) {
+                let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
+            }
+            let _ = child.wait();
+            bail!("{what} did not finish in time, and was stopped");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let collected = |pipe: JoinHandle<Vec<u8>>| pipe.join().unwrap_or_default();
+    let output = Output {
+        status,
+        stdout: collected(stdout),
+        stderr: collected(stderr),
+    };
+    judged(what, output)
+}
+
+/// Everything a child writes to `pipe`, read on a thread of its own (so a
+/// full pipe never stops the child).
+fn drain(pipe: Option<impl Read + Send + 'static>) -> JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        if let Some(mut pipe) = pipe {
+            let _ = pipe.read_to_end(&mut bytes);
+        }
+        bytes
+    })
+}
+
+/// A finished command's stdout, or an error naming `what` with the last
+/// lines it said.
+fn judged(what: &str, output: Output) -> Result<String> {
     if !output.status.success() {
         let stderr = String::from_utf8_lossy(&output.stderr);
         let stdout = String::from_utf8_lossy(&output.stdout);
