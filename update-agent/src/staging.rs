@@ -51,15 +51,7 @@ pub fn stage(
     }
     clean_dir(&staging)?;
     keep_only_partial_downloads_of(&downloads, payload)?;
-    let needed = still_to_download(&downloads, payload);
-    let free = free_bytes(&downloads)?;
-    if free < needed {
-        bail!(
-            "the staging disk is full: {} needs {} more bytes for the download and has {free} free",
-            downloads.display(),
-            needed
-        );
-    }
+    let needed = check_room(&downloads, &staging, payload)?;
     let mut staged = Staged {
         files: Vec::new(),
         downloaded_bytes: needed,
@@ -170,6 +162,45 @@ fn keep_only_partial_downloads_of(downloads: &Path, payload: &UpdatePayload) -> 
         }
     }
     Ok(())
+}
+
+/// Refuses to start unless the disks hold what is still to download and
+/// the decompressed files beside it (counted whole, though written
+/// sparsely); returns the bytes still to download. Filling /var would
+/// also stop the containers that write there.
+fn check_room(downloads: &Path, staging: &Path, payload: &UpdatePayload) -> Result<u64> {
+    let to_download = still_to_download(downloads, payload);
+    let decompressed: u64 = payload.files.iter().map(|f| f.installed_size).sum();
+    let same_disk = device_of(downloads)? == device_of(staging)?;
+    let needs = if same_disk {
+        vec![(
+            downloads,
+            to_download + decompressed,
+            "the download and its decompressed files",
+        )]
+    } else {
+        vec![
+            (downloads, to_download, "the download"),
+            (staging, decompressed, "the decompressed files"),
+        ]
+    };
+    for (dir, needed, what) in needs {
+        let free = free_bytes(dir)?;
+        if free < needed {
+            bail!(
+                "the staging disk is full: {} needs {needed} more bytes for {what} and has {free} free",
+                dir.display()
+            );
+        }
+    }
+    Ok(to_download)
+}
+
+fn device_of(path: &Path) -> Result<u64> {
+    use std::os::unix::fs::MetadataExt;
+    Ok(std::fs::metadata(path)
+        .with_context(|| format!("reading {}", path.display()))?
+        .dev())
 }
 
 /// Bytes still to fetch, counting what partial downloads already hold.

@@ -214,30 +214,36 @@ fn a_stalled_server_times_out_and_the_download_resumes_later() {
     assert_eq!(host.staged_files(), ["boxcar_2.0.0.efi.zst.part"]);
 }
 
-/// A staging disk too small for the download: refused before fetching,
-/// with what it needs and has.
+/// A staging disk too small for the download, or for the files it
+/// decompresses to: refused before fetching, with what it needs and has.
 #[test]
 fn a_full_staging_disk_is_refused_with_its_cause() {
-    let store = Store::new();
-    let (_, digest) = store.publish("2.0.0");
-    store.point_alpha("2.0.0", digest, 1, None, false);
-    let host = Host::new(&store, "1.0.0");
-    let downloads = host.path("var/lib/boxcar-update/downloads");
-    std::fs::create_dir_all(&downloads).unwrap();
-    let mounted = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"])
-        .arg(&downloads)
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(
-        mounted,
-        "mounting a small tmpfs (the test suite runs as root)"
-    );
-    let result = std::panic::catch_unwind(|| assert_refused(&host, "the staging disk is full"));
-    let _ = std::process::Command::new("umount")
-        .arg(&downloads)
-        .status();
-    result.unwrap();
+    for (dir, size, cause) in [
+        ("var/lib/boxcar-update/downloads", "64k", "for the download"),
+        ("var/lib/boxcar/updates", "4k", "for the decompressed files"),
+    ] {
+        let store = Store::new();
+        let (_, digest) = store.publish("2.0.0");
+        store.point_alpha("2.0.0", digest, 1, None, false);
+        let host = Host::new(&store, "1.0.0");
+        let small = host.path(dir);
+        std::fs::create_dir_all(&small).unwrap();
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&small)
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(
+            mounted,
+            "mounting a small tmpfs (the test suite runs as root)"
+        );
+        let result = std::panic::catch_unwind(|| {
+            assert_refused(&host, "the staging disk is full");
+            assert_refused(&host, cause);
+        });
+        let _ = std::process::Command::new("umount").arg(&small).status();
+        result.unwrap();
+    }
 }
 
 #[test]
