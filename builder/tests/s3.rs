@@ -457,6 +457,32 @@ fn a_writer_asks_again_when_the_server_fails_a_listing() {
     lab.verify().assert().success();
 }
 
+#[test]
+fn a_publisher_that_loses_the_race_for_its_version_leaves_the_winners_release_whole() {
+    let server = S3Server::moto();
+    let lab = S3Lab::new(&server, "race");
+    lab.init_keyring();
+    let build = lab.lab.build("1.0.0", true);
+    lab.publish(&build, "alpha").assert().success();
+    // A second publisher of the same build, the same version, which
+    // started before the first had written release.json: every check it
+    // makes of whether the release exists says no, until its own create of
+    // release.json is refused.
+    // Its release.json differs by its publication time, to the second.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let late = Proxy::start(&server.endpoint, Meddling::HideReleases);
+    lab.publish(&build, "alpha")
+        .env("AWS_ENDPOINT_URL", &late.endpoint)
+        .assert()
+        .failure()
+        .stderr(predicates::str::contains(
+            "another publisher of this version got there first",
+        ));
+    assert!(late.failed() > 0, "the proxy hid nothing");
+    // The winner's release.json still has the winner's signature.
+    lab.verify().assert().success();
+}
+
 /// What a proxy in front of a real server does to the requests it relays.
 #[derive(Clone, Copy)]
 enum Meddling {
@@ -467,6 +493,9 @@ enum Meddling {
     /// Answers the first `n` listings 500 Internal Server Error, as moto
     /// did under load and as S3 may (it asks clients to retry).
     FailListings(usize),
+    /// Answers every read of a release.json 404: what a publisher that
+    /// started before another publisher of its version finished sees.
+    HideReleases,
 }
 
 /// An HTTP proxy on loopback, relaying to a real server with `Meddling`.
@@ -521,6 +550,19 @@ fn relay(
         if listing && failed.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < n {
             let _ = client.write_all(
                 b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            );
+            return;
+        }
+    }
+    if let Meddling::HideReleases = meddling {
+        let request = text.lines().next().unwrap_or_default();
+        let path = request.split(' ').nth(1).unwrap_or_default();
+        let path = path.split('?').next().unwrap_or_default();
+        let read = request.starts_with("HEAD ") || request.starts_with("GET ");
+        if read && path.ends_with("/release.json") {
+            failed.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let _ = client.write_all(
+                b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
             );
             return;
         }

@@ -6,7 +6,9 @@
 //!   records its sha256 in its metadata, so a publish run again after an
 //!   interruption recognises what it already sent. `release.json` is
 //!   written last, create-only: it is what makes a release exist, and of
-//!   two publishers of one version exactly one gets it.
+//!   two publishers of one version exactly one gets it. Its signature
+//!   follows it through `.pending/`, as a document's does (below), so the
+//!   other's never lands beside it.
 //! - A document is replaced with `If-Match` on the ETag of the one the
 //!   writer built on (`If-None-Match: *` for a first one): of two writers
 //!   racing, one wins and the other gets [`Conflict`] and nothing of its
@@ -245,6 +247,7 @@ impl StoreBackend for S3Backend {
             );
         }
         Ok(Box::new(S3Draft {
+            backend: self,
             bucket: &self.bucket,
             dir: layout::release_dir(version),
             documents: Vec::new(),
@@ -332,6 +335,7 @@ impl S3Backend {
 /// they come; its documents wait for [`ReleaseDraft::commit`], which writes
 /// release.json last.
 struct S3Draft<'a> {
+    backend: &'a S3Backend,
     bucket: &'a Bucket,
     dir: String,
     documents: Vec<(String, Vec<u8>)>,
@@ -370,29 +374,42 @@ impl ReleaseDraft for S3Draft<'_> {
     fn commit(self: Box<Self>) -> Result<()> {
         let release_json = format!("{}/{}", self.dir, layout::RELEASE_DOCUMENT);
         let release_signature = layout::signature_of(&release_json);
-        // Everything else first, release.json's signature just before it,
-        // release.json (the commit point) last. Until release.json is there
-        // nothing is published, so these may be written over by a rerun.
-        let mut documents = self.documents;
-        documents.sort_by_key(|(path, _)| {
-            (*path == release_json) as u8 * 2 + (*path == release_signature) as u8
-        });
-        for (path, bytes) in documents {
-            if path == release_signature && self.bucket.head(&release_json)?.is_some() {
-                bail!(
-                    "{} appeared while this release was being written: another publisher of this version got there first",
-                    self.bucket.describe(&release_json)
-                );
-            }
+        let (mut release, mut signature) = (None, None);
+        // Every document is created, never written over: a publisher of
+        // this version that lost the race must not replace the winner's
+        // SHA256SUMS. A rerun after an interruption finds its own bytes.
+        for (path, bytes) in self.documents {
             if path == release_json {
-                crash_point("publish-before-rename");
+                release = Some(bytes);
+            } else if path == release_signature {
+                signature = Some(bytes);
+            } else {
                 let digest = boxcar_signing::sha256_bytes(&bytes);
                 upload::put_bytes(self.bucket, &path, bytes, &digest)?;
-            } else {
-                self.bucket.put(&path, bytes, &Condition::None)?;
             }
         }
-        Ok(())
+        let (Some(release), Some(signature)) = (release, signature) else {
+            bail!("{release_json} and its signature are written together");
+        };
+        // release.json, created, is the commit point. Its signature waits
+        // under .pending/ until then, so that only the publisher whose
+        // release.json landed puts its signature beside it, and one that
+        // dies in between leaves it for the next writer to finish.
+        let digest = boxcar_signing::sha256_bytes(&release);
+        let pending = S3Backend::pending_path(&release_json, &digest);
+        self.bucket
+            .put(&pending, signature.clone(), &Condition::None)?;
+        crash_point("publish-before-rename");
+        if let Err(e) = upload::put_bytes(self.bucket, &release_json, release, &digest) {
+            self.bucket.delete(&pending)?;
+            return Err(
+                e.context("another publisher of this version got there first: its release stands")
+            );
+        }
+        let signature = String::from_utf8(signature)?;
+        self.backend
+            .settle_signature(&release_json, Some((&digest, &signature)))?;
+        self.bucket.delete(&pending)
     }
 }
 
