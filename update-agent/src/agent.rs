@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use rustix::fs::FlockOperation;
 use serde::Serialize;
 
 use crate::check::{Check, Outcome};
@@ -44,34 +45,61 @@ impl Agent {
         })
     }
 
-    /// Runs forever as the service.
+    /// Runs forever as the service. Each round takes the lock and reads the
+    /// state afresh, and the lock is let go before sleeping, so
+    /// `boxcar-update check` can run between rounds (and what it did is
+    /// what the next round starts from).
     pub fn serve(&self) -> Result<()> {
-        let _lock = self.lock()?;
-        let mut state = State::load(&self.paths)?;
-        self.settle_boot(&mut state)?;
-        self.release_fleet_lock(&mut state);
+        if !self.settle_at_start()? {
+            self.release_fleet_lock();
+        }
         sleep(self.config.agent.first_check_seconds);
         loop {
-            let wait = match self.round(&mut state, false) {
-                Ok(round) => {
-                    self.report(&round);
-                    if state.phase == Phase::RebootPending {
-                        self.config.agent.reboot_retry_seconds
-                    } else {
-                        self.next_check()
-                    }
-                }
-                // The round recorded the failure (and said it, once).
-                Err(_) => self.backoff(state.failures_in_a_row),
-            };
+            let wait = self.serve_round().unwrap_or_else(|error| {
+                // Not a failed check (the round records those) but the
+                // lock or the state file: said here, tried again later.
+                eprintln!("{error:#}");
+                self.backoff(1)
+            });
             sleep(wait);
         }
     }
 
-    /// One round for `boxcar-update check` (under the same lock as the
-    /// service's rounds).
+    /// What the last boot means, settled when the service starts; whether
+    /// an update still waits for its reboot.
+    fn settle_at_start(&self) -> Result<bool> {
+        let _lock = self.lock(WhenBusy::Wait)?;
+        let mut state = State::load(&self.paths)?;
+        self.settle_boot(&mut state)?;
+        Ok(state.pending.is_some())
+    }
+
+    /// One round of the service, under the lock; how long to sleep before
+    /// the next.
+    fn serve_round(&self) -> Result<u64> {
+        let _lock = self.lock(WhenBusy::Wait)?;
+        let mut state = State::load(&self.paths)?;
+        self.settle_boot(&mut state)?;
+        let wait = match self.round(&mut state, false) {
+            Ok(round) => {
+                self.report(&round);
+                if state.phase == Phase::RebootPending {
+                    self.config.agent.reboot_retry_seconds
+                } else {
+                    self.next_check()
+                }
+            }
+            // The round recorded the failure (and said it, once).
+            Err(_) => self.backoff(state.failures_in_a_row),
+        };
+        Ok(wait)
+    }
+
+    /// One round for `boxcar-update check`, under the same lock as the
+    /// service's rounds (refused while one runs, rather than waiting for
+    /// a download the operator did not ask for).
     pub fn check_once(&self, ignore_waves: bool) -> Result<Round> {
-        let _lock = self.lock()?;
+        let _lock = self.lock(WhenBusy::Refuse)?;
         let mut state = State::load(&self.paths)?;
         self.settle_boot(&mut state)?;
         self.round(&mut state, ignore_waves)
@@ -186,9 +214,9 @@ impl Agent {
 
     /// With the fleet_lock strategy, a healthy host holds no slot: tell
     /// the server (as Zincati does at every start), retrying until it
-    /// listens.
-    fn release_fleet_lock(&self, state: &mut State) {
-        if self.config.updates.strategy != StrategyName::FleetLock || state.pending.is_some() {
+    /// listens. The lock is not held while asking: a `check` may run.
+    fn release_fleet_lock(&self) {
+        if self.config.updates.strategy != StrategyName::FleetLock {
             return;
         }
         loop {
@@ -200,11 +228,10 @@ impl Agent {
             .and_then(|lock| lock.steady_state());
             match released {
                 Ok(None) => {
-                    state.record(format!(
+                    self.record_in_history(format!(
                         "reported steady state to the fleet lock at {}",
                         self.config.updates.fleet_lock.base_url
                     ));
-                    let _ = state.save(&self.paths);
                     return;
                 }
                 Ok(Some(refusal)) => {
@@ -215,6 +242,19 @@ impl Agent {
                 }
             }
             sleep(self.config.agent.reboot_retry_seconds);
+        }
+    }
+
+    /// Adds an event to the saved history, under the lock (a `check` may
+    /// be saving the state at the same time).
+    fn record_in_history(&self, message: String) {
+        let recorded = self.lock(WhenBusy::Wait).and_then(|_lock| {
+            let mut state = State::load(&self.paths)?;
+            state.record(message.clone());
+            state.save(&self.paths)
+        });
+        if let Err(error) = recorded {
+            eprintln!("{message} (not kept in the history: {error:#})");
         }
     }
 
@@ -250,21 +290,37 @@ impl Agent {
             .max(1)
     }
 
-    /// One round at a time: the service and `boxcar-update check` share it.
-    fn lock(&self) -> Result<std::fs::File> {
+    /// One round at a time: the service and `boxcar-update check` share
+    /// this lock. The lock file is never opened through a symlink (one left
+    /// in its place would have the agent create or lock another file).
+    fn lock(&self, when_busy: WhenBusy) -> Result<std::fs::File> {
         let dir = self.paths.state_dir();
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let path = dir.join("lock");
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .with_context(|| format!("opening {}", path.display()))?;
-        rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive)
-            .map_err(|_| anyhow::anyhow!("another boxcar-update is checking right now (it holds {}); try again when it is done", path.display()))?;
-        Ok(file)
+        let file = boxcar_client::files::open_regular(&path)?;
+        let how = match when_busy {
+            WhenBusy::Wait => FlockOperation::LockExclusive,
+            WhenBusy::Refuse => FlockOperation::NonBlockingLockExclusive,
+        };
+        match (rustix::fs::flock(&file, how), when_busy) {
+            (Ok(()), _) => Ok(file),
+            (Err(_), WhenBusy::Refuse) => anyhow::bail!(
+                "another boxcar-update is checking right now (it holds {}); try again when it is done",
+                path.display()
+            ),
+            (Err(errno), WhenBusy::Wait) => Err(std::io::Error::from(errno))
+                .with_context(|| format!("locking {}", path.display())),
+        }
     }
+}
+
+/// What taking the lock does while another process holds it.
+#[derive(Clone, Copy)]
+enum WhenBusy {
+    /// The service waits for a `check` to finish.
+    Wait,
+    /// A `check` gives up at once, saying why.
+    Refuse,
 }
 
 /// One line for the journal and for status.

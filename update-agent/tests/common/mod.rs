@@ -377,7 +377,13 @@ impl Host {
             ),
         )
         .unwrap();
-        Self { root }
+        let host = Self { root };
+        // A test reaching a reboot must never reboot the machine it runs on.
+        host.fake_tool(
+            "systemctl",
+            "echo 'a test host does not reboot' >&2; exit 1",
+        );
+        host
     }
 
     pub fn path(&self, relative: &str) -> PathBuf {
@@ -390,8 +396,104 @@ impl Host {
             .arg("--root")
             .arg(self.root.path())
             .args(args)
+            .env("PATH", self.search_path())
             .timeout(Duration::from_secs(120));
         command
+    }
+
+    /// `boxcar-update agent`, the service, running until dropped.
+    pub fn start_service(&self) -> Service {
+        let child = Command::new(env!("CARGO_BIN_EXE_boxcar-update"))
+            .arg("--root")
+            .arg(self.root.path())
+            .arg("agent")
+            .env("PATH", self.search_path())
+            .spawn()
+            .unwrap();
+        Service { child }
+    }
+
+    /// The fake tools first, then the real ones.
+    fn search_path(&self) -> String {
+        let real = std::env::var("PATH").unwrap_or_default();
+        format!("{}:{real}", self.path("fake-bin").display())
+    }
+
+    /// Puts a shell script named `name` ahead of the real tool on the
+    /// agent's PATH. It notes each call's arguments first (see
+    /// [`Host::calls_of`]), then runs `script`.
+    pub fn fake_tool(&self, name: &str, script: &str) {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = self.path("fake-bin");
+        std::fs::create_dir_all(&dir).unwrap();
+        let tool = dir.join(name);
+        std::fs::write(
+            &tool,
+            format!("#!/bin/sh\necho \"$*\" >> \"$0.calls\"\n{script}\n"),
+        )
+        .unwrap();
+        std::fs::set_permissions(&tool, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+
+    /// The arguments of each call of the fake tool `name`.
+    pub fn calls_of(&self, name: &str) -> Vec<String> {
+        let calls = self.path(&format!("fake-bin/{name}.calls"));
+        let text = std::fs::read_to_string(calls).unwrap_or_default();
+        text.lines().map(str::to_owned).collect()
+    }
+
+    /// Replaces the host's settings (`/etc/boxcar/update.toml`).
+    pub fn configure(&self, toml: &str) {
+        std::fs::write(self.path("etc/boxcar/update.toml"), toml).unwrap();
+    }
+
+    /// Leaves the state as the agent leaves it once it has installed
+    /// `version` in this very boot: waiting for its reboot.
+    pub fn install_pending(&self, version: &str) {
+        let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
+        let state = serde_json::json!({
+            "phase": "reboot-pending",
+            "pending": {
+                "version": version,
+                "from_version": "1.0.0",
+                "installed_at": now(),
+                "installed_in_boot": boot_id.trim(),
+            },
+        });
+        let dir = self.path("var/lib/boxcar-update");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("state.json"), state.to_string()).unwrap();
+        std::fs::create_dir_all(self.path("run")).unwrap();
+        std::fs::write(self.path("run/reboot-required"), "*** restart ***\n").unwrap();
+    }
+
+    /// The agent's state file as it is on disk (null before the first).
+    pub fn state_file(&self) -> serde_json::Value {
+        match std::fs::read(self.path("var/lib/boxcar-update/state.json")) {
+            Ok(bytes) => serde_json::from_slice(&bytes).unwrap(),
+            Err(_) => serde_json::Value::Null,
+        }
+    }
+
+    /// Waits up to a minute for the state file to satisfy `condition`.
+    pub fn wait_for_state(&self, what: &str, condition: impl Fn(&serde_json::Value) -> bool) {
+        for _ in 0..600 {
+            if condition(&self.state_file()) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("the state never showed {what}: {:#}", self.state_file());
+    }
+
+    /// The messages of the state's history, oldest first.
+    pub fn history(&self) -> Vec<String> {
+        let state = self.state_file();
+        let events = state["history"].as_array().cloned().unwrap_or_default();
+        events
+            .iter()
+            .map(|e| e["message"].as_str().unwrap_or_default().to_owned())
+            .collect()
     }
 
     pub fn status(&self) -> serde_json::Value {
@@ -414,6 +516,18 @@ impl Host {
             }
         }
         found
+    }
+}
+
+/// A running `boxcar-update agent`, stopped when dropped.
+pub struct Service {
+    child: std::process::Child,
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
