@@ -105,50 +105,67 @@ impl Agent {
         self.round(&mut state, ignore_waves)
     }
 
-    /// A check, recorded in the state, then a reboot if one is due and
-    /// allowed.
+    /// A check, then a reboot if one is due and allowed; the state is
+    /// saved. A failed round counts once towards the backoff, whichever
+    /// step failed.
     fn round(&self, state: &mut State, ignore_waves: bool) -> Result<Round> {
-        let now = host::now();
+        let round = self.check_and_reboot(state, ignore_waves);
+        if round.is_ok() {
+            state.failures_in_a_row = 0;
+            state.last_error = None;
+        } else {
+            state.failures_in_a_row += 1;
+        }
+        state.save(&self.paths)?;
+        round
+    }
+
+    /// The two steps of a round; a failure of either is recorded as it
+    /// happens.
+    fn check_and_reboot(&self, state: &mut State, ignore_waves: bool) -> Result<Round> {
+        let outcome = self
+            .check(state, ignore_waves)
+            .map_err(|error| record_failure(state, "update check failed", error))?;
+        let reboot = self.reboot_if_due(state).map_err(|error| {
+            let what = format!("rebooting into {} failed", pending_version(state));
+            record_failure(state, &what, error)
+        })?;
+        Ok(Round { outcome, reboot })
+    }
+
+    /// The check, recorded as the last one (and in the history when it
+    /// installed or skipped something).
+    fn check(&self, state: &mut State, ignore_waves: bool) -> Result<Outcome> {
         let check = Check {
             paths: &self.paths,
             config: &self.config,
             identity: &self.identity,
             ignore_waves,
-            now,
+            now: host::now(),
         };
-        let outcome = match check.run(state) {
-            Ok(outcome) => outcome,
-            Err(error) => {
-                state.failures_in_a_row += 1;
-                state.last_error = Some(event(format!("{error:#}")));
-                state.last_check = Some(event("failed".into()));
-                state.record(format!("update check failed: {error:#}"));
-                state.save(&self.paths)?;
-                return Err(error);
-            }
+        let outcome = check.run(state);
+        let summary = match &outcome {
+            Ok(outcome) => describe(outcome),
+            Err(_) => "failed".into(),
         };
-        state.failures_in_a_row = 0;
-        state.last_error = None;
-        state.last_check = Some(event(describe(&outcome)));
-        if matches!(outcome, Outcome::Installed(_) | Outcome::SkippedBad { .. }) {
-            state.record(describe(&outcome));
+        state.last_check = Some(event(summary));
+        if let Ok(outcome @ (Outcome::Installed(_) | Outcome::SkippedBad { .. })) = &outcome {
+            state.record(describe(outcome));
         }
-        state.save(&self.paths)?;
-        let reboot = if state.phase == Phase::RebootPending {
-            Some(self.reboot_if_allowed(state)?)
-        } else {
-            None
-        };
-        Ok(Round { outcome, reboot })
+        outcome
+    }
+
+    /// The reboot decision, when an installed update waits for one.
+    fn reboot_if_due(&self, state: &mut State) -> Result<Option<String>> {
+        if state.phase != Phase::RebootPending {
+            return Ok(None);
+        }
+        self.reboot_if_allowed(state).map(Some)
     }
 
     /// Asks the strategy, and reboots when it says so.
     fn reboot_if_allowed(&self, state: &mut State) -> Result<String> {
-        let version = state
-            .pending
-            .as_ref()
-            .map(|p| p.version.clone())
-            .unwrap_or_default();
+        let version = pending_version(state);
         match may_reboot(&self.config, host::now(), &self.identity.node_id)? {
             RebootDecision::Now { lock_taken } => {
                 if let Some(pending) = &mut state.pending {
@@ -354,6 +371,23 @@ pub fn describe(outcome: &Outcome) -> String {
             installed.install_seconds
         ),
     }
+}
+
+/// Says a failed step of a round (one journal line) and keeps it in the
+/// history and as the last error; gives the error back.
+fn record_failure(state: &mut State, what: &str, error: anyhow::Error) -> anyhow::Error {
+    state.last_error = Some(event(format!("{error:#}")));
+    state.record(format!("{what}: {error:#}"));
+    error
+}
+
+/// The version an installed update waits to reboot into.
+fn pending_version(state: &State) -> String {
+    state
+        .pending
+        .as_ref()
+        .map(|p| p.version.clone())
+        .unwrap_or_default()
 }
 
 fn event(message: String) -> Event {

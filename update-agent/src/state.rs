@@ -19,9 +19,10 @@ pub struct State {
     /// Versions that failed to boot: never installed again automatically.
     pub bad_versions: Vec<BadVersion>,
     pub last_check: Option<Event>,
-    /// The last failure, with its cause; cleared by a check that works.
+    /// The last failure, with its cause; cleared by a round (check and
+    /// reboot decision) that works.
     pub last_error: Option<Event>,
-    /// Failed checks in a row (the backoff grows with them).
+    /// Failed rounds in a row (the backoff grows with them).
     pub failures_in_a_row: u32,
     /// The last update that went through, and when.
     pub last_update: Option<Event>,

@@ -112,7 +112,13 @@ pub fn may_reboot(config: &Config, now: OffsetDateTime, node_id: &str) -> Result
         StrategyName::Periodic => unreachable!("handled above"),
         StrategyName::FleetLock => {
             let lock = FleetLock::new(&config.updates.fleet_lock, node_id, config)?;
-            match lock.pre_reboot()? {
+            let answer = lock.pre_reboot().with_context(|| {
+                format!(
+                    "asking the fleet lock at {} for a reboot slot",
+                    config.updates.fleet_lock.base_url
+                )
+            })?;
+            match answer {
                 None => RebootDecision::Now { lock_taken: true },
                 Some(refusal) => RebootDecision::Wait(format!(
                     "the fleet lock at {} refused a reboot slot: {refusal}",

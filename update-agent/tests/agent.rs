@@ -45,3 +45,46 @@ fn a_symlink_in_place_of_the_lock_file_is_refused() {
         ));
     assert!(!elsewhere.exists());
 }
+
+/// A port on loopback that nothing listens on.
+fn closed_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+/// A fleet lock server that does not answer is a failure of the round
+/// like a failed check: one journal line, the history, the last error, and
+/// the backoff grows. The update still waits for its reboot.
+#[test]
+fn a_fleet_lock_server_that_is_down_is_a_recorded_failure() {
+    let store = Store::new();
+    let host = Host::new(&store, "1.0.0");
+    host.configure(&format!(
+        "[updates]\nstrategy = \"fleet_lock\"\n[updates.fleet_lock]\nbase_url = \"http://127.0.0.1:{}\"\n",
+        closed_port()
+    ));
+    host.install_pending("2.0.0");
+    host.boxcar_update(&["check"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains(
+            "rebooting into 2.0.0 failed: asking the fleet lock at",
+        ));
+    let state = host.state_file();
+    let error = state["last_error"]["message"].as_str().unwrap_or_default();
+    assert!(error.contains("for a reboot slot"), "{state:#}");
+    assert_eq!(state["failures_in_a_row"], 1);
+    assert_eq!(state["phase"], "reboot-pending");
+    let history = host.history();
+    assert!(
+        history
+            .last()
+            .unwrap()
+            .starts_with("rebooting into 2.0.0 failed"),
+        "{history:?}"
+    );
+    assert!(host.calls_of("systemctl").is_empty());
+
+    host.boxcar_update(&["check"]).assert().code(1);
+    assert_eq!(host.state_file()["failures_in_a_row"], 2);
+}
