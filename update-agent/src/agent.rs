@@ -174,7 +174,13 @@ impl Agent {
                 state.phase = Phase::Rebooting;
                 state.record(format!("rebooting into {version}"));
                 state.save(&self.paths)?;
-                host::reboot()?;
+                if let Err(error) = host::reboot() {
+                    // The update is still installed: the next round asks
+                    // the strategy and reboots again.
+                    state.phase = Phase::RebootPending;
+                    state.save(&self.paths)?;
+                    return Err(error);
+                }
                 Ok(format!("rebooting into {version}"))
             }
             RebootDecision::Wait(why) => {

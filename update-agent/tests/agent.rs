@@ -88,3 +88,27 @@ fn a_fleet_lock_server_that_is_down_is_a_recorded_failure() {
     host.boxcar_update(&["check"]).assert().code(1);
     assert_eq!(host.state_file()["failures_in_a_row"], 2);
 }
+
+/// `systemctl reboot` failing leaves the update waiting for its reboot,
+/// not stuck at "rebooting": the failure is recorded and the next round
+/// asks for the reboot again.
+#[test]
+fn a_failed_reboot_is_tried_again_in_the_next_round() {
+    let store = Store::new();
+    let host = Host::new(&store, "1.0.0");
+    host.configure("");
+    host.install_pending("2.0.0");
+    host.boxcar_update(&["check"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("a test host does not reboot"));
+    let state = host.state_file();
+    assert_eq!(state["phase"], "reboot-pending", "{state:#}");
+    assert_eq!(state["pending"]["version"], "2.0.0");
+    let error = state["last_error"]["message"].as_str().unwrap_or_default();
+    assert!(error.contains("a test host does not reboot"), "{state:#}");
+    assert_eq!(host.calls_of("systemctl"), ["reboot --no-block"]);
+
+    host.boxcar_update(&["check"]).assert().code(1);
+    assert_eq!(host.calls_of("systemctl").len(), 2);
+}
