@@ -121,16 +121,22 @@ impl Agent {
     }
 
     /// The two steps of a round; a failure of either is recorded as it
-    /// happens.
+    /// happens (and the check's is the one returned when both fail).
     fn check_and_reboot(&self, state: &mut State, ignore_waves: bool) -> Result<Round> {
-        let outcome = self
+        let checked = self
             .check(state, ignore_waves)
-            .map_err(|error| record_failure(state, "update check failed", error))?;
+            .map_err(|error| record_failure(state, "update check failed", error));
+        // An update installed earlier reboots even when this check fails
+        // (a newer release that does not download, say): it was checked in
+        // full when it was installed.
         let reboot = self.reboot_if_due(state).map_err(|error| {
             let what = format!("rebooting into {} failed", pending_version(state));
             record_failure(state, &what, error)
-        })?;
-        Ok(Round { outcome, reboot })
+        });
+        Ok(Round {
+            outcome: checked?,
+            reboot: reboot?,
+        })
     }
 
     /// The check, recorded as the last one (and in the history when it

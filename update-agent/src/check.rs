@@ -108,7 +108,10 @@ impl Check<'_> {
         }
         let payload = payload_of(&release)?;
         let installed = self.update(&client, state, &release, payload, &running);
-        state.phase = if installed.is_ok() {
+        // Whatever happened, an update still pending (this one, or one
+        // installed earlier that this failure left in place) waits for its
+        // reboot.
+        state.phase = if state.pending.is_some() {
             Phase::RebootPending
         } else {
             Phase::Idle
@@ -217,14 +220,21 @@ impl Check<'_> {
         state.save(self.paths)?;
         eprintln!("installing {version} with systemd-sysupdate (checked in {verify_seconds:.1} s)");
         let started = Instant::now();
-        let installed = install::install(version.as_str());
-        staging::clean(self.paths, false)?;
-        installed.with_context(|| format!("installing {version}"))?;
-        if let Err(error) = install::forget_update_done(self.paths) {
-            eprintln!(
-                "warning: {error:#}: the first boot of {version} may not refresh /etc and /var"
-            );
+        // Up to here nothing was written outside the downloads and the
+        // staging area, so a failure above leaves an update installed
+        // earlier (`state.pending`) in its slot, still waiting for its
+        // reboot. systemd-sysupdate writes into the idle slot, which is
+        // where that update is: hash tree, /usr, signature, then the UKI.
+        let installed = install::install(self.paths, version.as_str());
+        let cleaned = staging::clean(self.paths, false);
+        if let Err(error) = installed {
+            let error = error.context(format!("installing {version}"));
+            return Err(forget_overwritten_pending(
+                self.paths, state, &version, error,
+            ));
         }
+        // The idle slot holds this version now: whatever fails below, a
+        // reboot boots it.
         state.pending = Some(Pending {
             version: version.to_string(),
             from_version: running.to_owned(),
@@ -232,6 +242,12 @@ impl Check<'_> {
             installed_in_boot: host::boot_id().unwrap_or_default(),
             lock_taken: false,
         });
+        cleaned?;
+        if let Err(error) = install::forget_update_done(self.paths) {
+            eprintln!(
+                "warning: {error:#}: the first boot of {version} may not refresh /etc and /var"
+            );
+        }
         write_reboot_required(self.paths, version.as_str())?;
         Ok(Installed {
             version: version.to_string(),
@@ -288,6 +304,42 @@ pub fn trusted_keys(paths: &Paths, config: &Config) -> Result<TrustedKeys> {
         );
     }
     Ok(trusted)
+}
+
+/// After systemd-sysupdate failed to install `version`: an update
+/// installed earlier no longer waits for its reboot, since its slot may be
+/// partly overwritten (its UKI, written last, would still be there and
+/// fail to boot, and boot counting would fall back). It may also be
+/// intact, if systemd-sysupdate stopped before writing; a reboot into it
+/// then still works, but the agent does not ask for one. The error says
+/// which update was dropped.
+fn forget_overwritten_pending(
+    paths: &Paths,
+    state: &mut State,
+    version: &SafeName,
+    error: anyhow::Error,
+) -> anyhow::Error {
+    let Some(earlier) = state.pending.take() else {
+        return error;
+    };
+    if let Err(removing) = remove_reboot_required(paths) {
+        eprintln!("warning: {removing:#}");
+    }
+    error.context(format!(
+        "{} no longer waits for its reboot (installing {version} may have overwritten part of its slot)",
+        earlier.version
+    ))
+}
+
+/// No update waits for a reboot any more.
+fn remove_reboot_required(paths: &Paths) -> Result<()> {
+    let path = paths.reboot_required();
+    match std::fs::remove_file(&path) {
+        Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+            Err(error).with_context(|| format!("removing {}", path.display()))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// `/run/reboot-required`, as Debian and Ubuntu write it (kured watches it).

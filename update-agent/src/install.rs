@@ -196,14 +196,11 @@ pub fn forget_update_done(paths: &Paths) -> Result<()> {
     Ok(())
 }
 
-/// systemd-sysupdate, where systemd installs it (not on PATH).
-pub const SYSUPDATE: &str = "/usr/lib/systemd/systemd-sysupdate";
-
 /// Installs the staged `version` into the idle slot.
-pub fn install(version: &str) -> Result<()> {
+pub fn install(paths: &Paths, version: &str) -> Result<()> {
     host::run(
         "installing with systemd-sysupdate",
-        Command::new(SYSUPDATE).args(["--no-pager", "update", version]),
+        Command::new(paths.sysupdate()).args(["--no-pager", "update", version]),
     )?;
     Ok(())
 }

@@ -92,6 +92,13 @@ impl Paths {
         [self.at("/etc/.updated"), self.at("/var/.updated")]
     }
 
+    /// The image's own systemd-sysupdate (systemd keeps it off PATH).
+    /// Under `--root` it is the root's: a test host's fake, never the
+    /// machine's own, which would write the machine's disks.
+    pub fn sysupdate(&self) -> PathBuf {
+        self.at("/usr/lib/systemd/systemd-sysupdate")
+    }
+
     pub fn os_release(&self) -> PathBuf {
         self.at("/usr/lib/os-release")
     }

@@ -112,3 +112,98 @@ fn a_failed_reboot_is_tried_again_in_the_next_round() {
     host.boxcar_update(&["check"]).assert().code(1);
     assert_eq!(host.calls_of("systemctl").len(), 2);
 }
+
+/// An update installs (systemd-sysupdate is a fake here), is pending, and
+/// waits for its reboot; with strategy "off" the operator reboots.
+#[test]
+fn an_installed_update_waits_for_its_reboot() {
+    let store = Store::new();
+    let (_, digest) = store.publish("2.0.0");
+    store.point_alpha("2.0.0", digest, 1, None, false);
+    let host = Host::new(&store, "1.0.0");
+    host.configure(&format!(
+        "[store]\nurl = \"{}\"\nchannel = \"alpha\"\n[updates]\nstrategy = \"off\"\n",
+        store.url
+    ));
+    host.fake_sysupdate("exit 0");
+    host.boxcar_update(&["check"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("installed 2.0.0"));
+    assert_eq!(host.sysupdate_calls(), ["--no-pager update 2.0.0"]);
+    let state = host.state_file();
+    assert_eq!(state["phase"], "reboot-pending", "{state:#}");
+    assert_eq!(state["pending"]["version"], "2.0.0");
+    let reboot_required = std::fs::read_to_string(host.path("run/reboot-required")).unwrap();
+    assert!(reboot_required.contains("2.0.0"), "{reboot_required}");
+    assert!(host.staged_files().is_empty(), "{:?}", host.staged_files());
+}
+
+/// A newer release that fails before anything is written to the idle slot
+/// (here: its download does not match) leaves the update installed
+/// earlier waiting for its reboot, and the reboot goes ahead.
+#[test]
+fn a_newer_update_that_fails_to_download_leaves_the_installed_one_to_reboot_into() {
+    let store = Store::new();
+    let (_, digest) = store.publish("2.0.0");
+    store.point_alpha("2.0.0", digest, 1, None, false);
+    let uki = store.path("releases/2.0.0/boxcar_2.0.0.efi.zst");
+    let mut bytes = std::fs::read(&uki).unwrap();
+    bytes[10] ^= 1;
+    std::fs::write(&uki, bytes).unwrap();
+    let host = Host::new(&store, "1.0.0");
+    let settings = |strategy: &str| {
+        format!(
+            "[store]\nurl = \"{}\"\nchannel = \"alpha\"\n[updates]\nstrategy = \"{strategy}\"\n",
+            store.url
+        )
+    };
+    host.configure(&settings("off"));
+    host.install_pending("1.5.0");
+    host.boxcar_update(&["check"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains(
+            "does not match the signed release",
+        ));
+    let state = host.state_file();
+    assert_eq!(state["phase"], "reboot-pending", "{state:#}");
+    assert_eq!(state["pending"]["version"], "1.5.0");
+    assert!(host.path("run/reboot-required").exists());
+
+    host.configure(&settings("immediate"));
+    host.fake_tool("systemctl", "exit 0");
+    host.boxcar_update(&["check"]).assert().code(1);
+    assert_eq!(host.calls_of("systemctl"), ["reboot --no-block"]);
+    let state = host.state_file();
+    assert_eq!(state["phase"], "rebooting", "{state:#}");
+    assert!(host.history().contains(&"rebooting into 1.5.0".to_owned()));
+}
+
+/// systemd-sysupdate failing part way may have overwritten the slot of
+/// the update installed earlier: that one no longer waits for its reboot,
+/// and the error and history say so.
+#[test]
+fn a_failed_install_drops_the_earlier_update_it_may_have_overwritten() {
+    let store = Store::new();
+    let (_, digest) = store.publish("2.0.0");
+    store.point_alpha("2.0.0", digest, 1, None, false);
+    let host = Host::new(&store, "1.0.0");
+    host.install_pending("1.5.0");
+    host.fake_sysupdate("echo 'Failed to write partition' >&2; exit 1");
+    let dropped = "1.5.0 no longer waits for its reboot (installing 2.0.0 may have overwritten part of its slot)";
+    host.boxcar_update(&["check"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains(dropped));
+    assert_eq!(host.sysupdate_calls(), ["--no-pager update 2.0.0"]);
+    let state = host.state_file();
+    assert_eq!(state["phase"], "idle", "{state:#}");
+    assert!(state["pending"].is_null(), "{state:#}");
+    let error = state["last_error"]["message"].as_str().unwrap_or_default();
+    assert!(error.contains(dropped), "{state:#}");
+    assert!(error.contains("Failed to write partition"), "{state:#}");
+    assert!(!host.path("run/reboot-required").exists());
+    assert!(host.calls_of("systemctl").is_empty());
+    assert!(host.staged_files().is_empty(), "{:?}", host.staged_files());
+}

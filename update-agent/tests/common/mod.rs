@@ -423,23 +423,27 @@ impl Host {
     /// agent's PATH. It notes each call's arguments first (see
     /// [`Host::calls_of`]), then runs `script`.
     pub fn fake_tool(&self, name: &str, script: &str) {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = self.path("fake-bin");
-        std::fs::create_dir_all(&dir).unwrap();
-        let tool = dir.join(name);
-        std::fs::write(
-            &tool,
-            format!("#!/bin/sh\necho \"$*\" >> \"$0.calls\"\n{script}\n"),
-        )
-        .unwrap();
-        std::fs::set_permissions(&tool, std::fs::Permissions::from_mode(0o755)).unwrap();
+        write_fake(&self.path("fake-bin").join(name), script);
     }
 
     /// The arguments of each call of the fake tool `name`.
     pub fn calls_of(&self, name: &str) -> Vec<String> {
-        let calls = self.path(&format!("fake-bin/{name}.calls"));
-        let text = std::fs::read_to_string(calls).unwrap_or_default();
-        text.lines().map(str::to_owned).collect()
+        calls_of(&self.path("fake-bin").join(name))
+    }
+
+    /// Puts a fake systemd-sysupdate where the agent runs it from under
+    /// `--root`, and a fake `bootctl` naming an empty ESP, so an update
+    /// gets as far as installing.
+    pub fn fake_sysupdate(&self, script: &str) {
+        let esp = self.path("boot");
+        std::fs::create_dir_all(&esp).unwrap();
+        self.fake_tool("bootctl", &format!("echo {}", esp.display()));
+        write_fake(&self.path(SYSUPDATE), script);
+    }
+
+    /// The arguments of each call of the fake systemd-sysupdate.
+    pub fn sysupdate_calls(&self) -> Vec<String> {
+        calls_of(&self.path(SYSUPDATE))
     }
 
     /// Replaces the host's settings (`/etc/boxcar/update.toml`).
@@ -517,6 +521,28 @@ impl Host {
         }
         found
     }
+}
+
+/// Where systemd-sysupdate is, under the host's root.
+const SYSUPDATE: &str = "usr/lib/systemd/systemd-sysupdate";
+
+/// Writes a shell script at `path` that notes each call's arguments in
+/// `<path>.calls`, then runs `script`.
+fn write_fake(path: &Path, script: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(
+        path,
+        format!("#!/bin/sh\necho \"$*\" >> \"$0.calls\"\n{script}\n"),
+    )
+    .unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// The arguments of each call of the fake at `path`.
+fn calls_of(path: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(format!("{}.calls", path.display())).unwrap_or_default();
+    text.lines().map(str::to_owned).collect()
 }
 
 /// A running `boxcar-update agent`, stopped when dropped.
