@@ -191,7 +191,7 @@ impl Agent {
             }
             RebootDecision::Wait(why) => {
                 let message = format!("{version} is installed; not rebooting yet: {why}");
-                state.record(message.clone());
+                state.record_change(message.clone());
                 state.save(&self.paths)?;
                 Ok(message)
             }

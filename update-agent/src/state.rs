@@ -128,6 +128,17 @@ impl State {
         self.history.drain(..excess);
     }
 
+    /// Like [`State::record`], but a message the history ends with already
+    /// is only said, not added again: an update waiting for its window asks
+    /// every few minutes, and would push everything else out.
+    pub fn record_change(&mut self, message: String) {
+        if self.history.last().is_some_and(|e| e.message == message) {
+            eprintln!("{message}");
+            return;
+        }
+        self.record(message);
+    }
+
     pub fn is_bad(&self, version: &str) -> Option<&BadVersion> {
         self.bad_versions.iter().find(|b| b.version == version)
     }
@@ -162,5 +173,16 @@ mod tests {
         std::fs::write(paths.state_file(), "[1, 2]").unwrap();
         let err = format!("{:#}", State::load(&paths).unwrap_err());
         assert!(err.contains("is not the agent's state"), "{err}");
+    }
+
+    #[test]
+    fn a_repeated_message_is_kept_once_until_another_comes_between() {
+        let mut state = State::default();
+        state.record_change("waiting".into());
+        state.record_change("waiting".into());
+        state.record_change("rebooting".into());
+        state.record_change("waiting".into());
+        let messages: Vec<&str> = state.history.iter().map(|e| e.message.as_str()).collect();
+        assert_eq!(messages, ["waiting", "rebooting", "waiting"]);
     }
 }

@@ -207,3 +207,31 @@ fn a_failed_install_drops_the_earlier_update_it_may_have_overwritten() {
     assert!(host.calls_of("systemctl").is_empty());
     assert!(host.staged_files().is_empty(), "{:?}", host.staged_files());
 }
+
+/// An update waiting for its maintenance window asks every few minutes;
+/// the history keeps the wait once, not once a round.
+#[test]
+fn waiting_for_a_window_is_kept_in_the_history_once() {
+    let store = Store::new();
+    let host = Host::new(&store, "1.0.0");
+    // A one-minute window half a day from now, every day.
+    let hour = (time::OffsetDateTime::now_utc().hour() + 12) % 24;
+    host.configure(&format!(
+        "[updates]\nstrategy = \"periodic\"\n[[updates.periodic.window]]\n\
+         days = [\"Mon\", \"Tue\", \"Wed\", \"Thu\", \"Fri\", \"Sat\", \"Sun\"]\n\
+         start_time = \"{hour:02}:00\"\nlength_minutes = 1\n"
+    ));
+    host.install_pending("2.0.0");
+    for _ in 0..3 {
+        host.boxcar_update(&["check"])
+            .assert()
+            .success()
+            .stdout(predicate::str::contains("not rebooting yet"));
+    }
+    let waits = host
+        .history()
+        .iter()
+        .filter(|m| m.contains("not rebooting yet"))
+        .count();
+    assert_eq!(waits, 1, "{:?}", host.history());
+}
