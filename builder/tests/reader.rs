@@ -282,6 +282,23 @@ fn endless_and_huge_documents_are_refused_without_reading_them_into_memory() {
 }
 
 #[test]
+fn verify_stops_reading_an_endless_artifact_at_its_signed_size() {
+    let lab = Lab::new();
+    lab.publish_to_alpha("2.0.0");
+    let artifact = "releases/2.0.0/boxcar-2.0.0-qemu.qcow2";
+    let url = hostile_server(lab.store(), artifact, Hostile::Endless);
+    boxcar()
+        .args(["verify", "--store", &url, "--key", &lab.public_key()])
+        .args(["--retries", "0"])
+        .timeout(Duration::from_secs(120))
+        .assert()
+        .code(1)
+        .stdout(predicate::str::contains(format!(
+            "{url}/{artifact} is larger than the"
+        )));
+}
+
+#[test]
 fn a_document_trickling_in_gets_its_deadline_once_not_once_per_retry() {
     let lab = Lab::new();
     lab.publish_to_alpha("2.0.0");

@@ -288,7 +288,7 @@ fn check_release(
     for artifact in &files {
         let name = SafeName::new("artifact name", artifact.name)?;
         let file = layout::release_file(&version, &name);
-        match client.transport().digest(&file) {
+        match client.transport().digest(&file, artifact.size) {
             Err(e) if e.kind() == crate::ErrorKind::NotFound => {
                 bad.push(format!("{} is missing", artifact.name))
             }

@@ -210,7 +210,7 @@ pub fn verify_artifacts(client: &Client, release: &ReleaseDocument) -> Result<us
         let name = SafeName::new("artifact name", artifact.name)?;
         let path = layout::release_file(&version, &name);
         let location = client.location(&path);
-        let (digest, size) = match client.transport().digest(&path) {
+        let (digest, size) = match client.transport().digest(&path, artifact.size) {
             Err(e) if e.kind() == ErrorKind::NotFound => bail!("{location} is missing"),
             other => other.with_context(|| format!("hashing {location}"))?,
         };

@@ -80,8 +80,11 @@ impl Transport for DirTransport {
     }
 
     /// Hashes without reading a sparse file's holes from the disk.
-    fn digest(&self, path: &str) -> Result<(Sha256Digest, u64), Error> {
-        self.open_file(path)?;
+    fn digest(&self, path: &str, size: u64) -> Result<(Sha256Digest, u64), Error> {
+        let (_, length) = self.open_file(path)?;
+        if length > size {
+            return Err(super::larger_than_signed(&self.location(path), size));
+        }
         boxcar_signing::sha256_file(&self.root.join(path))
             .map_err(|e| Error::Inconsistent(format!("hashing {}: {e}", self.location(path))))
     }
@@ -169,7 +172,7 @@ mod tests {
         assert!(read("../etc/passwd", 10).is_err());
         let large = read("index.json", 1).unwrap_err();
         assert!(matches!(large, Error::TooLarge { .. }), "{large}");
-        assert_eq!(store.digest("index.json").unwrap().1, 2);
+        assert_eq!(store.digest("index.json", 2).unwrap().1, 2);
     }
 
     #[test]

@@ -34,12 +34,17 @@ pub trait Transport: Send + Sync {
     fn open(&self, path: &str, from: u64) -> Result<Body<'_>, Error>;
 
     /// The sha256 and size of a file, read in full (a transport that can
-    /// skip a sparse file's holes does).
-    fn digest(&self, path: &str) -> Result<(Sha256Digest, u64), Error> {
+    /// skip a sparse file's holes does), unless it is larger than `size`,
+    /// what a signed document says it is: a server that sends without end
+    /// is refused there.
+    fn digest(&self, path: &str, size: u64) -> Result<(Sha256Digest, u64), Error> {
         let mut body = self.open(path, 0)?;
         let mut hasher = Hasher::new();
         while let Some(chunk) = body.next_chunk()? {
             hasher.update(&chunk);
+            if hasher.bytes() > size {
+                return Err(larger_than_signed(&self.location(path), size));
+            }
         }
         Ok(hasher.finish())
     }
@@ -111,6 +116,13 @@ pub fn open_store(location: &str, settings: &NetworkSettings) -> Result<Box<dyn 
         });
     }
     Ok(Box::new(DirTransport::new(location)))
+}
+
+/// The error for a file longer than the size its release signs.
+pub fn larger_than_signed(location: &str, size: u64) -> Error {
+    Error::Inconsistent(format!(
+        "{location} is larger than the {size} bytes its release signs; stopped reading there"
+    ))
 }
 
 /// Reads a whole document of kind `what`, refusing one larger than
