@@ -391,11 +391,41 @@ impl Step {
         }
         .check_status(status, tail)
         .map_err(|e| match e {
-            // A shell's "command not found" is a missing tool too.
-            StepError::Failed { code: 127, .. } => self.not_installed(),
+            StepError::Failed {
+                code: 127,
+                ref tail,
+                ..
+            } if names_missing(tail, self.command.get_program()) => self.not_installed(),
             other => other,
         })
     }
+}
+
+/// Whether a program that exited with 127 said that `program` itself was
+/// not found: a wrapper (`env`, or a script that `exec`s the real program
+/// under the same name) that could not find it. Anything else that exits 127 is a plain failure: mkosi passes on
+/// the status of a recipe script whose command was not found, and that
+/// script's output is what the user needs.
+fn names_missing(tail: &str, program: &OsStr) -> bool {
+    let Some(wanted) = Path::new(program).file_name() else {
+        return false;
+    };
+    let Some(last) = tail.lines().rev().find(|line| !line.trim().is_empty()) else {
+        return false;
+    };
+    // "sh: 2: exec: /opt/mkosi/bin/mkosi: not found", or
+    // "env: 'mkosi': No such file or directory": the missing name is the
+    // field before the complaint.
+    let Some(named) = ["not found", "No such file or directory"]
+        .iter()
+        .find_map(|complaint| last.trim_end().strip_suffix(complaint))
+        .and_then(|rest| rest.strip_suffix(": "))
+        .and_then(|rest| rest.rsplit(": ").next())
+    else {
+        return false;
+    };
+    let named = named.trim_matches(['\'', '"', '‘', '’']);
+    Path::new(named).file_name() == Some(wanted)
 }
 
 /// What is left of a [`Step`] once its child runs: enough to word an error.
@@ -576,12 +606,75 @@ mod tests {
     }
 
     #[test]
-    fn exit_127_counts_as_not_installed() {
-        let err = Step::new("running a script", "sh")
-            .args(["-c", "exit 127"])
+    fn exit_127_from_a_program_that_ran_is_a_failure_with_its_output() {
+        // mkosi exits with the status of a failing recipe script: 127 is
+        // then that script's problem, not a missing mkosi.
+        let err = Step::new("composing", "python3")
+            .args([
+                "-c",
+                "import sys; print('frobnicate: not found', file=sys.stderr); sys.exit(127)",
+            ])
+            .install_hint("run ci/setup-host")
             .run()
             .unwrap_err();
-        assert!(matches!(err, StepError::NotInstalled { .. }));
+        let message = err.to_string();
+        assert!(
+            matches!(err, StepError::Failed { code: 127, .. }),
+            "{message}"
+        );
+        assert!(message.contains("frobnicate: not found"), "{message}");
+        assert!(!message.contains("not installed"), "{message}");
+        let err = Step::new("composing", "python3")
+            .args(["-c", "import sys; sys.exit(127)"])
+            .run()
+            .unwrap_err();
+        assert!(matches!(err, StepError::Failed { code: 127, .. }), "{err}");
+    }
+
+    #[test]
+    fn a_shell_missing_a_command_is_a_failure_not_a_missing_shell() {
+        let err = Step::new("running a script", "sh")
+            .args(["-c", "boxcar-no-such-command"])
+            .run()
+            .unwrap_err();
+        assert!(matches!(err, StepError::Failed { code: 127, .. }), "{err}");
+        assert!(err.to_string().contains("boxcar-no-such-command"), "{err}");
+    }
+
+    #[test]
+    fn a_wrapper_whose_program_is_gone_is_not_installed() {
+        // A shell under the wrapper's name (a link, not a script written
+        // here: a script being written cannot be run while another test's
+        // fork still holds it open).
+        let temp = tempfile::tempdir().unwrap();
+        let wrapper = temp.path().join("mkosi");
+        std::os::unix::fs::symlink("/bin/sh", &wrapper).unwrap();
+        let err = Step::new("composing", &wrapper)
+            .args(["-c", "exec /nonexistent/bin/mkosi"])
+            .install_hint("run ci/setup-host")
+            .run()
+            .unwrap_err();
+        assert!(matches!(err, StepError::NotInstalled { .. }), "{err}");
+        assert!(err.to_string().contains("run ci/setup-host"), "{err}");
+    }
+
+    #[test]
+    fn only_the_programs_own_name_before_the_complaint_means_missing() {
+        let mkosi = OsStr::new("/var/cache/boxcar/mkosi");
+        assert!(names_missing(
+            "env: 'mkosi': No such file or directory",
+            mkosi
+        ));
+        assert!(names_missing(
+            "x\n/c/mkosi: 2: exec: /opt/mkosi: not found\n",
+            mkosi
+        ));
+        assert!(!names_missing(
+            "/r/mkosi.postinst: 3: frobnicate: not found",
+            mkosi
+        ));
+        assert!(!names_missing("mkosi: not found\n‣ a later line", mkosi));
+        assert!(!names_missing("", mkosi));
     }
 
     #[test]
