@@ -332,3 +332,32 @@ fn a_secure_boot_key_that_is_not_the_certificates_is_refused_before_any_work() {
     assert!(stderr.contains("is not the key of certificate"), "{stderr}");
     assert!(!out.exists(), "nothing is written before the checks pass");
 }
+
+/// A store ending in a carriage return (pasted from a Windows file) would
+/// be written into the image's update.toml for every node to fetch from.
+#[test]
+fn an_update_store_the_agent_cannot_follow_is_refused_before_any_work() {
+    let project = project_copy();
+    let out = project.path().join("out");
+    let agent = project.path().join("boxcar-update");
+    std::fs::write(&agent, "an agent").unwrap();
+    for store in [
+        "https://updates.example.com/boxcar\r",
+        "ftp://updates.example.com",
+    ] {
+        boxcar()
+            .args(["build", "--project"])
+            .arg(project.path())
+            .arg("--out")
+            .arg(&out)
+            .arg("--update-agent")
+            .arg(&agent)
+            .args(["--update-store", store])
+            .assert()
+            .code(1)
+            .stderr(predicate::str::contains(
+                "is not a store the image's agent can follow",
+            ));
+    }
+    assert!(!out.exists(), "nothing is written before the checks pass");
+}

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use crate::channel::ChannelName;
 use crate::records::buildinfo::AgentRecord;
 use anyhow::{bail, Context, Result};
+use boxcar_client::transport::StoreLocation;
 use boxcar_signing::PublicKey;
 
 /// The agent's program name, installed as /usr/bin/boxcar-update.
@@ -57,9 +58,7 @@ impl AgentInputs {
             loaded.push((file, key));
         }
         if let Some(store) = store {
-            if store.trim().is_empty() || store.contains(['"', '\n', '\\']) {
-                bail!("--update-store {store:?} is not a store URL");
-            }
+            check_store(store)?;
         }
         Ok(Self {
             binary,
@@ -90,17 +89,20 @@ impl AgentInputs {
         Ok(())
     }
 
-    /// /usr/lib/boxcar/update.toml.
+    /// /usr/lib/boxcar/update.toml. The values are written as TOML strings
+    /// by the toml crate, so whatever they hold, the file parses.
     fn defaults(&self, channel: &ChannelName) -> String {
+        let string = |text: &str| toml::Value::String(text.to_owned()).to_string();
         format!(
             "# The image's update defaults, written by `boxcar build`. Set any of\n\
              # them in /etc/boxcar/update.toml (provisioning can write it).\n\
              [store]\n\
              # Empty: the host follows no store until one is configured.\n\
-             url = \"{}\"\n\
+             url = {}\n\
              # The channel the image was built for.\n\
-             channel = \"{channel}\"\n",
-            self.store.as_deref().unwrap_or_default()
+             channel = {}\n",
+            string(self.store.as_deref().unwrap_or_default()),
+            string(channel.as_str())
         )
     }
 
@@ -113,6 +115,27 @@ impl AgentInputs {
             store: self.store.clone(),
             channel: channel.clone(),
         })
+    }
+}
+
+/// Refuses a store the image's agent could not follow: one the agent's own
+/// parsing (the client's) refuses, a relative directory (relative to
+/// whatever directory the agent runs in), and any control character or
+/// surrounding space (a trailing `\r` is invisible in a terminal, and the
+/// agent would fetch from a URL that ends in it).
+fn check_store(store: &str) -> Result<()> {
+    let refuse = |why: &str| -> Result<()> {
+        bail!("--update-store {store:?} is not a store the image's agent can follow: {why}")
+    };
+    if store.is_empty() || store.trim() != store || store.chars().any(char::is_control) {
+        return refuse("it is empty, or holds spaces around it or control characters");
+    }
+    match StoreLocation::parse(store) {
+        Err(error) => refuse(&error.to_string()),
+        Ok(StoreLocation::Directory(path)) if !path.is_absolute() => {
+            refuse("a directory must be an absolute path")
+        }
+        Ok(_) => Ok(()),
     }
 }
 
@@ -168,6 +191,56 @@ mod tests {
         let agent = temp.path().join("agent");
         fs::write(&agent, b"x").unwrap();
         let err = AgentInputs::resolve(Some(&agent), &[], Some("a\"b"), temp.path()).unwrap_err();
-        assert!(err.to_string().contains("is not a store URL"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("is not a store the image's agent can follow"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_store_is_refused_unless_the_agent_can_follow_it() {
+        for bad in [
+            "https://updates.example.com/boxcar\r",
+            "https://updates.example.com/\tboxcar",
+            "https://updates.example.com/boxcar\u{7f}",
+            " https://updates.example.com/boxcar",
+            "",
+            "https://[::1",
+            "ftp://updates.example.com/boxcar",
+            "s3://bucket/boxcar",
+            "stores/good",
+            "file://stores/good",
+        ] {
+            let err = check_store(bad).unwrap_err();
+            assert!(
+                err.to_string().contains("can follow"),
+                "{bad:?} was not refused well: {err}"
+            );
+        }
+        for good in [
+            "https://updates.example.com/boxcar",
+            "http://10.0.2.2:8080/stores/good",
+            "/srv/boxcar-store",
+            "file:///srv/boxcar-store",
+        ] {
+            check_store(good).unwrap();
+        }
+    }
+
+    #[test]
+    fn the_defaults_are_toml_whatever_the_store_holds() {
+        let inputs = AgentInputs {
+            binary: PathBuf::from("/nonexistent"),
+            keys: Vec::new(),
+            store: Some(r#"https://updates.example.com/a"b\c"#.to_owned()),
+        };
+        let channel: ChannelName = "beta".parse().unwrap();
+        let parsed: toml::Table = toml::from_str(&inputs.defaults(&channel)).unwrap();
+        assert_eq!(
+            parsed["store"]["url"].as_str(),
+            Some(r#"https://updates.example.com/a"b\c"#)
+        );
+        assert_eq!(parsed["store"]["channel"].as_str(), Some("beta"));
     }
 }

@@ -679,8 +679,9 @@ pub struct BuildArgs {
     #[arg(long = "update-key", value_name = "FILE")]
     pub update_keys: Vec<PathBuf>,
 
-    /// The store the image's agent follows by default (an https:// URL);
-    /// without it, nodes follow nothing until provisioning sets
+    /// The store the image's agent follows by default: an https:// or
+    /// http:// URL, or an absolute directory path (or file:// URL) on the
+    /// node. Without it, nodes follow nothing until provisioning sets
     /// store.url in /etc/boxcar/update.toml.
     #[arg(long, value_name = "URL")]
     pub update_store: Option<String>,

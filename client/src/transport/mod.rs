@@ -6,6 +6,7 @@
 mod dir;
 mod http;
 
+use std::path::PathBuf;
 use std::time::Instant;
 
 use boxcar_signing::{Hasher, Sha256Digest};
@@ -98,24 +99,48 @@ impl<'a> Body<'a> {
     }
 }
 
+/// Where a store is, as [`open_store`] reads a location. One definition,
+/// so that a writer of settings (the image's update.toml, written by
+/// `boxcar build`) can check a location the way the agent will read it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoreLocation {
+    /// A web server: an `http://` or `https://` URL that parses.
+    Http(String),
+    /// A directory: a path, or a `file://` URL's path.
+    Directory(PathBuf),
+}
+
+impl StoreLocation {
+    pub fn parse(location: &str) -> Result<Self, Error> {
+        let refused = |reason: String| Error::Refused {
+            location: location.to_owned(),
+            reason,
+        };
+        let lower = location.to_ascii_lowercase();
+        if lower.starts_with("http://") || lower.starts_with("https://") {
+            reqwest::Url::parse(location).map_err(|e| refused(format!("not a URL: {e}")))?;
+            return Ok(Self::Http(location.to_owned()));
+        }
+        if let Some(path) = location.strip_prefix("file://") {
+            return Ok(Self::Directory(path.into()));
+        }
+        if location.contains("://") {
+            return Err(refused(
+                "only http://, https:// and file:// stores (or a directory path) are supported"
+                    .into(),
+            ));
+        }
+        Ok(Self::Directory(location.into()))
+    }
+}
+
 /// Opens the store at `location`: an `http://` or `https://` URL, a
 /// `file://` URL or a directory path.
 pub fn open_store(location: &str, settings: &NetworkSettings) -> Result<Box<dyn Transport>, Error> {
-    let lower = location.to_ascii_lowercase();
-    if lower.starts_with("http://") || lower.starts_with("https://") {
-        return Ok(Box::new(HttpTransport::new(location, settings)?));
-    }
-    if let Some(path) = location.strip_prefix("file://") {
-        return Ok(Box::new(DirTransport::new(path)));
-    }
-    if location.contains("://") {
-        return Err(Error::Refused {
-            location: location.to_owned(),
-            reason: "only http://, https:// and file:// stores (or a directory path) are supported"
-                .into(),
-        });
-    }
-    Ok(Box::new(DirTransport::new(location)))
+    Ok(match StoreLocation::parse(location)? {
+        StoreLocation::Http(url) => Box::new(HttpTransport::new(&url, settings)?),
+        StoreLocation::Directory(path) => Box::new(DirTransport::new(path)),
+    })
 }
 
 /// The error for a file longer than the size its release signs.
@@ -165,4 +190,28 @@ pub fn read_document(
         }
     }
     Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_location_is_a_web_server_a_directory_or_refused() {
+        let parse = |text: &str| StoreLocation::parse(text);
+        assert_eq!(
+            parse("HTTPS://updates.example.com/boxcar").unwrap(),
+            StoreLocation::Http("HTTPS://updates.example.com/boxcar".into())
+        );
+        assert_eq!(
+            parse("file:///srv/store").unwrap(),
+            StoreLocation::Directory("/srv/store".into())
+        );
+        assert_eq!(
+            parse("stores/good").unwrap(),
+            StoreLocation::Directory("stores/good".into())
+        );
+        assert!(parse("https://[::1").is_err());
+        assert!(parse("s3://bucket/prefix").is_err());
+    }
 }
