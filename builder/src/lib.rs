@@ -29,6 +29,7 @@
 //! | plumbing | [`progress`] | progress on stderr |
 //! | plumbing | [`output`], [`units`] | results on stdout; sizes and times for people |
 //! | plumbing | [`interrupt`] | Ctrl-C and SIGTERM, and crash points for tests |
+//! | tests | `isolated` | unit tests that change what the process shares (umask, interrupt flag), each run in a process of its own |
 //! | CLI | [`cmdline`] | the command line (clap types only) |
 //! | CLI | [`commands`] | one function per subcommand, grouped by verb family |
 
@@ -60,6 +61,8 @@ pub mod duration;
 pub mod hosttools;
 pub mod image;
 pub mod interrupt;
+#[cfg(test)]
+mod isolated;
 pub mod objectstore;
 pub mod output;
 pub mod platform;

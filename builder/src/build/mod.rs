@@ -8,8 +8,8 @@
 //! [`run`] calls the phases in order, one file each: `compose` (mkosi),
 //! `collect`, `inspect`, `package` (through [`convert`]), `digest`, `payload` (the
 //! update nodes download), then `record` writes build.json. Around them: `plan` (what to build),
-//! `requirements` (the programs it needs), `cachelock`, `staging`, `timing`
-//! and `source` (git).
+//! `requirements` (the programs it needs), `cachelock`, `staging`, `timing`,
+//! `source` (git) and `umask` (the modes of what a build writes).
 
 pub mod agent_tree;
 mod cachelock;
@@ -32,6 +32,7 @@ mod source;
 mod staging;
 mod timing;
 mod uki;
+pub mod umask;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};

@@ -28,8 +28,11 @@ pub(super) fn source_info(project: &Project) -> Result<SourceInfo> {
 }
 
 /// One digest of a directory tree: every entry's relative path and kind,
-/// an executable bit for files, a link's target, a file's contents, in
-/// path order, so equal digests mean equal trees as a build reads them.
+/// a directory's or file's permission bits, a link's target, a file's
+/// contents, in path order, so equal digests mean equal trees as a build
+/// reads them. All the permission bits, not only the executable one: mkosi
+/// and the initrd package copy a recipe file's mode into the image, so a
+/// checkout made under umask 002 builds another /usr than one under 022.
 pub fn tree_digest(dir: &Path) -> Result<Sha256Digest> {
     let mut hasher = Hasher::new();
     digest_dir(dir, "", &mut hasher)?;
@@ -48,19 +51,19 @@ fn digest_dir(dir: &Path, relative: &str, hasher: &mut Hasher) -> Result<()> {
         let metadata =
             fs::symlink_metadata(&path).with_context(|| format!("reading {}", path.display()))?;
         let kind = metadata.file_type();
+        let mode = metadata.permissions().mode() & 0o7777;
         if kind.is_symlink() {
             let target =
                 fs::read_link(&path).with_context(|| format!("reading {}", path.display()))?;
             hasher.update(format!("link {name} -> {}\0", target.display()).as_bytes());
         } else if kind.is_dir() {
-            hasher.update(format!("dir {name}\0").as_bytes());
+            hasher.update(format!("dir {name} {mode:o}\0").as_bytes());
             digest_dir(&path, &name, hasher)?;
         } else {
-            let executable = metadata.permissions().mode() & 0o111 != 0;
             let contents = boxcar_signing::sha256_file(&path)
                 .with_context(|| format!("reading {}", path.display()))?
                 .0;
-            hasher.update(format!("file {name} {executable} {contents}\0").as_bytes());
+            hasher.update(format!("file {name} {mode:o} {contents}\0").as_bytes());
         }
     }
     Ok(())
@@ -107,12 +110,23 @@ pub(super) fn git_commit_time(root: &Path) -> Option<i64> {
 mod tests {
     use super::*;
 
+    /// A tree with the modes a checkout under umask 022 has, set here so
+    /// the test does not depend on the umask it runs under.
     fn tree() -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();
+        let mode = |path: &Path, mode: u32| {
+            fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap()
+        };
         fs::create_dir(dir.path().join("mkosi.conf.d")).unwrap();
-        fs::write(dir.path().join("mkosi.conf"), "[Output]\n").unwrap();
-        fs::write(dir.path().join("mkosi.conf.d/10-base.conf"), "x\n").unwrap();
-        fs::write(dir.path().join("mkosi.postinst"), "#!/bin/sh\n").unwrap();
+        mode(&dir.path().join("mkosi.conf.d"), 0o755);
+        for (file, text) in [
+            ("mkosi.conf", "[Output]\n"),
+            ("mkosi.conf.d/10-base.conf", "x\n"),
+            ("mkosi.postinst", "#!/bin/sh\n"),
+        ] {
+            fs::write(dir.path().join(file), text).unwrap();
+            mode(&dir.path().join(file), 0o644);
+        }
         std::os::unix::fs::symlink("mkosi.conf", dir.path().join("link")).unwrap();
         dir
     }
@@ -122,12 +136,15 @@ mod tests {
         let (a, b) = (tree(), tree());
         let digest = tree_digest(a.path()).unwrap();
         assert_eq!(digest, tree_digest(b.path()).unwrap());
-        let changes: [&dyn Fn(&Path); 4] = [
+        let mode = |path: &Path, mode: u32| {
+            fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap()
+        };
+        let changes: [&dyn Fn(&Path); 6] = [
             &|p| fs::write(p.join("mkosi.conf.d/10-base.conf"), "y\n").unwrap(),
-            &|p| {
-                let script = p.join("mkosi.postinst");
-                fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).unwrap()
-            },
+            &|p| mode(&p.join("mkosi.postinst"), 0o755),
+            // What a checkout under umask 002 has: the image gets it too.
+            &|p| mode(&p.join("mkosi.conf"), 0o664),
+            &|p| mode(&p.join("mkosi.conf.d"), 0o775),
             &|p| {
                 fs::remove_file(p.join("link")).unwrap();
                 std::os::unix::fs::symlink("mkosi.postinst", p.join("link")).unwrap()

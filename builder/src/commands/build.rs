@@ -45,6 +45,9 @@ fn require_root(what: &str) -> Result<()> {
 }
 
 pub(super) fn build(global: &GlobalArgs, args: &BuildArgs, progress: &Progress) -> Result<()> {
+    // First, before anything is created: the host's umask must not change
+    // the image or break its packaging.
+    build::umask::set_for_build();
     let project = Project::discover(global.project.as_deref())?;
     let cache = Cache::new(global.cache_dir.as_deref())?;
     let request = BuildRequest {
