@@ -70,24 +70,32 @@ pub fn run(plan: &BuildPlan, tools: &HostTools, progress: &Progress) -> Result<B
     }
     cachelock::create_cache_dirs(&plan.cache)?;
     let _lock = CacheLock::acquire(&plan.cache, progress)?;
-    let staging = Staging::create(&plan.staging_dir)?;
+    let (dir, info) = in_staging(plan, |staging, log| {
+        let mut timings = Vec::new();
+        let mut info = assemble(plan, tools, progress, staging, log, &mut timings)?;
+        info.phases.push(phase_timing("total", started.elapsed()));
+        record::write_build_json(staging, &info)?;
+        Ok(info)
+    })?;
+    Ok(BuildOutcome { dir, info })
+}
+
+/// Runs `work` in a new staging directory with the build's log open, then
+/// renames the directory into place. Any failure on the way, build.json's
+/// and the rename's included, keeps the log at the plan's failed-log path:
+/// README promises one for every failed build.
+fn in_staging<T>(
+    plan: &BuildPlan,
+    work: impl FnOnce(&Path, &mut File) -> Result<T>,
+) -> Result<(PathBuf, T)> {
+    let mut staging = Staging::create(&plan.staging_dir)?;
     let log_path = staging.path.join(BUILD_LOG);
     let mut log =
         File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
-
-    let mut timings = Vec::new();
-    let result = assemble(plan, tools, progress, &staging.path, &mut log, &mut timings);
-    let mut info = match result {
-        Ok(info) => info,
-        Err(error) => {
-            drop(log);
-            return Err(staging::keep_failed_log(plan, &log_path, error));
-        }
-    };
-    info.phases.push(phase_timing("total", started.elapsed()));
-    record::write_build_json(&staging.path, &info)?;
-    let dir = staging.commit(&plan.final_dir)?;
-    Ok(BuildOutcome { dir, info })
+    let result = work(&staging.path, &mut log);
+    drop(log);
+    let committed = result.and_then(|value| Ok((staging.commit(&plan.final_dir)?, value)));
+    committed.map_err(|error| staging::keep_failed_log(plan, &log_path, error))
 }
 
 /// The phases of a build, in order, run inside the staging directory.
@@ -192,4 +200,55 @@ fn sign_and_verify(
     secure_boot::verify_usr_signature(tools, &info, staging, signature)?;
     info.signed.push(inspect::USR_SIGNATURE_FILE.to_owned());
     Ok(info)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fs;
+    use std::io::Write;
+
+    use super::*;
+
+    #[test]
+    fn a_build_that_cannot_be_renamed_into_place_keeps_its_log() {
+        let temp = tempfile::tempdir().unwrap();
+        let plan = plan::tests::plan_in(temp.path());
+        let error = in_staging(&plan, |_, log| {
+            writeln!(log, "mkosi said this")?;
+            // Another build of the same version finished first.
+            fs::create_dir_all(plan.final_dir.join("other"))?;
+            Ok(())
+        })
+        .unwrap_err();
+        assert!(
+            format!("{error:#}").contains("appeared while building"),
+            "{error:#}"
+        );
+        let kept = fs::read_to_string(plan.failed_log_path()).unwrap();
+        assert_eq!(kept, "mkosi said this\n");
+        assert!(!plan.staging_dir.exists());
+        assert!(plan.final_dir.join("other").exists(), "not replaced");
+    }
+
+    /// As when build.json cannot be written, the last step `run` gives
+    /// `in_staging`.
+    #[test]
+    fn a_build_whose_record_cannot_be_written_keeps_its_log() {
+        let temp = tempfile::tempdir().unwrap();
+        let plan = plan::tests::plan_in(temp.path());
+        let error = in_staging(&plan, |staging, log| {
+            writeln!(log, "every phase passed")?;
+            let record = staging.join(crate::records::buildinfo::BUILD_JSON);
+            fs::create_dir(&record)?;
+            fs::write(&record, "{}").context("writing build.json")
+        })
+        .unwrap_err();
+        assert!(
+            format!("{error:#}").contains("writing build.json"),
+            "{error:#}"
+        );
+        let kept = fs::read_to_string(plan.failed_log_path()).unwrap();
+        assert_eq!(kept, "every phase passed\n");
+        assert!(!plan.staging_dir.exists() && !plan.final_dir.exists());
+    }
 }

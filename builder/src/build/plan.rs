@@ -280,7 +280,7 @@ impl BuildPlan {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use std::fs;
     use std::path::Path;
 
@@ -290,18 +290,32 @@ mod tests {
 
     /// A throwaway checkout with the real recipes and channels.
     fn project_copy() -> (tempfile::TempDir, Project) {
-        let real = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
         let temp = tempfile::tempdir().unwrap();
-        for dir in ["recipes", "channels"] {
+        let project = project_in(temp.path());
+        (temp, project)
+    }
+
+    /// The real recipes and channels copied into `dir`, as a checkout.
+    fn project_in(dir: &Path) -> Project {
+        let real = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+        for part in ["recipes", "channels"] {
             Step::new("copying", "cp")
                 .arg("-r")
-                .arg(real.join(dir))
-                .arg(temp.path())
+                .arg(real.join(part))
+                .arg(dir)
                 .run()
                 .unwrap();
         }
-        let project = Project::at(temp.path()).unwrap();
-        (temp, project)
+        Project::at(dir).unwrap()
+    }
+
+    /// A plan for a checkout copied into `dir`, building into `dir/build`,
+    /// for tests of what happens around the phases.
+    pub(in crate::build) fn plan_in(dir: &Path) -> BuildPlan {
+        let project = project_in(dir);
+        let cache = Cache::new(Some(&dir.join("cache"))).unwrap();
+        let request = request(&dir.join("build"));
+        BuildPlan::new(project, cache, &request, OffsetDateTime::now_utc()).unwrap()
     }
 
     fn request(out: &Path) -> BuildRequest {

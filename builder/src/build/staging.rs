@@ -35,7 +35,9 @@ impl Staging {
     }
 
     /// Renames the staging directory to `target`: the build appears whole.
-    pub(super) fn commit(mut self, target: &Path) -> Result<PathBuf> {
+    /// On failure the staging directory is still there (and goes when this
+    /// is dropped), so the caller can keep its log first.
+    pub(super) fn commit(&mut self, target: &Path) -> Result<PathBuf> {
         if target.exists() {
             bail!(
                 "{} appeared while building; not replacing it",
@@ -87,9 +89,10 @@ mod tests {
             fs::write(staging.path.join("disk.raw"), b"half").unwrap();
         }
         assert!(!path.exists());
-        let staging = Staging::create(&path).unwrap();
+        let mut staging = Staging::create(&path).unwrap();
         let target = temp.path().join("1");
         staging.commit(&target).unwrap();
+        drop(staging);
         assert!(target.is_dir() && !path.exists());
     }
 }
