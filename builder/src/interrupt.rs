@@ -6,11 +6,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 static REQUESTED: AtomicBool = AtomicBool::new(false);
 
+/// Why work stopped: the user asked it to.
+#[derive(Debug, thiserror::Error)]
+#[error("interrupted (Ctrl-C or SIGTERM)")]
+pub struct Interrupted;
+
 /// Installs the handler; call once, early in `main`.
 pub fn install() {
     // If a handler is already set (tests, embedding), keep it.
     let _ = ctrlc::set_handler(|| {
-        if REQUESTED.swap(true, Ordering::SeqCst) {
+        if request() {
             // A second request: the user insists. Leave now.
             eprintln!("interrupted again; exiting without cleaning up");
             std::process::exit(130);
@@ -19,9 +24,25 @@ pub fn install() {
     });
 }
 
+/// Records a request to stop, as Ctrl-C does; says whether one was
+/// recorded before.
+pub(crate) fn request() -> bool {
+    REQUESTED.swap(true, Ordering::SeqCst)
+}
+
 /// Whether the user asked to stop.
 pub fn requested() -> bool {
     REQUESTED.load(Ordering::SeqCst)
+}
+
+/// Fails if the user asked to stop. The request only stops the child
+/// process that runs at the time ([`crate::process`]); work in our own
+/// code (packaging, hashing) calls this between its steps.
+pub fn check() -> Result<(), Interrupted> {
+    if requested() {
+        return Err(Interrupted);
+    }
+    Ok(())
 }
 
 /// For crash tests: dies here, without any cleanup, when the environment

@@ -230,6 +230,34 @@ mod tests {
         assert!(plan.final_dir.join("other").exists(), "not replaced");
     }
 
+    #[test]
+    fn an_interrupted_build_is_not_renamed_into_place_and_keeps_its_log() {
+        if !crate::isolated::in_own_process(
+            module_path!(),
+            "an_interrupted_build_is_not_renamed_into_place_and_keeps_its_log",
+        ) {
+            return;
+        }
+        let temp = tempfile::tempdir().unwrap();
+        let plan = plan::tests::plan_in(temp.path());
+        let error = in_staging(&plan, |_, log| {
+            writeln!(log, "packaging")?;
+            // Ctrl-C during the last steps, after every phase's check.
+            crate::interrupt::request();
+            Ok(())
+        })
+        .unwrap_err();
+        let message = format!("{error:#}");
+        assert!(message.contains("was interrupted"), "{message}");
+        assert!(
+            message.contains("not renaming the build into place"),
+            "{message}"
+        );
+        assert!(!plan.final_dir.exists() && !plan.staging_dir.exists());
+        let kept = fs::read_to_string(plan.failed_log_path()).unwrap();
+        assert_eq!(kept, "packaging\n");
+    }
+
     /// As when build.json cannot be written, the last step `run` gives
     /// `in_staging`.
     #[test]

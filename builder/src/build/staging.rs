@@ -38,6 +38,8 @@ impl Staging {
     /// On failure the staging directory is still there (and goes when this
     /// is dropped), so the caller can keep its log first.
     pub(super) fn commit(&mut self, target: &Path) -> Result<PathBuf> {
+        // The last moment to honour Ctrl-C: once renamed, the build exists.
+        crate::interrupt::check().context("not renaming the build into place")?;
         if target.exists() {
             bail!(
                 "{} appeared while building; not replacing it",
