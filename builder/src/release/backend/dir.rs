@@ -3,9 +3,10 @@
 //! Writers take turns through a lock file (`.lock`). A release is assembled
 //! in `releases/.<version>.partial` and renamed into place whole. A
 //! document and its signature are two files, replaced as a pair through a
-//! journal: if a writer dies between the two renames, the next writer puts
-//! the old pair back, so the store is as it was before the interrupted
-//! operation. Every file is created new (never through a symlink left in
+//! journal that says whether the pair is replaced or created: if a writer
+//! dies between the two renames, the next writer puts the old pair back
+//! (or removes the half-created one), so the store is as it was before the
+//! interrupted operation. Every file is created new (never through a symlink left in
 //! its place) and synced before it is renamed.
 
 use std::fs::{self, File};
@@ -52,30 +53,60 @@ impl DirBackend {
         self.root.join(layout::RELEASES_DIR)
     }
 
-    /// Puts back the pair a journal in `dir` says was being replaced.
+    /// Undoes the interrupted replacement (or creation) of the pair `name`
+    /// in `dir` that its journal records, so the store is as it was before.
     fn undo_journal(&self, dir: &Path, name: &str) -> Result<String> {
+        let journal = dir.join(pending::journal_name(name));
         let path = dir.join(name);
-        let signature = dir.join(layout::signature_of(name));
         let signature_name = layout::signature_of(name);
-        let old_doc = dir.join(pending::old_name(name));
-        let old_sig = dir.join(pending::old_name(&signature_name));
-        if old_doc.exists() && old_sig.exists() {
-            fs::rename(&old_sig, &signature)?;
-            fs::rename(&old_doc, &path)?;
-        } else {
-            // The document was being created: there was none before.
+        let done = if journal_says_create(&journal)? {
+            // There was no document before: none is left.
             remove_if_there(&path)?;
-            remove_if_there(&signature)?;
-        }
+            remove_if_there(&dir.join(&signature_name))?;
+            format!("removed the half-created {}", path.display())
+        } else {
+            // A replacement: the .old links hold the pair from before. An
+            // undo killed half way has put one back already.
+            restore_old(dir, &signature_name)?;
+            restore_old(dir, name)?;
+            format!(
+                "restored {} to its state before an interrupted update",
+                path.display()
+            )
+        };
         for leftover in [pending::new_name(name), pending::new_name(&signature_name)] {
             remove_if_there(&dir.join(leftover))?;
         }
-        fs::remove_file(dir.join(pending::journal_name(name)))?;
+        fs::remove_file(&journal).with_context(|| format!("removing {}", journal.display()))?;
         sync_dir(dir)?;
-        Ok(format!(
-            "restored {} to its state before an interrupted update",
-            path.display()
-        ))
+        Ok(done)
+    }
+}
+
+/// Whether the journal at `path` records the creation of its document,
+/// which an undo removes. Anything else undoes as a replacement, which only
+/// puts back what is kept: a journal left empty by a writer that died
+/// writing it (before it renamed anything), or a symlink planted as a
+/// journal (never followed; a writer creates its journal as a file).
+fn journal_says_create(path: &Path) -> Result<bool> {
+    let metadata =
+        fs::symlink_metadata(path).with_context(|| format!("reading {}", path.display()))?;
+    // A writer's journal is "create\n" or "replace\n".
+    if !metadata.is_file() || metadata.len() > 64 {
+        return Ok(false);
+    }
+    let text = fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(text.trim() == "create")
+}
+
+/// Puts `dir/.NAME.old` back as `dir/NAME` if it is still there (an undo
+/// killed half way may have put it back already).
+fn restore_old(dir: &Path, name: &str) -> Result<()> {
+    let old = dir.join(pending::old_name(name));
+    let path = dir.join(name);
+    match fs::rename(&old, &path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        other => other.with_context(|| format!("renaming {} to {}", old.display(), path.display())),
     }
 }
 
@@ -446,6 +477,48 @@ mod tests {
             (b"old".to_vec(), b"old sig".to_vec())
         );
         assert!(!dir.join(".beta.json.new").exists() && !dir.join(".beta.json.journal").exists());
+    }
+
+    #[test]
+    fn a_repair_killed_between_its_two_renames_is_finished_by_the_next() {
+        let temp = tempfile::tempdir().unwrap();
+        let store = DirBackend::open(temp.path()).unwrap();
+        store
+            .replace_document("keys.json", b"old", "old sig", &Expect::Absent)
+            .unwrap();
+        // A replacement interrupted after both renames, whose repair was
+        // then killed after putting the old signature back.
+        let root = temp.path();
+        fs::hard_link(root.join("keys.json"), root.join(".keys.json.old")).unwrap();
+        fs::write(root.join(".keys.json.journal"), "replace\n").unwrap();
+        fs::remove_file(root.join("keys.json")).unwrap();
+        fs::write(root.join("keys.json"), "new").unwrap();
+        let repaired = store.repair().unwrap();
+        assert_eq!(repaired.len(), 1, "{repaired:?}");
+        assert!(repaired[0].starts_with("restored"), "{repaired:?}");
+        assert_eq!(
+            read_pair(&store, "keys.json"),
+            (b"old".to_vec(), b"old sig".to_vec())
+        );
+        assert!(!root.join(".keys.json.old").exists() && !root.join(".keys.json.journal").exists());
+    }
+
+    #[test]
+    fn repair_removes_a_half_created_pair() {
+        let temp = tempfile::tempdir().unwrap();
+        let store = DirBackend::open(temp.path()).unwrap();
+        // A first channel document whose signature was renamed into place
+        // before the writer died.
+        let dir = temp.path().join("channels");
+        fs::write(dir.join("beta.json.minisig"), "new sig").unwrap();
+        fs::write(dir.join(".beta.json.new"), "new").unwrap();
+        fs::write(dir.join(".beta.json.journal"), "create\n").unwrap();
+        let repaired = store.repair().unwrap();
+        assert!(
+            repaired[0].starts_with("removed the half-created"),
+            "{repaired:?}"
+        );
+        assert_eq!(fs::read_dir(&dir).unwrap().count(), 0);
     }
 
     #[test]
