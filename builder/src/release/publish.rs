@@ -15,7 +15,7 @@
 //! refused: a published version is never replaced.
 
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use boxcar_client::layout::{self, SafeName};
@@ -44,14 +44,23 @@ pub struct Published {
     pub channel: Option<(String, u64)>,
 }
 
+/// A platform's boot-test evidence: the summary release.json carries, and
+/// the file published beside it as it was when it was read.
+#[derive(Debug)]
+pub struct GatheredEvidence {
+    pub summary: EvidenceSummary,
+    pub path: PathBuf,
+    pub size: u64,
+}
+
 /// Checks the build's boot-test evidence: every platform's artifact must
-/// have passed when `policy` requires it. Returns the summaries and the
-/// evidence files to publish.
+/// have passed when `policy` requires it. Returns each platform's evidence
+/// to publish.
 pub fn gather_evidence(
     build_dir: &Path,
     build: &BuildInfo,
     policy: EvidencePolicy,
-) -> Result<Vec<(EvidenceSummary, std::path::PathBuf)>> {
+) -> Result<Vec<GatheredEvidence>> {
     let mut gathered = Vec::new();
     let mut problems = Vec::new();
     let mut platforms: Vec<&str> = Vec::new();
@@ -98,9 +107,9 @@ pub fn gather_evidence(
                 failed.join(", ")
             ));
         }
-        let (evidence_sha256, _) = boxcar_signing::sha256_file(&path)?;
-        gathered.push((
-            EvidenceSummary {
+        let (evidence_sha256, size) = boxcar_signing::sha256_file(&path)?;
+        gathered.push(GatheredEvidence {
+            summary: EvidenceSummary {
                 platform: platform.to_owned(),
                 passed: evidence.passed,
                 tested_at: evidence.started_at.clone(),
@@ -111,7 +120,8 @@ pub fn gather_evidence(
                 footprint: evidence.booted_footprint(),
             },
             path,
-        ));
+            size,
+        });
     }
     if policy == EvidencePolicy::Required && !problems.is_empty() {
         bail!(
@@ -274,7 +284,7 @@ fn point(
 
 /// Copies one file of the build (`name`, with the size and digest
 /// build.json gives) into the release, checking it on the way.
-fn copy_checked(
+fn copy_build_file(
     draft: &mut dyn ReleaseDraft,
     build_dir: &Path,
     (name, size, sha256): (&str, u64, Sha256Digest),
@@ -282,13 +292,46 @@ fn copy_checked(
 ) -> Result<()> {
     let name = SafeName::new("file name", name)?;
     let source = build_dir.join(name.as_str());
+    copy_checked(
+        draft,
+        (name.as_str(), &source),
+        (sha256, size),
+        "build.json",
+        bar,
+    )
+}
+
+/// Copies a platform's boot-test evidence into the release, checking that
+/// it is still the file whose digest release.json signs.
+fn copy_evidence(draft: &mut dyn ReleaseDraft, evidence: &GatheredEvidence) -> Result<()> {
+    let platform = SafeName::new("platform", &evidence.summary.platform)?;
+    let name = format!("{}/{platform}.json", layout::EVIDENCE_DIR);
+    copy_checked(
+        draft,
+        (&name, &evidence.path),
+        (evidence.summary.evidence_sha256, evidence.size),
+        "release.json's evidence summary",
+        &indicatif::ProgressBar::hidden(),
+    )
+}
+
+/// Copies `source` into the release as `name`, hashing it on the way, and
+/// refuses it unless it is still the file (`sha256`, `size`) that `record`
+/// says: a file changed after it was read is not what the release signs.
+fn copy_checked(
+    draft: &mut dyn ReleaseDraft,
+    (name, source): (&str, &Path),
+    (sha256, size): (Sha256Digest, u64),
+    record: &str,
+    bar: &indicatif::ProgressBar,
+) -> Result<()> {
     let start = bar.position();
     let copied = draft
-        .copy_in(name.as_str(), &source, &|n| bar.set_position(start + n))
+        .copy_in(name, source, &|n| bar.set_position(start + n))
         .with_context(|| format!("copying {name}"))?;
     if copied != (sha256, size) {
         bail!(
-            "{} changed since the build: build.json says {size} bytes with sha256 {sha256}, the file has {} bytes with sha256 {}",
+            "{} is not the file {record} describes (it changed after it was recorded): {record} says {size} bytes with sha256 {sha256}, the file has {} bytes with sha256 {}",
             source.display(),
             copied.1,
             copied.0
@@ -311,7 +354,7 @@ fn copy_certificate(
     let size = fs::symlink_metadata(&source)
         .with_context(|| format!("reading {}", source.display()))?
         .len();
-    copy_checked(
+    copy_build_file(
         draft,
         build_dir,
         (name.as_str(), size, signed.file_sha256),
@@ -333,7 +376,7 @@ fn assemble(
     build_dir: &Path,
     build: &BuildInfo,
     version: &SafeName,
-    evidence: Vec<(EvidenceSummary, std::path::PathBuf)>,
+    evidence: Vec<GatheredEvidence>,
     progress: &Progress,
 ) -> Result<(ReleaseDocument, Sha256Digest)> {
     let mut draft = writer.store.begin_release(version)?;
@@ -344,7 +387,7 @@ fn assemble(
     let mut artifacts = Vec::new();
     for artifact in &build.artifacts {
         phase.status(&artifact.file);
-        copy_checked(
+        copy_build_file(
             draft.as_mut(),
             build_dir,
             (&artifact.file, artifact.size, artifact.sha256),
@@ -367,7 +410,7 @@ fn assemble(
         Some(payload) => {
             for file in &payload.files {
                 phase.status(&file.name);
-                copy_checked(
+                copy_build_file(
                     draft.as_mut(),
                     build_dir,
                     (&file.name, file.size, file.sha256),
@@ -387,11 +430,9 @@ fn assemble(
     };
     bar.finish_and_clear();
     let mut summaries = Vec::new();
-    for (summary, path) in evidence {
-        let platform = SafeName::new("platform", &summary.platform)?;
-        let name = format!("{}/{platform}.json", layout::EVIDENCE_DIR);
-        draft.copy_in(&name, &path, &|_| {})?;
-        summaries.push(summary);
+    for gathered in evidence {
+        copy_evidence(draft.as_mut(), &gathered)?;
+        summaries.push(gathered.summary);
     }
     phase.done(&format!(
         "{} files, {}",
@@ -438,4 +479,50 @@ fn assemble(
     draft.commit()?;
     let release_sha256 = boxcar_signing::sha256_bytes(&release_bytes);
     Ok((release, release_sha256))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::release::backend::{DirBackend, StoreBackend};
+
+    /// Evidence of `platform` read (as `gather_evidence` reads it) from a
+    /// file holding `bytes`.
+    fn evidence_read(dir: &Path, platform: &str, bytes: &[u8]) -> GatheredEvidence {
+        let path = dir.join(format!("{platform}.json"));
+        fs::write(&path, bytes).unwrap();
+        let (evidence_sha256, size) = boxcar_signing::sha256_file(&path).unwrap();
+        GatheredEvidence {
+            summary: EvidenceSummary {
+                platform: platform.into(),
+                passed: true,
+                tested_at: "2026-12-01T00:00:00Z".into(),
+                accelerator: "tcg".into(),
+                boot_seconds: None,
+                failed_checks: vec![],
+                evidence_sha256,
+                footprint: None,
+            },
+            path,
+            size,
+        }
+    }
+
+    #[test]
+    fn evidence_that_changed_after_it_was_read_is_not_published() {
+        let temp = tempfile::tempdir().unwrap();
+        let store = DirBackend::open(&temp.path().join("store")).unwrap();
+        let version = SafeName::new("version", "1.0.0").unwrap();
+        let mut draft = store.begin_release(&version).unwrap();
+        let unchanged = evidence_read(temp.path(), "qemu", b"{\"passed\": true}");
+        copy_evidence(draft.as_mut(), &unchanged).unwrap();
+        let changed = evidence_read(temp.path(), "metal", b"{\"passed\": false}");
+        fs::write(&changed.path, b"{\"passed\": true}").unwrap();
+        let err = copy_evidence(draft.as_mut(), &changed).unwrap_err();
+        assert!(
+            format!("{err:#}")
+                .contains("is not the file release.json's evidence summary describes"),
+            "{err:#}"
+        );
+    }
 }
