@@ -353,3 +353,96 @@ fn renewal_keeps_a_quiet_channel_alive_before_and_after_it_expires() {
     download(&lab, &key, "state.json").assert().success();
     lab.verify_passes_with("ok    channels/alpha.json: serial 3, points at 1.0.0");
 }
+
+/// Everything stderr said.
+fn stderr_of(command: &mut assert_cmd::Command) -> (bool, String) {
+    let output = command.output().unwrap();
+    let said = String::from_utf8_lossy(&output.stderr).into_owned();
+    (output.status.success(), said)
+}
+
+#[test]
+fn a_keyring_change_killed_before_keys_json_followed_is_finished_by_the_next() {
+    let lab = Lab::new();
+    let (root, spare) = (lab.new_key("root"), lab.new_key("spare"));
+    // A first keyring killed after keys/1.json: init again finishes it.
+    let (signing, spare_public) = (lab.public_key(), public(&spare));
+    let init = &["--signing", signing.as_str(), "--signing", &spare_public];
+    lab.keys("init", &[&root], init)
+        .env("BOXCAR_CRASH_AT", "keyring-before-current")
+        .assert()
+        .failure();
+    assert!(lab.store().join("keys/1.json").exists() && !lab.store().join("keys.json").exists());
+    let (ok, said) = stderr_of(&mut lab.keys("init", &[&root], init));
+    assert!(!ok, "{said}");
+    assert!(
+        said.contains("finishing it")
+            && said.contains("keys.json is now serial 1")
+            && said.contains("was not made"),
+        "{said}"
+    );
+    // The emergency: the spare signing key leaked, and its removal is
+    // killed between the two writes.
+    let leaked = key_id(&spare);
+    lab.keys("remove", &[&root], &["--key-id", &leaked])
+        .env("BOXCAR_CRASH_AT", "keyring-before-current")
+        .assert()
+        .failure();
+    assert_eq!(read_json(&lab.store().join("keys.json"))["serial"], 1);
+    assert!(lab.store().join("keys/2.json").exists());
+    // Running it again finishes the removal and says so...
+    let (ok, said) = stderr_of(&mut lab.keys("remove", &[&root], &["--key-id", &leaked]));
+    assert!(!ok && said.contains("keys.json is now serial 2"), "{said}");
+    let keyring = read_json(&lab.store().join("keys.json"));
+    assert!(!keyring.to_string().contains(&leaked), "{keyring:#}");
+    // ...and keyring changes work again.
+    lab.keys("renew", &[&root], &[])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("serial 3"));
+    publish_with(&lab, "1.0.0", &lab.path("keys"), &root)
+        .assert()
+        .success();
+    verify(&lab, &root)
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("keys.json: serial 3"));
+}
+
+#[test]
+fn a_next_keyring_version_that_is_not_the_successor_is_refused_with_what_to_do() {
+    let lab = Lab::new();
+    let (root, attacker) = (lab.new_key("root"), lab.new_key("attacker"));
+    lab.init_keyring(&root);
+    // keys/2.json planted by someone who can write files into the store,
+    // listing their key, signed by it alone.
+    let mut keyring: KeyringDocument =
+        serde_json::from_value(read_json(&lab.store().join("keys.json"))).unwrap();
+    keyring.serial = 2;
+    let key = secret(&attacker);
+    keyring.signing.keys.push(KeyringEntry::new(
+        &key.public_key(),
+        "2026-12-01T00:00:00Z",
+        "x",
+    ));
+    let bytes = documents::to_bytes(&keyring);
+    let signature = sign_keyring(&bytes, &[&key as &dyn Sign]).unwrap();
+    fs::write(lab.store().join("keys/2.json"), &bytes).unwrap();
+    fs::write(lab.store().join("keys/2.json.minisig"), &signature).unwrap();
+    let before = fs::read(lab.store().join("keys.json")).unwrap();
+    let (ok, said) = stderr_of(&mut lab.keys("renew", &[&root], &[]));
+    assert!(!ok, "{said}");
+    assert!(
+        said.contains("keys/2.json exists already, but it is not the successor of")
+            && said.contains("move it and its signature out of the store"),
+        "{said}"
+    );
+    assert_eq!(fs::read(lab.store().join("keys.json")).unwrap(), before);
+    // Once it is moved away, the change goes through.
+    fs::remove_file(lab.store().join("keys/2.json")).unwrap();
+    fs::remove_file(lab.store().join("keys/2.json.minisig")).unwrap();
+    lab.keys("renew", &[&root], &[])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("serial 2"));
+}

@@ -111,6 +111,10 @@ pub enum Command {
 /// that must be signed by enough of the current root keys (the threshold)
 /// and, when the root changes, enough of the new ones: pass each root
 /// secret key that signs with --root.
+///
+/// A change killed after writing keys/SERIAL.json but before keys.json is
+/// finished by the next keys command, which then stops without making its
+/// own change: run it again if that change is still needed.
 #[derive(Debug, Args)]
 pub struct KeysArgs {
     #[command(subcommand)]

@@ -100,7 +100,8 @@ pub(super) fn keys(global: &GlobalArgs, args: &KeysArgs, progress: &Progress) ->
     };
     let pinned = defaults::trusted_keys(&keyring_args.trust)?;
     let (store, _lock) = locked(global, &keyring_args.store, progress)?;
-    let keyring = keyring::change(store.as_ref(), &pinned, &request, OffsetDateTime::now_utc())?;
+    let now = OffsetDateTime::now_utc();
+    let keyring = keyring::change(store.as_ref(), &pinned, &request, now, progress)?;
     if global.json {
         out!("{}", serde_json::to_string_pretty(&keyring)?);
         return Ok(());

@@ -5,10 +5,11 @@
 //!
 //! Every version is kept as `keys/<serial>.json` (created once, never
 //! replaced), and `keys.json` is replaced by the newest, so that readers
-//! who pinned an old root can walk forward through every rotation.
+//! who pinned an old root can walk forward through every rotation. A change
+//! killed between the two writes is finished by the next one.
 
 use anyhow::{bail, Context, Result};
-use boxcar_client::error::found;
+use boxcar_client::error::{found, ErrorKind};
 use boxcar_client::layout;
 use boxcar_signing::documents::{self, ExpirationEnforcement};
 use boxcar_signing::keyring::{
@@ -18,9 +19,10 @@ use boxcar_signing::{KeyId, PublicKey, SecretKey, Sign, TrustedKeys};
 use serde::Serialize;
 use time::OffsetDateTime;
 
-use super::backend::{Expect, StoreBackend};
+use super::backend::{crash_point, Expect, StoreBackend};
 use super::documents::reader;
 use crate::duration::HumanDuration;
+use crate::progress::Progress;
 
 /// Which keys a key is listed as.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -70,6 +72,7 @@ pub fn change(
     pinned: &TrustedKeys,
     request: &KeyringRequest,
     now: OffsetDateTime,
+    progress: &Progress,
 ) -> Result<KeyringDocument> {
     if request.roots.is_empty() {
         bail!("no root key: pass --root FILE (one for each root key that must sign)");
@@ -83,6 +86,7 @@ pub fn change(
         .trust(&anchors, ExpirationEnforcement::Unsafe, now, None)
         .context("following the store's keyring from the root keys given")?
         .keyring;
+    finish_interrupted(store, current.as_ref(), &anchors, now, progress)?;
     let next = next_keyring(current.as_ref(), request, now)?;
     // Proof of possession: a key that becomes a root signs the keyring
     // that makes it one (a mistyped key would lock the store out later).
@@ -108,24 +112,128 @@ pub fn change(
     KeyringDocument::verify(&bytes, &signatures, authority).context(
         "the new keyring would not be accepted by readers: it needs the threshold of the current root keys and of its own root keys",
     )?;
-    let version = layout::keyring_version(next.serial);
-    if found(client.document(&version, "keyring", client.limits().keyring))?.is_some() {
-        bail!(
-            "{} exists already: another keyring has this serial",
-            client.location(&version)
-        );
-    }
     // The versioned copy is created only where none is: of two writers
     // making the same serial, one wins. keys.json then follows it.
+    let version = layout::keyring_version(next.serial);
     store.replace_document(&version, &bytes, &signatures, &Expect::Absent)?;
-    store.replace_document(layout::KEYRING, &bytes, &signatures, &Expect::Anything)?;
+    crash_point("keyring-before-current");
+    let signed = (bytes.as_slice(), signatures.as_str());
+    make_current(
+        store,
+        &next,
+        signed,
+        &anchors,
+        now,
+        ExpirationEnforcement::Enforce,
+    )?;
+    Ok(next)
+}
+
+/// Replaces keys.json with `keyring` (`signed`: its bytes and signatures),
+/// then reads it back from `anchors` as a reader would.
+fn make_current(
+    store: &dyn StoreBackend,
+    keyring: &KeyringDocument,
+    (bytes, signatures): (&[u8], &str),
+    anchors: &TrustedKeys,
+    now: OffsetDateTime,
+    expiry: ExpirationEnforcement,
+) -> Result<()> {
+    store.replace_document(layout::KEYRING, bytes, signatures, &Expect::Anything)?;
     let read_back = reader(store)
-        .trust(&anchors, ExpirationEnforcement::Enforce, now, None)
+        .trust(anchors, expiry, now, None)
         .context("reading the new keyring back")?;
-    if read_back.keyring.as_ref() != Some(&next) {
+    if read_back.keyring.as_ref() != Some(keyring) {
         bail!("keys.json reads back differently from what was written");
     }
-    Ok(next)
+    Ok(())
+}
+
+/// A change killed between writing `keys/N.json` and keys.json leaves
+/// serial N taken while keys.json is still N-1, and every later change
+/// (an emergency removal too) would stop at it. When that version is the
+/// current keyring's successor, signed as readers require, the earlier
+/// change is finished (keys.json follows it) and this one stops: the
+/// operator decides on their own change against the keyring now in place.
+/// Anything else at that serial is refused, saying what to do.
+fn finish_interrupted(
+    store: &dyn StoreBackend,
+    current: Option<&KeyringDocument>,
+    anchors: &TrustedKeys,
+    now: OffsetDateTime,
+    progress: &Progress,
+) -> Result<()> {
+    let client = reader(store);
+    let serial = current.map_or(1, |c| c.serial + 1);
+    let version = layout::keyring_version(serial);
+    let (location, keys_json) = (client.location(&version), client.location(layout::KEYRING));
+    let blocked = |why: anyhow::Error| {
+        let expected = match current {
+            Some(c) => format!(
+                "the successor of {keys_json} (serial {}), signed by the root keys of both",
+                c.serial
+            ),
+            None => "a first keyring signed by the root keys given or pinned".to_owned(),
+        };
+        anyhow::anyhow!(
+            "{location} exists already, but it is not {expected}: {why:#}. It was not left by an \
+             interrupted keyring change, and no keyring change can be made while it holds serial \
+             {serial}. Readers ignore it (keys.json does not lead to it). Investigate it (someone \
+             who can write to the store may have planted it), move it and its signature out of \
+             the store, and run the command again"
+        )
+    };
+    let limit = client.limits().keyring;
+    let (bytes, signatures) = match found(client.signed_pair(&version, "keyring", limit)) {
+        Ok(None) => return Ok(()),
+        Ok(Some(pair)) => pair,
+        // No signature, too large: not a version a writer made.
+        Err(e) if e.kind() == ErrorKind::Reject => return Err(blocked(e.into())),
+        Err(e) => return Err(e).with_context(|| format!("reading {location}")),
+    };
+    let authority = match current {
+        Some(current) => Authority::Successor(current),
+        None => Authority::Pinned(anchors),
+    };
+    let keyring =
+        KeyringDocument::verify(&bytes, &signatures, authority).map_err(|e| blocked(e.into()))?;
+    if keyring.serial != serial {
+        return Err(blocked(anyhow::anyhow!("it has serial {}", keyring.serial)));
+    }
+    progress.note(&format!(
+        "{location} is a keyring change that was interrupted before {keys_json} followed it; finishing it"
+    ));
+    // Expired or not, it is what the interrupted change made: the operator
+    // renews it next if need be.
+    let signed = (bytes.as_slice(), signatures.as_str());
+    make_current(
+        store,
+        &keyring,
+        signed,
+        anchors,
+        now,
+        ExpirationEnforcement::Unsafe,
+    )?;
+    bail!(
+        "finished an interrupted keyring change: {keys_json} is now serial {serial} ({}). \
+         The change you asked for was not made: check it against this keyring, and run the \
+         command again if it is still needed",
+        describe(&keyring)
+    )
+}
+
+/// The keys of a keyring and its expiry, in a line.
+fn describe(keyring: &KeyringDocument) -> String {
+    let ids = |role: &Role| -> String {
+        let ids: Vec<String> = role.keys.iter().map(|k| k.key_id.to_string()).collect();
+        format!("{} (threshold {})", ids.join(", "), role.threshold)
+    };
+    format!(
+        "root keys {}; signing keys {}; expires {}",
+        ids(&keyring.root),
+        ids(&keyring.signing),
+        keyring.expires_at
+    )
 }
 
 /// The keyring after `current` (or the first one).
