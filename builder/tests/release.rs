@@ -177,6 +177,82 @@ fn a_downgrade_needs_to_be_asked_for() {
     lab.verify_passes_with("channels/beta.json: serial 2, points at 1.0.0");
 }
 
+/// Two pipelines publish 2.0.0 and then 1.0.0 to alpha: alpha stays on
+/// 2.0.0, and nothing of 1.0.0 is copied, unless the downgrade is asked for.
+#[test]
+fn publish_never_moves_a_channel_back_unless_asked() {
+    let lab = Lab::new();
+    lab.publish_to_alpha("2.0.0");
+    let older = lab.build("1.0.0", true);
+    lab.publish(&older, Some("alpha")).assert().code(1).stderr(
+        predicate::str::contains("not publishing 1.0.0: nothing was copied").and(
+            predicate::str::contains(
+                "pointing alpha at 1.0.0 would downgrade it from 2.0.0; pass --allow-downgrade",
+            ),
+        ),
+    );
+    let releases: Vec<_> = fs::read_dir(lab.store().join("releases"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(releases, ["2.0.0"]);
+    lab.verify_passes_with("channels/alpha.json: serial 1, points at 2.0.0");
+    // --allow-downgrade needs a channel to apply to.
+    lab.publish(&older, None)
+        .arg("--allow-downgrade")
+        .assert()
+        .code(2);
+    lab.publish(&older, Some("alpha"))
+        .arg("--allow-downgrade")
+        .assert()
+        .success()
+        .stderr(predicate::str::contains(
+            "pointing channel alpha back from 2.0.0 to 1.0.0 (--allow-downgrade)",
+        ));
+    lab.verify_passes_with("channels/alpha.json: serial 2, points at 1.0.0");
+}
+
+/// Publishers racing to one channel: whichever order they take the
+/// store's lock in, the channel ends on the newest release, and each
+/// publisher of an older one that came too late was refused whole.
+#[test]
+fn racing_publishers_leave_a_channel_on_the_newest_release() {
+    let lab = Lab::new();
+    // Started newest first, so that they tend to land newest first.
+    let versions = ["1.2.0", "1.1.0", "1.0.0"];
+    let builds: Vec<PathBuf> = versions.iter().map(|v| lab.build(v, true)).collect();
+    let children: Vec<_> = builds
+        .iter()
+        .map(|build| {
+            Process::new(env!("CARGO_BIN_EXE_boxcar"))
+                .args(["--project", lab.path("project").to_str().unwrap()])
+                .arg("publish")
+                .arg("--build")
+                .arg(build)
+                .args(["--store", lab.store().to_str().unwrap()])
+                .args(["--key", &lab.key(), "--channel", "alpha"])
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut landed = Vec::new();
+    for (version, child) in versions.iter().zip(children) {
+        let output = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        if output.status.success() {
+            landed.push(*version);
+        } else {
+            assert!(stderr.contains("would downgrade it"), "{version}: {stderr}");
+            assert!(!lab.store().join("releases").join(version).exists());
+        }
+    }
+    let alpha = read_json(&lab.store().join("channels/alpha.json"));
+    assert_eq!(alpha["version"], "1.2.0");
+    assert_eq!(alpha["history"].as_array().unwrap().len(), landed.len());
+    lab.verify().assert().success();
+}
+
 #[test]
 fn promotion_without_evidence_is_refused() {
     let lab = Lab::new();
@@ -372,6 +448,9 @@ fn concurrent_writers_do_not_lose_updates() {
                     &lab.key(),
                     "--channel",
                     "alpha",
+                    // They take the lock in any order: this is about
+                    // updates lost, not about which release is newest.
+                    "--allow-downgrade",
                 ])
                 .spawn()
                 .unwrap()

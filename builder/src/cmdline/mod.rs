@@ -278,6 +278,11 @@ pub struct RenewArgs {
 /// channel at the release. A published version is never replaced. An
 /// interrupted publish leaves the store as it was: the release is assembled
 /// under a temporary name and renamed into place whole.
+///
+/// The channel is not moved to an older release than it has (unless
+/// --allow-downgrade): such a publish is refused before anything is copied.
+/// A release the channel carried before and has moved on from is not
+/// pointed at again, so running a publish again never moves a channel back.
 #[derive(Debug, Args)]
 pub struct PublishArgs {
     /// The build directory (OUT/VERSION from `boxcar build`, tested by
@@ -298,6 +303,9 @@ pub struct PublishArgs {
     /// filled by promotion). Its evidence policy applies.
     #[arg(long)]
     pub channel: Option<ChannelName>,
+    /// Allow pointing the channel at an older release than it has.
+    #[arg(long, requires = "channel")]
+    pub allow_downgrade: bool,
 }
 
 /// Promote a release to a channel from the channel it is promoted from.

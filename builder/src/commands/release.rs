@@ -13,7 +13,7 @@ use crate::cmdline::{
 use crate::defaults;
 use crate::progress::Progress;
 use crate::project::Project;
-use crate::release::documents::Writer;
+use crate::release::documents::{Downgrade, Writer};
 use crate::release::keyring::{self, Change, KeyRole};
 use crate::release::{
     backend, keys, promote as promotion, publish as publishing, renew as renewal,
@@ -165,9 +165,10 @@ pub(super) fn publish(global: &GlobalArgs, args: &PublishArgs, progress: &Progre
     let (store, _lock) = locked(global, &args.store, progress)?;
     // A publish is safe to run again: a second attempt finds its release
     // in place and only points the channel again.
+    let downgrade = Downgrade::allowed_if(args.allow_downgrade);
     let published = retrying_conflicts(progress, || {
         let writer = Writer::new(store.as_ref(), &signer, &pinned, OffsetDateTime::now_utc())?;
-        publishing::publish(&writer, &args.build, channel, progress)
+        publishing::publish(&writer, &args.build, channel, downgrade, progress)
     })?;
     if global.json {
         out!("{}", serde_json::to_string_pretty(&published)?);
@@ -205,7 +206,7 @@ pub(super) fn promote(global: &GlobalArgs, args: &PromoteArgs, progress: &Progre
     let request = promotion::PromoteRequest {
         to: args.to.clone(),
         version: args.version.clone(),
-        allow_downgrade: args.allow_downgrade,
+        downgrade: Downgrade::allowed_if(args.allow_downgrade),
     };
     // Each attempt plans from the store as it is then: after another
     // writer's promotion the channel may already be where this one wants it.

@@ -171,24 +171,19 @@ impl<'a> Writer<'a> {
         Ok(previous.map_or(0, |p| p.serial).max(indexed) + 1)
     }
 
-    /// Points a channel at a published release: writes the next channel
-    /// document, then reads it back and checks it. Returns the new serial.
+    /// Points a channel at a published release: writes the document after
+    /// `previous` (what this writer read last, and judged), then reads it
+    /// back and checks it. Returns the new serial.
     pub fn point_channel(
         &self,
         config: &ChannelConfig,
+        previous: Option<&ChannelDocument>,
         version: &str,
         release_sha256: Sha256Digest,
     ) -> Result<u64> {
-        let previous = self.read_channel(config.name.as_str())?;
-        let serial = self.next_serial(config.name.as_str(), previous.as_ref())?;
-        let document = next_channel_document(
-            config,
-            previous.as_ref(),
-            serial,
-            version,
-            release_sha256,
-            self.now,
-        );
+        let serial = self.next_serial(config.name.as_str(), previous)?;
+        let document =
+            next_channel_document(config, previous, serial, version, release_sha256, self.now);
         self.write_channel(&document)?;
         self.check_written(&document)?;
         Ok(document.serial)
@@ -285,6 +280,47 @@ impl<'a> Writer<'a> {
         )?;
         Ok(index)
     }
+}
+
+/// Whether a channel may be pointed at an older release than it has.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Downgrade {
+    /// Refused: a channel only moves forward unless someone asks.
+    Refuse,
+    /// Allowed (`--allow-downgrade`): a channel rolled back on purpose.
+    Allow,
+}
+
+impl Downgrade {
+    /// From an `--allow-downgrade` flag.
+    pub fn allowed_if(flag: bool) -> Self {
+        if flag {
+            Self::Allow
+        } else {
+            Self::Refuse
+        }
+    }
+}
+
+/// Checks that pointing `channel` from `current` to `version` does not take
+/// it to an older release, or that `downgrade` allows that. Returns whether
+/// it does (allowed), for the caller to report. Publish and promote both
+/// move channels, and both go through here.
+pub fn check_downgrade(
+    channel: &str,
+    current: &str,
+    version: &str,
+    downgrade: Downgrade,
+) -> Result<bool> {
+    if boxcar_client::version::compare(version, current).is_ge() {
+        return Ok(false);
+    }
+    if downgrade == Downgrade::Refuse {
+        bail!(
+            "pointing {channel} at {version} would downgrade it from {current}; pass --allow-downgrade if that is the intent"
+        );
+    }
+    Ok(true)
 }
 
 /// The channel document that points `config`'s channel at `version` with

@@ -10,7 +10,7 @@ use boxcar_signing::documents::{self, ChannelDocument, ReleaseDocument};
 use serde::Serialize;
 
 use super::backend::crash_point;
-use super::documents::{next_channel_document, Writer};
+use super::documents::{check_downgrade, next_channel_document, Downgrade, Writer};
 use crate::channel::{ChannelConfig, ChannelName, Channels, EvidencePolicy};
 
 /// What the user asked for.
@@ -19,7 +19,7 @@ pub struct PromoteRequest {
     pub to: ChannelName,
     /// `None`: what the source channel points at now.
     pub version: Option<String>,
-    pub allow_downgrade: bool,
+    pub downgrade: Downgrade,
 }
 
 /// A policy check and its outcome, shown to the user.
@@ -130,14 +130,8 @@ pub fn plan(writer: &Writer, channels: &Channels, request: &PromoteRequest) -> R
                 next: None,
             });
         }
-        if boxcar_client::version::compare(&version, &current.version).is_lt() {
-            if !request.allow_downgrade {
-                bail!(
-                    "promoting {version} to {} would downgrade it from {}; pass --allow-downgrade if that is the intent",
-                    config.name,
-                    current.version
-                );
-            }
+        let name = config.name.as_str();
+        if check_downgrade(name, &current.version, &version, request.downgrade)? {
             checks.push(PolicyCheck {
                 name: "downgrade allowed".into(),
                 detail: format!("{} -> {version} (--allow-downgrade)", current.version),

@@ -13,6 +13,12 @@
 //! is not copied again, the channel is pointed at it if it is not yet, and
 //! the index is rewritten. A different build of a published version is
 //! refused: a published version is never replaced.
+//!
+//! A channel is never pointed at an older release than it has, unless the
+//! caller allows a downgrade (as promotion does): two pipelines publishing
+//! 2.0.0 and then 1.0.0 must not leave alpha on 1.0.0. That is refused
+//! before anything is copied, and checked again against the document the
+//! channel update builds on.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -20,12 +26,13 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use boxcar_client::layout::{self, SafeName};
 use boxcar_signing::documents::{
-    self, EvidenceSummary, Kind, ReleaseArtifact, ReleaseDocument, ReleaseSecureBoot,
+    self, ChannelDocument, EvidenceSummary, Kind, ReleaseArtifact, ReleaseDocument,
+    ReleaseSecureBoot,
 };
 use boxcar_signing::Sha256Digest;
 
 use super::backend::{crash_point, ReleaseDraft};
-use super::documents::Writer;
+use super::documents::{check_downgrade, Downgrade, Writer};
 use crate::channel::{ChannelConfig, EvidencePolicy};
 use crate::progress::Progress;
 use crate::records::buildinfo::{BuildInfo, SecureBootInfo};
@@ -149,11 +156,14 @@ fn check_inside(build_dir: &Path, path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Publishes the build at `build_dir`. The caller holds the store's lock.
+/// Publishes the build at `build_dir`, and points `channel` at it (not
+/// back to an older release than it has, unless `downgrade` allows it).
+/// The caller holds the store's lock.
 pub fn publish(
     writer: &Writer,
     build_dir: &Path,
     channel: Option<&ChannelConfig>,
+    downgrade: Downgrade,
     progress: &Progress,
 ) -> Result<Published> {
     let build = BuildInfo::load(build_dir)?;
@@ -181,8 +191,12 @@ pub fn publish(
     }
     let policy = channel.map_or(EvidencePolicy::NotRequired, |c| c.evidence);
     let evidence = gather_evidence(build_dir, &build, policy)?;
+    let in_store = writer.store.release_exists(&version)?;
+    if let Some(channel) = channel {
+        check_move_first(writer, channel, &version, downgrade, in_store)?;
+    }
     let release_dir = writer.client.location(&layout::release_dir(&version));
-    let (release, release_sha256) = if writer.store.release_exists(&version)? {
+    let (release, release_sha256) = if in_store {
         let existing = already_there(writer, &build, &version, &release_dir)?;
         progress.note(&format!(
             "{version} is already in the store with this build's artifacts (an earlier publish of this build); finishing that publish"
@@ -197,7 +211,13 @@ pub fn publish(
     writer.write_index()?;
     crash_point("publish-before-channel");
     let channel_update = match channel {
-        Some(channel) => Some(point(writer, channel, &version, release_sha256, progress)?),
+        Some(channel) => Some(point(
+            writer,
+            channel,
+            (&version, release_sha256),
+            downgrade,
+            progress,
+        )?),
         None => None,
     };
     crash_point("publish-before-index");
@@ -252,34 +272,114 @@ fn already_there(
     Ok((existing.document, existing.sha256))
 }
 
-/// Points `channel` at the release, unless it points there already or has
-/// moved on past it since an interrupted publish.
-fn point(
+/// What pointing a channel at a release does, judged from the channel's
+/// current document.
+#[derive(Debug, PartialEq, Eq)]
+enum ChannelMove {
+    /// Nothing: it points there already (an earlier publish of this build
+    /// got that far).
+    Already { serial: u64 },
+    /// Nothing: it carried the release before and has moved on to
+    /// `current`; running an interrupted publish again never moves it back.
+    MovedOn { current: String, serial: u64 },
+    /// It moves to the release: forward, or back from `back_from` when a
+    /// downgrade is allowed.
+    Moves { back_from: Option<String> },
+}
+
+/// How channel `name`, whose document is `current`, would move to
+/// `version`; an error if that is a downgrade `downgrade` refuses.
+fn judge_move(
+    current: Option<&ChannelDocument>,
+    name: &str,
+    version: &SafeName,
+    downgrade: Downgrade,
+) -> Result<ChannelMove> {
+    let Some(current) = current else {
+        return Ok(ChannelMove::Moves { back_from: None });
+    };
+    let serial = current.serial;
+    if current.version == version.as_str() {
+        return Ok(ChannelMove::Already { serial });
+    }
+    if current
+        .history
+        .iter()
+        .any(|e| e.version == version.as_str())
+    {
+        let current = current.version.clone();
+        return Ok(ChannelMove::MovedOn { current, serial });
+    }
+    let back = check_downgrade(name, &current.version, version.as_str(), downgrade)?;
+    Ok(ChannelMove::Moves {
+        back_from: back.then(|| current.version.clone()),
+    })
+}
+
+/// Refuses a publish that would move `channel` back (see [`judge_move`])
+/// before anything is copied, so that it leaves nothing behind. The
+/// release may be in the store already (`in_store`): an earlier attempt got
+/// that far.
+fn check_move_first(
     writer: &Writer,
     channel: &ChannelConfig,
     version: &SafeName,
-    release_sha256: Sha256Digest,
+    downgrade: Downgrade,
+    in_store: bool,
+) -> Result<()> {
+    let name = channel.name.as_str();
+    let current = writer.read_channel(name)?;
+    judge_move(current.as_ref(), name, version, downgrade).with_context(|| {
+        if in_store {
+            format!("{version} is in the store already (an earlier publish of it got that far), but channel {name} stays where it is")
+        } else {
+            format!("not publishing {version}: nothing was copied")
+        }
+    })?;
+    Ok(())
+}
+
+/// Points `channel` at the release, unless it points there already or has
+/// moved on past it since an interrupted publish. The channel is read (and
+/// judged) again here: in object storage another writer may have moved it
+/// while the release was being copied.
+fn point(
+    writer: &Writer,
+    channel: &ChannelConfig,
+    (version, release_sha256): (&SafeName, Sha256Digest),
+    downgrade: Downgrade,
     progress: &Progress,
 ) -> Result<(String, u64)> {
     let name = channel.name.to_string();
-    if let Some(current) = writer.read_channel(&name)? {
-        if current.version == version.as_str() {
-            return Ok((name, current.serial));
-        }
-        if current
-            .history
-            .iter()
-            .any(|e| e.version == version.as_str())
-        {
+    let current = writer.read_channel(&name)?;
+    let change = judge_move(current.as_ref(), &name, version, downgrade).with_context(|| {
+        format!(
+            "{version} is published, but another writer moved channel {name} meanwhile, so it stays where it is"
+        )
+    })?;
+    match change {
+        ChannelMove::Already { serial } => Ok((name, serial)),
+        ChannelMove::MovedOn { current, serial } => {
             progress.note(&format!(
-                "channel {name} carried {version} before and has moved on to {}; not pointing it back",
-                current.version
+                "channel {name} carried {version} before and has moved on to {current}; not pointing it back"
             ));
-            return Ok((name, current.serial));
+            Ok((name, serial))
+        }
+        ChannelMove::Moves { back_from } => {
+            if let Some(from) = back_from {
+                progress.note(&format!(
+                    "pointing channel {name} back from {from} to {version} (--allow-downgrade)"
+                ));
+            }
+            let serial = writer.point_channel(
+                channel,
+                current.as_ref(),
+                version.as_str(),
+                release_sha256,
+            )?;
+            Ok((name, serial))
         }
     }
-    let serial = writer.point_channel(channel, version.as_str(), release_sha256)?;
-    Ok((name, serial))
 }
 
 /// Copies one file of the build (`name`, with the size and digest
@@ -506,6 +606,69 @@ mod tests {
             path,
             size,
         }
+    }
+
+    /// Alpha after carrying 1.0.0 and then 2.0.0.
+    fn alpha_on_2_0_0() -> ChannelDocument {
+        let sha256 = boxcar_signing::sha256_bytes(b"release.json");
+        let entry = |serial: u64, version: &str| documents::ChannelEntry {
+            serial,
+            version: version.into(),
+            release_sha256: sha256,
+            since: "2026-12-01T00:00:00Z".into(),
+        };
+        ChannelDocument {
+            schema: documents::SCHEMA_VERSION,
+            channel: "alpha".into(),
+            serial: 2,
+            issued_at: "2026-12-01T00:00:00Z".into(),
+            expires_at: "2027-01-01T00:00:00Z".into(),
+            version: "2.0.0".into(),
+            release_sha256: sha256,
+            history: vec![entry(1, "1.0.0"), entry(2, "2.0.0")],
+            rollout: None,
+        }
+    }
+
+    #[test]
+    fn a_channel_moves_forward_back_only_when_allowed_and_never_back_to_what_it_left() {
+        let alpha = alpha_on_2_0_0();
+        let judge = |version: &str, downgrade| {
+            let version = SafeName::new("version", version).unwrap();
+            judge_move(Some(&alpha), "alpha", &version, downgrade)
+        };
+        let refuse = Downgrade::Refuse;
+        assert_eq!(
+            judge("3.0.0", refuse).unwrap(),
+            ChannelMove::Moves { back_from: None }
+        );
+        assert_eq!(
+            judge("2.0.0", refuse).unwrap(),
+            ChannelMove::Already { serial: 2 }
+        );
+        // A rerun of 1.0.0's publish, even with --allow-downgrade.
+        for downgrade in [Downgrade::Refuse, Downgrade::Allow] {
+            assert_eq!(
+                judge("1.0.0", downgrade).unwrap(),
+                ChannelMove::MovedOn {
+                    current: "2.0.0".into(),
+                    serial: 2
+                }
+            );
+        }
+        let err = judge("1.5.0", refuse).unwrap_err();
+        assert!(
+            err.to_string().contains("would downgrade it from 2.0.0"),
+            "{err}"
+        );
+        assert_eq!(
+            judge("1.5.0", Downgrade::Allow).unwrap(),
+            ChannelMove::Moves {
+                back_from: Some("2.0.0".into())
+            }
+        );
+        let empty = judge_move(None, "alpha", &SafeName::new("v", "0.1").unwrap(), refuse);
+        assert_eq!(empty.unwrap(), ChannelMove::Moves { back_from: None });
     }
 
     #[test]
