@@ -13,7 +13,7 @@ use super::agent_tree::AgentInputs;
 use super::convert;
 use super::mkosi::MkosiRun;
 use super::secure_boot::SigningKey;
-use super::source::{git_commit_time, source_info};
+use super::source::{source_date_epoch, source_info};
 use crate::channel::{ChannelConfig, ChannelName, Channels};
 use crate::platform::{Platform, PlatformId, PlatformTable, IMAGE_ID};
 use crate::project::{Cache, Project};
@@ -149,8 +149,11 @@ impl BuildPlan {
             |name| std::env::var(name).ok(),
         )?;
         let source = source_info(&project)?;
-        let source_date_epoch =
-            git_commit_time(&project.root).unwrap_or_else(|| now.unix_timestamp());
+        let source_date_epoch = source_date_epoch(
+            &project.root,
+            std::env::var("SOURCE_DATE_EPOCH").ok().as_deref(),
+            now.unix_timestamp(),
+        )?;
         Ok(Self {
             project,
             cache,

@@ -93,8 +93,40 @@ fn git_source(root: &Path) -> SourceInfo {
     }
 }
 
-/// The commit time of HEAD: a reproducible SOURCE_DATE_EPOCH.
-pub(super) fn git_commit_time(root: &Path) -> Option<i64> {
+/// The build's SOURCE_DATE_EPOCH: `from_environment` (the
+/// reproducible-builds convention: whoever builds from a source tarball
+/// sets it), else the commit time of HEAD, so two builds of one commit
+/// agree. A git checkout whose time git will not tell (a checkout owned by
+/// another user, which git refuses) is an error rather than a build
+/// quietly stamped with today; only a tree in no checkout falls back to
+/// `now`.
+pub(super) fn source_date_epoch(
+    root: &Path,
+    from_environment: Option<&str>,
+    now: i64,
+) -> Result<i64> {
+    if let Some(text) = from_environment {
+        return text.trim().parse().map_err(|_| {
+            anyhow::anyhow!("SOURCE_DATE_EPOCH={text:?} is not a number of seconds since 1970")
+        });
+    }
+    let in_a_checkout = root.ancestors().any(|dir| dir.join(".git").exists());
+    if !in_a_checkout {
+        return Ok(now);
+    }
+    git_commit_time(root).ok_or_else(|| {
+        anyhow::anyhow!(
+            "git could not tell the commit time of {} (run `git -C {} log -1` to see why; \
+             a checkout owned by another user needs `git config --global --add safe.directory`), \
+             or set SOURCE_DATE_EPOCH",
+            root.display(),
+            root.display()
+        )
+    })
+}
+
+/// The commit time of HEAD.
+fn git_commit_time(root: &Path) -> Option<i64> {
     Step::new("asking git for the commit time", "git")
         .arg("-C")
         .arg(root)
@@ -109,6 +141,53 @@ pub(super) fn git_commit_time(root: &Path) -> Option<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn source_date_epoch_comes_from_the_environment_then_git_then_the_clock() {
+        let temp = tempfile::tempdir().unwrap();
+        let root = temp.path();
+        assert_eq!(
+            source_date_epoch(root, Some("1700000000"), 5).unwrap(),
+            1700000000
+        );
+        let err = source_date_epoch(root, Some("yesterday"), 5).unwrap_err();
+        assert!(err.to_string().contains("SOURCE_DATE_EPOCH"), "{err}");
+        // No checkout: the clock.
+        assert_eq!(source_date_epoch(root, None, 5).unwrap(), 5);
+        // A checkout git cannot read: an error, not the clock.
+        fs::create_dir(root.join(".git")).unwrap();
+        let err = source_date_epoch(root, None, 5).unwrap_err();
+        assert!(
+            err.to_string().contains("or set SOURCE_DATE_EPOCH"),
+            "{err}"
+        );
+        // A real one: its commit time.
+        fs::remove_dir(root.join(".git")).unwrap();
+        let git = |args: &[&str]| {
+            let status = std::process::Command::new("git")
+                .arg("-C")
+                .arg(root)
+                .args(args)
+                .env("GIT_COMMITTER_DATE", "1600000000 +0000")
+                .env("GIT_AUTHOR_DATE", "1600000000 +0000")
+                .status()
+                .unwrap();
+            assert!(status.success(), "git {args:?}");
+        };
+        git(&["init", "-q"]);
+        git(&[
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@t",
+            "commit",
+            "-q",
+            "--allow-empty",
+            "-m",
+            "x",
+        ]);
+        assert_eq!(source_date_epoch(root, None, 5).unwrap(), 1600000000);
+    }
 
     /// A tree with the modes a checkout under umask 022 has, set here so
     /// the test does not depend on the umask it runs under.
