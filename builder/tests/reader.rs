@@ -322,6 +322,31 @@ fn a_document_trickling_in_gets_its_deadline_once_not_once_per_retry() {
 }
 
 #[test]
+fn a_download_trickling_in_is_given_up_at_its_minimum_rate_and_kept_to_resume() {
+    let lab = Lab::new();
+    lab.publish_to_alpha("2.0.0");
+    let artifact = "releases/2.0.0/boxcar-2.0.0-qemu.qcow2";
+    let (url, asked) = hostile_server_counting(lab.store(), artifact, Hostile::Dripping);
+    // --timeout 1: 4 s, plus the file's size at 32 KiB/s.
+    boxcar()
+        .args(["download", "--store", &url, "--key", &lab.public_key()])
+        .args(["--channel", "alpha", "--platform", "qemu"])
+        .args(["--timeout", "1", "--retries", "3"])
+        .args(["--to", lab.path("out").to_str().unwrap()])
+        .env("BOXCAR_RETRY_BACKOFF_MS", "10")
+        .timeout(Duration::from_secs(120))
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("slower than 32 KiB/s"));
+    assert_eq!(
+        asked.load(Ordering::SeqCst),
+        1,
+        "the artifact was asked for again"
+    );
+    assert!(lab.path("out/boxcar-2.0.0-qemu.qcow2.part").is_file());
+}
+
+#[test]
 fn a_reader_waits_out_writers_caught_between_a_document_and_its_signature() {
     let lab = Lab::new();
     lab.publish_to_alpha("2.0.0");

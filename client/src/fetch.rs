@@ -68,9 +68,15 @@ impl Client {
         self.observer()
             .transfer_started(artifact.name, artifact.size, 0);
         let mut resumed = false;
-        let result = self.network().retry.run(&path, self.observer(), || {
-            self.fetch_once(&path, &part, artifact, &mut resumed)
-        });
+        let deadline = self
+            .network()
+            .download_deadline(std::time::Instant::now(), artifact.size);
+        let result = self
+            .network()
+            .retry
+            .run_until(Some(deadline), &path, self.observer(), || {
+                self.fetch_once(&path, &part, artifact, &mut resumed, deadline)
+            });
         self.observer().transfer_finished(artifact.name);
         if let Err(error) = result {
             // What the store sent is wrong, or gone: nothing of it is kept.
@@ -102,6 +108,7 @@ impl Client {
         part: &Path,
         artifact: StoredFile<'_>,
         resumed: &mut bool,
+        deadline: std::time::Instant,
     ) -> Result<(), Error> {
         let location = self.location(path);
         let mut state = PartFile::open(part)?;
@@ -145,6 +152,17 @@ impl Client {
                 state.append(&chunk)?;
                 self.observer()
                     .transfer_progress(artifact.name, state.len());
+                if std::time::Instant::now() > deadline {
+                    return Err(Error::Unavailable {
+                        location,
+                        reason: format!(
+                            "slower than {} KiB/s: {} of {} bytes in the time allowed; the part kept is resumed by the next try",
+                            crate::limits::MIN_DOWNLOAD_RATE / 1024,
+                            state.len(),
+                            artifact.size
+                        ),
+                    });
+                }
             }
         }
         if state.len() < artifact.size {

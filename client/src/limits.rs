@@ -2,7 +2,7 @@
 //! size cap far above any real one, checked before its bytes are kept, and
 //! every request has deadlines.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::retry::RetryPolicy;
 
@@ -55,6 +55,20 @@ pub struct NetworkSettings {
     pub document_deadline: Duration,
     /// What to do after a failure that may pass.
     pub retry: RetryPolicy,
+}
+
+/// The slowest a download may be, on average over the file, before it is
+/// given up for now (its part file kept, to resume): 32 KiB/s, so a
+/// 250 MiB image has over two hours. A mirror that sends a byte just often
+/// enough to beat the read timeout must not hold a reader for days.
+pub const MIN_DOWNLOAD_RATE: u64 = 32 * KIB;
+
+impl NetworkSettings {
+    /// When a download of `size` bytes starting at `started` is given up:
+    /// the document deadline, plus the file at [`MIN_DOWNLOAD_RATE`].
+    pub fn download_deadline(&self, started: Instant, size: u64) -> Instant {
+        started + self.document_deadline + Duration::from_secs(size / MIN_DOWNLOAD_RATE)
+    }
 }
 
 impl NetworkSettings {
