@@ -9,6 +9,7 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command as Process, Stdio};
+use std::sync::{Arc, Mutex};
 
 use assert_cmd::Command;
 use common::s3server::{S3Server, ACCESS_KEY, BUCKET, SECRET_KEY};
@@ -333,25 +334,32 @@ fn read_object(lab: &S3Lab, path: &str) -> serde_json::Value {
     serde_json::from_slice(&output.stdout).unwrap()
 }
 
-#[test]
-fn a_writer_killed_between_a_document_and_its_signature_is_finished_by_the_next() {
-    let server = S3Server::moto();
-    let lab = S3Lab::new(&server, "halfway");
+/// Gives the lab a keyring, publishes `versions` to alpha (the first also
+/// promoted to beta), then runs a promotion to beta with `args` that dies
+/// with beta.json replaced and its signature still pending.
+fn kill_a_promotion_halfway(lab: &S3Lab, versions: &[&str], args: &[&str]) {
     lab.init_keyring();
-    for version in ["5.0.0", "5.1.0"] {
+    for version in versions {
         lab.publish(&lab.lab.build(version, true), "alpha")
             .assert()
             .success();
-        if version == "5.0.0" {
+        if version == &versions[0] {
             lab.promote("beta", &[]).assert().success();
         }
     }
     let killed = lab
-        .promote("beta", &[])
+        .promote("beta", args)
         .env("BOXCAR_CRASH_AT", "document-half-replaced")
         .output()
         .unwrap();
     assert!(!killed.status.success(), "the promotion was meant to die");
+}
+
+#[test]
+fn a_writer_killed_between_a_document_and_its_signature_is_finished_by_the_next() {
+    let server = S3Server::moto();
+    let lab = S3Lab::new(&server, "halfway");
+    kill_a_promotion_halfway(&lab, &["5.0.0", "5.1.0"], &[]);
     // The new beta.json is in place, its signature is not: readers refuse it.
     let verify = lab.verify().output().unwrap();
     assert!(!verify.status.success());
@@ -483,8 +491,29 @@ fn a_publisher_that_loses_the_race_for_its_version_leaves_the_winners_release_wh
     lab.verify().assert().success();
 }
 
+#[test]
+fn a_signature_settled_while_another_writer_replaced_its_document_is_put_back() {
+    let server = S3Server::moto();
+    let lab = S3Lab::new(&server, "settle");
+    kill_a_promotion_halfway(&lab, &["5.0.0", "5.1.0", "5.2.0"], &["--version", "5.1.0"]);
+    // A repair settles that signature; between its reads of beta.json and
+    // of the signature it replaces, another writer finishes the pair and
+    // promotes 5.2.0, document and signature.
+    let other = Arc::new(Mutex::new(Some(lab.promote("beta", &[]))));
+    let meddling = Meddling::WriterBeforeRead("/channels/beta.json.minisig", other);
+    let proxy = Proxy::start(&server.endpoint, meddling);
+    lab.boxcar(&["repair", "--store", &lab.store])
+        .env("AWS_ENDPOINT_URL", &proxy.endpoint)
+        .assert()
+        .success();
+    assert_eq!(proxy.failed(), 1, "the other writer did not run");
+    // 5.2.0's beta.json keeps its own signature.
+    assert_eq!(read_object(&lab, "channels/beta.json")["version"], "5.2.0");
+    lab.verify().assert().success();
+}
+
 /// What a proxy in front of a real server does to the requests it relays.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 enum Meddling {
     /// Drops `If-None-Match` and `If-Match` from every request: what a
     /// server (or a middlebox) that ignores conditional writes looks like
@@ -496,6 +525,10 @@ enum Meddling {
     /// Answers every read of a release.json 404: what a publisher that
     /// started before another publisher of its version finished sees.
     HideReleases,
+    /// Before relaying the first GET of a path ending in `.0`, runs `.1`
+    /// (another writer's whole command) to its end: the other writer
+    /// slipped in between two reads of this one.
+    WriterBeforeRead(&'static str, Arc<Mutex<Option<Command>>>),
 }
 
 /// An HTTP proxy on loopback, relaying to a real server with `Meddling`.
@@ -515,7 +548,8 @@ impl Proxy {
         std::thread::spawn(move || {
             for client in listener.incoming().flatten() {
                 let (upstream, counter) = (upstream.clone(), counter.clone());
-                std::thread::spawn(move || relay(client, &upstream, meddling, &counter));
+                let meddling = meddling.clone();
+                std::thread::spawn(move || relay(client, &upstream, &meddling, &counter));
             }
         });
         Self { endpoint, failed }
@@ -530,7 +564,7 @@ impl Proxy {
 fn relay(
     mut client: TcpStream,
     upstream: &str,
-    meddling: Meddling,
+    meddling: &Meddling,
     failed: &std::sync::atomic::AtomicUsize,
 ) {
     let mut head = Vec::new();
@@ -542,7 +576,23 @@ fn relay(
         head.push(byte[0]);
     }
     let text = String::from_utf8_lossy(&head);
-    if let Meddling::FailListings(n) = meddling {
+    if let Meddling::WriterBeforeRead(suffix, writer) = meddling {
+        let request = text.lines().next().unwrap_or_default();
+        let path = request.split(' ').nth(1).unwrap_or_default();
+        let path = path.split('?').next().unwrap_or_default();
+        if request.starts_with("GET ") && path.ends_with(suffix) {
+            if let Some(mut command) = writer.lock().unwrap().take() {
+                failed.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let output = command.output().unwrap();
+                assert!(
+                    output.status.success(),
+                    "the other writer failed: {}",
+                    String::from_utf8_lossy(&output.stderr)
+                );
+            }
+        }
+    }
+    if let Meddling::FailListings(n) = *meddling {
         let listing = text
             .lines()
             .next()

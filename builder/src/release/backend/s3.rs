@@ -133,7 +133,9 @@ impl S3Backend {
     /// Puts the signature of whatever document is at `path` now in place,
     /// if one is waiting under `.pending/` (or is `ours`, for the document
     /// this writer just wrote). Conditional on the signature's ETag, so
-    /// writers settling one pair at once end with the current document's.
+    /// writers settling one pair at once end with the current document's;
+    /// and checked after: a document replaced (and its signature settled)
+    /// between this writer's reads and its write gets its signature back.
     fn settle_signature(&self, path: &str, ours: Option<(&Sha256Digest, &str)>) -> Result<bool> {
         let signature_path = layout::signature_of(path);
         for _ in 0..20 {
@@ -150,13 +152,28 @@ impl S3Backend {
                     None => return Ok(false),
                 },
             };
-            let condition = match self.bucket.get(&signature_path)? {
+            let replaced = self.bucket.get(&signature_path)?;
+            let condition = match &replaced {
                 Some(current) if current.bytes == wanted => return Ok(true),
-                Some(current) => Condition::IfMatch(current.etag),
+                Some(current) => Condition::IfMatch(current.etag.clone()),
                 None => Condition::CreateOnly,
             };
-            if let Written::Done(_) = self.bucket.put(&signature_path, wanted, &condition)? {
+            let Written::Done(written) = self.bucket.put(&signature_path, wanted, &condition)?
+            else {
+                continue;
+            };
+            if self.current(path)?.is_some_and(|(now, _)| now == digest) {
                 return Ok(true);
+            }
+            // The document changed under this writer: the signature it
+            // replaced may be the new document's. Put it back, unless yet
+            // another writer has written since, and look again.
+            if let Some(replaced) = replaced {
+                self.bucket.put(
+                    &signature_path,
+                    replaced.bytes,
+                    &Condition::IfMatch(written),
+                )?;
             }
         }
         bail!(
