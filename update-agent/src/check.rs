@@ -216,22 +216,28 @@ impl Check<'_> {
             staging::clean(self.paths, false)?;
             return Err(error.context(format!("checking the staged {version}")));
         }
-        state.phase = Phase::Installing;
-        state.save(self.paths)?;
-        eprintln!("installing {version} with systemd-sysupdate (checked in {verify_seconds:.1} s)");
-        let started = Instant::now();
         // Up to here nothing was written outside the downloads and the
         // staging area, so a failure above leaves an update installed
         // earlier (`state.pending`) in its slot, still waiting for its
         // reboot. systemd-sysupdate writes into the idle slot, which is
-        // where that update is: hash tree, /usr, signature, then the UKI.
+        // where that update is (hash tree, /usr, signature, then the UKI):
+        // from here it is gone, even if this process dies half-way, so no
+        // later round reboots into a slot that may be half overwritten.
+        let overwritten = forget_pending(self.paths, state, &version);
+        state.phase = Phase::Installing;
+        state.save(self.paths)?;
+        eprintln!("installing {version} with systemd-sysupdate (checked in {verify_seconds:.1} s)");
+        let started = Instant::now();
         let installed = install::install(self.paths, version.as_str());
         let cleaned = staging::clean(self.paths, false);
         if let Err(error) = installed {
             let error = error.context(format!("installing {version}"));
-            return Err(forget_overwritten_pending(
-                self.paths, state, &version, error,
-            ));
+            return Err(match overwritten {
+                Some(earlier) => error.context(format!(
+                    "{earlier} no longer waits for its reboot (installing {version} may have overwritten part of its slot)"
+                )),
+                None => error,
+            });
         }
         // The idle slot holds this version now: whatever fails below, a
         // reboot boots it.
@@ -306,29 +312,19 @@ pub fn trusted_keys(paths: &Paths, config: &Config) -> Result<TrustedKeys> {
     Ok(trusted)
 }
 
-/// After systemd-sysupdate failed to install `version`: an update
-/// installed earlier no longer waits for its reboot, since its slot may be
-/// partly overwritten (its UKI, written last, would still be there and
-/// fail to boot, and boot counting would fall back). It may also be
-/// intact, if systemd-sysupdate stopped before writing; a reboot into it
-/// then still works, but the agent does not ask for one. The error says
-/// which update was dropped.
-fn forget_overwritten_pending(
-    paths: &Paths,
-    state: &mut State,
-    version: &SafeName,
-    error: anyhow::Error,
-) -> anyhow::Error {
-    let Some(earlier) = state.pending.take() else {
-        return error;
-    };
+/// Before systemd-sysupdate installs `version` into the idle slot: an
+/// update installed there earlier no longer waits for its reboot (said in
+/// the history); returns its version.
+fn forget_pending(paths: &Paths, state: &mut State, version: &SafeName) -> Option<String> {
+    let earlier = state.pending.take()?;
     if let Err(removing) = remove_reboot_required(paths) {
         eprintln!("warning: {removing:#}");
     }
-    error.context(format!(
-        "{} no longer waits for its reboot (installing {version} may have overwritten part of its slot)",
+    state.record(format!(
+        "installing {version} over {}, which was waiting for its reboot",
         earlier.version
-    ))
+    ));
+    Some(earlier.version)
 }
 
 /// No update waits for a reboot any more.

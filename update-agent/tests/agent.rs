@@ -208,6 +208,37 @@ fn a_failed_install_drops_the_earlier_update_it_may_have_overwritten() {
     assert!(host.staged_files().is_empty(), "{:?}", host.staged_files());
 }
 
+/// The agent dies while systemd-sysupdate writes the slot an earlier update
+/// waits in: the next round does not reboot into that slot.
+#[test]
+fn an_install_cut_short_leaves_no_half_written_update_to_reboot_into() {
+    let store = Store::new();
+    let (_, digest) = store.publish("2.0.0");
+    store.point_alpha("2.0.0", digest, 1, None, false);
+    let host = Host::new(&store, "1.0.0");
+    host.install_pending("1.5.0");
+    host.fake_sysupdate("kill -9 $PPID; sleep 5");
+    host.boxcar_update(&["check"]).assert().failure();
+    let state = host.state_file();
+    assert!(state["pending"].is_null(), "{state:#}");
+    assert!(
+        host.history()
+            .iter()
+            .any(|m| m.contains("installing 2.0.0 over 1.5.0")),
+        "{:?}",
+        host.history()
+    );
+    // The store no longer offers anything new: nothing is installed, and
+    // nothing reboots.
+    store.point_alpha("1.0.0", store.publish("1.0.0").1, 2, None, false);
+    host.boxcar_update(&["check"]).assert().success();
+    assert!(
+        host.calls_of("systemctl").is_empty(),
+        "{:?}",
+        host.calls_of("systemctl")
+    );
+}
+
 /// An update waiting for its maintenance window asks every few minutes;
 /// the history keeps the wait once, not once a round.
 #[test]
