@@ -6,6 +6,17 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 static REQUESTED: AtomicBool = AtomicBool::new(false);
 
+/// Files holding secrets, removed even by a second Ctrl-C's exit, which
+/// runs no destructors.
+static SECRETS: std::sync::Mutex<Vec<std::path::PathBuf>> = std::sync::Mutex::new(Vec::new());
+
+/// Removes `path` if the process exits on a second Ctrl-C.
+pub fn remove_on_exit(path: &std::path::Path) {
+    if let Ok(mut paths) = SECRETS.lock() {
+        paths.push(path.to_owned());
+    }
+}
+
 /// Why work stopped: the user asked it to.
 #[derive(Debug, thiserror::Error)]
 #[error("interrupted (Ctrl-C or SIGTERM)")]
@@ -16,8 +27,16 @@ pub fn install() {
     // If a handler is already set (tests, embedding), keep it.
     let _ = ctrlc::set_handler(|| {
         if request() {
-            // A second request: the user insists. Leave now.
+            // A second request: the user insists. Leave now, but not
+            // with a secret left on disk.
             eprintln!("interrupted again; exiting without cleaning up");
+            for path in SECRETS
+                .lock()
+                .map(|paths| paths.clone())
+                .unwrap_or_default()
+            {
+                let _ = std::fs::remove_file(path);
+            }
             std::process::exit(130);
         }
         eprintln!("interrupted; stopping and cleaning up (press Ctrl-C again to exit at once)");

@@ -168,20 +168,52 @@ fn frozen_time(epoch: i64) -> Result<String> {
     Ok(time.format(&format)?)
 }
 
+/// What the private key files are called: the prefix, then the pid of
+/// the build that made it.
+const KEY_FILE_PREFIX: &str = "boxcar-secure-boot-";
+
 /// Writes key text to a new private file (mode 0600, never through a
-/// symlink: `NamedTempFile` creates it exclusively).
+/// symlink: `NamedTempFile` creates it exclusively), named with this
+/// process's pid. The file goes when the build ends, and with a second
+/// Ctrl-C; a build killed outright leaves it, so the next build removes
+/// those whose build is gone.
 fn private_key_file(text: &str) -> Result<NamedTempFile> {
     if !text.contains("PRIVATE KEY-----") {
         bail!("$BOXCAR_SECURE_BOOT_KEY does not hold a PEM private key");
     }
+    let dir = std::env::temp_dir();
+    remove_abandoned_key_files(&dir);
     let mut file = tempfile::Builder::new()
-        .prefix("boxcar-secure-boot-")
+        .prefix(&format!("{KEY_FILE_PREFIX}{}-", std::process::id()))
         .suffix(".key")
-        .tempfile()
+        .tempfile_in(&dir)
         .context("creating a private file for the Secure Boot key")?;
     file.write_all(text.as_bytes())?;
     file.flush()?;
+    crate::interrupt::remove_on_exit(file.path());
     Ok(file)
+}
+
+/// Removes key files in `dir` left by builds that no longer run (killed
+/// outright: SIGKILL, the OOM killer, a lost machine).
+fn remove_abandoned_key_files(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix(KEY_FILE_PREFIX)
+            .filter(|rest| rest.ends_with(".key"))
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
 }
 
 /// Checks that every file in `signed` (paths in the build directory, and
@@ -452,6 +484,26 @@ mod tests {
         let path = signing.key.clone();
         drop(signing);
         assert!(!path.exists(), "the key file goes with the build");
+    }
+
+    #[test]
+    fn key_files_of_builds_that_are_gone_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = |name: &str| {
+            let path = dir.path().join(name);
+            fs::write(&path, "key").unwrap();
+            path
+        };
+        // pid_max is at most 2^22: no process has this pid.
+        let abandoned = file("boxcar-secure-boot-99999999-a1b2.key");
+        let running = file(&format!(
+            "boxcar-secure-boot-{}-c3d4.key",
+            std::process::id()
+        ));
+        let other = file("boxcar-secure-boot-notes.txt");
+        remove_abandoned_key_files(dir.path());
+        assert!(!abandoned.exists());
+        assert!(running.exists() && other.exists());
     }
 
     #[test]
