@@ -380,6 +380,7 @@ fn assert_footprint_accounts_for_the_image(info: &serde_json::Value, dir: &Path)
         "{initrd:#}"
     );
     assert_lean(footprint, initrd);
+    assert_esp_holds_boot_files_only(dir);
     assert_no_interpreter_installed(info);
     let printed = boxcar(&["footprint", "--build", dir.to_str().unwrap(), "--top", "5"]);
     assert!(printed.status.success());
@@ -411,6 +412,15 @@ fn assert_lean(usr_footprint: &serde_json::Value, initrd: &serde_json::Value) {
             "/usr/lib/udev/hwdb.d/20-OUI.hwdb",
         ],
         "/usr",
+    );
+    // The kernel travels in the UKI only (recipes/mkosi.finalize).
+    let kernels: Vec<&str> = names(&usr_footprint["biggest_files"])
+        .into_iter()
+        .filter(|file| file.ends_with("/vmlinuz"))
+        .collect();
+    assert!(
+        kernels.is_empty(),
+        "a second kernel is in /usr: {kernels:?}"
     );
     // perl-base keeps only its copyright notices (about 100 KiB).
     let perl_bytes: u64 = usr_footprint["packages"]
@@ -446,6 +456,31 @@ fn assert_lean(usr_footprint: &serde_json::Value, initrd: &serde_json::Value) {
     assert!(
         module_bytes < 16 << 20,
         "the initrd carries {module_bytes} bytes of modules: more than the boot disks and NICs need"
+    );
+}
+
+/// The ESP holds the boot loader, the UKI and the addons: not the kernel
+/// package's own files (vmlinuz, config, System.map), which nothing there
+/// boots.
+fn assert_esp_holds_boot_files_only(dir: &Path) {
+    let listing = Command::new("mdir")
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .args(["-/", "-b", "-i", &esp_image(dir), "::/"])
+        .output()
+        .unwrap();
+    assert!(listing.status.success(), "mdir could not list the ESP");
+    let listing = String::from_utf8_lossy(&listing.stdout);
+    let strays: Vec<&str> = listing
+        .lines()
+        .filter(|path| !path.starts_with("::/EFI/") && !path.starts_with("::/loader/"))
+        .collect();
+    assert!(
+        strays.is_empty(),
+        "the ESP holds more than boot files: {strays:?}"
+    );
+    assert!(
+        listing.contains("::/EFI/Linux/"),
+        "no UKI on the ESP:\n{listing}"
     );
 }
 
@@ -1233,6 +1268,18 @@ fn tampered_usr_is_refused_at_boot() {
 
 /// Copies `path` out of the ESP of the build's disk image with mtools.
 fn copy_from_esp(dir: &Path, path: &str, to: &Path) {
+    let status = Command::new("mcopy")
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .args(["-n", "-i", &esp_image(dir), &format!("::/{path}")])
+        .arg(to)
+        .status()
+        .unwrap();
+    assert!(status.success(), "mcopy could not read {path} from the ESP");
+}
+
+/// The build's disk image with its ESP's offset, as mtools names a file
+/// system inside an image.
+fn esp_image(dir: &Path) -> String {
     let info = read_json(&dir.join("build.json"));
     let esp = info["disk"]["partition_table"]["partitions"]
         .as_array()
@@ -1240,14 +1287,7 @@ fn copy_from_esp(dir: &Path, path: &str, to: &Path) {
         .iter()
         .find(|p| p["role"] == "esp")
         .expect("an ESP");
-    let image = format!("{}@@{}", dir.join("disk.raw").display(), esp["offset"]);
-    let status = Command::new("mcopy")
-        .env("MTOOLS_SKIP_CHECK", "1")
-        .args(["-n", "-i", &image, &format!("::/{path}")])
-        .arg(to)
-        .status()
-        .unwrap();
-    assert!(status.success(), "mcopy could not read {path} from the ESP");
+    format!("{}@@{}", dir.join("disk.raw").display(), esp["offset"])
 }
 
 /// One changed character in /usr's root hash signature (slot A's
