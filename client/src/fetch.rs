@@ -144,10 +144,11 @@ impl Client {
                 .map_err(|e| closed_early(e, &state, &artifact))?
             {
                 if state.len() + chunk.len() as u64 > artifact.size {
-                    return Err(Error::Inconsistent(format!(
-                        "{location} is longer than the {} bytes the signed release gives; the download was removed",
-                        artifact.size
-                    )));
+                    return Err(crate::transport::larger_than_signed(
+                        &location,
+                        artifact.size,
+                        "the download was removed",
+                    ));
                 }
                 state.append(&chunk)?;
                 self.observer()

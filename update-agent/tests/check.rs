@@ -196,7 +196,7 @@ fn a_payload_longer_than_declared_is_refused_and_removed() {
     let uki = "releases/2.0.0/boxcar_2.0.0.efi.zst";
     store.misbehave(uki, Misbehaviour::Longer);
     let host = Host::new(&store, "1.0.0");
-    assert_refused(&host, "is longer than the");
+    assert_refused(&host, "is larger than the");
     assert!(host.staged_files().is_empty(), "{:?}", host.staged_files());
 }
 

@@ -83,7 +83,11 @@ impl Transport for DirTransport {
     fn digest(&self, path: &str, size: u64) -> Result<(Sha256Digest, u64), Error> {
         let (_, length) = self.open_file(path)?;
         if length > size {
-            return Err(super::larger_than_signed(&self.location(path), size));
+            return Err(super::larger_than_signed(
+                &self.location(path),
+                size,
+                super::STOPPED_READING,
+            ));
         }
         boxcar_signing::sha256_file(&self.root.join(path))
             .map_err(|e| Error::Inconsistent(format!("hashing {}: {e}", self.location(path))))

@@ -44,7 +44,11 @@ pub trait Transport: Send + Sync {
         while let Some(chunk) = body.next_chunk()? {
             hasher.update(&chunk);
             if hasher.bytes() > size {
-                return Err(larger_than_signed(&self.location(path), size));
+                return Err(larger_than_signed(
+                    &self.location(path),
+                    size,
+                    STOPPED_READING,
+                ));
             }
         }
         Ok(hasher.finish())
@@ -143,12 +147,16 @@ pub fn open_store(location: &str, settings: &NetworkSettings) -> Result<Box<dyn 
     })
 }
 
-/// The error for a file longer than the size its release signs.
-pub fn larger_than_signed(location: &str, size: u64) -> Error {
+/// The error for a file longer than the size its release signs, saying
+/// what became of what was read (`outcome`).
+pub fn larger_than_signed(location: &str, size: u64, outcome: &str) -> Error {
     Error::Inconsistent(format!(
-        "{location} is larger than the {size} bytes its release signs; stopped reading there"
+        "{location} is larger than the {size} bytes its release signs; {outcome}"
     ))
 }
+
+/// What verify and promote say when they stop hashing an oversized file.
+pub const STOPPED_READING: &str = "stopped reading there";
 
 /// Reads a whole document of kind `what`, refusing one larger than
 /// `limit` bytes before keeping more than `limit` of it, and giving up
