@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use assert_cmd::Command;
 use common::s3server::{S3Server, ACCESS_KEY, BUCKET, SECRET_KEY};
 use common::Lab;
+use predicates::prelude::*;
 
 /// A lab whose store is `s3://boxcar/PREFIX` on `server`.
 struct S3Lab<'a> {
@@ -98,10 +99,7 @@ fn publish_promote_verify_and_download_through_s3s_fs() {
     let lab = S3Lab::new(&server, "store");
     lab.init_keyring();
     let build = lab.lab.full_build("1.0.0", 12 << 20);
-    lab.publish(&build, "alpha")
-        .env("BOXCAR_S3_PART_MIB", "5")
-        .assert()
-        .success();
+    publish_in_parts(&lab, &build).assert().success();
     lab.promote("beta", &[]).assert().success();
     let verified = lab.verify().output().unwrap();
     let report = String::from_utf8_lossy(&verified.stdout);
@@ -377,33 +375,78 @@ fn a_writer_killed_between_a_document_and_its_signature_is_finished_by_the_next(
     assert_eq!(read_object(&lab, "channels/beta.json")["version"], "5.1.0");
 }
 
-#[test]
-fn a_publish_killed_mid_upload_resumes_where_it_stopped() {
-    let server = S3Server::moto();
-    let lab = S3Lab::new(&server, "resume");
+/// Builds `version` (16 MiB disks) and publishes it to alpha in 5 MiB
+/// parts, killed once its first part is sent; returns the build.
+fn kill_a_publish_after_its_first_part(lab: &S3Lab, version: &str) -> PathBuf {
     lab.init_keyring();
-    let build = lab.lab.full_build("4.0.0", 16 << 20);
-    let killed = lab
-        .publish(&build, "alpha")
-        .env("BOXCAR_S3_PART_MIB", "5")
+    let build = lab.lab.full_build(version, 16 << 20);
+    let killed = publish_in_parts(lab, &build)
         .env("BOXCAR_CRASH_AT", "s3-part-sent")
         .output()
         .unwrap();
     assert!(!killed.status.success(), "the publish was meant to die");
+    build
+}
+
+/// Publishes `build` to alpha in 5 MiB parts.
+fn publish_in_parts(lab: &S3Lab, build: &Path) -> Command {
+    let mut command = lab.publish(build, "alpha");
+    command.env("BOXCAR_S3_PART_MIB", "5");
+    command
+}
+
+#[test]
+fn a_publish_killed_mid_upload_resumes_where_it_stopped() {
+    let server = S3Server::moto();
+    let lab = S3Lab::new(&server, "resume");
+    let build = kill_a_publish_after_its_first_part(&lab, "4.0.0");
     let parts_before = server.requests().matches("partNumber=").count();
     assert_eq!(parts_before, 1, "one part went up before the crash");
     // Readers see nothing of it: no release, no channel.
     lab.verify().assert().failure();
-    lab.publish(&build, "alpha")
-        .env("BOXCAR_S3_PART_MIB", "5")
-        .assert()
-        .success();
+    publish_in_parts(&lab, &build).assert().success();
     // 16 MiB disks in 5 MiB parts: 4 parts each for qemu, vmware, aws and
     // the pxe initrd and kernel (80 MiB, 20 parts); the part sent before
     // the crash was not sent again.
     let parts = server.requests().matches("partNumber=").count();
     assert_eq!(parts, 20, "{}", server.requests());
     lab.verify().assert().success();
+}
+
+/// An object an interrupted publish left, whose bytes someone with write
+/// access changed while keeping its sha256 metadata: the publish that
+/// resumes reads it back instead of taking the metadata's word, and stops.
+#[test]
+fn a_resumed_publish_reads_back_what_it_would_take_as_already_there() {
+    let server = S3Server::s3s_fs();
+    let lab = S3Lab::new(&server, "meddled");
+    lab.init_keyring();
+    let build = lab.lab.full_build("4.1.0", 1 << 20);
+    let killed = lab
+        .publish(&build, "alpha")
+        .env("BOXCAR_CRASH_AT", "publish-copying")
+        .output()
+        .unwrap();
+    assert!(!killed.status.success(), "the publish was meant to die");
+    let release_dir = server.object_file("meddled/releases/4.1.0");
+    let copied: Vec<PathBuf> = std::fs::read_dir(&release_dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.is_file() && !path.to_string_lossy().contains(".s3s"))
+        .collect();
+    assert_eq!(copied.len(), 1, "one file was copied: {copied:?}");
+    let mut bytes = std::fs::read(&copied[0]).unwrap();
+    bytes[0] ^= 0xff;
+    std::fs::write(&copied[0], bytes).unwrap();
+    let name = copied[0]
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    lab.publish(&build, "alpha").assert().failure().stderr(
+        predicate::str::contains(name).and(predicate::str::contains("but it holds others")),
+    );
+    lab.verify().assert().failure();
 }
 
 #[test]
@@ -650,4 +693,54 @@ fn relay(
     let mut answer = Vec::new();
     let _ = server.read_to_end(&mut answer);
     let _ = client.write_all(&answer);
+}
+
+/// A part an interrupted publish sent, replaced through the S3 API by
+/// someone with write access, who also put its ETag into the upload record
+/// (which keeps the sha256 of the part the publisher sent): the resumed
+/// upload reuses it, so the object it completes is read back, found wrong,
+/// and removed with its record; the next publish sends it whole.
+#[test]
+fn a_resumed_upload_whose_parts_were_changed_is_removed_and_sent_again() {
+    use boxcar::objectstore::bucket::{Bucket, Condition};
+    use boxcar::objectstore::location::S3Location;
+
+    let server = S3Server::moto();
+    let lab = S3Lab::new(&server, "parts");
+    let build = kill_a_publish_after_its_first_part(&lab, "4.2.0");
+    let meddler = Bucket::new(S3Location {
+        endpoint: server.endpoint.parse().unwrap(),
+        region: "us-east-1".to_owned(),
+        bucket: BUCKET.to_owned(),
+        prefix: "parts/".to_owned(),
+        path_style: true,
+        credentials: rusty_s3::Credentials::new(ACCESS_KEY, SECRET_KEY),
+    })
+    .unwrap();
+    let records = meddler.list(".uploads/").unwrap();
+    assert_eq!(records.len(), 1, "one upload under way");
+    let record_path = records[0].path.clone();
+    let text = meddler.get(&record_path).unwrap().unwrap().bytes;
+    let mut record: serde_json::Value = serde_json::from_slice(&text).unwrap();
+    let path = record["path"].as_str().unwrap().to_owned();
+    let upload_id = record["upload_id"].as_str().unwrap().to_owned();
+    let etag = meddler
+        .upload_part(&path, &upload_id, 1, vec![0x5a; 5 << 20])
+        .unwrap();
+    record["parts"][0]["etag"] = serde_json::json!(etag);
+    meddler
+        .put(
+            &record_path,
+            serde_json::to_vec(&record).unwrap(),
+            &Condition::None,
+        )
+        .unwrap();
+    publish_in_parts(&lab, &build)
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains(
+            "parts of the upload that was resumed were changed",
+        ));
+    publish_in_parts(&lab, &build).assert().success();
+    lab.verify().assert().success();
 }

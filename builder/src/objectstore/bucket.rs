@@ -188,14 +188,47 @@ impl Bucket {
         path: &str,
         file: &mut std::fs::File,
     ) -> Result<(Sha256Digest, u64, Option<String>)> {
-        let mut response = self
-            .open(path)?
+        use std::io::{Seek, Write};
+        let (sha256, size, recorded) = self
+            .stream(path, |chunk| {
+                if chunk.iter().all(|&b| b == 0) {
+                    // Disk images are mostly zeros: leave holes.
+                    file.seek(std::io::SeekFrom::Current(chunk.len() as i64))?;
+                } else {
+                    file.write_all(chunk)?;
+                }
+                Ok(())
+            })?
             .with_context(|| format!("{} is not there", self.describe(path)))?;
+        file.set_len(size)?;
+        file.sync_all()?;
+        Ok((sha256, size, recorded))
+    }
+
+    /// The sha256 and size of the bytes the object at `path` holds, read
+    /// and hashed here: unlike its metadata, which any writer sets, they
+    /// cannot claim what they are not. `None` if there is no object.
+    pub fn digest(&self, path: &str) -> Result<Option<(Sha256Digest, u64)>> {
+        Ok(self
+            .stream(path, |_| Ok(()))?
+            .map(|(sha256, size, _)| (sha256, size)))
+    }
+
+    /// Reads the object at `path` in chunks handed to `sink`, hashing them;
+    /// its sha256, size and recorded sha256, or `None` if there is none.
+    fn stream(
+        &self,
+        path: &str,
+        mut sink: impl FnMut(&[u8]) -> std::io::Result<()>,
+    ) -> Result<Option<(Sha256Digest, u64, Option<String>)>> {
+        use std::io::Read;
+        let Some(mut response) = self.open(path)? else {
+            return Ok(None);
+        };
         let recorded = recorded_sha256(&response);
         let mut hasher = boxcar_signing::Hasher::new();
         let mut buffer = vec![0u8; 1 << 20];
         loop {
-            use std::io::{Read, Seek, Write};
             let n = response
                 .read(&mut buffer)
                 .with_context(|| format!("downloading {}", self.describe(path)))?;
@@ -203,17 +236,10 @@ impl Bucket {
                 break;
             }
             hasher.update(&buffer[..n]);
-            if buffer[..n].iter().all(|&b| b == 0) {
-                // Disk images are mostly zeros: leave holes.
-                file.seek(std::io::SeekFrom::Current(n as i64))?;
-            } else {
-                file.write_all(&buffer[..n])?;
-            }
+            sink(&buffer[..n]).with_context(|| format!("storing {}", self.describe(path)))?;
         }
         let (sha256, size) = hasher.finish();
-        file.set_len(size)?;
-        file.sync_all()?;
-        Ok((sha256, size, recorded))
+        Ok(Some((sha256, size, recorded)))
     }
 
     /// The head of the object at `path`; `None` if there is none.

@@ -4,7 +4,10 @@
 //! mid-upload, run again, sends only the parts that are not there yet.
 //! A part is skipped only when the local bytes hash to what the record
 //! says was sent; the object is made by completing the upload with
-//! `If-None-Match: *`, so it never replaces one that is there.
+//! `If-None-Match: *`, so it never replaces one that is there. Records and
+//! sha256 metadata are only what some writer said, so what a publish takes
+//! on their word (an object already there, an upload that reused parts) is
+//! read back and hashed before it counts as put.
 
 use std::io::Read;
 use std::path::Path;
@@ -107,9 +110,12 @@ pub fn put_file(
     };
     let there = match existing {
         Existing::Refuse => already_there(bucket, path, &sha256)?.is_some(),
-        Existing::Replace => bucket
-            .head(path)?
-            .is_some_and(|head| head.sha256 == Some(sha256.to_string())),
+        Existing::Replace => {
+            bucket
+                .head(path)?
+                .is_some_and(|head| head.sha256 == Some(sha256.to_string()))
+                && holds(bucket, path, &sha256)?
+        }
     };
     if there {
         copied(size);
@@ -146,14 +152,22 @@ pub fn put_bytes(bucket: &Bucket, path: &str, bytes: Vec<u8>, sha256: &Sha256Dig
     }
 }
 
-/// `Some` when `path` holds an object recorded with `sha256`; an error when
+/// `Some` when `path` holds an object with `sha256`'s bytes; an error when
 /// it holds another one.
 fn already_there(bucket: &Bucket, path: &str, sha256: &Sha256Digest) -> Result<Option<()>> {
     let Some(head) = bucket.head(path)? else {
         return Ok(None);
     };
     if head.sha256.as_deref() == Some(sha256.to_string().as_str()) {
-        return Ok(Some(()));
+        if holds(bucket, path, sha256)? {
+            return Ok(Some(()));
+        }
+        bail!(
+            "{} says in its metadata that it holds this build's bytes (sha256 {sha256}), but it holds others: \
+             someone with write access to the bucket wrote it. A release object is never replaced: \
+             remove it once you know who wrote it, and publish again",
+            bucket.describe(path)
+        );
     }
     bail!(
         "{} exists with other bytes (sha256 {}, this build's is {sha256}): a release object is never replaced. \
@@ -161,6 +175,17 @@ fn already_there(bucket: &Bucket, path: &str, sha256: &Sha256Digest) -> Result<O
         bucket.describe(path),
         head.sha256.as_deref().unwrap_or("unrecorded")
     )
+}
+
+/// Whether the object at `path` holds `sha256`'s bytes, read back and
+/// hashed. Its metadata only says what its writer claims, and any writer
+/// can set it, so an object a publish would otherwise take as already put
+/// is checked this way (only on a resumed publish: a fresh one finds
+/// nothing there).
+fn holds(bucket: &Bucket, path: &str, sha256: &Sha256Digest) -> Result<bool> {
+    Ok(bucket
+        .digest(path)?
+        .is_some_and(|(held, _)| held == *sha256))
 }
 
 /// Sends a large file in parts, continuing a recorded upload of the same
@@ -186,6 +211,10 @@ fn put_in_parts(
     let (file, length) = open_source(source)?;
     let mut reader = DigestingReader::new(HoleFilledReader::new(file, length));
     let mut etags = Vec::new();
+    // Parts sent by an earlier run are taken from the record, which anyone
+    // with write access could have rewritten: the object they make is
+    // read back once it is complete.
+    let mut resumed = false;
     let mut position = 0u64;
     let mut number = 0u16;
     loop {
@@ -202,7 +231,10 @@ fn put_in_parts(
         number += 1;
         position += part.len() as u64;
         match record.parts.get(index) {
-            Some(done) if done.sha256 == part_sha256 => etags.push(done.etag.clone()),
+            Some(done) if done.sha256 == part_sha256 => {
+                resumed = true;
+                etags.push(done.etag.clone());
+            }
             _ => {
                 let etag = bucket.upload_part(path, &record.upload_id, number, part)?;
                 record.parts.truncate(index);
@@ -222,6 +254,16 @@ fn put_in_parts(
         bail!("{} changed while it was being published", source.display());
     }
     match bucket.complete_multipart(path, &record.upload_id, &etags, condition)? {
+        Written::Done(_) if resumed && !holds(bucket, path, sha256)? => {
+            bucket.delete(path)?;
+            bucket.delete(&record_path)?;
+            bail!(
+                "{} came out with other bytes than {}: parts of the upload that was resumed were changed \
+                 in the bucket. The object and its upload record are removed; publish again to send it whole",
+                bucket.describe(path),
+                source.display()
+            );
+        }
         Written::Done(_) => {}
         Written::ConditionFailed => {
             bucket.abort_multipart(path, &record.upload_id)?;
