@@ -861,6 +861,27 @@ fn assert_footprint_reported(platform: &str, guest: &serde_json::Value) {
     assert!(memory_kib > 16 * 1024, "{platform}: {memory_kib} KiB");
     assert!(processes > 3, "{platform}: {processes} processes");
     assert!(number("footprint.kernel_threads") > 0, "{platform}");
+    // The drivers of the disk and network card the test gives each
+    // platform (recipes/platforms.toml).
+    let modules: Vec<&str> = guest["footprint.modules"]
+        .as_str()
+        .unwrap()
+        .split(' ')
+        .collect();
+    let drivers: &[&str] = match platform {
+        "qemu" => &["virtio_blk", "virtio_net"],
+        "vmware" => &["ahci", "vmxnet3"],
+        "aws" => &["nvme", "virtio_net"],
+        "metal" => &["ahci", "e1000e"],
+        "pxe" => &["virtio_net"],
+        _ => &[],
+    };
+    for module in drivers {
+        assert!(
+            modules.contains(module),
+            "{platform}: {module} is not among the modules loaded: {modules:?}"
+        );
+    }
     let breakdown = guest["footprint.memory_kib"].as_str().unwrap();
     let biggest = guest["footprint.biggest_processes"].as_str().unwrap();
     eprintln!("{platform}: memory {breakdown}; biggest processes {biggest}");
