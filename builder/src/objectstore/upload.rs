@@ -179,9 +179,11 @@ fn already_there(bucket: &Bucket, path: &str, sha256: &Sha256Digest) -> Result<O
 
 /// Whether the object at `path` holds `sha256`'s bytes, read back and
 /// hashed. Its metadata only says what its writer claims, and any writer
-/// can set it, so an object a publish would otherwise take as already put
-/// is checked this way (only on a resumed publish: a fresh one finds
-/// nothing there).
+/// can set it, so an object a put would otherwise skip is checked this
+/// way. That happens only when the object is already there: a resumed
+/// publish, or a build staged again (where the read replaces an upload of
+/// the same size, and a wrong object is written over instead of failing
+/// the job that pulls it).
 fn holds(bucket: &Bucket, path: &str, sha256: &Sha256Digest) -> Result<bool> {
     Ok(bucket
         .digest(path)?
