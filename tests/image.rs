@@ -869,7 +869,7 @@ fn assert_footprint_reported(platform: &str, guest: &serde_json::Value) {
     let drivers_bound: Vec<&str> = guest["footprint.drivers"]
         .as_str()
         .unwrap()
-        .split(' ')
+        .split(';')
         .collect();
     let drivers: &[&str] = match platform {
         "qemu" => &["virtio_blk", "virtio_net"],

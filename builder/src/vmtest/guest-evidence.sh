@@ -244,9 +244,10 @@ say footprint.kernel_threads "$(ps -e -o pid=,ppid= | awk '$1 == 2 || $2 == 2' |
 # is built without loadable modules (recipes/kernel/config); a kernel with
 # them lists here what its drivers would have to be built in.
 say footprint.modules "$(if [ -e /proc/modules ]; then cut -d ' ' -f 1 /proc/modules | sort | paste -sd ' '; fi)"
-# The drivers bound to this platform's devices, built in or loaded.
+# The drivers bound to this platform's devices, built in or loaded,
+# separated by ";" (some names have spaces: "i8042 kbd").
 say footprint.drivers "$(for link in /sys/bus/*/devices/*/driver; do
-    [ -L "$link" ] && basename "$(readlink "$link")"; done | sort -u | paste -sd ' ')"
+    [ -L "$link" ] && basename "$(readlink "$link")"; done | sort -u | paste -sd ';')"
 say footprint.slowest_units "$(systemd-analyze blame --no-pager 2>&1 | grep -v '\.device$' | head -n 10 | sed 's/^ *//' | paste -sd ';')"
 # Where the boot's processor time went, unit by unit: under emulation the
 # guest's two processors are the bottleneck, so work off the critical chain
