@@ -32,17 +32,19 @@ agent_dir="$testdata/agent"
 agent_marker=/var/lib/boxcar-test/agent-started
 
 # "number:label" of each partition behind a device-mapper device, or of
-# every partition of a disk.
+# every partition of a disk. `lsblk -d`: the partition alone; without it
+# lsblk also lists the device-mapper device a /usr partition holds, whose
+# empty label it printed first.
 dm_partitions() {
     for slave in /sys/class/block/"$1"/slaves/*; do
         name=${slave##*/}
-        printf '%s:%s ' "$(cat "/sys/class/block/$name/partition")" "$(lsblk -no PARTLABEL "/dev/$name")"
+        printf '%s:%s ' "$(cat "/sys/class/block/$name/partition")" "$(lsblk -dno PARTLABEL "/dev/$name")"
     done
 }
 disk_partitions() {
     for part in /sys/class/block/"$1"/"$1"*; do
         name=${part##*/}
-        printf '%s:%s ' "$(cat "$part/partition")" "$(lsblk -no PARTLABEL "/dev/$name")"
+        printf '%s:%s ' "$(cat "$part/partition")" "$(lsblk -dno PARTLABEL "/dev/$name")"
     done
 }
 usr_dm() { basename "$(readlink -f "$(findmnt -no SOURCE /usr)")"; }
