@@ -106,6 +106,13 @@ impl Cache {
         self.root.join("packages")
     }
 
+    /// The build scripts' directory (mkosi's `BuildDirectory=`), kept
+    /// between builds: the kernel's source tree and objects, which
+    /// recipes/mkosi.build.chroot reuses while its inputs stay the same.
+    pub fn build_dir(&self) -> PathBuf {
+        self.root.join("build")
+    }
+
     /// mkosi's scratch space (emptied after every build).
     pub fn workspace(&self) -> PathBuf {
         self.root.join("workspace")

@@ -323,35 +323,61 @@ fn a_reader_pinned_three_rotations_back_walks_forward_and_the_newest_root_alone_
 #[test]
 fn renewal_keeps_a_quiet_channel_alive_before_and_after_it_expires() {
     let lab = Lab::new();
-    lab.set_channel("alpha", "valid-for", "\"6s\"");
+    lab.set_channel("alpha", "valid-for", "\"1h\"");
     lab.publish_to_alpha("1.0.0");
     let key = lab.path("keys");
-    let renew = || {
+    let renew = |later: &str| {
         let mut command = lab.boxcar(&["renew", "--store", lab.store().to_str().unwrap()]);
         command.args(["--key", key.join("boxcar.key").to_str().unwrap()]);
-        command
+        at(command, later)
     };
-    renew()
+    renew("+0")
         .assert()
         .success()
         .stdout(predicate::str::contains("nothing is due"));
-    std::thread::sleep(std::time::Duration::from_millis(4600));
-    // Less than a quarter of its validity left: verify warns.
-    lab.verify_passes_with("warn  channels/alpha.json");
-    renew().assert().success().stdout(predicate::str::contains(
-        "renewed channels/alpha.json: serial 1 -> 2",
-    ));
-    std::thread::sleep(std::time::Duration::from_secs(7));
-    download(&lab, &key, "state.json")
+    // Ten minutes left: less than a quarter of its validity, verify warns.
+    at(lab.verify(), "+50m")
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("warn  channels/alpha.json"));
+    renew("+50m")
+        .assert()
+        .success()
+        .stdout(predicate::str::contains(
+            "renewed channels/alpha.json: serial 1 -> 2",
+        ));
+    // Renewed at 50 minutes for an hour: expired at two hours.
+    at(download(&lab, &key, "state.json"), "+2h")
         .assert()
         .code(1)
         .stderr(predicate::str::contains("expired at"));
-    renew()
+    renew("+2h")
         .assert()
         .success()
         .stdout(predicate::str::contains("serial 2 -> 3"));
-    download(&lab, &key, "state.json").assert().success();
-    lab.verify_passes_with("ok    channels/alpha.json: serial 3, points at 1.0.0");
+    at(download(&lab, &key, "state.json"), "+2h")
+        .assert()
+        .success();
+    at(lab.verify(), "+2h")
+        .assert()
+        .success()
+        .stdout(predicate::str::contains(
+            "ok    channels/alpha.json: serial 3, points at 1.0.0",
+        ));
+}
+
+/// `command` run with its clock moved `later` (libfaketime's offsets:
+/// "+50m", "+2h"), so that a test of expiry waits for nothing and a busy
+/// machine cannot make it late.
+fn at(mut command: assert_cmd::Command, later: &str) -> assert_cmd::Command {
+    let library = Path::new("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1");
+    assert!(
+        library.is_file(),
+        "{} is missing: ci/setup-host installs faketime",
+        library.display()
+    );
+    command.env("LD_PRELOAD", library).env("FAKETIME", later);
+    command
 }
 
 /// Everything stderr said.

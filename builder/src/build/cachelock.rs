@@ -15,6 +15,7 @@ pub(super) fn create_cache_dirs(cache: &Cache) -> Result<()> {
         cache.mkosi_output(),
         cache.mkosi_cache(),
         cache.packages(),
+        cache.build_dir(),
         cache.workspace(),
     ] {
         fs::create_dir_all(&dir)

@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 use super::footprint;
 use super::plan::BuildPlan;
 use crate::process::Step;
-use crate::records::buildinfo::UsrFootprint;
+use crate::records::buildinfo::{PackageInfo, UsrFootprint};
 
 /// Moves mkosi's outputs into the staging directory under their build names.
 pub(super) fn collect_outputs(plan: &BuildPlan, staging: &Path) -> Result<()> {
@@ -44,7 +44,15 @@ pub(super) fn collect_outputs(plan: &BuildPlan, staging: &Path) -> Result<()> {
 /// directory under these names (hidden) until inspect takes them: they go
 /// into build.json, not the build directory.
 const USR_STATS: &str = ".usr-stats";
-const USR_REPORTS: [&str; 3] = [USR_STATS, footprint::OWNERS_SUFFIX, footprint::FILES_SUFFIX];
+/// The packages the kernel was built from and with (mkosi.finalize copies
+/// mkosi.build.chroot's list), as `name<TAB>version<TAB>architecture` lines.
+const KERNEL_BUILD_PACKAGES: &str = ".kernel-build-packages";
+const USR_REPORTS: [&str; 4] = [
+    USR_STATS,
+    footprint::OWNERS_SUFFIX,
+    footprint::FILES_SUFFIX,
+    KERNEL_BUILD_PACKAGES,
+];
 
 /// Reads and removes one of the recipe's reports, if it wrote it.
 fn take_report(staging: &Path, name: &str) -> Result<Option<String>> {
@@ -72,6 +80,25 @@ pub(super) fn take_usr_stats(staging: &Path) -> Result<(Option<u64>, Option<u64>
         })
     };
     Ok((value("content_bytes"), value("files")))
+}
+
+/// Reads and removes the list of the packages the kernel was built from and
+/// with; empty if the recipe wrote none.
+pub(super) fn take_kernel_build_packages(staging: &Path) -> Result<Vec<PackageInfo>> {
+    let Some(text) = take_report(staging, KERNEL_BUILD_PACKAGES)? else {
+        return Ok(Vec::new());
+    };
+    text.lines()
+        .filter(|line| !line.trim().is_empty())
+        .map(|line| match line.split('\t').collect::<Vec<_>>()[..] {
+            [name, version, architecture] => Ok(PackageInfo {
+                name: name.to_owned(),
+                version: version.to_owned(),
+                architecture: architecture.to_owned(),
+            }),
+            _ => bail!("the kernel's build packages list has a malformed line {line:?}"),
+        })
+        .collect()
 }
 
 /// Reads and removes the footprint's lists and sums them up, if the recipe
@@ -123,5 +150,28 @@ mod tests {
             (Some(522_000_000), Some(20931))
         );
         assert!(!temp.path().join(USR_STATS).exists());
+    }
+
+    #[test]
+    fn the_kernels_build_packages_are_read_and_a_malformed_line_refused() {
+        let temp = tempfile::tempdir().unwrap();
+        assert!(take_kernel_build_packages(temp.path()).unwrap().is_empty());
+        let list = temp.path().join(KERNEL_BUILD_PACKAGES);
+        fs::write(
+            &list,
+            "linux-source-6.12\t6.12.118-1\tall\ngcc-14\t14.2.0-19\tamd64\n",
+        )
+        .unwrap();
+        let packages = take_kernel_build_packages(temp.path()).unwrap();
+        assert_eq!(packages.len(), 2);
+        assert_eq!(
+            (packages[0].name.as_str(), packages[0].version.as_str()),
+            ("linux-source-6.12", "6.12.118-1")
+        );
+        assert_eq!(packages[1].architecture, "amd64");
+        assert!(!list.exists());
+        fs::write(&list, "linux-source-6.12 6.12.118-1\n").unwrap();
+        let error = take_kernel_build_packages(temp.path()).unwrap_err();
+        assert!(format!("{error:#}").contains("malformed line"), "{error:#}");
     }
 }

@@ -9,7 +9,7 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use boxcar_signing::UsrSignature;
 
-use super::collect::{take_usr_footprint, take_usr_stats};
+use super::collect::{take_kernel_build_packages, take_usr_footprint, take_usr_stats};
 use super::convert;
 use super::footprint;
 use super::plan::BuildPlan;
@@ -120,6 +120,7 @@ pub(super) fn inspect(plan: &BuildPlan, tools: &HostTools, staging: &Path) -> Re
             release: uki.kernel_release.clone(),
             cmdline: uki.cmdline.clone(),
             initrd: Some(footprint::initrd_footprint(&staging.join("initrd"))?),
+            build_packages: take_kernel_build_packages(staging)?,
         },
         table,
         usr_signature,

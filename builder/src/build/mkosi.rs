@@ -22,6 +22,8 @@ pub struct MkosiRun {
     pub cache_dir: PathBuf,
     pub package_cache_dir: PathBuf,
     pub workspace_dir: PathBuf,
+    /// Kept between builds for the build scripts (the kernel's tree).
+    pub build_dir: PathBuf,
     pub source_date_epoch: i64,
     /// Drop the incremental cache so packages are resolved afresh.
     pub refresh: bool,
@@ -51,6 +53,7 @@ impl MkosiRun {
         option("cache-directory", self.cache_dir.clone().into());
         option("package-cache-dir", self.package_cache_dir.clone().into());
         option("workspace-directory", self.workspace_dir.clone().into());
+        option("build-directory", self.build_dir.clone().into());
         option(
             "source-date-epoch",
             self.source_date_epoch.to_string().into(),
@@ -112,6 +115,7 @@ mod tests {
             cache_dir: "/cache/mkosi".into(),
             package_cache_dir: "/cache/packages".into(),
             workspace_dir: "/cache/workspace".into(),
+            build_dir: "/cache/build".into(),
             source_date_epoch: 1_700_000_000,
             refresh,
             packages: vec!["open-vm-tools".into()],
@@ -139,6 +143,7 @@ mod tests {
             "--cache-directory=/cache/mkosi",
             "--package-cache-dir=/cache/packages",
             "--workspace-directory=/cache/workspace",
+            "--build-directory=/cache/build",
             "--source-date-epoch=1700000000",
             "--package=open-vm-tools",
             "--extra-tree=/b/.platform-units",

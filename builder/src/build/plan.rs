@@ -181,6 +181,7 @@ impl BuildPlan {
             cache_dir: self.cache.mkosi_cache(),
             package_cache_dir: self.cache.packages(),
             workspace_dir: self.cache.workspace(),
+            build_dir: self.cache.build_dir(),
             source_date_epoch: self.source_date_epoch,
             refresh: self.refresh,
             packages: self.platform_packages(),

@@ -181,6 +181,11 @@ pub struct KernelInfo {
     /// Where the bytes of the UKI's initrd go (`boxcar footprint`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub initrd: Option<InitrdFootprint>,
+    /// The packages the kernel was built from and with (its source,
+    /// Debian's configuration, the compiler), for building it again; absent
+    /// from builds that took Debian's kernel package.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub build_packages: Vec<PackageInfo>,
 }
 
 /// The regular files of the UKI's initrd, decompressed.

@@ -32,17 +32,19 @@ agent_dir="$testdata/agent"
 agent_marker=/var/lib/boxcar-test/agent-started
 
 # "number:label" of each partition behind a device-mapper device, or of
-# every partition of a disk.
+# every partition of a disk. `lsblk -d`: the partition alone; without it
+# lsblk also lists the device-mapper device a /usr partition holds, whose
+# empty label it printed first.
 dm_partitions() {
     for slave in /sys/class/block/"$1"/slaves/*; do
         name=${slave##*/}
-        printf '%s:%s ' "$(cat "/sys/class/block/$name/partition")" "$(lsblk -no PARTLABEL "/dev/$name")"
+        printf '%s:%s ' "$(cat "/sys/class/block/$name/partition")" "$(lsblk -dno PARTLABEL "/dev/$name")"
     done
 }
 disk_partitions() {
     for part in /sys/class/block/"$1"/"$1"*; do
         name=${part##*/}
-        printf '%s:%s ' "$(cat "$part/partition")" "$(lsblk -no PARTLABEL "/dev/$name")"
+        printf '%s:%s ' "$(cat "$part/partition")" "$(lsblk -dno PARTLABEL "/dev/$name")"
     done
 }
 usr_dm() { basename "$(readlink -f "$(findmnt -no SOURCE /usr)")"; }
@@ -240,9 +242,14 @@ say footprint.biggest_processes "$(ps -e -o rss=,comm= --sort=-rss | head -n 8 |
 say footprint.processes "$(ps -e -ww -o pid=,ppid=,cgroup= |
     awk -v own="$(cat /proc/self/cgroup)" '$1 != 2 && $2 != 2 && $3 != own' | wc -l)"
 say footprint.kernel_threads "$(ps -e -o pid=,ppid= | awk '$1 == 2 || $2 == 2' | wc -l)"
-# The kernel modules this platform's boot loaded, docker's included: what
-# a kernel of our own would have to build in for it (BENCHMARKS.md).
-say footprint.modules "$(cut -d ' ' -f 1 /proc/modules | sort | paste -sd ' ')"
+# The kernel modules this platform's boot loaded: none, since the kernel
+# is built without loadable modules (recipes/kernel/config); a kernel with
+# them lists here what its drivers would have to be built in.
+say footprint.modules "$(if [ -e /proc/modules ]; then cut -d ' ' -f 1 /proc/modules | sort | paste -sd ' '; fi)"
+# The drivers bound to this platform's devices, built in or loaded,
+# separated by ";" (some names have spaces: "i8042 kbd").
+say footprint.drivers "$(for link in /sys/bus/*/devices/*/driver; do
+    [ -L "$link" ] && basename "$(readlink "$link")"; done | sort -u | paste -sd ';')"
 say footprint.slowest_units "$(systemd-analyze blame --no-pager 2>&1 | grep -v '\.device$' | head -n 10 | sed 's/^ *//' | paste -sd ';')"
 # Where the boot's processor time went, unit by unit: under emulation the
 # guest's two processors are the bottleneck, so work off the critical chain

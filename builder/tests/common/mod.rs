@@ -368,6 +368,7 @@ impl Lab {
                 release: "6.12".into(),
                 cmdline: "usrhash=00".into(),
                 initrd: None,
+                build_packages: Vec::new(),
             },
             disk: DiskInfo {
                 file: "disk.raw".into(),
