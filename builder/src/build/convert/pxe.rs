@@ -117,9 +117,12 @@ pub fn write_pxe(
     write_cpio(tools, &tree, &cpio, inputs.source_date_epoch)?;
     fs::remove_dir_all(&tree)?;
 
-    // The build's initrd, then ours: the kernel unpacks both.
+    // The build's initrd, then ours: the kernel unpacks both. It reads an
+    // uncompressed cpio archive only at a multiple of 4 bytes into the
+    // initrd (zeros before it are skipped), so the build's is padded.
     let mut initrd = File::create(outputs.initrd)?;
-    io::copy(&mut File::open(inputs.initrd)?, &mut initrd)?;
+    let build_bytes = io::copy(&mut File::open(inputs.initrd)?, &mut initrd)?;
+    io::Write::write_all(&mut initrd, &[0; 3][..cpio_padding(build_bytes)])?;
     io::copy(&mut File::open(&cpio)?, &mut initrd)?;
     initrd.sync_all()?;
     fs::remove_file(&cpio)?;
@@ -335,9 +338,22 @@ fn collect_paths(root: &Path, dir: &Path, paths: &mut Vec<String>) -> Result<()>
     Ok(())
 }
 
+/// Zero bytes that bring `length` to a multiple of 4.
+fn cpio_padding(length: u64) -> usize {
+    ((4 - length % 4) % 4) as usize
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_carried_archive_starts_at_a_multiple_of_four_bytes() {
+        assert_eq!(cpio_padding(23_335_411), 1);
+        assert_eq!(cpio_padding(23_335_412), 0);
+        assert_eq!(cpio_padding(5), 3);
+        assert_eq!(cpio_padding(6), 2);
+    }
 
     #[test]
     fn script_chains_relative_files_and_takes_extra_arguments() {
