@@ -34,45 +34,70 @@ impl S3Server {
     pub fn s3s_fs_in(parent: &Path) -> Self {
         let dir = tempfile::tempdir_in(parent).unwrap();
         std::fs::create_dir(dir.path().join(BUCKET)).unwrap();
-        let port = free_port();
-        let child = Process::new(tool("s3s-fs"))
-            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-            .args(["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
-            .arg(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("s3s-fs starts (installed by ci/setup-host)");
+        let (child, port) = listening("s3s-fs", |port| {
+            let mut command = Process::new(tool("s3s-fs"));
+            command
+                .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+                .args(["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
+                .arg(dir.path())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+            command
+        });
         Self::started(child, port, dir)
     }
 
     /// moto's S3 server, logging every request to `requests.log`.
     pub fn moto() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let log = std::fs::File::create(dir.path().join("requests.log")).unwrap();
-        let child = Process::new(tool("moto_server"))
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("moto_server starts (installed by ci/setup-host)");
+        let log = dir.path().join("requests.log");
+        let (child, port) = listening("moto_server", |port| {
+            let mut command = Process::new(tool("moto_server"));
+            command
+                .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(&log).unwrap());
+            command
+        });
         let server = Self::started(child, port, dir);
-        // moto keeps no buckets between runs: make the store's.
-        let made = Process::new("curl")
-            .args(["-sf", "-X", "PUT", &format!("{}/{BUCKET}", server.endpoint)])
-            .status()
-            .unwrap();
-        assert!(made.success(), "creating the bucket on moto");
+        server.make_bucket();
         server
     }
 
-    fn started(child: Child, port: u16, dir: tempfile::TempDir) -> Self {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "the S3 server did not start");
-            std::thread::sleep(Duration::from_millis(100));
+    /// moto keeps no buckets between runs: make the store's, asking again
+    /// a few times because a loaded machine can make moto's first answer
+    /// an error.
+    fn make_bucket(&self) {
+        let url = format!("{}/{BUCKET}", self.endpoint);
+        let mut answers = Vec::new();
+        for _ in 0..5 {
+            let made = Process::new("curl")
+                .args([
+                    "-sS",
+                    "-o",
+                    "/dev/null",
+                    "-w",
+                    "%{http_code}",
+                    "-X",
+                    "PUT",
+                    &url,
+                ])
+                .output()
+                .unwrap();
+            let answer = String::from_utf8_lossy(&made.stdout).into_owned();
+            if made.status.success() && answer == "200" {
+                return;
+            }
+            answers.push(format!(
+                "{answer} {}",
+                String::from_utf8_lossy(&made.stderr).trim()
+            ));
+            std::thread::sleep(Duration::from_millis(500));
         }
+        panic!("creating the bucket on moto: answered {answers:?}");
+    }
+
+    fn started(child: Child, port: u16, dir: tempfile::TempDir) -> Self {
         Self {
             child,
             endpoint: format!("http://127.0.0.1:{port}"),
@@ -102,6 +127,41 @@ pub fn tool(name: &str) -> PathBuf {
         path.display()
     );
     path
+}
+
+/// Starts the server `command` makes for a port and waits until it listens
+/// there. A port found free can be taken again before the server binds it
+/// (by another test's server, or as a client's local port), and such a
+/// server exits: then it starts again on another port.
+fn listening(name: &str, command: impl Fn(u16) -> Process) -> (Child, u16) {
+    for _ in 0..5 {
+        let port = free_port();
+        let mut child = command(port)
+            .spawn()
+            .unwrap_or_else(|e| panic!("{name} starts (installed by ci/setup-host): {e}"));
+        if listens(&mut child, port, name) {
+            return (child, port);
+        }
+    }
+    panic!("{name} found no free port in five tries");
+}
+
+/// Whether `child` came to listen on `port`, rather than exiting; a
+/// connection alone could reach another server that holds the port, so
+/// the child must still be running a moment after it.
+fn listens(child: &mut Child, port: u16, name: &str) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            return false;
+        }
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            std::thread::sleep(Duration::from_millis(300));
+            return child.try_wait().unwrap().is_none();
+        }
+        assert!(Instant::now() < deadline, "{name} did not start");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 pub fn free_port() -> u16 {
@@ -144,26 +204,17 @@ impl S3Server {
 
 impl Website {
     pub fn serve(dir: &Path) -> Self {
-        let port = free_port();
-        let child = Process::new("python3")
-            .args([
-                "-m",
-                "http.server",
-                "--bind",
-                "127.0.0.1",
-                &port.to_string(),
-            ])
-            .arg("--directory")
-            .arg(dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("python3 serves the directory");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "the web server did not start");
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        let (child, port) = listening("python3 -m http.server", |port| {
+            let mut command = Process::new("python3");
+            command
+                .args(["-m", "http.server", "--bind", "127.0.0.1"])
+                .arg(port.to_string())
+                .arg("--directory")
+                .arg(dir)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+            command
+        });
         Self {
             child,
             url: format!("http://127.0.0.1:{port}"),
