@@ -113,6 +113,7 @@ fn build_produces_a_verity_protected_ab_image_that_stock_tools_confirm() {
         );
     }
     assert_kernel_of_our_own(&info, &packages);
+    assert_dockerd_of_our_own(&info);
     assert_footprint_accounts_for_the_image(&info, dir);
     let phases = names(&info["phases"]);
     assert_eq!(
@@ -456,6 +457,41 @@ fn assert_kernel_of_our_own(info: &serde_json::Value, packages: &[&str]) {
         assert!(
             built_with.iter().any(|p| p.starts_with(needed)),
             "{needed} not among the kernel's build packages: {built_with:?}"
+        );
+    }
+}
+
+/// dockerd is built by the recipe (recipes/dockerd/) from the source of
+/// the docker.io package the image installs, and build.json names that
+/// source and what it was built with.
+fn assert_dockerd_of_our_own(info: &serde_json::Value) {
+    let dockerd = &info["dockerd"];
+    assert_eq!(dockerd["source"]["name"], "docker.io", "{dockerd}");
+    assert_eq!(dockerd["source"]["architecture"], "source");
+    let source_version = dockerd["source"]["version"].as_str().unwrap();
+    let package = info["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "docker.io")
+        .unwrap();
+    // A binary rebuild of the same source adds "+bN" to its version.
+    let package_version = package["version"].as_str().unwrap();
+    assert!(
+        package_version == source_version
+            || package_version.starts_with(&format!("{source_version}+b")),
+        "dockerd built from docker.io {source_version}, the image has {package_version}"
+    );
+    let built_with = names(&dockerd["build_packages"]);
+    for needed in [
+        "golang-1.",
+        "golang-github-containerd-containerd-dev",
+        "gcc-",
+        "libseccomp-dev",
+    ] {
+        assert!(
+            built_with.iter().any(|p| p.starts_with(needed)),
+            "{needed} not among dockerd's build packages: {built_with:?}"
         );
     }
 }
@@ -885,6 +921,11 @@ fn assert_footprint_reported(platform: &str, guest: &serde_json::Value) {
             "{platform}: {driver} is not among the drivers bound: {drivers_bound:?}"
         );
     }
+    // recipes/dockerd/build: not position-independent (ET_EXEC).
+    assert_eq!(
+        guest["footprint.dockerd_elf_type"], "0002",
+        "{platform}: the running image's dockerd is not the recipe's"
+    );
     let breakdown = guest["footprint.memory_kib"].as_str().unwrap();
     let biggest = guest["footprint.biggest_processes"].as_str().unwrap();
     eprintln!("{platform}: memory {breakdown}; biggest processes {biggest}");

@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 use super::footprint;
 use super::plan::BuildPlan;
 use crate::process::Step;
-use crate::records::buildinfo::{PackageInfo, UsrFootprint};
+use crate::records::buildinfo::{PackageInfo, ProgramBuild, UsrFootprint};
 
 /// Moves mkosi's outputs into the staging directory under their build names.
 pub(super) fn collect_outputs(plan: &BuildPlan, staging: &Path) -> Result<()> {
@@ -47,11 +47,16 @@ const USR_STATS: &str = ".usr-stats";
 /// The packages the kernel was built from and with (mkosi.finalize copies
 /// mkosi.build.chroot's list), as `name<TAB>version<TAB>architecture` lines.
 const KERNEL_BUILD_PACKAGES: &str = ".kernel-build-packages";
-const USR_REPORTS: [&str; 4] = [
+/// dockerd's source package (architecture "source") and then the packages
+/// it was built with (mkosi.finalize copies mkosi.build.chroot's list), in
+/// the same form.
+const DOCKERD_BUILD: &str = ".dockerd-build";
+const USR_REPORTS: [&str; 5] = [
     USR_STATS,
     footprint::OWNERS_SUFFIX,
     footprint::FILES_SUFFIX,
     KERNEL_BUILD_PACKAGES,
+    DOCKERD_BUILD,
 ];
 
 /// Reads and removes one of the recipe's reports, if it wrote it.
@@ -85,9 +90,34 @@ pub(super) fn take_usr_stats(staging: &Path) -> Result<(Option<u64>, Option<u64>
 /// Reads and removes the list of the packages the kernel was built from and
 /// with; empty if the recipe wrote none.
 pub(super) fn take_kernel_build_packages(staging: &Path) -> Result<Vec<PackageInfo>> {
-    let Some(text) = take_report(staging, KERNEL_BUILD_PACKAGES)? else {
-        return Ok(Vec::new());
+    match take_report(staging, KERNEL_BUILD_PACKAGES)? {
+        Some(text) => package_lines(&text).context("the kernel's build packages list"),
+        None => Ok(Vec::new()),
+    }
+}
+
+/// Reads and removes what dockerd was built from and with, if the recipe
+/// built it.
+pub(super) fn take_dockerd_build(staging: &Path) -> Result<Option<ProgramBuild>> {
+    let Some(text) = take_report(staging, DOCKERD_BUILD)? else {
+        return Ok(None);
     };
+    let mut packages = package_lines(&text).context("dockerd's build list")?;
+    if packages
+        .first()
+        .is_none_or(|first| first.architecture != "source")
+    {
+        bail!("dockerd's build list does not start with its source package");
+    }
+    let source = packages.remove(0);
+    Ok(Some(ProgramBuild {
+        source,
+        build_packages: packages,
+    }))
+}
+
+/// `name<TAB>version<TAB>architecture` lines, blank ones skipped.
+fn package_lines(text: &str) -> Result<Vec<PackageInfo>> {
     text.lines()
         .filter(|line| !line.trim().is_empty())
         .map(|line| match line.split('\t').collect::<Vec<_>>()[..] {
@@ -96,7 +126,7 @@ pub(super) fn take_kernel_build_packages(staging: &Path) -> Result<Vec<PackageIn
                 version: version.to_owned(),
                 architecture: architecture.to_owned(),
             }),
-            _ => bail!("the kernel's build packages list has a malformed line {line:?}"),
+            _ => bail!("malformed line {line:?}"),
         })
         .collect()
 }
@@ -173,5 +203,28 @@ mod tests {
         fs::write(&list, "linux-source-6.12 6.12.118-1\n").unwrap();
         let error = take_kernel_build_packages(temp.path()).unwrap_err();
         assert!(format!("{error:#}").contains("malformed line"), "{error:#}");
+    }
+
+    #[test]
+    fn dockerds_build_is_read_and_must_name_its_source_first() {
+        let temp = tempfile::tempdir().unwrap();
+        assert_eq!(take_dockerd_build(temp.path()).unwrap(), None);
+        let list = temp.path().join(DOCKERD_BUILD);
+        fs::write(
+            &list,
+            "docker.io\t26.1.5+dfsg1-9+deb13u1\tsource\ngolang-1.24-go\t1.24.4-1\tamd64\n",
+        )
+        .unwrap();
+        let build = take_dockerd_build(temp.path()).unwrap().unwrap();
+        assert_eq!(
+            (build.source.name.as_str(), build.source.version.as_str()),
+            ("docker.io", "26.1.5+dfsg1-9+deb13u1")
+        );
+        assert_eq!(build.build_packages.len(), 1);
+        assert_eq!(build.build_packages[0].name, "golang-1.24-go");
+        assert!(!list.exists());
+        fs::write(&list, "golang-1.24-go\t1.24.4-1\tamd64\n").unwrap();
+        let error = take_dockerd_build(temp.path()).unwrap_err();
+        assert!(format!("{error:#}").contains("source package"), "{error:#}");
     }
 }

@@ -9,7 +9,9 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use boxcar_signing::UsrSignature;
 
-use super::collect::{take_kernel_build_packages, take_usr_footprint, take_usr_stats};
+use super::collect::{
+    take_dockerd_build, take_kernel_build_packages, take_usr_footprint, take_usr_stats,
+};
 use super::convert;
 use super::footprint;
 use super::plan::BuildPlan;
@@ -17,13 +19,14 @@ use super::uki;
 use crate::hosttools::HostTools;
 use crate::image::{self, PartitionTable, Role};
 use crate::process::Step;
-use crate::records::buildinfo::{KernelInfo, UsrInfo};
+use crate::records::buildinfo::{KernelInfo, ProgramBuild, UsrInfo};
 
 /// What inspecting the composed image found.
 pub(super) struct Inspected {
     pub(super) table: PartitionTable,
     pub(super) usr: UsrInfo,
     pub(super) kernel: KernelInfo,
+    pub(super) dockerd: Option<ProgramBuild>,
     /// The /usr root hash signature, when the build signs /usr.
     pub(super) usr_signature: Option<UsrSignature>,
 }
@@ -122,6 +125,7 @@ pub(super) fn inspect(plan: &BuildPlan, tools: &HostTools, staging: &Path) -> Re
             initrd: Some(footprint::initrd_footprint(&staging.join("initrd"))?),
             build_packages: take_kernel_build_packages(staging)?,
         },
+        dockerd: take_dockerd_build(staging)?,
         table,
         usr_signature,
     })

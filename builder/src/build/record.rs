@@ -72,6 +72,7 @@ pub(super) fn build_info(
         source: plan.source.clone(),
         usr: inspected.usr,
         kernel: inspected.kernel,
+        dockerd: inspected.dockerd,
         disk: DiskInfo {
             file: "disk.raw".to_owned(),
             size: disk_meta.len(),

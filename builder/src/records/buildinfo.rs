@@ -39,6 +39,10 @@ pub struct BuildInfo {
     pub source: SourceInfo,
     pub usr: UsrInfo,
     pub kernel: KernelInfo,
+    /// dockerd as the recipe builds it from Debian's docker.io source
+    /// (recipes/dockerd/); absent from builds that took Debian's dockerd.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dockerd: Option<ProgramBuild>,
     pub disk: DiskInfo,
     /// The build's parts: every file mkosi made, from which the artifacts
     /// are packaged (build.json and the log aside).
@@ -185,6 +189,19 @@ pub struct KernelInfo {
     /// Debian's configuration, the compiler), for building it again; absent
     /// from builds that took Debian's kernel package.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub build_packages: Vec<PackageInfo>,
+}
+
+/// A program the recipe builds from a Debian source package instead of
+/// taking Debian's binary: what building it again takes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProgramBuild {
+    /// The source package and version it is built from (architecture
+    /// "source").
+    pub source: PackageInfo,
+    /// The packages it was built with (the compiler, and for Go every
+    /// library).
     pub build_packages: Vec<PackageInfo>,
 }
 

@@ -250,6 +250,10 @@ say footprint.modules "$(if [ -e /proc/modules ]; then cut -d ' ' -f 1 /proc/mod
 # separated by ";" (some names have spaces: "i8042 kbd").
 say footprint.drivers "$(for link in /sys/bus/*/devices/*/driver; do
     [ -L "$link" ] && basename "$(readlink "$link")"; done | sort -u | paste -sd ';')"
+# dockerd's ELF type (e_type, two bytes at offset 16, as hex): 0002 for a
+# position-dependent executable, 0003 for a position-independent one,
+# whose read-only data the loader makes private memory by relocating it.
+say footprint.dockerd_elf_type "$(od -An -tx2 -j16 -N2 /usr/sbin/dockerd 2>&1 | tr -d ' ')"
 say footprint.slowest_units "$(systemd-analyze blame --no-pager 2>&1 | grep -v '\.device$' | head -n 10 | sed 's/^ *//' | paste -sd ';')"
 # Where the boot's processor time went, unit by unit: under emulation the
 # guest's two processors are the bottleneck, so work off the critical chain

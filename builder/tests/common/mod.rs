@@ -370,6 +370,7 @@ impl Lab {
                 initrd: None,
                 build_packages: Vec::new(),
             },
+            dockerd: None,
             disk: DiskInfo {
                 file: "disk.raw".into(),
                 size: 0,
