@@ -452,11 +452,20 @@ fn assert_kernel_of_our_own(info: &serde_json::Value, packages: &[&str]) {
     let kernel = &info["kernel"];
     let release = kernel["release"].as_str().unwrap();
     assert!(release.ends_with("-boxcar"), "kernel release {release}");
-    let built_with = names(&kernel["build_packages"]);
-    for needed in ["linux-source-6.12", "linux-config-6.12", "gcc-", "binutils"] {
+    assert_built_with(
+        &kernel["build_packages"],
+        &["linux-source-6.12", "linux-config-6.12", "gcc-", "binutils"],
+        "the kernel",
+    );
+}
+
+/// Each of `needed` starts the name of one of `build_packages`.
+fn assert_built_with(build_packages: &serde_json::Value, needed: &[&str], program: &str) {
+    let built_with = names(build_packages);
+    for needed in needed {
         assert!(
             built_with.iter().any(|p| p.starts_with(needed)),
-            "{needed} not among the kernel's build packages: {built_with:?}"
+            "{needed} not among {program}'s build packages: {built_with:?}"
         );
     }
 }
@@ -482,18 +491,16 @@ fn assert_dockerd_of_our_own(info: &serde_json::Value) {
             || package_version.starts_with(&format!("{source_version}+b")),
         "dockerd built from docker.io {source_version}, the image has {package_version}"
     );
-    let built_with = names(&dockerd["build_packages"]);
-    for needed in [
-        "golang-1.",
-        "golang-github-containerd-containerd-dev",
-        "gcc-",
-        "libseccomp-dev",
-    ] {
-        assert!(
-            built_with.iter().any(|p| p.starts_with(needed)),
-            "{needed} not among dockerd's build packages: {built_with:?}"
-        );
-    }
+    assert_built_with(
+        &dockerd["build_packages"],
+        &[
+            "golang-1.",
+            "golang-github-containerd-containerd-dev",
+            "gcc-",
+            "libseccomp-dev",
+        ],
+        "dockerd",
+    );
 }
 
 /// The ESP holds the boot loader, the UKI and the addons: not the kernel
