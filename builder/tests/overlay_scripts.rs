@@ -4,6 +4,7 @@
 //! holds; the boot tests run the same scripts against qemu's devices.
 
 use std::fs;
+use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -27,9 +28,23 @@ fn fake_nvme(dir: &Path, vendor_name: &[u8]) {
          cat {}\n",
         dir.join("identify.bin").display()
     );
-    let nvme = dir.join("nvme");
-    fs::write(&nvme, script).unwrap();
-    fs::set_permissions(&nvme, fs::Permissions::from_mode(0o755)).unwrap();
+    // `install` writes it, so this process never holds it open for
+    // writing: a child another test thread forks in that moment would keep
+    // the descriptor until its exec, and running it would fail with "Text
+    // file busy".
+    let mut install = Command::new("install")
+        .args(["-m", "0755", "/dev/stdin"])
+        .arg(dir.join("nvme"))
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    install
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(script.as_bytes())
+        .unwrap();
+    assert!(install.wait().unwrap().success());
 }
 
 fn ebs_device_name(vendor_name: &[u8]) -> Output {

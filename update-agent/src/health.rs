@@ -80,10 +80,8 @@ mod tests {
     use super::*;
 
     fn script(dir: &std::path::Path, name: &str, body: &str) -> PathBuf {
-        use std::os::unix::fs::PermissionsExt;
         let path = dir.join(name);
-        std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        crate::test_script::write_script(&path, &format!("#!/bin/sh\n{body}\n"));
         path
     }
 
@@ -97,7 +95,7 @@ mod tests {
         let config = Config::default();
         let soon = Instant::now() + Duration::from_millis(500);
         let err = run_checks(&[passing.clone(), hanging], soon, &config).unwrap_err();
-        assert!(err.to_string().contains("20-hangs"), "{err}");
+        assert!(err.to_string().contains("20-hangs"), "{err:#}");
         assert!(err.to_string().contains("did not finish in time"), "{err}");
         let later = Instant::now() + Duration::from_secs(60);
         assert_eq!(run_checks(&[passing], later, &config).unwrap(), 1);
@@ -113,6 +111,6 @@ mod tests {
         );
         let later = Instant::now() + Duration::from_secs(60);
         let err = run_checks(&[failing], later, &Config::default()).unwrap_err();
-        assert!(err.to_string().contains("disk /data missing"), "{err}");
+        assert!(err.to_string().contains("disk /data missing"), "{err:#}");
     }
 }

@@ -38,3 +38,6 @@ pub mod staging;
 pub mod state;
 pub mod strategy;
 pub mod uki;
+
+#[cfg(test)]
+mod test_script;

@@ -4,6 +4,9 @@
 
 #![allow(dead_code)]
 
+#[path = "../../src/test_script.rs"]
+mod test_script;
+
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
@@ -529,14 +532,9 @@ const SYSUPDATE: &str = "usr/lib/systemd/systemd-sysupdate";
 /// Writes a shell script at `path` that notes each call's arguments in
 /// `<path>.calls`, then runs `script`.
 fn write_fake(path: &Path, script: &str) {
-    use std::os::unix::fs::PermissionsExt;
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    std::fs::write(
-        path,
-        format!("#!/bin/sh\necho \"$*\" >> \"$0.calls\"\n{script}\n"),
-    )
-    .unwrap();
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let text = format!("#!/bin/sh\necho \"$*\" >> \"$0.calls\"\n{script}\n");
+    test_script::write_script(path, &text);
 }
 
 /// The arguments of each call of the fake at `path`.
