@@ -4,7 +4,7 @@
 //! one, never half of one.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::Write;
+use std::io::{Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
@@ -30,17 +30,52 @@ pub fn open_regular(path: &Path) -> Result<File, Error> {
         .truncate(false)
         .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
         .open(path)
-        .map_err(|e| {
-            let what = if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) {
-                format!(
-                    "opening {}: it is a symlink, which is never followed",
-                    path.display()
-                )
-            } else {
-                format!("opening {}", path.display())
-            };
-            Error::local(what, e)
-        })?;
+        .map_err(|e| open_error(path, e))?;
+    ensure_regular(path, &file)?;
+    Ok(file)
+}
+
+/// The whole of the regular file at `path`, or None if there is none;
+/// refuses a symlink, anything but a regular file, and a file of more than
+/// `cap` bytes (a local file can be as hostile as a download).
+pub fn read_regular(path: &Path, cap: u64) -> Result<Option<Vec<u8>>, Error> {
+    let file = match OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .open(path)
+    {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(open_error(path, e)),
+    };
+    ensure_regular(path, &file)?;
+    let mut bytes = Vec::new();
+    file.take(cap + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| Error::local(format!("reading {}", path.display()), e))?;
+    if bytes.len() as u64 > cap {
+        return Err(Error::local(
+            format!("reading {}", path.display()),
+            std::io::Error::other(format!("it is over {cap} bytes")),
+        ));
+    }
+    Ok(Some(bytes))
+}
+
+/// An error opening `path` that says so when it was a symlink.
+fn open_error(path: &Path, e: std::io::Error) -> Error {
+    let what = if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) {
+        format!(
+            "opening {}: it is a symlink, which is never followed",
+            path.display()
+        )
+    } else {
+        format!("opening {}", path.display())
+    };
+    Error::local(what, e)
+}
+
+fn ensure_regular(path: &Path, file: &File) -> Result<(), Error> {
     let meta = file
         .metadata()
         .map_err(|e| Error::local(format!("reading {}", path.display()), e))?;
@@ -50,7 +85,7 @@ pub fn open_regular(path: &Path) -> Result<File, Error> {
             std::io::Error::other("not a regular file"),
         ));
     }
-    Ok(file)
+    Ok(())
 }
 
 /// Replaces the file at `path` with `bytes` (mode 0644): written to a new
@@ -117,5 +152,24 @@ mod tests {
         assert!(create_new(&dangling, 0o600).is_err());
         assert!(!temp.path().join("nowhere").exists());
         assert_eq!(fs::read_to_string(&victim).unwrap(), "keep");
+    }
+
+    #[test]
+    fn read_regular_reads_within_the_cap_and_refuses_the_rest() {
+        let temp = tempfile::tempdir().unwrap();
+        let path = temp.path().join("state.json");
+        assert_eq!(read_regular(&path, 4).unwrap(), None);
+        fs::write(&path, "1234").unwrap();
+        assert_eq!(read_regular(&path, 4).unwrap().unwrap(), b"1234");
+        fs::write(&path, "12345").unwrap();
+        let err = format!("{:#}", read_regular(&path, 4).unwrap_err());
+        assert!(err.contains("over 4 bytes"), "{err}");
+
+        let link = temp.path().join("link.json");
+        std::os::unix::fs::symlink(&path, &link).unwrap();
+        let err = read_regular(&link, 100).unwrap_err().to_string();
+        assert!(err.contains("symlink"), "{err}");
+        let err = format!("{:#}", read_regular(temp.path(), 100).unwrap_err());
+        assert!(err.contains("not a regular file"), "{err}");
     }
 }

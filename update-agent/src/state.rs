@@ -34,6 +34,10 @@ pub struct State {
 /// How many events the history keeps.
 pub const HISTORY_LENGTH: usize = 50;
 
+/// The most a state file may hold: with its history bounded, a real one
+/// is a few kilobytes.
+pub const STATE_CAP: u64 = 1 << 20;
+
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Phase {
@@ -91,19 +95,19 @@ pub struct Event {
 
 impl State {
     /// The state, or a fresh one if the agent never ran. A file that is not
-    /// a state file is an error naming it.
+    /// a state file (a symlink, something over [`STATE_CAP`] bytes, not
+    /// JSON of a state) is an error naming it.
     pub fn load(paths: &Paths) -> Result<Self> {
         let path = paths.state_file();
-        match std::fs::read(&path) {
-            Ok(bytes) if bytes.iter().all(u8::is_ascii_whitespace) => Ok(Self::default()),
-            Ok(bytes) => serde_json::from_slice(&bytes).with_context(|| {
+        match boxcar_client::files::read_regular(&path, STATE_CAP)? {
+            None => Ok(Self::default()),
+            Some(bytes) if bytes.iter().all(u8::is_ascii_whitespace) => Ok(Self::default()),
+            Some(bytes) => serde_json::from_slice(&bytes).with_context(|| {
                 format!(
                     "{} is not the agent's state; move it away to start afresh",
                     path.display()
                 )
             }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
-            Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
         }
     }
 
@@ -173,6 +177,18 @@ mod tests {
         std::fs::write(paths.state_file(), "[1, 2]").unwrap();
         let err = format!("{:#}", State::load(&paths).unwrap_err());
         assert!(err.contains("is not the agent's state"), "{err}");
+
+        // A symlink in its place is refused, not followed; saving replaces
+        // the symlink and leaves what it pointed at alone.
+        let elsewhere = root.path().join("elsewhere.json");
+        std::fs::write(&elsewhere, "{}").unwrap();
+        std::fs::remove_file(paths.state_file()).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, paths.state_file()).unwrap();
+        let err = format!("{:#}", State::load(&paths).unwrap_err());
+        assert!(err.contains("symlink, which is never followed"), "{err}");
+        state.save(&paths).unwrap();
+        assert_eq!(State::load(&paths).unwrap(), state);
+        assert_eq!(std::fs::read_to_string(&elsewhere).unwrap(), "{}");
     }
 
     #[test]
