@@ -96,7 +96,10 @@ mod tests {
         let soon = Instant::now() + Duration::from_millis(500);
         let err = run_checks(&[passing.clone(), hanging], soon, &config).unwrap_err();
         assert!(err.to_string().contains("20-hangs"), "{err:#}");
-        assert!(err.to_string().contains("did not finish in time"), "{err}");
+        assert!(
+            err.to_string().contains("did not finish in time"),
+            "{err:#}"
+        );
         let later = Instant::now() + Duration::from_secs(60);
         assert_eq!(run_checks(&[passing], later, &config).unwrap(), 1);
     }
