@@ -23,6 +23,14 @@ pub fn scratch_dir() -> PathBuf {
     project_root().join("target/e2e")
 }
 
+/// Free space the whole suite needs on the file system of its scratch
+/// directory. A clean-clone `.ci/run` on the documented machine, where the
+/// scratch directory, the build cache (/var/cache/boxcar) and /tmp share
+/// one file system, used at most 16.9 GB more than before it started
+/// (2026-12-06, cargo's target directory included); this adds a margin.
+const SUITE_NEEDS_GB: u64 = 20;
+const SUITE_NEEDS_BYTES: u64 = SUITE_NEEDS_GB * 1_000_000_000;
+
 /// Returns false (after printing why) when the suite may not run here and
 /// skipping was asked for; panics when it may not run and skipping was not
 /// asked for.
@@ -32,9 +40,9 @@ pub fn can_run(test: &str) -> bool {
         .unwrap_or(1)
         != 0
     {
-        Some("it must run as root (mkosi builds images as root)")
+        Some("it must run as root (mkosi builds images as root)".to_owned())
     } else {
-        None
+        disk_space_problem().clone()
     };
     match problem {
         None => true,
@@ -46,6 +54,28 @@ pub fn can_run(test: &str) -> bool {
             "{test} cannot run: {reason}. Set BOXCAR_E2E_ALLOW_SKIP=1 to skip it explicitly."
         ),
     }
+}
+
+/// Why the suite cannot start for lack of disk space, if it cannot. Decided
+/// once, before the first test writes anything: later tests see the space
+/// the suite itself has taken, which the figure already counts.
+fn disk_space_problem() -> &'static Option<String> {
+    static PROBLEM: OnceLock<Option<String>> = OnceLock::new();
+    PROBLEM.get_or_init(|| {
+        let dir = scratch_dir();
+        std::fs::create_dir_all(&dir).expect("creating the suite's scratch directory");
+        let stat = rustix::fs::statvfs(&dir).expect("statvfs of the scratch directory");
+        let free = stat.f_bavail.saturating_mul(stat.f_frsize);
+        (free < SUITE_NEEDS_BYTES).then(|| {
+            format!(
+                "it needs {SUITE_NEEDS_GB} GB free on the file system of {} (builds, boots, \
+                 stores and the build cache), which has {:.1} GB; remove old builds or \
+                 target/ directories first",
+                dir.display(),
+                free as f64 / 1e9
+            )
+        })
+    })
 }
 
 /// The `boxcar` binary: $BOXCAR_BIN, else built here in release mode.
