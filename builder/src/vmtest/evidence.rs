@@ -241,6 +241,7 @@ pub fn judge_platform(
         get("failed_units"),
         &expect.platform.units,
     ));
+    checks.push(missing_units_check(get("missing_units")));
     checks.extend(access_checks(report, expect.ssh));
     checks.extend(update_agent_checks(
         report,
@@ -772,6 +773,22 @@ fn failed_units_check(failed: &str, platform_units: &[String]) -> Check {
             "none".to_owned()
         } else {
             failed.to_owned()
+        },
+    )
+}
+
+/// No unit is wanted or required without being in the image: a unit file
+/// removed to keep the image lean while something still pulls it in
+/// (mkosi.conf.d/50-lean.conf and the link cleanup in mkosi.finalize).
+fn missing_units_check(missing: &str) -> Check {
+    check(
+        "every wanted unit is in the image",
+        missing.trim().is_empty(),
+        "no not-found unit that another unit wants or requires",
+        if missing.trim().is_empty() {
+            "none".to_owned()
+        } else {
+            missing.trim().to_owned()
         },
     )
 }
@@ -1511,6 +1528,14 @@ update.ukis=boxcar_1.0.efi boxcar_1.1+0-3.efi
             check.observed,
             "systemd-repart.service open-vm-tools.service"
         );
+    }
+
+    #[test]
+    fn a_wanted_unit_missing_from_the_image_fails_the_boot() {
+        assert!(missing_units_check("").passed);
+        let check = missing_units_check(" dpkg-db-backup.timer<-timers.target");
+        assert!(!check.passed);
+        assert_eq!(check.observed, "dpkg-db-backup.timer<-timers.target");
     }
 
     #[test]

@@ -107,6 +107,18 @@ for unit in $failed_units; do
     say "journal.$unit" "$(journalctl --unit "$unit" --lines 8 --no-pager --output cat 2>&1 | tr '\n' '|')"
 done
 
+# Units something wants or requires but that the image does not have (a
+# unit file the build removed while a link to it stayed): each is loaded
+# at every boot for nothing, and a required one fails its dependants.
+# "unit<-dependant" pairs; units named only for ordering (After=) are fine.
+missing_units=""
+for unit in $(systemctl list-units --all --state=not-found --plain --no-legend 2>&1 | awk '{print $1}'); do
+    for dependant in $(systemctl show --value -p WantedBy -p RequiredBy -p RequisiteOf -p BoundBy -p UpheldBy "$unit"); do
+        missing_units="$missing_units $unit<-$dependant"
+    done
+done
+say missing_units "$missing_units"
+
 . /usr/lib/os-release
 say os_id "$ID"
 say os_image_version "$IMAGE_VERSION"
