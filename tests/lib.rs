@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
+use boxcar_client::files::{free_bytes, SpaceFor};
+
 /// The checkout this suite belongs to.
 pub fn project_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -64,8 +66,9 @@ fn disk_space_problem() -> &'static Option<String> {
     PROBLEM.get_or_init(|| {
         let dir = scratch_dir();
         std::fs::create_dir_all(&dir).expect("creating the suite's scratch directory");
-        let stat = rustix::fs::statvfs(&dir).expect("statvfs of the scratch directory");
-        let free = stat.f_bavail.saturating_mul(stat.f_frsize);
+        // Not counting the blocks kept back for root: a margin on the figure.
+        let free =
+            free_bytes(&dir, SpaceFor::AnyUser).expect("free space of the scratch directory");
         (free < SUITE_NEEDS_BYTES).then(|| {
             format!(
                 "it needs {SUITE_NEEDS_GB} GB free on the file system of {} (builds, boots, \

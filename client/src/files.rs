@@ -110,6 +110,27 @@ pub fn replace(path: &Path, bytes: &[u8]) -> Result<(), Error> {
     result
 }
 
+/// Whose free space to count: a file system keeps some blocks back that
+/// only root may write (5 % on ext4 by default).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SpaceFor {
+    /// Root, as the node agent runs: the reserved blocks count.
+    Root,
+    /// Any user: the reserved blocks do not count.
+    AnyUser,
+}
+
+/// Bytes that may still be written on the file system holding `path`.
+pub fn free_bytes(path: &Path, space_for: SpaceFor) -> Result<u64, Error> {
+    let stat = rustix::fs::statvfs(path)
+        .map_err(|e| Error::local(format!("statvfs {}", path.display()), e.into()))?;
+    let blocks = match space_for {
+        SpaceFor::Root => stat.f_bfree,
+        SpaceFor::AnyUser => stat.f_bavail,
+    };
+    Ok(blocks.saturating_mul(stat.f_frsize))
+}
+
 /// A name beside `path` that no one else uses: hidden, with this process's
 /// id.
 fn temporary_name(path: &Path) -> PathBuf {
@@ -123,6 +144,16 @@ fn temporary_name(path: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn root_may_write_at_least_what_any_user_may() {
+        let temp = tempfile::tempdir().unwrap();
+        let root = free_bytes(temp.path(), SpaceFor::Root).unwrap();
+        let anyone = free_bytes(temp.path(), SpaceFor::AnyUser).unwrap();
+        assert!(root >= anyone && anyone > 0, "root {root}, anyone {anyone}");
+        let missing = free_bytes(&temp.path().join("missing"), SpaceFor::Root).unwrap_err();
+        assert!(missing.to_string().contains("statvfs"), "{missing}");
+    }
 
     #[test]
     fn replace_never_writes_through_a_symlink() {

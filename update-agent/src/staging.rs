@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use boxcar_client::fetch::part_file_name;
+use boxcar_client::files::SpaceFor;
 use boxcar_client::layout::SafeName;
 use boxcar_client::Client;
 use boxcar_signing::documents::{StoredFile, UpdateFile, UpdatePayload, UpdateRole};
@@ -216,8 +217,7 @@ fn still_to_download(downloads: &Path, payload: &UpdatePayload) -> u64 {
         .sum()
 }
 
-/// Bytes root may still write on the file system of `path`.
+/// Bytes the agent (root) may still write on the file system of `path`.
 pub fn free_bytes(path: &Path) -> Result<u64> {
-    let stat = rustix::fs::statvfs(path).with_context(|| format!("statvfs {}", path.display()))?;
-    Ok(stat.f_bfree.saturating_mul(stat.f_frsize))
+    Ok(boxcar_client::files::free_bytes(path, SpaceFor::Root)?)
 }
