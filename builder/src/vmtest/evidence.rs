@@ -242,6 +242,7 @@ pub fn judge_platform(
         &expect.platform.units,
     ));
     checks.push(missing_units_check(get("missing_units")));
+    checks.push(dma_zone_check(get("dma_zone_protection")));
     checks.extend(access_checks(report, expect.ssh));
     checks.extend(update_agent_checks(
         report,
@@ -789,6 +790,28 @@ fn missing_units_check(missing: &str) -> Check {
             "none".to_owned()
         } else {
             missing.trim().to_owned()
+        },
+    )
+}
+
+/// The DMA zone is lent to ordinary allocations (the image's
+/// usr/lib/sysctl.d/50-boxcar.conf): its protection against every higher
+/// zone, in pages, is zero. On by default, it keeps up to 15 MiB out of
+/// every process's reach.
+fn dma_zone_check(protection: &str) -> Check {
+    let pages: Vec<&str> = protection
+        .trim_matches(|c| c == '(' || c == ')')
+        .split(',')
+        .map(str::trim)
+        .collect();
+    check(
+        "the DMA zone is not held back",
+        !protection.is_empty() && pages.iter().all(|p| *p == "0"),
+        "a protection of 0 pages against every zone",
+        if protection.is_empty() {
+            "no DMA zone in /proc/zoneinfo".to_owned()
+        } else {
+            protection.to_owned()
         },
     )
 }
@@ -1528,6 +1551,13 @@ update.ukis=boxcar_1.0.efi boxcar_1.1+0-3.efi
             check.observed,
             "systemd-repart.service open-vm-tools.service"
         );
+    }
+
+    #[test]
+    fn a_dma_zone_held_back_fails_the_boot() {
+        assert!(dma_zone_check("(0, 0, 0, 0, 0)").passed);
+        assert!(!dma_zone_check("(0, 1947, 1947, 1947, 1947)").passed);
+        assert!(!dma_zone_check("").passed);
     }
 
     #[test]

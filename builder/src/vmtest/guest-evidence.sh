@@ -249,6 +249,10 @@ say footprint.memory_kib "$(echo "$meminfo" | awk '/^(MemTotal|MemFree|MemAvaila
 say footprint.containers_running "$(ps -e -o comm= | grep -c '^containerd-shim')"
 say footprint.watermark_high_kib "$(awk -v page_kib="$(($(getconf PAGESIZE) / 1024))" \
     '$1 == "high" { pages += $2 } END { print pages * page_kib }' /proc/zoneinfo)"
+# How much of each higher zone's allocations the DMA zone refuses, in
+# pages: "(0, 0, ...)" once usr/lib/sysctl.d/50-boxcar.conf lent it.
+say dma_zone_protection "$(awk '$1 == "Node" { zone = $4 }
+    zone == "DMA" && $1 == "protection:" { sub(/^ *protection: */, ""); print; exit }' /proc/zoneinfo)"
 say footprint.biggest_processes "$(ps -e -o rss=,comm= --sort=-rss | head -n 8 |
     awk '{ print $2 "=" $1 }' | paste -sd ';')"
 say footprint.processes "$(ps -e -ww -o pid=,ppid=,cgroup= |
