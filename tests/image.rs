@@ -1556,6 +1556,9 @@ fn an_image_updates_itself_through_its_agent_to_the_next_build_in_its_other_slot
         status["last_update"]["message"],
         "updated from 0.0.0-e2e to 0.0.1-e2e"
     );
+    // docker waits for its socket's first use, but a new version's trial
+    // boot asks it to answer before the boot counts as healthy.
+    assert_eq!(guest["docker_at_boot_end"], "active");
     assert!(newer
         .join("evidence/update-from-0.0.0-e2e/evidence.json")
         .is_file());
@@ -1644,6 +1647,11 @@ fn a_failing_update_falls_back_and_the_agent_marks_it_bad() {
     let status: serde_json::Value =
         serde_json::from_str(guest["agent_status"].as_str().unwrap()).unwrap();
     assert_eq!(status["bad_versions"][0]["version"], "0.0.1-e2e");
+    // An ordinary boot of a node that keeps no container does not wait
+    // for docker: the first request starts it (the evidence's own, which
+    // the harness checks was answered).
+    assert_eq!(guest["docker_at_boot_end"], "inactive");
+    assert_eq!(guest["docker_at_boot_condition"], "no");
     // Strategy immediate: the agent rebooted as soon as it had installed.
     let history: Vec<&str> = status["history"]
         .as_array()

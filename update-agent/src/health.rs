@@ -1,9 +1,10 @@
 //! Whether this boot is good enough to keep. Run before
 //! `boot-complete.target` (boxcar-update-health.service): only a healthy
 //! boot is blessed by systemd-bless-boot, releases the fleet lock and
-//! counts as the update having worked. Healthy means containerd and docker
-//! are active and every operator check in `/usr/lib/boxcar/health.d` and
-//! `/etc/boxcar/health.d` (executables, run in name order) exits 0.
+//! counts as the update having worked. Healthy means containerd is active,
+//! docker is ready to serve (see [`docker`]), and every operator check in
+//! `/usr/lib/boxcar/health.d` and `/etc/boxcar/health.d` (executables, run
+//! in name order) exits 0.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -15,32 +16,55 @@ use crate::config::Config;
 use crate::host;
 use crate::paths::Paths;
 
-/// The services a container host is for.
-pub const REQUIRED_UNITS: [&str; 2] = ["containerd.service", "docker.service"];
-
-/// Waits (up to the configured timeout) for the required units, then runs
-/// the operator's checks. The error names what is unhealthy.
+/// Waits (up to the configured timeout) for containerd and docker, then
+/// runs the operator's checks. The error names what is unhealthy.
 pub fn check(paths: &Paths, config: &Config) -> Result<String> {
     let deadline = Instant::now() + Duration::from_secs(config.agent.health_timeout_seconds);
-    for unit in REQUIRED_UNITS {
-        loop {
-            let state = host::unit_state(unit)?;
-            match state.as_str() {
-                "active" => break,
-                "failed" => bail!("{unit} failed"),
-                _ if Instant::now() >= deadline => bail!(
-                    "{unit} is {state:?}, not active, after {} s",
-                    config.agent.health_timeout_seconds
-                ),
-                _ => std::thread::sleep(Duration::from_secs(1)),
-            }
-        }
-    }
+    wait_until_active("containerd.service", deadline, config)?;
+    let docker = docker(paths, deadline, config)?;
     let passed = run_checks(&operator_checks(paths), deadline, config)?;
     Ok(format!(
-        "{} active; {passed} operator checks passed",
-        REQUIRED_UNITS.join(" and "),
+        "containerd active; {docker}; {passed} operator checks passed"
     ))
+}
+
+/// docker starts on the first use of its socket, or at boot when it has
+/// containers or a swarm to bring back (boxcar-docker-at-boot.service).
+/// So its socket must listen, and a docker that was started must come up.
+/// A trial boot of a new version must also show that this version's
+/// docker works: it asks docker for its version, which starts it.
+fn docker(paths: &Paths, deadline: Instant, config: &Config) -> Result<&'static str> {
+    wait_until_active("docker.socket", deadline, config)?;
+    if host::is_trial_boot(paths) {
+        let what = "asking docker for its version (a trial boot)";
+        let mut ask = Command::new("docker");
+        ask.args(["version", "--format", "{{.Server.Version}}"]);
+        host::run_until(what, &mut ask, deadline)?;
+        wait_until_active("docker.service", deadline, config)?;
+        return Ok("docker answered");
+    }
+    if host::unit_state("docker.service")? == "inactive" {
+        return Ok("docker listens for its first use");
+    }
+    wait_until_active("docker.service", deadline, config)?;
+    Ok("docker active")
+}
+
+/// Waits for a unit to be active; fails at once if it failed, or at the
+/// deadline.
+fn wait_until_active(unit: &str, deadline: Instant, config: &Config) -> Result<()> {
+    loop {
+        let state = host::unit_state(unit)?;
+        match state.as_str() {
+            "active" => return Ok(()),
+            "failed" => bail!("{unit} failed"),
+            _ if Instant::now() >= deadline => bail!(
+                "{unit} is {state:?}, not active, after {} s",
+                config.agent.health_timeout_seconds
+            ),
+            _ => std::thread::sleep(Duration::from_secs(1)),
+        }
+    }
 }
 
 /// Runs the operator's checks in order, each stopped at the deadline the

@@ -526,9 +526,10 @@ fn judge_common(
     checks
 }
 
-/// The container runtime: containerd and docker are up, containerd loaded
-/// every plugin it was not told to skip (it starts even when one fails,
-/// e.g. because another it needs was disabled), and docker runs a
+/// The container runtime: containerd is up and loaded every plugin it was
+/// not told to skip (it starts even when one fails, e.g. because another
+/// it needs was disabled); docker's socket listens, docker answers its
+/// first request (which starts it when nothing has yet), and runs a
 /// container.
 fn container_runtime_checks(report: &BTreeMap<String, String>) -> Vec<Check> {
     let get = |key: &str| report.get(key).map(String::as_str).unwrap_or("");
@@ -545,6 +546,18 @@ fn container_runtime_checks(report: &BTreeMap<String, String>) -> Vec<Check> {
             "containerd loaded all its plugins",
             "no \"failed to load plugin\" in its log",
             "failed",
+        ),
+        check(
+            "docker's socket listens",
+            get("docker_socket") == "active",
+            "docker.socket active",
+            get("docker_socket"),
+        ),
+        check(
+            "docker answered its first request",
+            get("docker_first_answer").starts_with(|c: char| c.is_ascii_digit()),
+            "its version",
+            get("docker_first_answer"),
         ),
         check(
             "docker is active",
@@ -1352,10 +1365,17 @@ update.refreshed=ldconfig.service=yes systemd-sysusers.service=yes systemd-updat
     fn containerd_must_load_every_plugin_it_was_not_told_to_skip() {
         let failures = |report: &str| failed(container_runtime_checks(&parse_report(report)));
         let healthy = format!(
-            "containerd=active\ncontainerd_plugin_failures=\ndocker=active\n\
+            "containerd=active\ncontainerd_plugin_failures=\ndocker_socket=active\n\
+             docker_first_answer=26.1.5+dfsg1\ndocker=active\n\
              container_output={CONTAINER_GREETING}\n"
         );
         assert!(failures(&healthy).is_empty());
+        // docker's socket answered with an error: docker could not start.
+        let refused = healthy.replace(
+            "docker_first_answer=26.1.5+dfsg1",
+            "docker_first_answer=Cannot connect to the Docker daemon at unix:///run/docker.sock",
+        );
+        assert_eq!(failures(&refused), ["docker answered its first request"]);
         // Disabling the v1 runtime leaves containerd active, but without
         // its task service: no container could start.
         let crippled = healthy.replace(

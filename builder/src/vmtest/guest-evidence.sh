@@ -230,6 +230,19 @@ say root_fstype "$(findmnt -no FSTYPE /)"
 say root_partition_bytes "$(lsblk -bdno SIZE "$root_source" 2>&1)"
 say root_filesystem_bytes "$(df -B1 --output=size / | tail -n 1 | tr -d ' ')"
 
+# docker when the boot has finished: it starts on the first use of its
+# socket, or at boot once it has containers or a swarm to bring back
+# (boxcar-docker-at-boot.service), or when a unit needs it. The first
+# request then starts it, and docker_first_answer_ms is how long that
+# took: what a node's first `docker` command waits. The footprint below is
+# with docker up, as on a node that runs containers.
+say docker_at_boot_end "$(systemctl is-active docker.service 2>&1)"
+say docker_at_boot_condition "$(systemctl show --property=ConditionResult --value boxcar-docker-at-boot.service 2>&1)"
+say docker_socket "$(systemctl is-active docker.socket 2>&1)"
+first_request=$(date +%s%N)
+say docker_first_answer "$(docker version --format '{{.Server.Version}}' 2>&1)"
+say docker_first_answer_ms "$((($(date +%s%N) - first_request) / 1000000))"
+
 # The running system's footprint once the boot has finished, before the
 # container test adds to it: memory in use (MemTotal - MemAvailable),
 # processes (kernel threads and this test's own aside), and where the

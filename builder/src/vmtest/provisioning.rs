@@ -25,6 +25,11 @@ use crate::records::evidence::Check;
 pub const UNIT: &str = "boxcar-hello.service";
 /// The container that unit runs.
 pub const CONTAINER: &str = "boxcar-hello";
+/// A container the first login starts with a restart policy, and nothing
+/// else: docker must start at the next boot to bring it back
+/// (boxcar-docker-at-boot.service), where it would otherwise wait for its
+/// socket's first use.
+pub const KEPT_CONTAINER: &str = "boxcar-kept";
 /// The file the config writes, and what it holds.
 pub const FILE: &str = "/etc/boxcar-test/hello";
 pub const FILE_CONTENT: &str = "written by Ignition";
@@ -146,6 +151,12 @@ pub struct Login {
     pub hostname: String,
     pub unit: String,
     pub container: String,
+    /// Whether [`KEPT_CONTAINER`] ran when the login looked (the login
+    /// starts it once the unit's image is there).
+    pub kept_container: String,
+    /// boxcar-docker-at-boot.service's condition on this boot: "yes" once
+    /// docker has a container to bring back.
+    pub docker_at_boot: String,
     pub sudo: String,
     /// The stamp the first boot left (`/var/lib/boxcar/provisioned`).
     pub provisioned: String,
@@ -168,6 +179,12 @@ const REMOTE: &str = "printf 'file=%s\\n' \"$(cat /etc/boxcar-test/hello 2>&1)\"
     printf 'hostname=%s\\n' \"$(hostname)\"; \
     printf 'unit=%s\\n' \"$(systemctl is-active boxcar-hello.service)\"; \
     printf 'container=%s\\n' \"$(docker ps --filter name=boxcar-hello --format '{{.Names}}' 2>&1)\"; \
+    kept=$(docker ps --filter name=boxcar-kept --format '{{.Names}}' 2>&1); \
+    printf 'kept_container=%s\\n' \"$kept\"; \
+    printf 'docker_at_boot=%s\\n' \"$(systemctl show -P ConditionResult boxcar-docker-at-boot.service)\"; \
+    [ -n \"$kept\" ] || ! systemctl -q is-active boxcar-hello.service || \
+    docker run -d --restart always --name boxcar-kept --network none boxcar-test/hello \
+    /bin/busybox sleep 1000000 >/dev/null 2>&1; \
     printf 'sudo=%s\\n' \"$(sudo -n true 2>&1 && echo ok)\"; \
     printf 'provisioned=%s\\n' \"$(tr '\\n' ' ' </var/lib/boxcar/provisioned 2>&1)\"; \
     printf 'user_groups=%s\\n' \"$(id -nG deployer 2>&1)\"; \
@@ -282,6 +299,8 @@ fn parse(text: &str) -> Login {
         hostname: get("hostname"),
         unit: get("unit"),
         container: get("container"),
+        kept_container: get("kept_container"),
+        docker_at_boot: get("docker_at_boot"),
         sudo: get("sudo"),
         provisioned: get("provisioned"),
         password_attempt: String::new(),
@@ -421,6 +440,20 @@ pub fn judge_second(first: &Login, second: &Login, ignition_lines: &str) -> Vec<
             format!(
                 "file {:?}, hostname {}, unit {}, container {}, sudo {}",
                 second.file, second.hostname, second.unit, second.container, second.sudo
+            ),
+        ),
+        check(
+            "docker started at boot to bring back a container with a restart policy",
+            first.docker_at_boot == "no"
+                && second.docker_at_boot == "yes"
+                && second.kept_container == KEPT_CONTAINER,
+            &format!(
+                "boxcar-docker-at-boot.service skipped on the first boot and run on the second; \
+                 {KEPT_CONTAINER} running"
+            ),
+            format!(
+                "condition {:?} then {:?}; containers: {:?}",
+                first.docker_at_boot, second.docker_at_boot, second.kept_container
             ),
         ),
     ]
