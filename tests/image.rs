@@ -858,7 +858,7 @@ fn every_platform_artifact_boots_and_proves_itself() {
             "Ignition wrote the configured file",
             "the hostname is the configured one",
             "the configured unit runs its container",
-            "Ignition made the new user and group, the directory, the link, the drop-in and the mask",
+            "Ignition made the new user and group, the directory, the link, the drop-in and the mask, and enabled docker",
             "core may use sudo without a password",
             "a password login is refused",
             "no account can log in with a password",
@@ -871,6 +871,10 @@ fn every_platform_artifact_boots_and_proves_itself() {
         // qemu's fw_cfg, whose reboot the qemu boot checks).
         let expect_reboot = !["pxe", "vmware"].contains(&id);
         assert_eq!(rebooted, expect_reboot, "{id}: reboot checks in {names:?}");
+        let kept = names
+            .iter()
+            .any(|n| n == "docker started at boot to bring back a container with a restart policy");
+        assert_eq!(kept, expect_reboot, "{id}: {names:?}");
     }
     assert!(check_names("vmware")
         .iter()

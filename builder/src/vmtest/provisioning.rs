@@ -132,7 +132,10 @@ pub fn config_json(public_key: &str, hostname: &str) -> serde_json::Value {
                         "contents": format!("[Service]\nEnvironment={DROP_IN_ENVIRONMENT}\n")
                     }]
                 },
-                { "name": MASKED_UNIT, "mask": true }
+                { "name": MASKED_UNIT, "mask": true },
+                // docker at every boot, not on its socket's first use: the
+                // operator's choice wins over the image's preset.
+                { "name": "docker.service", "enabled": true }
             ]
         }
     })
@@ -172,6 +175,8 @@ pub struct Login {
     pub link_target: String,
     pub unit_environment: String,
     pub masked: String,
+    /// Whether docker.service is enabled (the config enables it).
+    pub docker_enabled: String,
 }
 
 /// The command the host runs over SSH, printing one `key=value` per line.
@@ -191,7 +196,8 @@ const REMOTE: &str = "printf 'file=%s\\n' \"$(cat /etc/boxcar-test/hello 2>&1)\"
     printf 'directory_mode=%s\\n' \"$(stat -c %a /etc/boxcar-test/dir 2>&1)\"; \
     printf 'link_target=%s\\n' \"$(readlink /etc/boxcar-test/link 2>&1)\"; \
     printf 'unit_environment=%s\\n' \"$(systemctl show -P Environment boxcar-hello.service)\"; \
-    printf 'masked=%s\\n' \"$(systemctl is-enabled boxcar-masked.service 2>&1)\"";
+    printf 'masked=%s\\n' \"$(systemctl is-enabled boxcar-masked.service 2>&1)\"; \
+    printf 'docker_enabled=%s\\n' \"$(systemctl is-enabled docker.service 2>&1)\"";
 
 /// The stock OpenSSH client, as `core`, with the test's key.
 fn ssh(tools: &HostTools, provisioning: &Provisioning) -> Step {
@@ -310,6 +316,7 @@ fn parse(text: &str) -> Login {
         link_target: get("link_target"),
         unit_environment: get("unit_environment"),
         masked: get("masked"),
+        docker_enabled: get("docker_enabled"),
     }
 }
 
@@ -363,19 +370,20 @@ pub fn judge_first(provisioning: &Provisioning, login: &Login) -> Vec<Check> {
             format!("{}, containers: {}", login.unit, login.container),
         ),
         check(
-            "Ignition made the new user and group, the directory, the link, the drop-in and the mask",
+            "Ignition made the new user and group, the directory, the link, the drop-in and the mask, and enabled docker",
             made_the_rest(login),
             &format!(
                 "{NEW_USER} in {NEW_GROUP} and docker; {DIRECTORY} mode 750; {LINK} -> {FILE}; \
-                 {UNIT} has {DROP_IN_ENVIRONMENT}; {MASKED_UNIT} masked"
+                 {UNIT} has {DROP_IN_ENVIRONMENT}; {MASKED_UNIT} masked; docker.service enabled"
             ),
             format!(
-                "groups {:?}; mode {:?}; link {:?}; environment {:?}; {:?}",
+                "groups {:?}; mode {:?}; link {:?}; environment {:?}; {:?}; docker.service {:?}",
                 login.user_groups,
                 login.directory_mode,
                 login.link_target,
                 login.unit_environment,
-                login.masked
+                login.masked,
+                login.docker_enabled
             ),
         ),
         check(
@@ -412,6 +420,7 @@ fn made_the_rest(login: &Login) -> bool {
             .split_whitespace()
             .any(|e| e == DROP_IN_ENVIRONMENT)
         && login.masked == "masked"
+        && login.docker_enabled == "enabled"
 }
 
 /// Judges the login after the reboot against the first one.
@@ -487,6 +496,7 @@ mod tests {
             link_target: FILE.into(),
             unit_environment: DROP_IN_ENVIRONMENT.into(),
             masked: "masked".into(),
+            docker_enabled: "enabled".into(),
             ..Login::default()
         };
         assert!(made_the_rest(&made));
@@ -505,6 +515,10 @@ mod tests {
             },
             Login {
                 unit_environment: String::new(),
+                ..made.clone()
+            },
+            Login {
+                docker_enabled: "disabled".into(),
                 ..made.clone()
             },
         ] {
