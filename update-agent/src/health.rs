@@ -43,6 +43,9 @@ fn docker(paths: &Paths, deadline: Instant, config: &Config) -> Result<&'static 
         wait_until_active("docker.service", deadline, config)?;
         return Ok("docker answered");
     }
+    // Not a start still queued: this unit is ordered after docker.service
+    // and boxcar-docker-at-boot.service, so any start the boot asked for
+    // has run by now.
     if host::unit_state("docker.service")? == "inactive" {
         return Ok("docker listens for its first use");
     }
